@@ -1,0 +1,1 @@
+"""nodepool: a Nodepool launcher for OpenStack clouds."""
