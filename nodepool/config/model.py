@@ -1,0 +1,143 @@
+"""The validated configuration, as plain records.
+
+Defaults follow upstream Nodepool 11's documentation; where we differ, the
+field says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from nodepool.zk.client import ZooKeeperSettings
+
+DEFAULT_HOSTNAME_FORMAT = "{label.name}-{provider.name}-{node.id}"
+DEFAULT_CONNECTION_PORTS = {"ssh": 22, "winrm": 5986}
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    min_ready: int = 0
+    max_ready_age: int = 0  # seconds; 0: never expire
+
+
+@dataclass(frozen=True)
+class CloudImage:
+    name: str
+    image_id: str | None = None
+    image_name: str | None = None
+    username: str | None = None
+    python_path: str = "auto"
+    shell_type: str | None = None
+    connection_type: str = "ssh"
+    connection_port: int = 22
+    config_drive: bool | None = None
+
+    @property
+    def reference(self) -> str:
+        """What to look the image up by in the cloud: id, else name, else ours."""
+        return self.image_id or self.image_name or self.name
+
+
+@dataclass(frozen=True)
+class PoolLabel:
+    name: str
+    cloud_image: CloudImage
+    flavor_name: str | None = None
+    min_ram: int = 0
+    key_name: str | None = None
+    console_log: bool = False
+    boot_from_volume: bool = False
+    volume_size: int = 50  # GiB, upstream's default
+    userdata: str | None = None
+    instance_properties: dict = field(default_factory=dict)
+    networks: tuple[str, ...] = ()
+    host_key_checking: bool = True
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    provider_name: str
+    priority: int | None = None
+    max_servers: float = math.inf
+    max_cores: float = math.inf
+    max_ram: float = math.inf
+    max_volumes: float = math.inf
+    max_volume_gb: float = math.inf
+    networks: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    availability_zones: tuple[str, ...] = ()
+    auto_floating_ip: bool = True
+    host_key_checking: bool = True
+    ignore_provider_quota: bool = False
+    node_attributes: dict | None = None
+    labels: dict[str, PoolLabel] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """What the launcher needs from this provider's clouds.yaml entry."""
+
+    name: str
+    api_timeout: float
+    region_name: str | None
+    clouds_file: str
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    cloud: str
+    cloud_settings: CloudSettings | None
+    region_name: str | None = None
+    driver: str = "openstack"
+    priority: int | None = None
+    # Upstream: -1 means unlimited concurrent launches.
+    max_concurrency: int = -1
+    rate: float = 1.0  # seconds between API calls
+    boot_timeout: int = 60
+    launch_timeout: int = 3600
+    launch_retries: int = 3
+    hostname_format: str = DEFAULT_HOSTNAME_FORMAT
+    clean_floating_ips: bool = False
+    port_cleanup_interval: int = 600
+    cloud_images: dict[str, CloudImage] = field(default_factory=dict)
+    pools: dict[str, Pool] = field(default_factory=dict)
+
+    def pool_priority(self, pool: Pool) -> int:
+        """Upstream: the pool's priority, else the provider's, else 100."""
+        for p in (pool.priority, self.priority):
+            if p is not None:
+                return p
+        return 100
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    tenant_name: str
+    limits: dict[str, float]  # 'instances', 'cores', 'ram', ... -> max
+
+
+@dataclass(frozen=True)
+class WebApp:
+    port: int = 8005
+    listen_address: str = "127.0.0.1"  # upstream binds 0.0.0.0; we keep it local
+
+
+@dataclass(frozen=True)
+class NodepoolConfig:
+    config_file: str
+    zookeeper: ZooKeeperSettings | None
+    webapp: WebApp
+    labels: dict[str, Label]
+    providers: dict[str, Provider]
+    tenant_limits: dict[str, TenantLimits]
+    max_hold_age: int | None = None  # seconds; None: forever
+    clouds_file: str | None = None
+
+    def pools(self):
+        for provider in self.providers.values():
+            for pool in provider.pools.values():
+                yield provider, pool
