@@ -1,0 +1,1 @@
+"""The OpenStack driver: REST adapter, shared server list, state machines."""

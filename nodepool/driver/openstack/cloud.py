@@ -1,0 +1,144 @@
+"""The REST calls the launcher makes, and nothing more.
+
+Each method is one HTTP request (pagination aside) made through
+openstacksdk's service proxies, so clouds.yaml's auth, ``api_timeout`` and
+cache apply.  We do not use the SDK's high-level helpers for servers: they
+re-GET each new server and look up ports and floating IPs per server (the N+1
+of incident 1).  Every method is blocking and must be called through the
+provider's ``ApiGate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from openstack import exceptions as sdk_exc
+
+log = logging.getLogger("nodepool.openstack")
+
+
+def connect(cloud: str, clouds_file: str, region_name: str | None = None):
+    """An openstacksdk ``Connection`` for one cloud of one clouds.yaml."""
+    from openstack import connection
+    from openstack.config import OpenStackConfig
+
+    config = OpenStackConfig(config_files=[clouds_file], load_envvars=False)
+    region = config.get_one(cloud=cloud, region_name=region_name)
+    return connection.Connection(config=region)
+
+
+def _check(resp, what: str) -> Any:
+    sdk_exc.raise_from_response(resp, error_message=what)
+    if resp.status_code == 204 or not resp.content:
+        return None
+    return resp.json()
+
+
+class OpenStackCloud:
+    def __init__(self, conn):
+        self.conn = conn
+
+    # -- compute ----------------------------------------------------------
+
+    def list_servers(self) -> list[dict]:
+        """All servers of the project: ``GET /servers/detail``, following pages."""
+        servers: list[dict] = []
+        url = "/servers/detail"
+        seen = set()
+        while url and url not in seen:
+            seen.add(url)
+            body = _check(self.conn.compute.get(url), "listing servers")
+            servers.extend(body.get("servers", []))
+            url = next((link["href"] for link in body.get("servers_links", [])
+                        if link.get("rel") == "next"), None)
+        return servers
+
+    def create_server(self, request: dict) -> dict:
+        """``POST /servers``; returns nova's short answer (id, links)."""
+        body = _check(self.conn.compute.post("/servers", json={"server": request}),
+                      "creating a server")
+        return body["server"]
+
+    def delete_server(self, server_id: str) -> bool:
+        """``DELETE /servers/{id}``; False if nova no longer knows it."""
+        try:
+            _check(self.conn.compute.delete(f"/servers/{server_id}"), "deleting a server")
+        except sdk_exc.NotFoundException:
+            return False
+        return True
+
+    def get_compute_limits(self) -> dict:
+        """nova's ``absolute`` limits: maxima and ``total*Used`` counters."""
+        body = _check(self.conn.compute.get("/limits"), "reading compute limits")
+        return body["limits"]["absolute"]
+
+    def get_volume_limits(self) -> dict | None:
+        """cinder's ``absolute`` limits, or None when the cloud has no cinder."""
+        try:
+            proxy = self.conn.block_storage
+            body = _check(proxy.get("/limits"), "reading volume limits")
+        except (sdk_exc.ServiceDisabledException, sdk_exc.EndpointNotFound):
+            return None
+        return body["limits"]["absolute"]
+
+    def list_flavors(self) -> list[dict]:
+        body = _check(self.conn.compute.get("/flavors/detail"), "listing flavors")
+        return body.get("flavors", [])
+
+    # -- image ------------------------------------------------------------
+
+    def list_images(self) -> list[dict]:
+        images: list[dict] = []
+        url = "/v2/images?limit=1000"
+        seen = set()
+        while url and url not in seen:
+            seen.add(url)
+            body = _check(self.conn.image.get(url), "listing images")
+            images.extend(body.get("images", []))
+            nxt = body.get("next")
+            url = nxt if nxt else None
+        return images
+
+    # -- network ----------------------------------------------------------
+
+    def list_networks(self) -> list[dict]:
+        body = _check(self.conn.network.get("/v2.0/networks"), "listing networks")
+        return body.get("networks", [])
+
+    def list_floating_ips(self) -> list[dict]:
+        body = _check(self.conn.network.get("/v2.0/floatingips"), "listing floating IPs")
+        return body.get("floatingips", [])
+
+    def list_ports(self, **filters: str) -> list[dict]:
+        query = "&".join(f"{k}={v}" for k, v in sorted(filters.items()))
+        url = "/v2.0/ports" + (f"?{query}" if query else "")
+        body = _check(self.conn.network.get(url), "listing ports")
+        return body.get("ports", [])
+
+    def create_floating_ip(self, network_id: str, port_id: str) -> dict:
+        body = _check(self.conn.network.post("/v2.0/floatingips", json={"floatingip": {
+            "floating_network_id": network_id, "port_id": port_id}}),
+            "creating a floating IP")
+        return body["floatingip"]
+
+    def delete_floating_ip(self, fip_id: str) -> bool:
+        try:
+            _check(self.conn.network.delete(f"/v2.0/floatingips/{fip_id}"),
+                   "deleting a floating IP")
+        except sdk_exc.NotFoundException:
+            return False
+        return True
+
+    def delete_port(self, port_id: str) -> bool:
+        try:
+            _check(self.conn.network.delete(f"/v2.0/ports/{port_id}"), "deleting a port")
+        except sdk_exc.NotFoundException:
+            return False
+        return True
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - closing must never fail a shutdown
+            log.debug("closing the connection failed", exc_info=True)

@@ -1,0 +1,115 @@
+"""One server list per provider, refreshed at most once per interval.
+
+Every state machine, the quota ledger and the leak cleaner read this one list
+instead of asking the cloud about single servers.  The cache never pretends:
+it says how old its list is and what the last refresh failed with, and a
+refresh that passed the gate's deadline is given up so a new one can start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nodepool.driver.gate import ApiCall, ApiGate
+
+log = logging.getLogger("nodepool.serverlist")
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """A list as nova gave it, and when the request for it was started.
+
+    ``requested_at`` matters more than ``received_at``: a server missing from
+    a list requested *after* our delete call returned is really gone.
+    """
+
+    servers: dict[str, dict] = field(default_factory=dict)
+    requested_at: float = float("-inf")
+    received_at: float = float("-inf")
+
+    def get(self, server_id: str) -> dict | None:
+        return self.servers.get(server_id)
+
+    def by_metadata(self, **wanted: str) -> list[dict]:
+        out = []
+        for server in self.servers.values():
+            meta = server.get("metadata") or {}
+            if all(meta.get(k) == v for k, v in wanted.items()):
+                out.append(server)
+        return out
+
+
+class ServerListCache:
+    def __init__(self, gate: ApiGate, fetch: Callable[[], list[dict]], interval: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.gate = gate
+        self.fetch = fetch
+        self.interval = interval
+        self.clock = clock
+        self.snapshot = ServerSnapshot()
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.refreshes = 0
+        self.failures = 0
+        self._call: ApiCall | None = None
+        self._wanted_after: float | None = None
+
+    def want_fresh(self, after: float | None = None) -> None:
+        """Ask for a list requested after ``after`` (default: now), e.g.
+        once a delete call has returned; still at most one per interval."""
+        t = self.clock() if after is None else after
+        if self._wanted_after is None or t > self._wanted_after:
+            self._wanted_after = t
+
+    def tick(self) -> bool:
+        """Collect a finished refresh and start one if due; True if a new
+        snapshot arrived.  Never blocks."""
+        now = self.clock()
+        arrived = False
+        if self._call is not None and self._call.done():
+            call, self._call = self._call, None
+            try:
+                servers = call.result()
+            except Exception as e:  # noqa: BLE001 - recorded, retried next interval
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.last_error_at = now
+                log.warning("%s: listing servers failed: %s", self.gate.name, self.last_error)
+            else:
+                self.snapshot = ServerSnapshot({s["id"]: s for s in servers if "id" in s},
+                                               call.started_at or call.submitted_at, now)
+                self.refreshes += 1
+                self.last_error = None
+                arrived = True
+        if self._call is None and self._due(now):
+            self._call = self.gate.submit("compute.list_servers", self.fetch)
+        return arrived
+
+    def _due(self, now: float) -> bool:
+        last = max(self.snapshot.requested_at, self.last_error_at or float("-inf"))
+        if now - last < self.interval:
+            return False
+        if self.snapshot.received_at == float("-inf"):
+            return True
+        if self._wanted_after is not None and self.snapshot.requested_at <= self._wanted_after:
+            return True
+        # Even with nothing pending, keep the view (and quota) current.
+        return now - self.snapshot.requested_at >= self.interval * 4
+
+    def age(self) -> float | None:
+        if self.snapshot.received_at == float("-inf"):
+            return None
+        return self.clock() - self.snapshot.received_at
+
+    def status(self) -> dict:
+        return {
+            "servers": len(self.snapshot.servers),
+            "age": None if self.age() is None else round(self.age(), 1),
+            "refreshing_for": None if self._call is None else round(self._call.age(), 1),
+            "last_error": self.last_error,
+            "refreshes": self.refreshes,
+            "failures": self.failures,
+        }
