@@ -90,41 +90,42 @@ class OpenStackCloud:
 
     def list_images(self) -> list[dict]:
         images: list[dict] = []
-        url = "/v2/images?limit=1000"
+        url = "/images?limit=1000"
         seen = set()
         while url and url not in seen:
             seen.add(url)
             body = _check(self.conn.image.get(url), "listing images")
             images.extend(body.get("images", []))
+            # glance's "next" is "/v2/images?marker=..."; the endpoint has /v2.
             nxt = body.get("next")
-            url = nxt if nxt else None
+            url = nxt[len("/v2"):] if nxt and nxt.startswith("/v2/") else nxt
         return images
 
     # -- network ----------------------------------------------------------
 
     def list_networks(self) -> list[dict]:
-        body = _check(self.conn.network.get("/v2.0/networks"), "listing networks")
+        body = _check(self.conn.network.get("/networks"), "listing networks")
         return body.get("networks", [])
 
     def list_floating_ips(self) -> list[dict]:
-        body = _check(self.conn.network.get("/v2.0/floatingips"), "listing floating IPs")
+        body = _check(self.conn.network.get("/floatingips"), "listing floating IPs")
         return body.get("floatingips", [])
 
     def list_ports(self, **filters: str) -> list[dict]:
         query = "&".join(f"{k}={v}" for k, v in sorted(filters.items()))
-        url = "/v2.0/ports" + (f"?{query}" if query else "")
+        url = "/ports" + (f"?{query}" if query else "")
         body = _check(self.conn.network.get(url), "listing ports")
         return body.get("ports", [])
 
     def create_floating_ip(self, network_id: str, port_id: str) -> dict:
-        body = _check(self.conn.network.post("/v2.0/floatingips", json={"floatingip": {
+        body = _check(self.conn.network.post("/floatingips", json={"floatingip": {
             "floating_network_id": network_id, "port_id": port_id}}),
             "creating a floating IP")
         return body["floatingip"]
 
     def delete_floating_ip(self, fip_id: str) -> bool:
         try:
-            _check(self.conn.network.delete(f"/v2.0/floatingips/{fip_id}"),
+            _check(self.conn.network.delete(f"/floatingips/{fip_id}"),
                    "deleting a floating IP")
         except sdk_exc.NotFoundException:
             return False
@@ -132,7 +133,7 @@ class OpenStackCloud:
 
     def delete_port(self, port_id: str) -> bool:
         try:
-            _check(self.conn.network.delete(f"/v2.0/ports/{port_id}"), "deleting a port")
+            _check(self.conn.network.delete(f"/ports/{port_id}"), "deleting a port")
         except sdk_exc.NotFoundException:
             return False
         return True

@@ -1,0 +1,535 @@
+"""Non-blocking state machines for creating and deleting servers.
+
+The provider loop calls ``advance()`` on every machine each pass.  A machine
+never waits: it submits calls to the gate and looks at them, and at the
+shared server list, on later passes.  All I/O goes through ``ProviderContext``
+(the provider), which keeps these classes free of threads and sockets.
+
+Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
+create call of the attempt (waiting for quota is not launch time), and a
+server is never declared failed for being slow before that.  A server that
+exists in nova is never forgotten: it is handed to a ``ServerDeletion``,
+which keeps it counted until nova stops listing it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nodepool.driver import errors
+from nodepool.driver.gate import ApiCall
+from nodepool.driver.keyscan import HostKeyScan
+from nodepool.driver.openstack import servers as srv
+from nodepool.quota import Resources
+
+if TYPE_CHECKING:
+    from nodepool.driver.openstack.provider import OpenStackProvider
+
+log = logging.getLogger("nodepool.openstack.machines")
+
+# A failed attempt waits this long per failure so far before the next one.
+RETRY_DELAY = 2.0
+# Resend a delete nova seems to have forgotten (still listed, not deleting).
+REDELETE_AFTER = 300.0
+MAX_DELETE_BACKOFF = 60.0
+
+
+class Step(str, enum.Enum):
+    RESOLVE = "resolve"          # flavor, image, networks from the catalog
+    WAIT_QUOTA = "wait-quota"    # no headroom (or backing off): nothing sent
+    CREATING = "creating"        # POST /servers in flight
+    LOOKUP = "lookup"            # POST timed out: is the server there anyway?
+    BOOTING = "booting"          # nova has it; waiting for ACTIVE
+    FLOATING_IP = "floating-ip"  # attaching a floating IP
+    KEYSCAN = "keyscan"          # waiting for SSH host keys
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class LabelPlan:
+    """What the create needs, resolved from config and catalog."""
+
+    flavor: dict
+    image: dict
+    network_ids: list[str]
+    cost: Resources
+
+
+class CreateMachine:
+    def __init__(self, ctx: "OpenStackProvider", spec: Any, pool: Any, label: Any):
+        self.ctx = ctx
+        self.spec = spec                  # requests.builder.BuildSpec
+        self.pool = pool                  # config.model.Pool
+        self.label = label                # config.model.PoolLabel
+        self.step = Step.RESOLVE
+        self.attempt = 0                  # POSTs sent (or about to be)
+        self.failures = 0                 # real failures, count against launch-retries
+        self.plan: LabelPlan | None = None
+        self.key: str | None = None       # ledger key of the current attempt
+        self.server_id: str | None = None
+        self.server: dict | None = None
+        self.call: ApiCall | None = None
+        self.call_done_at: float | None = None
+        self.create_started_at: float | None = None
+        self.active_at: float | None = None
+        self.not_before = 0.0
+        self.reason: str | None = None    # why it waits or failed
+        self.scan: HostKeyScan | None = None
+        self.fip_address: str | None = None
+        self.fip_port: str | None = None
+        self.resolve_misses = 0
+        self.cancelled = False
+
+    # -- status for the request handler ------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.step in (Step.READY, Step.FAILED)
+
+    def info(self) -> dict:
+        """NodeInfo fields known now (external_id as soon as nova has it)."""
+        out: dict[str, Any] = {}
+        if self.server_id:
+            out["external_id"] = self.server_id
+        if self.plan:
+            cost = self.plan.cost
+            out["resources"] = {"cores": cost.cores, "ram": cost.ram, "instances": 1}
+            if cost.volumes:
+                out["resources"].update(volumes=cost.volumes, volume_gb=cost.volume_gb)
+        if self.server:
+            s = self.server
+            addrs = srv.addresses_of(s)
+            if self.fip_address:
+                addrs["public_ipv4"] = self.fip_address
+                addrs["interface_ip"] = self.fip_address
+            out.update({k: v for k, v in addrs.items() if v})
+            out["hostname"] = s.get("name")
+            out["host_id"] = s.get("hostId") or None
+            out["az"] = s.get("OS-EXT-AZ:availability_zone") or None
+        image = self.label.cloud_image
+        out.update(cloud=self.ctx.cloud_name, region=self.ctx.region_name,
+                   image_id=image.name, username=image.username or "zuul",
+                   connection_type=image.connection_type,
+                   connection_port=image.connection_port, python_path=image.python_path,
+                   shell_type=image.shell_type)
+        if self.step is Step.READY:
+            out["host_keys"] = list(self.scan.keys) if self.scan and self.scan.keys else []
+        return {k: v for k, v in out.items() if v is not None}
+
+    def describe(self) -> dict:
+        now = self.ctx.clock()
+        return {"node": self.spec.node_id, "label": self.spec.label, "step": self.step.value,
+                "attempt": self.attempt, "failures": self.failures,
+                "server": self.server_id, "reason": self.reason,
+                "since_create": None if self.create_started_at is None
+                else round(now - self.create_started_at, 1)}
+
+    # -- the machine -----------------------------------------------------
+
+    def advance(self) -> None:
+        if self.done:
+            return
+        now = self.ctx.clock()
+        handler = getattr(self, f"_step_{self.step.name.lower()}")
+        handler(now)
+
+    def _step_resolve(self, now: float) -> None:
+        plan, problem, final = self.ctx.plan_label(self.label, self.pool)
+        if plan is None:
+            self.reason = problem
+            if final:
+                self._give_up(problem)
+            return
+        self.plan = plan
+        self.reason = None
+        self.step = Step.WAIT_QUOTA
+
+    def _step_wait_quota(self, now: float) -> None:
+        if now < self.not_before:
+            return
+        if not self.ctx.may_start_create():
+            self.reason = "max-concurrency reached"
+            return
+        key = f"{self.spec.node_id}/{self.attempt + 1}"
+        decision = self.ctx.reserve(key, self.spec, self.plan.cost)
+        if not decision:
+            self.reason = "; ".join(decision.reasons) or "no headroom"
+            return
+        self.attempt += 1
+        self.key = key
+        self.reason = None
+        name = srv.hostname(self.ctx.hostname_format, label=self.spec.label,
+                            provider=self.ctx.name, pool=self.pool.name,
+                            node_id=self.spec.node_id)
+        body = self.ctx.create_body(self, name)
+        self.ctx.ledger.create_issued(key)
+        self.create_started_at = now
+        self.call = self.ctx.gate.submit("compute.create_server",
+                                         self.ctx.cloud.create_server, body)
+        self.step = Step.CREATING
+
+    def _step_creating(self, now: float) -> None:
+        if not self.call.done():
+            return
+        call, self.call = self.call, None
+        self.call_done_at = now
+        try:
+            answer = call.result()
+        except Exception as e:  # noqa: BLE001 - sorted by kind below
+            err = errors.classify(e)
+            self.ctx.count_create_error(err)
+            if err.kind == errors.QUOTA:
+                self.ctx.ledger.create_rejected(self.key, quota_error=True)
+                self._wait_for_quota(f"cloud refused: {err.message}")
+            elif err.kind == errors.UNAVAILABLE:
+                # The server may exist even though we got no answer.
+                self.ctx.ledger.create_unknown(self.key)
+                self.ctx.servers.want_fresh(now)
+                self.reason = f"create call failed ({err.message}); looking for the server"
+                self.step = Step.LOOKUP
+            else:
+                self.ctx.ledger.create_rejected(self.key)
+                if err.kind == errors.BAD_REQUEST:
+                    self.ctx.catalog.missed("images")
+                    self.ctx.catalog.missed("flavors")
+                self._failed(f"create refused: {err}")
+            return
+        self.server_id = answer.get("id")
+        self.ctx.ledger.create_accepted(self.key, self.server_id)
+        self.ctx.servers.want_fresh(now)
+        self.step = Step.BOOTING
+
+    def _step_lookup(self, now: float) -> None:
+        snap = self.ctx.servers.snapshot
+        if snap.requested_at <= self.call_done_at:
+            if now - self.create_started_at > self.ctx.launch_timeout:
+                # The cloud stays unreachable; the deletion machinery keeps
+                # looking for the server and keeps it counted meanwhile.
+                self._failed("create call failed and the server list stayed unavailable")
+            return
+        found = snap.by_metadata(**{srv.META_PROVIDER: self.ctx.name,
+                                    srv.META_NODE: self.spec.node_id,
+                                    srv.META_ATTEMPT: str(self.attempt)})
+        if found:
+            self.server_id = found[0]["id"]
+            self.ctx.ledger.server_seen(self.key, self.server_id)
+            self.reason = None
+            self.step = Step.BOOTING
+            self._step_booting(now)
+            return
+        # A list requested after the call gave up does not show it.  A create
+        # that still lands later is found by the leak cleaner.
+        self.ctx.ledger.server_gone(self.key)
+        self.key = None
+        self._failed(self.reason or "create call failed")
+
+    def _step_booting(self, now: float) -> None:
+        snap = self.ctx.servers.snapshot
+        server = snap.get(self.server_id)
+        if server is None:
+            if snap.requested_at > self.call_done_at and now - self.call_done_at > 1.0:
+                self._failed("the server disappeared while building")
+            elif now - self.create_started_at > self.ctx.launch_timeout:
+                self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed")
+            return
+        self.server = server
+        self.ctx.ledger.server_seen(self.key, self.server_id)
+        status = str(server.get("status", "")).upper()
+        if status == "ACTIVE":
+            self.active_at = now
+            if self._needs_floating_ip(server):
+                self.step = Step.FLOATING_IP
+                self._step_floating_ip(now)
+            else:
+                self._after_network(now)
+            return
+        if status == "ERROR":
+            fault = srv.fault_message(server)
+            if errors.looks_like_quota(fault):
+                self.ctx.ledger.report_quota_error(self.ctx.name, self.key)
+                self._abandon_server()
+                self._wait_for_quota(f"server went ERROR over quota: {fault}")
+            else:
+                self._failed(f"server went ERROR: {fault}")
+            return
+        if now - self.create_started_at > self.ctx.launch_timeout:
+            self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed in {status}")
+        else:
+            self.ctx.servers.want_fresh()
+
+    def _needs_floating_ip(self, server: dict) -> bool:
+        return bool(self.pool.auto_floating_ip and self.ctx.uses_floating_ips
+                    and not srv.has_public_address(server))
+
+    def _step_floating_ip(self, now: float) -> None:
+        if now - self.create_started_at > self.ctx.launch_timeout:
+            self._failed("launch-timeout passed while attaching a floating IP")
+            return
+        if self.call is not None:
+            if not self.call.done():
+                return
+            call, self.call = self.call, None
+            try:
+                answer = call.result()
+            except Exception as e:  # noqa: BLE001
+                err = errors.classify(e)
+                if err.kind == errors.QUOTA:
+                    self._failed(f"no floating IP: {err.message}")
+                else:
+                    self.reason = f"floating IP step failed: {err}; retrying"
+                    self.not_before = now + RETRY_DELAY
+                return
+            if self.fip_port is None:
+                ports = [p for p in answer if p.get("device_id") == self.server_id]
+                if not ports:
+                    self.reason = "server has no port yet"
+                    self.not_before = now + RETRY_DELAY
+                    return
+                self.fip_port = ports[0]["id"]
+            else:
+                self.fip_address = answer.get("floating_ip_address")
+                self._after_network(now)
+                return
+        if now < self.not_before:
+            return
+        if self.fip_port is None:
+            self.call = self.ctx.gate.submit("network.list_ports", self.ctx.cloud.list_ports,
+                                             device_id=self.server_id)
+            return
+        network = self.ctx.external_network()
+        if network is None:
+            self._failed("auto-floating-ip is on but the cloud has no external network")
+            return
+        self.call = self.ctx.gate.submit("network.create_floating_ip",
+                                         self.ctx.cloud.create_floating_ip,
+                                         network["id"], self.fip_port)
+
+    def _after_network(self, now: float) -> None:
+        if self.label.host_key_checking:
+            addr = self.info().get("interface_ip")
+            if not addr:
+                self._failed("the server is ACTIVE without any address")
+                return
+            self.scan = HostKeyScan(addr, self.label.cloud_image.connection_port,
+                                    now + self.ctx.boot_timeout, self.ctx.clock)
+            self.step = Step.KEYSCAN
+            self._step_keyscan(now)
+            return
+        if not self.info().get("interface_ip"):
+            self._failed("the server is ACTIVE without any address")
+            return
+        self.step = Step.READY
+        self.reason = None
+
+    def _step_keyscan(self, now: float) -> None:
+        keys = self.scan.poll()
+        if keys is None:
+            return
+        if not keys:
+            self._failed(self.scan.error or "no host keys")
+            return
+        self.step = Step.READY
+        self.reason = None
+
+    # -- outcomes ----------------------------------------------------------
+
+    def _abandon_server(self) -> None:
+        """Hand this attempt's server (known or possible) to the deletion
+        machinery, which keeps it counted until nova stops listing it."""
+        if self.scan:
+            self.scan.cancel()
+            self.scan = None
+        if self.key is not None and (self.server_id or self.step in (Step.CREATING,
+                                                                      Step.LOOKUP)):
+            self.ctx.delete_server(self.server_id, key=self.key,
+                                   node_id=self.spec.node_id, attempt=self.attempt,
+                                   since=self.call_done_at or self.ctx.clock())
+        elif self.key is not None and self.ctx.ledger.entry_state(self.key) is not None:
+            self.ctx.delete_server(None, key=self.key, node_id=self.spec.node_id,
+                                   attempt=self.attempt, since=self.ctx.clock())
+        self.key = None
+        self.server_id = None
+        self.server = None
+        self.fip_port = None
+        self.fip_address = None
+
+    def _wait_for_quota(self, reason: str) -> None:
+        """A quota refusal: not the node's fault, so not a launch failure."""
+        self.reason = reason
+        self.key = None
+        self.server_id = None
+        self.step = Step.WAIT_QUOTA
+
+    def _failed(self, reason: str) -> None:
+        log.warning("node %s attempt %d: %s", self.spec.node_id, self.attempt, reason)
+        self._abandon_server()
+        self.failures += 1
+        self.ctx.count_launch_failure()
+        if self.failures >= self.ctx.launch_retries:
+            self._give_up(f"{reason} (attempt {self.failures} of {self.ctx.launch_retries})")
+            return
+        self.reason = f"retrying after: {reason}"
+        self.not_before = self.ctx.clock() + RETRY_DELAY * self.failures
+        self.step = Step.WAIT_QUOTA
+
+    def _give_up(self, reason: str) -> None:
+        self.reason = reason
+        self.step = Step.FAILED
+
+    def cancel(self) -> None:
+        """The node is being deleted: drop the work, keep the server accounted."""
+        if self.call is not None and self.step is Step.CREATING:
+            # The POST may still land: look for it once the call is over.
+            self.ctx.delete_server(None, key=self.key, node_id=self.spec.node_id,
+                                   attempt=self.attempt, since=self.ctx.clock(),
+                                   after_call=self.call)
+            self.key = None
+        elif self.key is not None and self.step is Step.WAIT_QUOTA:
+            pass
+        else:
+            self._abandon_server()
+        self.cancelled = True
+        self.step = Step.FAILED
+        self.reason = "cancelled: the node is being deleted"
+
+
+class DeleteStep(str, enum.Enum):
+    FIND = "find"        # server id unknown: look for it in a fresh list
+    SEND = "send"        # DELETE to be sent (or resent)
+    SENT = "sent"        # DELETE in flight
+    WAIT_GONE = "wait-gone"
+    DONE = "done"
+
+
+@dataclass
+class ServerDeletion:
+    """Delete one server (or the server an attempt may have made) and wait
+    until nova no longer lists it; never gives up, backs off on errors."""
+
+    ctx: "OpenStackProvider"
+    server_id: str | None
+    key: str | None
+    node_id: str | None
+    attempt: int | None
+    since: float
+    after_call: ApiCall | None = None
+    step: DeleteStep = DeleteStep.SEND
+    call: ApiCall | None = None
+    sent_at: float | None = None
+    not_before: float = 0.0
+    errors: int = 0
+    reason: str | None = None
+    floating_ips: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.server_id is None:
+            self.step = DeleteStep.FIND
+
+    @property
+    def done(self) -> bool:
+        return self.step is DeleteStep.DONE
+
+    def advance(self) -> None:
+        now = self.ctx.clock()
+        snap = self.ctx.servers.snapshot
+        if self.key is None and self.server_id is not None:
+            # Deleting by id (a node's external_id): the server's metadata
+            # names the ledger entry that must be released when it is gone.
+            meta = (snap.get(self.server_id) or {}).get("metadata") or {}
+            if meta.get(srv.META_PROVIDER) == self.ctx.name and meta.get(srv.META_NODE):
+                self.key = f"{meta[srv.META_NODE]}/{meta.get(srv.META_ATTEMPT, '0')}"
+        if self.step is DeleteStep.FIND:
+            if self.after_call is not None:
+                if not self.after_call.done():
+                    return
+                try:
+                    answer = self.after_call.result()
+                    self.server_id = answer.get("id")
+                    if self.key:
+                        self.ctx.ledger.create_accepted(self.key, self.server_id)
+                except Exception:  # noqa: BLE001 - then look in the list
+                    if self.key:
+                        self.ctx.ledger.create_unknown(self.key)
+                self.after_call = None
+                self.since = now
+                if self.server_id:
+                    self.step = DeleteStep.SEND
+                    return
+            if snap.requested_at <= self.since:
+                self.ctx.servers.want_fresh(self.since)
+                return
+            wanted = {srv.META_PROVIDER: self.ctx.name, srv.META_NODE: self.node_id}
+            if self.attempt is not None:
+                wanted[srv.META_ATTEMPT] = str(self.attempt)
+            found = snap.by_metadata(**wanted)
+            if not found:
+                self._gone()
+                return
+            self.server_id = found[0]["id"]
+            if self.key:
+                self.ctx.ledger.server_seen(self.key, self.server_id)
+            self.step = DeleteStep.SEND
+        if self.step is DeleteStep.SEND:
+            if now < self.not_before:
+                return
+            server = snap.get(self.server_id)
+            if server is not None:
+                self.floating_ips = sorted(set(self.floating_ips) | {
+                    e["addr"] for entries in (server.get("addresses") or {}).values()
+                    for e in entries or [] if e.get("OS-EXT-IPS:type") == "floating"})
+            self.call = self.ctx.gate.submit("compute.delete_server",
+                                             self.ctx.cloud.delete_server, self.server_id)
+            self.step = DeleteStep.SENT
+            return
+        if self.step is DeleteStep.SENT:
+            if not self.call.done():
+                return
+            call, self.call = self.call, None
+            try:
+                call.result()
+            except Exception as e:  # noqa: BLE001
+                err = errors.classify(e)
+                if err.kind != errors.NOT_FOUND:
+                    self.errors += 1
+                    self.reason = f"delete failed: {err}"
+                    self.not_before = now + min(MAX_DELETE_BACKOFF, 2.0 ** self.errors)
+                    self.step = DeleteStep.SEND
+                    return
+            self.sent_at = now
+            self.reason = None
+            if self.key:
+                self.ctx.ledger.delete_issued(self.key)
+            self.ctx.servers.want_fresh(now)
+            self.step = DeleteStep.WAIT_GONE
+            return
+        if self.step is DeleteStep.WAIT_GONE:
+            if snap.requested_at <= self.sent_at:
+                self.ctx.servers.want_fresh(self.sent_at)
+                return
+            server = snap.get(self.server_id)
+            if server is None:
+                self._gone()
+                return
+            if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
+                self.reason = "still listed long after the delete; sending it again"
+                self.step = DeleteStep.SEND
+            else:
+                self.ctx.servers.want_fresh()
+
+    def _gone(self) -> None:
+        if self.key:
+            self.ctx.ledger.server_gone(self.key)
+        for addr in self.floating_ips:
+            self.ctx.delete_floating_ip_by_address(addr)
+        self.ctx.note_delete_completed()
+        self.step = DeleteStep.DONE
+
+    def describe(self) -> dict:
+        now = self.ctx.clock()
+        return {"server": self.server_id, "node": self.node_id, "step": self.step.value,
+                "errors": self.errors, "reason": self.reason,
+                "since": round(now - self.since, 1)}

@@ -1,0 +1,570 @@
+"""One OpenStack provider: its gate, shared server list, machines and loop.
+
+The provider implements the request handler's ``NodeBuilder`` interface.
+Pool workers call it from their threads (``capacity``, ``start_*``,
+``poll_*``: quick, in-memory); one provider thread runs ``tick()``, which
+moves every machine a step and keeps the server list, the catalog and the
+cloud's limits current.  Nothing here imports the ZooKeeper layer: what the
+leak cleaner needs to know about nodes comes through ``known_nodes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Hashable, Sequence
+
+from nodepool.driver import errors
+from nodepool.driver.gate import ApiCall, ApiGate
+from nodepool.driver.openstack import servers as srv
+from nodepool.driver.openstack.catalog import CloudCatalog
+from nodepool.driver.openstack.cloud import OpenStackCloud, connect
+from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
+                                                ServerDeletion, Step)
+from nodepool.driver.server_list import ServerListCache
+from nodepool.quota import (CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
+                            Resources, label_cost)
+from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
+                                       Capacity, DeleteSpec, DeleteState,
+                                       DeleteStatus, NodeInfo)
+
+log = logging.getLogger("nodepool.openstack.provider")
+
+SERVER_LIST_INTERVAL = 2.0
+LOOP_INTERVAL = 0.25
+LEAK_INTERVAL = 60.0
+FIP_LIST_INTERVAL = 10.0
+
+
+class NodeDeletion:
+    """Delete every server of one node: its external id, and anything else
+    carrying its node id (failed attempts, creates that timed out)."""
+
+    def __init__(self, provider: "OpenStackProvider", spec: DeleteSpec):
+        self.provider = provider
+        self.spec = spec
+        self.started_at = provider.clock()
+        self.deletions: dict[str, ServerDeletion] = {}
+        self.searched = False
+        if spec.external_id:
+            self.deletions[spec.external_id] = provider.delete_server(
+                spec.external_id, key=None, node_id=spec.node_id, attempt=None,
+                since=self.started_at)
+
+    def advance(self) -> None:
+        snap = self.provider.servers.snapshot
+        if not self.searched:
+            if snap.requested_at <= self.started_at:
+                self.provider.servers.want_fresh(self.started_at)
+                return
+            for server in snap.by_metadata(**{srv.META_PROVIDER: self.provider.name,
+                                              srv.META_NODE: self.spec.node_id}):
+                if server["id"] not in self.deletions:
+                    meta = server.get("metadata") or {}
+                    key = f"{self.spec.node_id}/{meta.get(srv.META_ATTEMPT)}"
+                    self.deletions[server["id"]] = self.provider.delete_server(
+                        server["id"], key=key, node_id=self.spec.node_id, attempt=None,
+                        since=self.started_at)
+            self.searched = True
+
+    @property
+    def done(self) -> bool:
+        return self.searched and all(d.done for d in self.deletions.values())
+
+    def status(self) -> DeleteStatus:
+        if self.done:
+            return DeleteStatus(DeleteState.DONE)
+        reasons = [d.reason for d in self.deletions.values() if d.reason]
+        return DeleteStatus(DeleteState.DELETING, "; ".join(reasons) or None)
+
+
+class OpenStackProvider:
+    """A ``NodeBuilder`` for one provider of nodepool.yaml."""
+
+    def __init__(self, config: Any, ledger: QuotaLedger, *,
+                 known_nodes: Callable[[], dict[str, str | None] | None] | None = None,
+                 cloud: OpenStackCloud | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 server_list_interval: float = SERVER_LIST_INTERVAL,
+                 leak_interval: float = LEAK_INTERVAL):
+        self.config = config                   # config.model.Provider
+        self.name = config.name
+        self.ledger = ledger
+        self.clock = clock
+        self.known_nodes = known_nodes
+        settings = config.cloud_settings
+        self.cloud_name = config.cloud
+        self.region_name = config.region_name or (settings.region_name if settings else None)
+        api_timeout = settings.api_timeout if settings else 60.0
+        # keystoneauth's timeout applies per connect and per read; a slow
+        # drip could exceed it, so the gate's deadline has a margin.
+        self.gate = ApiGate(self.name, interval=config.rate, deadline=api_timeout * 2 + 1,
+                            workers=4, clock=clock)
+        self._cloud = cloud
+        self._connect_call: ApiCall | None = None
+        self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
+                                       clock)
+        self.catalog = CloudCatalog(self.gate, {
+            "flavors": lambda: self.cloud.list_flavors(),
+            "images": lambda: self.cloud.list_images(),
+            "networks": lambda: self.cloud.list_networks(),
+        }, clock=clock)
+        self.leak_interval = leak_interval
+        self._lock = threading.RLock()
+        self._builds: dict[str, CreateMachine] = {}
+        self._deletes: dict[str, NodeDeletion] = {}
+        self._server_deletions: list[ServerDeletion] = []
+        self._limits_call: tuple[Any, ApiCall] | None = None
+        self._fip_call: ApiCall | None = None
+        self._fips: list[dict] | None = None
+        self._fips_at: float | None = None
+        self._fip_deletes: set[str] = set()
+        self._leak_suspects: set[str] = set()
+        self._last_leak_pass: float | None = None
+        self._adopted: dict[str, str] = {}     # ledger key -> server id
+        self._last_snapshot_seen = float("-inf")
+        self.counters = {"launch_failures": 0, "quota_errors": 0, "create_errors": 0,
+                         "deletes_completed": 0, "leaks_deleted": 0}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        ledger.configure_provider(self.name, {
+            name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
+
+    # -- configuration the machines read -------------------------------------
+
+    @property
+    def hostname_format(self) -> str:
+        return self.config.hostname_format
+
+    @property
+    def launch_timeout(self) -> float:
+        return self.config.launch_timeout
+
+    @property
+    def boot_timeout(self) -> float:
+        return self.config.boot_timeout
+
+    @property
+    def launch_retries(self) -> int:
+        return max(1, self.config.launch_retries)
+
+    @property
+    def uses_floating_ips(self) -> bool:
+        nets = self.catalog.items("networks") or []
+        return any(n.get("router:external") for n in nets)
+
+    @property
+    def cloud(self) -> OpenStackCloud:
+        if self._cloud is None:
+            raise errors.CloudError(errors.UNAVAILABLE, "not connected yet")
+        return self._cloud
+
+    def update_config(self, config: Any) -> None:
+        """Config reload: new limits and label settings apply to new builds;
+        machines in flight keep the settings they started with."""
+        with self._lock:
+            self.config = config
+            self.gate.interval = config.rate
+            self.ledger.configure_provider(self.name, {
+                name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
+
+    # -- the loop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"provider-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(wait)
+        self.gate.shutdown(wait=1.0)
+        if self._cloud is not None:
+            self._cloud.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("%s: provider loop pass failed", self.name)
+            self._stop.wait(LOOP_INTERVAL)
+
+    def tick(self) -> None:
+        """One pass: never blocks, safe to repeat."""
+        with self._lock:
+            if self._cloud is None:
+                self._connect()
+                if self._cloud is None:
+                    return
+            if self.servers.tick():
+                self._reconcile()
+            self.catalog.tick()
+            self._refresh_limits()
+            self._refresh_floating_ips()
+            for machine in list(self._builds.values()):
+                try:
+                    machine.advance()
+                except Exception as e:  # noqa: BLE001 - one node must not stop the others
+                    log.exception("%s: node %s: machine error", self.name, machine.spec.node_id)
+                    machine._failed(f"internal error: {e}")
+            for deletion in list(self._deletes.values()):
+                deletion.advance()
+            for d in list(self._server_deletions):
+                try:
+                    d.advance()
+                except Exception:  # noqa: BLE001
+                    log.exception("%s: deleting server %s failed", self.name, d.server_id)
+            self._server_deletions = [d for d in self._server_deletions if not d.done]
+            self._clean_leaks()
+
+    def _connect(self) -> None:
+        settings = self.config.cloud_settings
+        if self._connect_call is None:
+            self._connect_call = self.gate.submit(
+                "connect", connect, self.cloud_name, settings.clouds_file, self.region_name)
+            return
+        if not self._connect_call.done():
+            return
+        call, self._connect_call = self._connect_call, None
+        try:
+            self._cloud = OpenStackCloud(call.result())
+        except Exception as e:  # noqa: BLE001 - retried next pass
+            log.error("%s: cannot set up the connection to cloud %s: %s", self.name,
+                      self.cloud_name, errors.classify(e))
+
+    def _list_servers(self) -> list[dict]:
+        return self.cloud.list_servers()
+
+    # -- quota ------------------------------------------------------------------------
+
+    def _refresh_limits(self) -> None:
+        if self._limits_call is not None:
+            token, call = self._limits_call
+            if not call.done():
+                return
+            self._limits_call = None
+            try:
+                compute, volume = call.result()
+                self.ledger.apply_limits(token, CloudLimits.from_api(
+                    compute, volume, read_at=token.started_at))
+            except Exception as e:  # noqa: BLE001 - the previous reading stays
+                self.ledger.limits_read_failed(token, str(errors.classify(e)))
+            return
+        if self.ledger.limits_refresh_due(self.name):
+            token = self.ledger.begin_limits_read(self.name)
+            self._limits_call = (token, self.gate.submit("compute.get_limits",
+                                                         self._read_limits))
+
+    def _read_limits(self) -> tuple[dict, dict | None]:
+        compute = self.cloud.get_compute_limits()
+        volume = self.cloud.get_volume_limits() if self._uses_volumes() else None
+        return compute, volume
+
+    def _uses_volumes(self) -> bool:
+        return any(label.boot_from_volume for pool in self.config.pools.values()
+                   for label in pool.labels.values())
+
+    def plan_label(self, label: Any, pool: Any) -> tuple[LabelPlan | None, str | None, bool]:
+        """(plan, problem, final): final when the catalog is fresh and still
+        lacks what the label needs (a config problem, not a wait)."""
+        if not self.catalog.loaded("flavors", "images", "networks"):
+            return None, "reading flavors, images and networks", False
+        image_cfg = label.cloud_image
+        flavor = srv.pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
+                                 min_ram=label.min_ram)
+        image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
+                               image_name=image_cfg.image_name, fallback_name=image_cfg.name)
+        nets = []
+        missing = []
+        for ref in label.networks:
+            net = srv.pick_network(self.catalog.items("networks"), ref)
+            if net is None:
+                missing.append(f"network {ref!r}")
+            else:
+                nets.append(net["id"])
+        if flavor is None:
+            missing.append(f"flavor {label.flavor_name!r}" if label.flavor_name
+                           else f"a flavor with at least {label.min_ram} MB RAM")
+            self.catalog.missed("flavors")
+        if image is None:
+            missing.append(f"image {image_cfg.reference!r}")
+            self.catalog.missed("images")
+        if missing:
+            if any(self.catalog.reload_pending(k) for k in ("flavors", "images", "networks")):
+                return None, f"cloud has no {', '.join(missing)} (re-reading)", False
+            for k in ("networks",):
+                self.catalog.missed(k)
+            return None, f"cloud {self.cloud_name} has no {', '.join(missing)}", True
+        cost = label_cost(int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0),
+                          boot_from_volume=label.boot_from_volume,
+                          volume_size_gb=label.volume_size if label.boot_from_volume else 0)
+        return LabelPlan(dict(flavor), dict(image), nets, cost), None, False
+
+    def reserve(self, key: str, spec: BuildSpec, cost: Resources) -> QuotaDecision:
+        return self.ledger.try_reserve(key, provider=self.name, pool=spec.pool_name,
+                                       cost=cost, tenant=spec.tenant_name)
+
+    def may_start_create(self) -> bool:
+        limit = self.config.max_concurrency
+        if limit is None or limit <= 0:
+            return True
+        busy = sum(1 for m in self._builds.values()
+                   if m.step in (Step.CREATING, Step.LOOKUP, Step.BOOTING, Step.FLOATING_IP,
+                                 Step.KEYSCAN))
+        return busy < limit
+
+    def create_body(self, machine: CreateMachine, name: str) -> dict:
+        label, pool, plan = machine.label, machine.pool, machine.plan
+        image_cfg = label.cloud_image
+        meta = srv.server_metadata(provider=self.name, pool=pool.name,
+                                   node_id=machine.spec.node_id, label=machine.spec.label,
+                                   image=image_cfg.name, attempt=machine.attempt)
+        azs = pool.availability_zones
+        az = azs[(int(machine.spec.node_id) if machine.spec.node_id.isdigit() else 0)
+                 % len(azs)] if azs else None
+        return srv.create_request(
+            name=name, flavor_id=plan.flavor["id"], image_id=plan.image["id"], metadata=meta,
+            network_ids=plan.network_ids, key_name=label.key_name, userdata=label.userdata,
+            availability_zone=az, security_groups=pool.security_groups,
+            config_drive=image_cfg.config_drive, boot_from_volume=label.boot_from_volume,
+            volume_size=label.volume_size, instance_properties=label.instance_properties)
+
+    def count_create_error(self, err: errors.CloudError) -> None:
+        key = "quota_errors" if err.kind == errors.QUOTA else "create_errors"
+        self.counters[key] += 1
+
+    def count_launch_failure(self) -> None:
+        self.counters["launch_failures"] += 1
+
+    def note_delete_completed(self) -> None:
+        self.counters["deletes_completed"] += 1
+
+    # -- NodeBuilder --------------------------------------------------------------
+
+    def capacity(self, labels: Sequence[str]) -> Capacity:
+        """Quick, in-memory: would one server per label be granted now?"""
+        with self._lock:
+            plans = []
+            for name in labels:
+                found = self._find_label(name)
+                if found is None:
+                    return Capacity.NEVER
+                pool, label = found
+                plan, _, final = self.plan_label(label, pool)
+                if plan is None:
+                    return Capacity.NEVER if final else Capacity.WAIT
+                plans.append((pool, plan))
+            if not plans:
+                return Capacity.AVAILABLE
+            pool = plans[0][0]
+            total = Resources()
+            for _, plan in plans:
+                total = total + plan.cost
+            if self.ledger.can_ever_fit(provider=self.name, pool=pool.name, cost=total):
+                return Capacity.NEVER
+            # A trial reservation is the exact, atomic check; give it back.
+            probes = []
+            try:
+                for i, (p, plan) in enumerate(plans):
+                    key = ("capacity-probe", id(self), i)
+                    if not self.ledger.try_reserve(key, provider=self.name, pool=p.name,
+                                                   cost=plan.cost):
+                        return Capacity.WAIT
+                    probes.append(key)
+                return Capacity.AVAILABLE
+            finally:
+                for key in probes:
+                    self.ledger.release(key)
+
+    def _find_label(self, name: str):
+        for pool in self.config.pools.values():
+            if name in pool.labels:
+                return pool, pool.labels[name]
+        return None
+
+    def start_build(self, spec: BuildSpec) -> Hashable:
+        with self._lock:
+            existing = self._builds.get(spec.node_id)
+            if existing is not None and not existing.done:
+                return spec.node_id
+            pool = self.config.pools.get(spec.pool_name)
+            label = pool.labels.get(spec.label) if pool else None
+            if label is None:
+                raise ValueError(f"provider {self.name} pool {spec.pool_name} has no label "
+                                 f"{spec.label}")
+            machine = CreateMachine(self, spec, pool, label)
+            self._builds[spec.node_id] = machine
+            # Reserve right away so the next capacity() check sees it.
+            machine.advance()
+            if machine.step is Step.WAIT_QUOTA:
+                machine.advance()
+            return spec.node_id
+
+    def poll_build(self, handle: Hashable) -> BuildStatus:
+        with self._lock:
+            machine = self._builds.get(handle)
+            if machine is None:
+                return BuildStatus(BuildState.FAILED, reason="unknown build (launcher restarted?)")
+            info = NodeInfo(**machine.info())
+            if machine.step is Step.READY:
+                self._builds.pop(handle, None)
+                return BuildStatus(BuildState.READY, info)
+            if machine.step is Step.FAILED:
+                self._builds.pop(handle, None)
+                return BuildStatus(BuildState.FAILED, info, machine.reason)
+            return BuildStatus(BuildState.BUILDING, info, machine.reason)
+
+    def start_delete(self, spec: DeleteSpec) -> Hashable:
+        with self._lock:
+            if spec.node_id in self._deletes:
+                return spec.node_id
+            machine = self._builds.pop(spec.node_id, None)
+            if machine is not None and not machine.done:
+                machine.cancel()
+            self._deletes[spec.node_id] = NodeDeletion(self, spec)
+            return spec.node_id
+
+    def poll_delete(self, handle: Hashable) -> DeleteStatus:
+        with self._lock:
+            deletion = self._deletes.get(handle)
+            if deletion is None:
+                return DeleteStatus(DeleteState.FAILED, "unknown delete")
+            status = deletion.status()
+            if status.state is DeleteState.DONE:
+                self._deletes.pop(handle, None)
+            return status
+
+    # -- deleting servers -------------------------------------------------------------
+
+    def delete_server(self, server_id: str | None, *, key: str | None, node_id: str | None,
+                      attempt: int | None, since: float,
+                      after_call: ApiCall | None = None) -> ServerDeletion:
+        with self._lock:
+            if server_id is not None:
+                for d in self._server_deletions:
+                    if d.server_id == server_id:
+                        d.key = d.key or key
+                        return d
+            d = ServerDeletion(self, server_id, key, node_id, attempt, since,
+                               after_call=after_call)
+            self._server_deletions.append(d)
+            return d
+
+    def external_network(self) -> dict | None:
+        nets = self.catalog.items("networks") or []
+        return next((n for n in nets if n.get("router:external")), None)
+
+    def _refresh_floating_ips(self) -> None:
+        if self._fip_call is not None and self._fip_call.done():
+            call, self._fip_call = self._fip_call, None
+            try:
+                self._fips = call.result()
+                self._fips_at = self.clock()
+            except Exception as e:  # noqa: BLE001
+                log.warning("%s: listing floating IPs failed: %s", self.name,
+                            errors.classify(e))
+        if self._fip_call is None and self._fip_deletes:
+            if self._fips_at is None or self.clock() - self._fips_at >= FIP_LIST_INTERVAL:
+                self._fip_call = self.gate.submit("network.list_floating_ips",
+                                                  self.cloud.list_floating_ips)
+                return
+            for fip in self._fips or []:
+                if fip.get("floating_ip_address") in self._fip_deletes:
+                    self.gate.submit("network.delete_floating_ip",
+                                     self.cloud.delete_floating_ip, fip["id"])
+            self._fip_deletes.clear()
+
+    def delete_floating_ip_by_address(self, address: str) -> None:
+        self._fip_deletes.add(address)
+        self._fips_at = None  # the list must be read after the server went
+
+    # -- reconciling with the server list -------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Keep the ledger level-triggered from the list: servers of ours the
+        ledger does not know (a restart, another process) are adopted, and
+        adopted ones that nova dropped are released."""
+        snap = self.servers.snapshot
+        known_keys = self.ledger.keys(self.name)
+        flavors = {f.get("id"): f for f in self.catalog.items("flavors") or []}
+        listed: set[str] = set()
+        for server in snap.servers.values():
+            meta = server.get("metadata") or {}
+            if meta.get(srv.META_PROVIDER) != self.name:
+                continue
+            key = f"{meta.get(srv.META_NODE)}/{meta.get(srv.META_ATTEMPT, '0')}"
+            listed.add(key)
+            if key in known_keys or meta.get(srv.META_POOL) not in self.config.pools:
+                continue
+            flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
+            cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
+            self.ledger.adopt(key, provider=self.name, pool=meta[srv.META_POOL], cost=cost,
+                              server_id=server["id"], deleting=srv.is_deleting(server))
+            self._adopted[key] = server["id"]
+        for key in list(self._adopted):
+            if key not in listed:
+                self.ledger.server_gone(key)
+                del self._adopted[key]
+
+    def _clean_leaks(self) -> None:
+        """Servers carrying this provider's metadata whose node is gone from
+        ZooKeeper (or that a node no longer owns) are deleted once they were
+        seen leaked on two passes in a row."""
+        if self.known_nodes is None:
+            return
+        now = self.clock()
+        if self._last_leak_pass is not None and now - self._last_leak_pass < self.leak_interval:
+            return
+        snap = self.servers.snapshot
+        if snap.received_at <= (self._last_leak_pass or float("-inf")):
+            return
+        nodes = self.known_nodes()
+        if nodes is None:
+            return  # ZooKeeper's view is not ready: never guess
+        self._last_leak_pass = now
+        tracked = {m.server_id for m in self._builds.values() if m.server_id}
+        tracked |= {d.server_id for d in self._server_deletions if d.server_id}
+        building_nodes = set(self._builds) | set(self._deletes)
+        suspects = set()
+        for server in snap.servers.values():
+            meta = server.get("metadata") or {}
+            if meta.get(srv.META_PROVIDER) != self.name or server["id"] in tracked:
+                continue
+            node_id = meta.get(srv.META_NODE)
+            if node_id in building_nodes:
+                continue
+            if node_id in nodes and nodes[node_id] in (None, server["id"]):
+                continue
+            suspects.add(server["id"])
+        for server_id in suspects & self._leak_suspects:
+            server = snap.get(server_id) or {}
+            meta = server.get("metadata") or {}
+            log.warning("%s: deleting leaked server %s (node %s)", self.name, server_id,
+                        meta.get(srv.META_NODE))
+            self.counters["leaks_deleted"] += 1
+            key = f"{meta.get(srv.META_NODE)}/{meta.get(srv.META_ATTEMPT, '0')}"
+            self.delete_server(server_id, key=key, node_id=meta.get(srv.META_NODE),
+                               attempt=None, since=now)
+        self._leak_suspects = suspects
+
+    # -- for operators -----------------------------------------------------------------
+
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "name": self.name,
+                "cloud": self.cloud_name,
+                "connected": self._cloud is not None,
+                "server_list": self.servers.status(),
+                "catalog": self.catalog.status(),
+                "api_calls": self.gate.stats(),
+                "api_in_flight": self.gate.in_flight(),
+                "builds": [m.describe() for m in self._builds.values()],
+                "deletes": [d.describe() for d in self._server_deletions],
+                "counters": dict(self.counters),
+                "quota": self.ledger.describe(self.name)["providers"].get(self.name),
+            }

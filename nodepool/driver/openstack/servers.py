@@ -1,0 +1,168 @@
+"""Pure helpers: what we send nova for a create, and what we read back.
+
+Metadata ties a server to this provider, its node and the launch attempt, so
+a server whose create timed out on our side, or that came back in ERROR, is
+found in the server list and deleted instead of leaked.  The keys are the
+ones upstream Nodepool writes (so servers it left behind are recognised) plus
+``nodepool_attempt``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from typing import Any, Iterable, Mapping
+
+META_PROVIDER = "nodepool_provider_name"
+META_NODE = "nodepool_node_id"
+META_POOL = "nodepool_pool_name"
+META_LABEL = "nodepool_node_label"
+META_IMAGE = "nodepool_image_name"
+META_ATTEMPT = "nodepool_attempt"
+
+
+class _Names:
+    """Attribute access for hostname-format fields ({label.name}, {node.id})."""
+
+    def __init__(self, **values: str):
+        self.__dict__.update(values)
+
+
+def hostname(fmt: str, *, label: str, provider: str, pool: str, node_id: str) -> str:
+    name = fmt.format(label=_Names(name=label), provider=_Names(name=provider),
+                      pool=_Names(name=pool), node=_Names(id=node_id))
+    # Nova accepts most names, but the hostname the guest gets is derived from
+    # it; keep to characters every image's cloud-init handles.
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in name)[:63]
+
+
+def server_metadata(*, provider: str, pool: str, node_id: str, label: str,
+                    image: str, attempt: int) -> dict[str, str]:
+    return {META_PROVIDER: provider, META_POOL: pool, META_NODE: node_id,
+            META_LABEL: label, META_IMAGE: image, META_ATTEMPT: str(attempt)}
+
+
+def create_request(*, name: str, flavor_id: str, image_id: str, metadata: Mapping[str, str],
+                   network_ids: Iterable[str] = (), key_name: str | None = None,
+                   userdata: str | None = None, availability_zone: str | None = None,
+                   security_groups: Iterable[str] = (), config_drive: bool | None = None,
+                   boot_from_volume: bool = False, volume_size: int = 50,
+                   instance_properties: Mapping[str, Any] | None = None) -> dict:
+    """The body of ``POST /servers`` (microversion 2.1 form)."""
+    meta = {str(k): str(v) for k, v in (instance_properties or {}).items()}
+    meta.update(metadata)  # ours win: they are how the server is found again
+    body: dict[str, Any] = {"name": name, "flavorRef": flavor_id, "metadata": meta,
+                            "min_count": 1, "max_count": 1}
+    nets = list(network_ids)
+    if nets:
+        body["networks"] = [{"uuid": n} for n in nets]
+    if boot_from_volume:
+        body["block_device_mapping_v2"] = [{
+            "boot_index": 0, "uuid": image_id, "source_type": "image",
+            "destination_type": "volume", "volume_size": volume_size,
+            "delete_on_termination": True}]
+        body["imageRef"] = ""
+    else:
+        body["imageRef"] = image_id
+    if key_name:
+        body["key_name"] = key_name
+    if userdata:
+        body["user_data"] = base64.b64encode(userdata.encode()).decode()
+    if availability_zone:
+        body["availability_zone"] = availability_zone
+    groups = list(security_groups)
+    if groups:
+        body["security_groups"] = [{"name": g} for g in groups]
+    if config_drive is not None:
+        body["config_drive"] = config_drive
+    return body
+
+
+def _is_private(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_private
+    except ValueError:
+        return True
+
+
+def addresses_of(server: Mapping[str, Any]) -> dict[str, str | None]:
+    """public/private IPv4/IPv6 from nova's ``addresses`` (no extra calls)."""
+    public_v4 = private_v4 = public_v6 = None
+    floating_v4 = None
+    for entries in (server.get("addresses") or {}).values():
+        for entry in entries or []:
+            addr = entry.get("addr")
+            if not addr:
+                continue
+            version = entry.get("version", 6 if ":" in addr else 4)
+            kind = entry.get("OS-EXT-IPS:type")
+            if version == 4:
+                if kind == "floating":
+                    floating_v4 = floating_v4 or addr
+                elif _is_private(addr):
+                    private_v4 = private_v4 or addr
+                else:
+                    public_v4 = public_v4 or addr
+            elif version == 6 and not ipaddress.ip_address(addr).is_link_local:
+                public_v6 = public_v6 or addr
+    public_v4 = floating_v4 or public_v4 or server.get("accessIPv4") or None
+    public_v6 = public_v6 or server.get("accessIPv6") or None
+    interface = public_v4 or public_v6 or private_v4
+    return {"public_ipv4": public_v4, "private_ipv4": private_v4 or public_v4,
+            "public_ipv6": public_v6, "interface_ip": interface}
+
+
+def has_public_address(server: Mapping[str, Any]) -> bool:
+    a = addresses_of(server)
+    return bool(a["public_ipv4"] or a["public_ipv6"])
+
+
+def fault_message(server: Mapping[str, Any]) -> str:
+    fault = server.get("fault") or {}
+    return str(fault.get("message") or fault.get("details") or "no fault given")
+
+
+def is_deleting(server: Mapping[str, Any]) -> bool:
+    return server.get("OS-EXT-STS:task_state") == "deleting" or \
+        str(server.get("status", "")).upper() in ("DELETED", "SOFT_DELETED")
+
+
+def pick_flavor(flavors: Iterable[Mapping[str, Any]], *, name: str | None,
+                min_ram: int) -> Mapping[str, Any] | None:
+    """By name (or id) when given, else the smallest flavor with enough RAM
+    (fewest vCPUs, then name, to be stable)."""
+    flavors = list(flavors)
+    if name:
+        for f in flavors:
+            if f.get("name") == name:
+                return f
+        for f in flavors:
+            if f.get("id") == name:
+                return f
+        return None
+    fitting = [f for f in flavors if (f.get("ram") or 0) >= min_ram
+               and not f.get("OS-FLV-DISABLED:disabled")]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda f: (f.get("ram") or 0, f.get("vcpus") or 0,
+                                       str(f.get("name"))))
+
+
+def pick_image(images: Iterable[Mapping[str, Any]], *, image_id: str | None,
+               image_name: str | None, fallback_name: str) -> Mapping[str, Any] | None:
+    images = list(images)
+    if image_id:
+        return next((i for i in images if i.get("id") == image_id), None)
+    wanted = image_name or fallback_name
+    active = [i for i in images if i.get("name") == wanted
+              and str(i.get("status", "active")).lower() == "active"]
+    if not active:
+        return None
+    # Several images of one name: the newest, as operators upload replacements.
+    return max(active, key=lambda i: str(i.get("created_at", "")))
+
+
+def pick_network(networks: Iterable[Mapping[str, Any]], ref: str) -> Mapping[str, Any] | None:
+    networks = list(networks)
+    return next((n for n in networks if n.get("id") == ref), None) or \
+        next((n for n in networks if n.get("name") == ref), None)
