@@ -89,3 +89,4 @@ def zk(zk_settings):
     client = connect(zk_settings)
     yield client
     disconnect(client)
+from tests.fixtures.fakecloud import *  # noqa: E402,F401,F403
