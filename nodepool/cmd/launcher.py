@@ -1,16 +1,31 @@
 """``nodepool-launcher``: the daemon that serves node requests.
 
-For now it loads and validates the configuration (refusing to start on any
-error, with the same messages as ``nodepool config-validate``) and exits.
+It refuses to start on an invalid configuration, with the same messages as
+``nodepool config-validate``.  ``-d`` keeps it in the foreground (systemd's
+``Type=simple``); without it, it detaches with python-daemon and holds a
+locked pid file so a second copy refuses to start.
+
+Signals: SIGTERM/SIGINT stop gracefully; SIGUSR2 writes every thread's stack
+and the launcher's in-flight state to the log.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import logging.config
+import os
+import signal
 import sys
+import threading
+import traceback
 
 from nodepool.cmd.common import add_config_options, print_problems
 from nodepool.config import validate
+
+log = logging.getLogger("nodepool.launcher.cmd")
+STOP_TIMEOUT = 30.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,15 +36,73 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--nodaemon", action="store_true",
                         help="stay in the foreground (for systemd's Type=simple)")
     parser.add_argument("-l", "--logconfig", metavar="PATH",
-                        help="Python logging configuration (dictConfig YAML or INI); "
-                             "default: INFO to stderr")
+                        help="Python logging configuration: a dictConfig YAML file, or an "
+                             "INI file for logging.config.fileConfig; default: INFO to "
+                             "stderr")
     parser.add_argument("-p", "--pidfile", metavar="PATH",
                         default="/var/run/nodepool/launcher.pid",
-                        help="pid file when running as a daemon "
+                        help="pid file when running as a daemon; a second launcher with "
+                             "the same pid file refuses to start "
                              "(default: /var/run/nodepool/launcher.pid)")
     parser.add_argument("--validate-only", action="store_true",
                         help="load and check the configuration, then exit")
     return parser
+
+
+def setup_logging(path: str | None) -> None:
+    if not path:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        with open(path) as f:
+            logging.config.dictConfig(yaml.safe_load(f))
+    else:
+        logging.config.fileConfig(path, disable_existing_loggers=False)
+
+
+def dump_state(launcher) -> str:
+    """Every thread's stack and the launcher's in-flight work, as text."""
+    lines = ["--- thread stacks ---"]
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"Thread {names.get(ident, '?')} ({ident}):")
+        lines.extend(x.rstrip() for x in traceback.format_stack(frame))
+    lines.append("--- launcher state ---")
+    try:
+        lines.append(json.dumps(launcher.status(), indent=1, sort_keys=True, default=str))
+    except Exception as e:  # noqa: BLE001 - a dump must not fail
+        lines.append(f"(status unavailable: {e})")
+    return "\n".join(lines)
+
+
+def run(config, args) -> int:
+    from nodepool.launcher.launcher import Launcher
+
+    launcher = Launcher(config)
+    stop = threading.Event()
+
+    def on_stop(signum, frame):
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_dump(signum, frame):
+        log.warning("SIGUSR2 state dump:\n%s", dump_state(launcher))
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGUSR2, on_dump)
+    try:
+        launcher.start()
+    except Exception as e:  # noqa: BLE001 - say why, cleanly
+        log.error("cannot start: %s", e)
+        launcher.stop(wait=5)
+        return 1
+    while not stop.wait(1.0):
+        pass
+    launcher.stop(wait=STOP_TIMEOUT)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +113,42 @@ def main(argv: list[str] | None = None) -> int:
         print("nodepool-launcher: refusing to start: the configuration has errors",
               file=sys.stderr)
         return 1
-    print(f"nodepool-launcher: configuration {args.config} is valid "
-          f"({len(config.providers)} provider(s), "
-          f"{sum(1 for _ in config.pools())} pool(s))")
-    return 0
+    if args.validate_only:
+        print(f"nodepool-launcher: configuration {args.config} is valid "
+              f"({len(config.providers)} provider(s), "
+              f"{sum(1 for _ in config.pools())} pool(s))")
+        return 0
+    if args.nodaemon:
+        setup_logging(args.logconfig)
+        return run(config, args)
+
+    import daemon
+    from daemon.pidfile import TimeoutPIDLockFile
+
+    pid_dir = os.path.dirname(os.path.abspath(args.pidfile))
+    os.makedirs(pid_dir, exist_ok=True)
+    pidfile = TimeoutPIDLockFile(args.pidfile, acquire_timeout=0)
+    if pidfile.is_locked():
+        pid = pidfile.read_pid()
+        try:
+            if pid:
+                os.kill(pid, 0)
+                print(f"nodepool-launcher: already running (pid {pid}, {args.pidfile})",
+                      file=sys.stderr)
+                return 1
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            print(f"nodepool-launcher: already running (pid {pid}, {args.pidfile})",
+                  file=sys.stderr)
+            return 1
+        print(f"nodepool-launcher: removing stale pid file {args.pidfile} (pid {pid})",
+              file=sys.stderr)
+        pidfile.break_lock()
+    with daemon.DaemonContext(pidfile=pidfile, umask=0o022,
+                              working_directory=os.getcwd()):
+        setup_logging(args.logconfig)
+        return run(config, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The launcher daemon's parts: wiring, statistics, signals."""

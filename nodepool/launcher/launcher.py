@@ -1,0 +1,310 @@
+"""The launcher: wires the configuration, ZooKeeper and the providers together.
+
+Threads, each a level-triggered loop that reads current state and moves it a
+step (so a restart or a lost session resumes instead of breaking):
+
+* one per provider (``OpenStackProvider``): server list, limits, machines;
+* one per pool (``PoolWorker``): the request handler's passes;
+* one maintenance loop: the reaper, min-ready, max-ready-age and housekeeping.
+
+No thread waits on the cloud: pool workers and the reaper only talk to the
+provider's in-memory interface, and the provider talks to the cloud through
+its gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nodepool.config.model import NodepoolConfig, Pool, Provider
+from nodepool.driver.openstack.provider import OpenStackProvider
+from nodepool.launcher.stats import Stats
+from nodepool.quota import QuotaLedger, tenant_limits_from_config
+from nodepool.requests import minready
+from nodepool.requests.handler import NodeRequestHandler
+from nodepool.requests.protocol import PoolSettings
+from nodepool.requests.reaper import NodeReaper
+from nodepool.version import __version__
+from nodepool.zk import housekeeping
+from nodepool.zk.client import connect, disconnect
+from nodepool.zk.components import (make_pool_id, register_launcher,
+                                    register_pool)
+from nodepool.zk.records import DELETING, READY, PoolComponent
+from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
+
+log = logging.getLogger("nodepool.launcher")
+
+POOL_INTERVAL = 0.5          # a pool worker's pass when nothing changes
+MAINTENANCE_INTERVAL = 1.0
+MIN_READY_INTERVAL = 5.0
+HOUSEKEEPING_INTERVAL = 60.0
+MAX_READY_AGE_INTERVAL = 30.0
+STATS_INTERVAL = 10.0
+
+
+@dataclass
+class LoopHealth:
+    """When each loop last finished a pass, for the health check and dumps."""
+
+    last_pass: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def beat(self, name: str) -> None:
+        self.last_pass[name] = time.monotonic()
+
+    def ages(self) -> dict[str, float]:
+        now = time.monotonic()
+        return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
+
+
+class PoolWorker:
+    """One pool: its registration and its request handler's passes."""
+
+    def __init__(self, launcher: "Launcher", provider: Provider, pool: Pool):
+        self.launcher = launcher
+        self.provider_name = provider.name
+        self.pool_name = pool.name
+        self.name = f"{provider.name}-{pool.name}"
+        pool_id = make_pool_id(provider.name, pool.name, launcher.hostname)
+        self.settings = PoolSettings(
+            pool_id=pool_id, provider_name=provider.name, pool_name=pool.name,
+            labels=frozenset(pool.labels), priority=provider.pool_priority(pool),
+            max_servers=pool.max_servers, node_attributes=pool.node_attributes)
+        component = PoolComponent(
+            hostname=launcher.hostname, state="running", version=__version__,
+            id=pool_id, name=pool.name, provider_name=provider.name,
+            supported_labels=sorted(pool.labels), priority=provider.pool_priority(pool))
+        self.registration = register_pool(launcher.store.client, component)
+        self.handler = NodeRequestHandler(launcher.store, self.settings,
+                                          launcher.providers[provider.name],
+                                          registration=self.registration)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
+                                        daemon=True)
+        self.last_report = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.last_report = self.handler.run_once()
+                self.launcher.stats.pool_pass(self.provider_name, self.last_report)
+            except Exception:  # noqa: BLE001 - a pass must never kill the worker
+                log.exception("pool %s: pass failed", self.name)
+            self.launcher.health.beat(f"pool {self.name}")
+            self._stop.wait(POOL_INTERVAL)
+
+    def stop(self, wait: float) -> None:
+        """Stop taking requests, then let go of every lock."""
+        self._stop.set()
+        self._thread.join(wait)
+        try:
+            self.handler.shutdown()
+        finally:
+            try:
+                self.registration.unregister()
+            except Exception:  # noqa: BLE001 - the session may be gone already
+                log.debug("pool %s: unregister failed", self.name, exc_info=True)
+
+
+class Launcher:
+    def __init__(self, config: NodepoolConfig, hostname: str | None = None,
+                 provider_factory: Callable[..., OpenStackProvider] = OpenStackProvider,
+                 provider_options: dict | None = None):
+        self.config = config
+        self.hostname = hostname or socket.getfqdn()
+        self.provider_factory = provider_factory
+        self.provider_options = provider_options or {}
+        self.health = LoopHealth()
+        self.stats = Stats.from_environment()
+        self.client = None
+        self.store: ZooKeeperStore | None = None
+        self.ledger: QuotaLedger | None = None
+        self.providers: dict[str, OpenStackProvider] = {}
+        self.pool_workers: dict[str, PoolWorker] = {}
+        self.reaper: NodeReaper | None = None
+        self._launcher_registration = None
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        self._last: dict[str, float] = {}
+        self.started = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.client = connect(cfg.zookeeper)
+        self.store = ZooKeeperStore(self.client)
+        self.store.ensure_roots()
+        self.store.start_caches()
+        if not self.store.wait_synced(cfg.zookeeper.session_timeout * 3):
+            log.warning("ZooKeeper caches are not in sync yet; continuing")
+        self.ledger = QuotaLedger(tenant_limits=tenant_limits_from_config(cfg.tenant_limits))
+        for name, provider_cfg in cfg.providers.items():
+            provider = self.provider_factory(provider_cfg, self.ledger,
+                                             known_nodes=self._known_nodes,
+                                             **self.provider_options)
+            provider.start()
+            self.providers[name] = provider
+        self.reaper = NodeReaper(self.store, self.providers)
+        self._launcher_registration = register_launcher(self.client, self.hostname,
+                                                        __version__)
+        # Clean up after a previous run before serving anything.
+        self._housekeeping()
+        for provider_cfg in cfg.providers.values():
+            for pool in provider_cfg.pools.values():
+                worker = PoolWorker(self, provider_cfg, pool)
+                self.pool_workers[worker.name] = worker
+                worker.start()
+        self._maintenance = threading.Thread(target=self._maintain, name="maintenance",
+                                             daemon=True)
+        self._maintenance.start()
+        self.started.set()
+        log.info("launcher %s started: %d provider(s), %d pool(s)", self.hostname,
+                 len(self.providers), len(self.pool_workers))
+
+    def stop(self, wait: float = 20.0) -> None:
+        """Graceful: stop taking requests, release locks, leave ZooKeeper
+        consistent.  Builds in flight are dropped; their nodes (unlocked,
+        ``building``) are reaped by whichever launcher runs next."""
+        log.info("launcher stopping")
+        self._stop.set()
+        deadline = time.monotonic() + wait
+        for worker in self.pool_workers.values():
+            worker.stop(max(0.5, deadline - time.monotonic()) / 2)
+        if self._maintenance is not None:
+            self._maintenance.join(max(0.5, deadline - time.monotonic()))
+        if self.reaper is not None:
+            self.reaper.release_all()
+        if self._launcher_registration is not None:
+            try:
+                self._launcher_registration.unregister()
+            except Exception:  # noqa: BLE001
+                log.debug("unregistering the launcher failed", exc_info=True)
+        for provider in self.providers.values():
+            provider.stop(wait=max(0.5, deadline - time.monotonic()))
+        if self.store is not None:
+            self.store.stop_caches()
+        if self.client is not None:
+            disconnect(self.client)
+        log.info("launcher stopped")
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+    # -- maintenance loop ---------------------------------------------------------
+
+    def _due(self, name: str, interval: float) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(name, float("-inf")) >= interval:
+            self._last[name] = now
+            return True
+        return False
+
+    def _maintain(self) -> None:
+        while not self._stop.is_set():
+            for name, interval, task in (
+                    ("reaper", 0, self._reap),
+                    ("min-ready", MIN_READY_INTERVAL, self._min_ready),
+                    ("max-ready-age", MAX_READY_AGE_INTERVAL, self._max_ready_age),
+                    ("housekeeping", HOUSEKEEPING_INTERVAL, self._housekeeping),
+                    ("stats", STATS_INTERVAL, self._emit_stats)):
+                if self._stop.is_set():
+                    break
+                if interval and not self._due(name, interval):
+                    continue
+                try:
+                    task()
+                    self.health.errors.pop(name, None)
+                except Exception as e:  # noqa: BLE001 - a task must never kill the loop
+                    self.health.errors[name] = str(e)
+                    log.exception("maintenance task %s failed", name)
+            self.health.beat("maintenance")
+            self._stop.wait(MAINTENANCE_INTERVAL)
+
+    def _reap(self) -> None:
+        report = self.reaper.run_once()
+        for node_id in report.deleted:
+            log.info("node %s deleted", node_id)
+
+    def _min_ready(self) -> None:
+        minready.finish_min_ready(self.store)
+        wanted = {name: label.min_ready for name, label in self.config.labels.items()
+                  if label.min_ready > 0 and self._served(name)}
+        if wanted:
+            minready.submit_min_ready(self.store, wanted)
+
+    def _served(self, label: str) -> bool:
+        return any(label in w.settings.labels for w in self.pool_workers.values())
+
+    def _max_ready_age(self) -> None:
+        now = time.time()
+        cache = self.store.nodes_cache
+        for node in self.store.list_nodes(cached=True):
+            if node.provider not in self.providers or node.state != READY \
+                    or node.allocated_to:
+                continue
+            ages = [self.config.labels[t].max_ready_age for t in node.type
+                    if t in self.config.labels]
+            max_age = min([a for a in ages if a > 0], default=0)
+            if not max_age or now - (node.state_time or now) <= max_age:
+                continue
+            if cache is not None and cache.is_locked(node.id):
+                continue
+            got = self.store.lock_and_read_node(node.id)
+            if got is None:
+                continue
+            fresh, lock = got
+            try:
+                if fresh.state == READY and not fresh.allocated_to:
+                    fresh.set_state(DELETING, now)
+                    self.store.store_node(fresh, lock)
+                    log.info("node %s was ready for longer than max-ready-age", fresh.id)
+            except (RecordChanged, RecordGone):
+                pass
+            finally:
+                lock.release()
+
+    def _housekeeping(self) -> None:
+        report = housekeeping.run_housekeeping(
+            self.store, self.providers,
+            max_hold_age=self.config.max_hold_age or float("inf"))
+        for key in ("reset_requests", "removed_locks", "deallocated", "removed_empty",
+                    "expired_holds"):
+            items = getattr(report, key)
+            if items:
+                log.info("housekeeping %s: %s", key, ", ".join(items))
+
+    def _emit_stats(self) -> None:
+        self.stats.gauges(self.store.list_nodes(cached=True), self.providers, self.ledger)
+
+    # -- for the providers and operators --------------------------------------------
+
+    def _known_nodes(self) -> dict[str, str | None] | None:
+        """node id -> external id, from ZooKeeper; None if that view is not
+        trustworthy (not synced), so the leak cleaner never guesses."""
+        store = self.store
+        if store is None or not store.synced or self.client is None \
+                or not self.client.connected:
+            return None
+        return {n.id: n.external_id for n in store.list_nodes(cached=True)}
+
+    def status(self) -> dict:
+        return {
+            "hostname": self.hostname,
+            "zookeeper_connected": bool(self.client and self.client.connected),
+            "loops": self.health.ages(),
+            "loop_errors": dict(self.health.errors),
+            "pools": {name: {"id": w.settings.pool_id, "paused": w.handler.paused,
+                             "active_requests": w.handler.active_request_ids}
+                      for name, w in self.pool_workers.items()},
+            "reaper_in_progress": self.reaper.in_progress if self.reaper else [],
+            "providers": {name: p.status() for name, p in self.providers.items()},
+        }

@@ -1,0 +1,99 @@
+"""statsd metrics, named as upstream Nodepool names them where it has them.
+
+Configured like upstream, from the environment: ``STATSD_HOST``,
+``STATSD_PORT`` (8125) and ``STATSD_PREFIX``.  Without ``STATSD_HOST``
+nothing is sent.
+
+Upstream-compatible: ``nodepool.nodes.<state>``,
+``nodepool.provider.<provider>.nodes.<state>``, ``nodepool.label.<label>.nodes.<state>``,
+``nodepool.launch.provider.<provider>.{ready,error}``,
+``nodepool.task.<provider>.<call>`` (API calls, counts and timers).
+New: ``nodepool.provider.<provider>.quota.headroom.<resource>``,
+``nodepool.provider.<provider>.quota.403``, ``nodepool.provider.<provider>.backoff``,
+``nodepool.provider.<provider>.pool.<pool>.paused``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from typing import Any, Iterable
+
+log = logging.getLogger("nodepool.stats")
+
+NODE_STATES = ("building", "ready", "in-use", "used", "hold", "deleting", "failed",
+               "aborted", "init")
+
+
+def _clean(name: str) -> str:
+    return str(name).replace(".", "_").replace(":", "_")
+
+
+class Stats:
+    def __init__(self, client: Any | None):
+        self.client = client
+        self._api_seen: dict[tuple[str, str], int] = {}
+        self._quota_seen: dict[str, int] = {}
+
+    @classmethod
+    def from_environment(cls) -> "Stats":
+        host = os.environ.get("STATSD_HOST")
+        if not host:
+            return cls(None)
+        import statsd
+        port = int(os.environ.get("STATSD_PORT", "8125"))
+        return cls(statsd.StatsClient(host, port, prefix=os.environ.get("STATSD_PREFIX")))
+
+    def pool_pass(self, provider: str, report: Any) -> None:
+        if self.client is None or report is None:
+            return
+        ready = len(getattr(report, "fulfilled", []))
+        failed = len(getattr(report, "nodes_failed", []))
+        if ready:
+            self.client.incr(f"nodepool.launch.provider.{_clean(provider)}.ready", ready)
+        if failed:
+            self.client.incr(f"nodepool.launch.provider.{_clean(provider)}.error", failed)
+
+    def gauges(self, nodes: Iterable[Any], providers: dict, ledger: Any) -> None:
+        if self.client is None:
+            return
+        total: Counter = Counter()
+        by_provider: Counter = Counter()
+        by_label: Counter = Counter()
+        for node in nodes:
+            total[node.state] += 1
+            by_provider[(node.provider, node.state)] += 1
+            for label in node.type or []:
+                by_label[(label, node.state)] += 1
+        pipe = self.client.pipeline()
+        for state in NODE_STATES:
+            pipe.gauge(f"nodepool.nodes.{state}", total.get(state, 0))
+        for name in providers:
+            for state in NODE_STATES:
+                pipe.gauge(f"nodepool.provider.{_clean(name)}.nodes.{state}",
+                           by_provider.get((name, state), 0))
+        for (label, state), count in by_label.items():
+            pipe.gauge(f"nodepool.label.{_clean(label)}.nodes.{state}", count)
+        for name, provider in providers.items():
+            p = _clean(name)
+            est = ledger.estimate(name)
+            if est.effective_headroom is not None:
+                for res in ("instances", "cores", "ram"):
+                    value = getattr(est.effective_headroom, res)
+                    if not math.isinf(value):
+                        pipe.gauge(f"nodepool.provider.{p}.quota.headroom.{res}", value)
+            pipe.gauge(f"nodepool.provider.{p}.backoff", 1 if est.backoff.in_backoff else 0)
+            quota_errors = provider.counters.get("quota_errors", 0)
+            delta = quota_errors - self._quota_seen.get(name, 0)
+            if delta > 0:
+                pipe.incr(f"nodepool.provider.{p}.quota.403", delta)
+            self._quota_seen[name] = quota_errors
+            for call, st in provider.gate.stats().items():
+                key = (name, call)
+                delta = st["count"] - self._api_seen.get(key, 0)
+                if delta > 0:
+                    pipe.incr(f"nodepool.task.{p}.{_clean(call)}", delta)
+                self._api_seen[key] = st["count"]
+        pipe.send()
