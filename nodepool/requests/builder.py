@@ -1,0 +1,131 @@
+"""The interface between the request handler and the cloud.
+
+The handler never waits on the cloud: it asks for headroom, starts a build
+or a delete, and polls the handle on later passes.  Implementations keep no
+thread per node (they may batch polls behind the scenes) and must not block
+on any call.  Plain data only, so a cloud driver implements this without
+importing the ZooKeeper layer; a test double implements it in the tests.
+
+Exceptions from ``start_*``/``poll_*`` count as a failed build or delete;
+from ``capacity`` as "no headroom now".
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
+
+
+class Capacity(enum.Enum):
+    AVAILABLE = "available"  # start it now
+    WAIT = "wait"            # not now (at quota); the request waits, the pool pauses
+    NEVER = "never"          # can never fit this provider: decline
+
+
+class BuildState(enum.Enum):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"        # the node failed: the request is declined
+    ABORTED = "aborted"      # transient (e.g. the cloud said over quota): build again
+
+
+class DeleteState(enum.Enum):
+    DELETING = "deleting"
+    DONE = "done"            # the server is gone (or never existed)
+    FAILED = "failed"        # try again on a later pass
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    node_id: str
+    label: str
+    provider_name: str
+    pool_name: str
+    request_id: str | None = None
+    tenant_name: str | None = None
+    attributes: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the cloud tells about a server; None means "unknown, leave as is".
+
+    Return ``external_id`` as soon as the server exists (even while it is
+    still building) so it is recorded before anything can go wrong.
+    """
+
+    external_id: str | None = None
+    hostname: str | None = None
+    interface_ip: str | None = None
+    public_ipv4: str | None = None
+    private_ipv4: str | None = None
+    public_ipv6: str | None = None
+    host_id: str | None = None
+    cloud: str | None = None
+    region: str | None = None
+    az: str | None = None
+    image_id: str | None = None
+    username: str | None = None
+    connection_type: str | None = None
+    connection_port: Any = None
+    python_path: str | None = None
+    shell_type: str | None = None
+    host_keys: Sequence[str] | None = None
+    resources: Mapping[str, Any] | None = None
+    node_properties: Mapping[str, Any] | None = None
+    driver_data: Any = None
+
+    def known(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "host_keys":
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class BuildStatus:
+    state: BuildState
+    info: NodeInfo = field(default_factory=NodeInfo)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteSpec:
+    node_id: str
+    provider_name: str | None
+    pool_name: str | None
+    labels: tuple[str, ...]
+    external_id: str | None
+    state: str               # the node's state before deleting began
+
+
+@dataclass(frozen=True)
+class DeleteStatus:
+    state: DeleteState
+    reason: str | None = None
+
+
+@runtime_checkable
+class NodeBuilder(Protocol):
+    def capacity(self, labels: Sequence[str]) -> Capacity:
+        """Could one new server for each label start now?"""
+
+    def start_build(self, spec: BuildSpec) -> Hashable:
+        """Begin creating a server; return a handle for ``poll_build``."""
+
+    def poll_build(self, handle: Hashable) -> BuildStatus:
+        """Where the build is now; never blocks."""
+
+    def start_delete(self, spec: DeleteSpec) -> Hashable:
+        """Begin deleting the node's server; return a handle for ``poll_delete``."""
+
+    def poll_delete(self, handle: Hashable) -> DeleteStatus:
+        """Where the delete is now; never blocks."""

@@ -1,0 +1,551 @@
+"""One pool worker's side of the node request protocol.
+
+``NodeRequestHandler.run_once()`` is one level-triggered pass: it moves every
+request this pool has accepted one step further (reuse or create nodes,
+start builds, poll them, fulfil or decline), then looks at new requests
+(defer, decline or accept), and reports whether the pool is paused waiting
+for headroom.  Every step is safe to repeat; nothing waits on the cloud or
+on a lock held elsewhere; no thread per node.
+
+What it keeps between passes is only what cannot be re-read: the locks it
+holds and the builder's handles.  After a session loss those locks are gone,
+so everything in flight is dropped; the nodes left ``building`` and unlocked
+are then reaped, and another launcher (or this one) resets the ``pending``
+request (housekeeping).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from nodepool.requests import protocol
+from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
+                                       Capacity, NodeBuilder)
+from nodepool.requests.protocol import PoolInfo, PoolSettings
+from nodepool.zk.locks import ZooKeeperLock
+from nodepool.zk.records import (ABORTED, BUILDING, DELETED, DELETING, FAILED,
+                                 INIT, NODE_FAILED, PENDING, READY, REQUESTED,
+                                 MalformedRecord, Node, NodeRequest)
+from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
+                               ZooKeeperStore)
+
+log = logging.getLogger("nodepool.requests.handler")
+
+
+@dataclass
+class _Slot:
+    """One entry of ``node_types`` and the node that serves it."""
+
+    label: str
+    node: Node | None = None
+    lock: ZooKeeperLock | None = None
+    handle: Hashable | None = None
+    building: bool = False      # a build was started and is being polled
+    ready: bool = False
+    failed: bool = False
+
+
+@dataclass
+class _Active:
+    request: NodeRequest
+    lock: ZooKeeperLock
+    slots: list[_Slot]
+    waiting: bool = False          # no headroom now: the pool is paused
+    nodes_released: bool = False   # fulfilling: node locks already let go
+
+
+@dataclass
+class _Orphan:
+    """A build that goes on after its request went away; when it is ready the
+    node becomes an unallocated ready node (reusable) instead of a deleted one."""
+
+    node: Node
+    lock: ZooKeeperLock
+    handle: Hashable
+
+
+@dataclass
+class PassReport:
+    accepted: list[str] = field(default_factory=list)
+    declined: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)      # declined by everyone
+    fulfilled: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    nodes_created: list[str] = field(default_factory=list)
+    nodes_reused: list[str] = field(default_factory=list)
+    nodes_failed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    paused: bool = False
+
+
+class NodeRequestHandler:
+    def __init__(self, store: ZooKeeperStore, pool: PoolSettings, builder: NodeBuilder,
+                 registration=None, clock: Callable[[], float] = time.time):
+        """``registration``: the pool's ComponentRegistration, kept registered
+        and told when the pool pauses (optional in tests)."""
+        self.store = store
+        self.pool = pool
+        self.builder = builder
+        self.registration = registration
+        self.clock = clock
+        self._active: dict[str, _Active] = {}
+        self._orphans: dict[str, _Orphan] = {}
+        self._session: int | None = store.session_id
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return any(a.waiting for a in self._active.values())
+
+    @property
+    def active_request_ids(self) -> list[str]:
+        return sorted(self._active)
+
+    @property
+    def orphan_node_ids(self) -> list[str]:
+        return sorted(self._orphans)
+
+    def run_once(self) -> PassReport:
+        report = PassReport()
+        self._check_session()
+        if self.registration is not None:
+            self._guard(report, "registration", self.registration.ensure_registered)
+        for request_id in list(self._active):
+            active = self._active.get(request_id)
+            if active is not None:
+                self._guard(report, request_id, self._advance, active, report)
+        for node_id in list(self._orphans):
+            self._guard(report, f"node {node_id}", self._poll_orphan, node_id)
+        self._guard(report, "assignment", self._assign_new, report)
+        report.paused = self.paused
+        if self.registration is not None:
+            self._guard(report, "pause flag", self._publish_paused)
+        return report
+
+    def shutdown(self) -> None:
+        """Let go of every lock.  Pending requests become lost requests that a
+        launcher resets; building nodes become unlocked and get reaped."""
+        self._forget_everything()
+
+    def _forget_everything(self) -> None:
+        for active in self._active.values():
+            for slot in active.slots:
+                if slot.lock is not None:
+                    slot.lock.release()
+            active.lock.release()
+        for orphan in self._orphans.values():
+            orphan.lock.release()
+        self._active.clear()
+        self._orphans.clear()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _guard(self, report: PassReport, what: str, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:  # one bad request or node must not stop the pool
+            log.exception("pool %s: error in %s", self.pool.pool_id, what)
+            report.errors.append(f"{what}: {e}")
+            return None
+
+    def _check_session(self) -> None:
+        session = self.store.session_id
+        if session == self._session:
+            return
+        if self._active or self._orphans:
+            log.warning("pool %s: ZooKeeper session changed; dropping %d request(s) and "
+                        "%d orphan build(s) whose locks are gone", self.pool.pool_id,
+                        len(self._active), len(self._orphans))
+        self._forget_everything()
+        self._session = session
+
+    def _publish_paused(self) -> None:
+        if self.registration.component.paused != self.paused:
+            self.registration.update(paused=self.paused)
+
+    def _now(self) -> float:
+        return self.clock()
+
+    # -- new requests -----------------------------------------------------------------
+
+    def _assign_new(self, report: PassReport) -> None:
+        if self.store.requests_cache is not None and not self.store.synced:
+            return  # after a session loss, wait until the caches are current
+        requests = self.store.list_requests(cached=True)
+        pools = [PoolInfo.from_component(c) for c in self.store.registered_pools(cached=True)]
+        for request in protocol.candidate_requests(requests, self.pool, self._active):
+            reason = protocol.deferral_reason(request, self.pool, pools)
+            if reason:
+                log.debug("request %s: deferring: %s", request.id, reason)
+                report.deferred.append(request.id)
+                continue
+            reasons = protocol.decline_reasons(request, self.pool)
+            if not reasons and self._capacity(request.node_types) is Capacity.NEVER:
+                reasons = ["it would never fit the provider's quota"]
+            if self.paused and not reasons:
+                report.deferred.append(request.id)
+                continue
+            self._guard(report, request.id, self._lock_and_decide, request.id, reasons, report)
+
+    def _lock_and_decide(self, request_id: str, reasons: list[str], report: PassReport) -> None:
+        lock = self.store.try_lock_request(request_id)
+        if lock is None:
+            return
+        try:
+            request = self.store.get_request(request_id)
+        except MalformedRecord as e:
+            log.error("skipping malformed request %s: %s", e.path, e.reason)
+            lock.release()
+            return
+        except Exception:
+            lock.release()
+            raise
+        if (request is None or request.state != REQUESTED
+                or self.pool.pool_id in request.declined_by):
+            lock.release()
+            return
+        if reasons:
+            log.info("request %s: declining: %s", request_id, "; ".join(reasons))
+            self._store_decline(request, lock, report)
+            return
+        protocol.apply_accept(request, self._now())
+        try:
+            self.store.store_request(request, lock)
+        except Exception:
+            lock.release()
+            raise
+        log.info("request %s: accepted (%s)", request_id, ", ".join(request.node_types))
+        active = _Active(request, lock, [_Slot(label) for label in request.node_types])
+        self._active[request_id] = active
+        report.accepted.append(request_id)
+        self._advance(active, report)
+
+    def _capacity(self, labels) -> Capacity:
+        try:
+            return self.builder.capacity(list(labels))
+        except Exception:
+            log.exception("pool %s: capacity check failed; treating as no headroom",
+                          self.pool.pool_id)
+            return Capacity.WAIT
+
+    # -- accepted requests ----------------------------------------------------------------
+
+    def _advance(self, active: _Active, report: PassReport) -> None:
+        request_id = active.request.id
+        if not active.lock.held:
+            self._drop(active)
+            return
+        if not self.store.request_exists(request_id, cached=True) \
+                and not self.store.request_exists(request_id):
+            self._vanished(active, report)
+            return
+        if active.nodes_released:
+            self._fulfil(active, report)
+            return
+        for slot in active.slots:
+            if not self._fill(active, slot, report):
+                break
+        if active.request.id not in self._active:
+            return  # declined while filling
+        for slot in active.slots:
+            if slot.building and not slot.ready:
+                self._poll(slot, report)
+        if any(s.failed for s in active.slots):
+            self._decline_active(active, "a node failed to launch", report)
+        elif all(s.ready for s in active.slots):
+            self._fulfil(active, report)
+
+    def _fill(self, active: _Active, slot: _Slot, report: PassReport) -> bool:
+        """Bring one slot as far as it goes without waiting.  False stops the
+        filling of later slots (no headroom, or the request was declined)."""
+        request = active.request
+        if slot.node is None:
+            if request.reuse and self.pool.reuse_ready_nodes and self._reuse(active, slot):
+                report.nodes_reused.append(slot.node.id)
+                return True
+            verdict = self._launch_verdict(active, slot.label)
+            if verdict is Capacity.NEVER:
+                self._decline_active(active, "it would never fit the provider's quota", report)
+                return False
+            if verdict is Capacity.WAIT:
+                if request.is_min_ready:
+                    # Speculative nodes are not worth waiting for.
+                    self._decline_active(active, "no headroom for a min-ready node", report)
+                    return False
+                if not active.waiting:
+                    log.info("request %s: no headroom for %s now; pausing pool %s",
+                             request.id, slot.label, self.pool.pool_id)
+                active.waiting = True
+                return False
+            active.waiting = False
+            slot.node = self._create_node(request, slot.label)
+            report.nodes_created.append(slot.node.id)
+        if slot.ready or slot.failed:
+            return True
+        if slot.lock is None:
+            # Nobody else locks a node in init; a miss is a transient error.
+            slot.lock = self.store.try_lock_node(slot.node.id)
+            if slot.lock is None:
+                return True
+        if slot.node.state == INIT:
+            # Building only once locked: unlocked building nodes get reaped.
+            slot.node.set_state(BUILDING, self._now())
+            self.store.store_node(slot.node, slot.lock)
+        if not slot.building:
+            spec = BuildSpec(node_id=slot.node.id, label=slot.label,
+                             provider_name=self.pool.provider_name,
+                             pool_name=self.pool.pool_name, request_id=request.id,
+                             tenant_name=request.tenant_name,
+                             attributes=self.pool.node_attributes)
+            try:
+                slot.handle = self.builder.start_build(spec)
+            except Exception as e:
+                log.exception("node %s: could not start the build", slot.node.id)
+                self._fail_node(slot, f"start failed: {e}", report)
+                return False  # the request will be declined; start nothing more
+            slot.building = True
+        return True
+
+    def _launch_verdict(self, active: _Active, label: str) -> Capacity:
+        ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
+        ours |= set(self._orphans)
+        pool_nodes = [n for n in self.store.list_nodes(cached=True)
+                      if n.provider == self.pool.provider_name and n.pool == self.pool.pool_name
+                      and n.state != DELETED]
+        launching = len(ours - {n.id for n in pool_nodes})
+        if protocol.at_max_servers(pool_nodes, self.pool, launching):
+            return Capacity.WAIT
+        return self._capacity([label])
+
+    def _reuse(self, active: _Active, slot: _Slot) -> bool:
+        nodes = self.store.list_nodes(cached=True)
+        cache = self.store.nodes_cache
+        # Without a cache, the lock attempt itself tells.
+        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
+        taken = {s.node.id for a in self._active.values() for s in a.slots if s.node}
+        for candidate in protocol.reusable_nodes(nodes, slot.label, self.pool, locked, taken):
+            try:
+                got = self.store.lock_and_read_node(candidate.id)
+            except MalformedRecord:
+                continue
+            if got is None:
+                continue
+            node, lock = got
+            if not protocol.can_reuse(node, slot.label, self.pool):
+                lock.release()
+                continue
+            node.allocated_to = active.request.id
+            node.tenant_name = active.request.tenant_name
+            node.requestor = active.request.requestor
+            try:
+                self.store.store_node(node, lock)
+            except (RecordChanged, RecordGone):
+                lock.release()
+                continue
+            slot.node, slot.lock, slot.ready = node, lock, True
+            log.info("request %s: reusing ready node %s", active.request.id, node.id)
+            return True
+        return False
+
+    def _create_node(self, request: NodeRequest, label: str) -> Node:
+        node = Node(state=INIT, type=[label], provider=self.pool.provider_name,
+                    pool=self.pool.pool_name, launcher=self.pool.pool_id,
+                    allocated_to=request.id, tenant_name=request.tenant_name,
+                    requestor=request.requestor,
+                    attributes=dict(self.pool.node_attributes)
+                    if self.pool.node_attributes is not None else None)
+        node = self.store.create_node(node, self._now())
+        log.info("request %s: created node %s (%s)", request.id, node.id, label)
+        return node
+
+    def _poll(self, slot: _Slot, report: PassReport) -> None:
+        try:
+            status = self.builder.poll_build(slot.handle)
+        except Exception as e:
+            log.exception("node %s: polling the build failed", slot.node.id)
+            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
+        try:
+            self._apply_status(slot.node, slot.lock, status)
+        except RecordGone:
+            # Removed under our lock (forcibly, by an operator): count it failed.
+            log.warning("node %s: vanished while building", slot.node.id)
+            status = BuildStatus(BuildState.FAILED, reason="node znode vanished")
+        if status.state is BuildState.READY:
+            slot.ready = True
+        elif status.state is BuildState.FAILED:
+            slot.failed = True
+            report.nodes_failed.append(slot.node.id)
+            slot.lock.release()
+        elif status.state is BuildState.ABORTED:
+            # Transient: the node is left for the reaper and a new one is
+            # built on a later pass.
+            report.nodes_failed.append(slot.node.id)
+            slot.lock.release()
+            slot.node = slot.lock = slot.handle = None
+            slot.building = False
+
+    def _apply_status(self, node: Node, lock: ZooKeeperLock, status: BuildStatus) -> None:
+        """Record what the builder said; only writes when something changed."""
+        before = node.to_dict()
+        for key, value in status.info.known().items():
+            setattr(node, key, value)
+        new_state = {BuildState.READY: READY, BuildState.FAILED: NODE_FAILED,
+                     BuildState.ABORTED: ABORTED}.get(status.state, node.state)
+        if new_state != node.state:
+            node.set_state(new_state, self._now())
+            if status.reason:
+                log.info("node %s: %s (%s)", node.id, new_state, status.reason)
+        if node.to_dict() != before:
+            self.store.store_node(node, lock)
+
+    def _fail_node(self, slot: _Slot, reason: str, report: PassReport) -> None:
+        self._apply_status(slot.node, slot.lock, BuildStatus(BuildState.FAILED, reason=reason))
+        slot.failed = True
+        report.nodes_failed.append(slot.node.id)
+        slot.lock.release()
+
+    # -- finishing ----------------------------------------------------------------------
+
+    def _fulfil(self, active: _Active, report: PassReport) -> None:
+        request_id = active.request.id
+        request = self.store.get_request(request_id)
+        if request is None:
+            self._vanished(active, report)
+            return
+        if request.state != PENDING:
+            log.error("request %s: expected pending while locked, found %s; giving it up",
+                      request_id, request.state)
+            self._release_nodes(active, report)
+            active.lock.release()
+            del self._active[request_id]
+            return
+        if not active.nodes_released:
+            # Zuul waits at most 30 s for each node lock once it sees
+            # fulfilled: let go of them first.
+            for slot in active.slots:
+                if slot.lock is not None:
+                    slot.lock.release()
+            active.nodes_released = True
+        protocol.apply_fulfil(request, [s.node.id for s in active.slots], self._now())
+        try:
+            self.store.store_request(request, active.lock)
+        except RecordGone:
+            self._vanished(active, report)
+            return
+        except RecordChanged:
+            return  # re-read and try again next pass
+        active.lock.release()
+        del self._active[request_id]
+        report.fulfilled.append(request_id)
+        log.info("request %s: fulfilled with %s", request_id, ", ".join(request.nodes))
+
+    def _decline_active(self, active: _Active, reason: str, report: PassReport) -> None:
+        request_id = active.request.id
+        request = self.store.get_request(request_id)
+        if request is None:
+            self._vanished(active, report)
+            return
+        log.info("request %s: declining: %s", request_id, reason)
+        self._release_nodes(active, report)
+        del self._active[request_id]
+        self._store_decline(request, active.lock, report)
+
+    def _store_decline(self, request: NodeRequest, lock: ZooKeeperLock,
+                       report: PassReport) -> None:
+        try:
+            for attempt in range(2):
+                registered = [p.id for p in self.store.registered_pools()]
+                protocol.apply_decline(request, self.pool.pool_id, registered, self._now())
+                try:
+                    self.store.store_request(request, lock)
+                    break
+                except RecordChanged:
+                    if attempt:
+                        raise
+                    request = self.store.get_request(request.id)
+                    if request is None:
+                        return
+            report.declined.append(request.id)
+            if request.state == FAILED:
+                report.failed.append(request.id)
+                log.info("request %s: failed: every registered pool declined", request.id)
+        except RecordGone:
+            pass
+        finally:
+            lock.release()
+
+    def _vanished(self, active: _Active, report: PassReport) -> None:
+        """The request was deleted (Zuul cancelled it): keep nothing for it."""
+        request_id = active.request.id
+        log.info("request %s: deleted by its requestor; releasing its nodes", request_id)
+        self._release_nodes(active, report)
+        active.lock.release()
+        self._active.pop(request_id, None)
+        report.vanished.append(request_id)
+
+    def _release_nodes(self, active: _Active, report: PassReport) -> None:
+        """Ready nodes: unallocate and unlock (they become reusable).  Builds in
+        flight go on as orphans.  Nodes whose build never started are marked
+        deleting.  Failed nodes are already unlocked for the reaper."""
+        for slot in active.slots:
+            node = slot.node
+            if node is None or slot.failed:
+                continue
+            if slot.building and not slot.ready:
+                self._orphans[node.id] = _Orphan(node, slot.lock, slot.handle)
+                slot.lock = None
+                continue
+            lock = slot.lock if slot.lock is not None and slot.lock.held else None
+            slot.lock = None
+            if lock is None:
+                # Let go already (fulfilling) or never locked: lock it again.
+                got = self.store.lock_and_read_node(node.id)
+                if got is None:
+                    log.warning("node %s: could not lock it to release it; "
+                                "housekeeping will", node.id)
+                    continue
+                node, lock = got
+                if node.allocated_to != active.request.id:
+                    lock.release()
+                    continue
+            node.allocated_to = None
+            if not slot.ready:
+                # Nothing was started in the cloud for it.
+                node.set_state(DELETING, self._now())
+            try:
+                self.store.store_node(node, lock)
+            except (RecordGone, RecordChanged, NotLocked) as e:
+                log.warning("node %s: could not release it: %s", node.id, e)
+            finally:
+                lock.release()
+
+    def _poll_orphan(self, node_id: str) -> None:
+        orphan = self._orphans[node_id]
+        if not orphan.lock.held:
+            del self._orphans[node_id]
+            return
+        try:
+            status = self.builder.poll_build(orphan.handle)
+        except Exception as e:
+            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
+        if status.state is BuildState.READY:
+            orphan.node.allocated_to = None
+        try:
+            self._apply_status(orphan.node, orphan.lock, status)
+        except RecordGone:
+            status = BuildStatus(BuildState.FAILED)
+        if status.state is not BuildState.BUILDING:
+            orphan.lock.release()
+            del self._orphans[node_id]
+
+    def _drop(self, active: _Active) -> None:
+        for slot in active.slots:
+            if slot.lock is not None:
+                slot.lock.release()
+        active.lock.release()
+        self._active.pop(active.request.id, None)

@@ -1,0 +1,1 @@
+"""The ZooKeeper layer: connection, records, locks, caches and the store."""

@@ -1,0 +1,234 @@
+"""Watch-driven caches of requests, nodes (with their lock contenders) and
+registered components.
+
+Built on kazoo's ``TreeCache``: one data watch and one child watch per znode,
+so the launcher sees every change without re-reading all znodes on each loop.
+kazoo 2.11 has no persistent recursive watches, and TreeCache already
+re-reads the whole subtree after a reconnect, which is how the cache
+recovers after a session loss: ``synced`` goes false on LOST and true again
+once the re-read completes (``wait_synced``).
+
+Entries are parsed once per change.  A znode whose content is malformed is
+logged once (with its path) and left out; it never stops the cache and never
+affects other entries.  Records handed out are shared snapshots: treat them
+as read-only and re-read through the store before changing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Generic, Iterable, TypeVar
+
+from kazoo.client import KazooClient
+from kazoo.recipe.cache import TreeCache, TreeEvent
+
+from nodepool.zk import paths
+from nodepool.zk.locks import is_contender
+from nodepool.zk.records import (MalformedRecord, Node, NodeRequest,
+                                 component_from_json)
+
+log = logging.getLogger("nodepool.zk.cache")
+
+T = TypeVar("T")
+# (child name, full path, data, stat) -> record; raises MalformedRecord.
+Parser = Callable[[str, str, bytes, object], T]
+
+
+class RecordCache(Generic[T]):
+    """Parsed records for the children of ``root``; for nodes also the lock
+    contenders under ``<root>/<id>/lock``."""
+
+    def __init__(self, client: KazooClient, root: str, parse: Parser,
+                 track_locks: bool = False,
+                 on_change: Callable[[], None] | None = None):
+        self.client = client
+        self.root = root.rstrip("/")
+        self._parse = parse
+        self._track_locks = track_locks
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._records: dict[str, T] = {}
+        self._contenders: dict[str, set[str]] = {}
+        self._malformed: dict[str, str] = {}
+        # (name, mzxid) pairs already reported, so a bad znode logs once.
+        self._reported: set[tuple[str, int]] = set()
+        self._synced = threading.Event()
+        self._tree: TreeCache | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self._tree is not None:
+            return
+        self._tree = TreeCache(self.client, self.root)
+        self._tree.listen(self._on_event)
+        self._tree.listen_fault(self._on_fault)
+        self._tree.start()
+
+    def stop(self) -> None:
+        tree, self._tree = self._tree, None
+        if tree is not None:
+            tree.close()
+        self._synced.clear()
+
+    @property
+    def synced(self) -> bool:
+        """True once the cache reflects the server (after start or a session loss)."""
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    # -- queries ---------------------------------------------------------------
+
+    def get(self, name: str) -> T | None:
+        with self._lock:
+            return self._records.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        with self._lock:
+            return name in self._records
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._records)
+
+    def values(self) -> list[T]:
+        with self._lock:
+            return list(self._records.values())
+
+    def lock_contenders(self, name: str) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._contenders.get(name, ()))
+
+    def is_locked(self, name: str) -> bool:
+        """Probably locked (someone contends for the lock), as last seen."""
+        with self._lock:
+            return bool(self._contenders.get(name))
+
+    def malformed(self) -> dict[str, str]:
+        """Children whose content could not be parsed: name -> reason."""
+        with self._lock:
+            return dict(self._malformed)
+
+    # -- TreeCache events (run on the TreeCache's own thread) -----------------
+
+    def _on_fault(self, exc: Exception) -> None:
+        log.error("cache of %s: %s", self.root, exc, exc_info=exc)
+
+    def _on_event(self, event) -> None:
+        kind = event.event_type
+        if kind == TreeEvent.INITIALIZED:
+            self._synced.set()
+            self._changed()
+            return
+        if kind == TreeEvent.CONNECTION_LOST:
+            # Until the re-read after reconnecting completes we may be stale.
+            self._synced.clear()
+            return
+        if kind not in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED):
+            return
+        data = event.event_data
+        if data is None:
+            return
+        rel = self._relative(data.path)
+        if not rel:
+            return
+        parts = rel.split("/")
+        if len(parts) == 1:
+            if kind == TreeEvent.NODE_REMOVED:
+                self._remove(parts[0])
+            else:
+                self._update(parts[0], data.path, data.data, data.stat)
+        elif (self._track_locks and len(parts) == 3
+              and parts[1] == paths.NODE_LOCK_NAME and is_contender(parts[2])):
+            with self._lock:
+                holders = self._contenders.setdefault(parts[0], set())
+                if kind == TreeEvent.NODE_REMOVED:
+                    holders.discard(parts[2])
+                    if not holders:
+                        del self._contenders[parts[0]]
+                else:
+                    holders.add(parts[2])
+            self._changed()
+
+    def _relative(self, path: str) -> str:
+        if not path.startswith(self.root + "/"):
+            return ""
+        return path[len(self.root) + 1:]
+
+    def _update(self, name: str, path: str, data: bytes | None, stat) -> None:
+        if not data:
+            # A node znode recreated empty by a late lock attempt, or a
+            # request being written: nothing usable, not an error.
+            with self._lock:
+                self._records.pop(name, None)
+                self._malformed.pop(name, None)
+            self._changed()
+            return
+        try:
+            record = self._parse(name, path, data, stat)
+        except MalformedRecord as e:
+            key = (name, getattr(stat, "mzxid", 0))
+            with self._lock:
+                self._records.pop(name, None)
+                self._malformed[name] = e.reason
+                first = key not in self._reported
+                self._reported.add(key)
+            if first:
+                log.error("skipping malformed znode %s: %s", path, e.reason)
+            self._changed()
+            return
+        with self._lock:
+            self._records[name] = record
+            self._malformed.pop(name, None)
+        self._changed()
+
+    def _remove(self, name: str) -> None:
+        with self._lock:
+            self._records.pop(name, None)
+            self._malformed.pop(name, None)
+            self._contenders.pop(name, None)
+            self._reported = {k for k in self._reported if k[0] != name}
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:  # a listener bug must not stop the cache
+                log.exception("cache change listener failed")
+
+
+def _parse_request(name: str, path: str, data: bytes, stat) -> NodeRequest:
+    return NodeRequest.from_json(data, name, path, version=stat.version,
+                                 ephemeral_owner=stat.ephemeralOwner)
+
+
+def _parse_node(name: str, path: str, data: bytes, stat) -> Node:
+    return Node.from_json(data, name, path, version=stat.version)
+
+
+def _component_parser(kind: str) -> Parser:
+    def parse(name: str, path: str, data: bytes, stat):
+        return component_from_json(kind, data, path, stat.version)
+    return parse
+
+
+def request_cache(client: KazooClient, on_change=None) -> RecordCache[NodeRequest]:
+    return RecordCache(client, paths.REQUEST_ROOT, _parse_request, on_change=on_change)
+
+
+def node_cache(client: KazooClient, on_change=None) -> RecordCache[Node]:
+    return RecordCache(client, paths.NODE_ROOT, _parse_node, track_locks=True,
+                       on_change=on_change)
+
+
+def component_cache(client: KazooClient, kind: str, on_change=None) -> RecordCache:
+    return RecordCache(client, paths.component_root(kind), _component_parser(kind),
+                       on_change=on_change)
+
+
+def sorted_requests(requests: Iterable[NodeRequest]) -> list[NodeRequest]:
+    return sorted(requests, key=lambda r: r.priority)

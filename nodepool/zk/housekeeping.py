@@ -1,0 +1,239 @@
+"""Housekeeping primitives: each one pass, level-triggered, safe to repeat
+and safe to run from several launchers at once (every change is made under
+the record's lock, after re-reading it).
+
+  reset_lost_requests         pending requests whose launcher died -> requested
+  remove_stale_request_locks  requests-lock/<id> left behind by gone requests
+  deallocate_orphaned_nodes   ready nodes reserved for a request that is gone
+  delete_empty_nodes          node znodes without data (made by late lockers)
+  expire_holds                hold nodes past hold_expiration/max-hold-age
+  reap_candidates             unlocked nodes in states the reaper deletes
+
+Each returns the ids it changed.  Malformed znodes are logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Collection
+
+from kazoo.exceptions import NoNodeError, NotEmptyError
+
+from nodepool.requests import protocol
+from nodepool.zk import paths
+from nodepool.zk.records import (DELETING, PENDING, READY, MalformedRecord,
+                                 Node)
+from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
+
+log = logging.getLogger("nodepool.zk.housekeeping")
+
+# Upstream removes a request's lock znode 8 hours after the request is gone,
+# so that a lock taken just before the request vanished is never pulled
+# from under its holder.
+STALE_LOCK_AGE = 8 * 3600.0
+
+
+def reset_lost_requests(store: ZooKeeperStore, now: float | None = None) -> list[str]:
+    """``pending`` requests nobody holds the lock of: unallocate their nodes
+    (leaked ``init`` nodes become ``deleting``), then back to ``requested``."""
+    reset = []
+    for request in store.list_requests(cached=True):
+        if request.state != PENDING:
+            continue
+        lock = store.try_lock_request(request.id)
+        if lock is None:
+            continue
+        try:
+            fresh = store.get_request(request.id)
+            if fresh is None or fresh.state != PENDING:
+                continue
+            if not _unallocate_nodes_of(store, fresh.id, now):
+                continue
+            protocol.apply_reset_lost(fresh, time.time() if now is None else now)
+            store.store_request(fresh, lock)
+            log.info("reset lost request %s", fresh.id)
+            reset.append(fresh.id)
+        except (MalformedRecord, RecordGone, RecordChanged) as e:
+            log.warning("could not reset request %s: %s", request.id, e)
+        finally:
+            lock.release()
+    return reset
+
+
+def _unallocate_nodes_of(store: ZooKeeperStore, request_id: str, now: float | None) -> bool:
+    """False when one of them is locked elsewhere (try again later)."""
+    for node in store.list_nodes(cached=True):
+        if node.allocated_to != request_id:
+            continue
+        got = store.lock_and_read_node(node.id)
+        if got is None:
+            if store.get_node(node.id) is None:
+                continue
+            log.info("lost request %s: node %s is locked; retrying later",
+                     request_id, node.id)
+            return False
+        fresh, lock = got
+        try:
+            if fresh.allocated_to != request_id:
+                continue
+            new_state = protocol.state_after_lost_request(fresh)
+            if new_state != fresh.state:
+                fresh.set_state(new_state, now)
+            fresh.allocated_to = None
+            store.store_node(fresh, lock)
+        finally:
+            lock.release()
+    return True
+
+
+def remove_stale_request_locks(store: ZooKeeperStore, max_age: float = STALE_LOCK_AGE,
+                               now: float | None = None) -> list[str]:
+    """Lock znodes of requests that no longer exist, untouched for ``max_age``
+    seconds and without contenders."""
+    now = time.time() if now is None else now
+    existing = set(store.request_ids())
+    removed = []
+    for request_id in store.request_lock_ids():
+        if request_id in existing:
+            continue
+        path = paths.request_lock_path(request_id)
+        try:
+            stat = store.client.exists(path)
+            if stat is None or now - stat.mtime / 1000.0 <= max_age:
+                continue
+            # Not recursive: a contender child means someone holds it.
+            store.client.delete(path, version=stat.version)
+            removed.append(request_id)
+        except (NoNodeError, NotEmptyError):
+            continue
+        except Exception as e:  # e.g. BadVersion: it was touched; next pass
+            log.debug("not removing %s: %s", path, e)
+    if removed:
+        log.info("removed %d stale request lock(s)", len(removed))
+    return removed
+
+
+def deallocate_orphaned_nodes(store: ZooKeeperStore) -> list[str]:
+    """Unlocked ``ready`` nodes whose ``allocated_to`` request is gone (Zuul
+    cancelled it, or never used the nodes): make them reusable."""
+    done = []
+    cache = store.nodes_cache
+    for node in store.list_nodes(cached=True):
+        if node.state != READY or node.allocated_to is None:
+            continue
+        locked = cache.is_locked(node.id) if cache is not None else False
+        exists = store.request_exists(node.allocated_to, cached=True)
+        if not protocol.needs_deallocation(node, locked, exists):
+            continue
+        try:
+            got = store.lock_and_read_node(node.id)
+        except MalformedRecord:
+            continue
+        if got is None:
+            continue
+        fresh, lock = got
+        try:
+            if (fresh.state == READY and fresh.allocated_to is not None
+                    and not store.request_exists(fresh.allocated_to)):
+                old = fresh.allocated_to
+                fresh.allocated_to = None
+                store.store_node(fresh, lock)
+                log.info("deallocated node %s from missing request %s", fresh.id, old)
+                done.append(fresh.id)
+        except (RecordGone, RecordChanged) as e:
+            log.warning("could not deallocate node %s: %s", node.id, e)
+        finally:
+            lock.release()
+    return done
+
+
+def delete_empty_nodes(store: ZooKeeperStore) -> list[str]:
+    """Node znodes with no data: a lock attempt on a deleted node recreated
+    the path.  Nothing refers to them."""
+    removed = []
+    for node_id in store.node_ids():
+        data = store.raw_node(node_id)
+        if data is None or data:
+            continue
+        store.delete_node_znode(node_id)
+        removed.append(node_id)
+        log.info("removed empty node znode %s", node_id)
+    return removed
+
+
+def expire_holds(store: ZooKeeperStore, providers: Collection[str],
+                 max_hold_age: float = math.inf, now: float | None = None) -> list[str]:
+    """``hold`` nodes past their expiration -> ``deleting`` (unlocked ones only)."""
+    now = time.time() if now is None else now
+    cache = store.nodes_cache
+    expired = []
+    for node in store.list_nodes(cached=True):
+        if node.provider not in providers or not protocol.hold_expired(node, now, max_hold_age):
+            continue
+        if cache is not None and cache.is_locked(node.id):
+            continue
+        try:
+            got = store.lock_and_read_node(node.id)
+        except MalformedRecord:
+            continue
+        if got is None:
+            continue
+        fresh, lock = got
+        try:
+            if protocol.hold_expired(fresh, now, max_hold_age):
+                fresh.set_state(DELETING, now)
+                store.store_node(fresh, lock)
+                expired.append(fresh.id)
+                log.info("hold of node %s expired", fresh.id)
+        except (RecordGone, RecordChanged) as e:
+            log.warning("could not expire hold of node %s: %s", node.id, e)
+        finally:
+            lock.release()
+    return expired
+
+
+def reap_candidates(store: ZooKeeperStore, providers: Collection[str]) -> list[Node]:
+    """Nodes of ``providers`` the reaper should delete, as last seen: unlocked
+    and in a state nobody works on (see protocol.REAPABLE_STATES)."""
+    cache = store.nodes_cache
+    found = []
+    for node in store.list_nodes(cached=True):
+        locked = (cache.is_locked(node.id) if cache is not None
+                  else store.node_locked(node.id))
+        if protocol.is_reapable(node, locked, providers):
+            found.append(node)
+    return found
+
+
+@dataclass
+class HousekeepingReport:
+    reset_requests: list[str] = field(default_factory=list)
+    removed_locks: list[str] = field(default_factory=list)
+    deallocated: list[str] = field(default_factory=list)
+    removed_empty: list[str] = field(default_factory=list)
+    expired_holds: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def run_housekeeping(store: ZooKeeperStore, providers: Collection[str],
+                     max_hold_age: float = math.inf,
+                     stale_lock_age: float = STALE_LOCK_AGE) -> HousekeepingReport:
+    """All the primitives once; a failure in one does not stop the others."""
+    report = HousekeepingReport()
+    tasks: list[tuple[str, Callable[[], list[str]]]] = [
+        ("reset_requests", lambda: reset_lost_requests(store)),
+        ("removed_locks", lambda: remove_stale_request_locks(store, stale_lock_age)),
+        ("deallocated", lambda: deallocate_orphaned_nodes(store)),
+        ("removed_empty", lambda: delete_empty_nodes(store)),
+        ("expired_holds", lambda: expire_holds(store, providers, max_hold_age)),
+    ]
+    for name, task in tasks:
+        try:
+            setattr(report, name, task())
+        except Exception as e:
+            log.exception("housekeeping %s failed", name)
+            report.errors.append(f"{name}: {e}")
+    return report

@@ -1,0 +1,150 @@
+"""Request and node locks: kazoo's Lock recipe, with deadlines.
+
+Zuul and upstream Nodepool lock ``/nodepool/requests-lock/<id>`` and
+``/nodepool/nodes/<id>/lock`` with kazoo's ``Lock``: each contender creates an
+ephemeral sequential child ``<uuid4hex>__lock__<seq10>`` and the lowest
+sequence holds the lock.  We use the same recipe on exactly those paths.
+
+kazoo's non-blocking ``acquire`` still retries forever while the connection
+is down; every acquisition here passes a deadline so a launcher loop never
+hangs on an unreachable ensemble.  A lock is only good for the session that
+took it: after a session loss its contender znode is gone although kazoo's
+object still says ``is_acquired``; ``ZooKeeperLock.held`` accounts for that.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Iterable
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
+from kazoo.recipe.lock import Lock
+from kazoo.retry import KazooRetry
+
+log = logging.getLogger("nodepool.zk.locks")
+
+# How long a non-blocking attempt may spend on retries while disconnected.
+DEFAULT_ATTEMPT_DEADLINE = 10.0
+
+_CONTENDER = re.compile(r"__lock__(-?\d{10})$")
+
+
+class LockNotAcquired(Exception):
+    """A lock could not be taken (held elsewhere, or the deadline passed)."""
+
+
+def is_contender(child_name: str) -> bool:
+    return bool(_CONTENDER.search(child_name))
+
+
+def contenders(children: Iterable[str]) -> list[str]:
+    """Lock contender names in queue order; the first one holds the lock."""
+    found = [(m.group(1), name) for name in children if (m := _CONTENDER.search(name))]
+    return [name for _, name in sorted(found)]
+
+
+class ZooKeeperLock:
+    """A lock this process holds, tied to the session that took it."""
+
+    def __init__(self, lock: Lock, session_id: int, session_of: Callable[[], int | None]):
+        self._lock = lock
+        self.path: str = lock.path
+        self.session_id = session_id
+        self._session_of = session_of
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_acquired and self._session_of() == self.session_id
+
+    def release(self) -> None:
+        """Release; never raises (a lost session already released it)."""
+        if not self._lock.is_acquired:
+            return
+        if self._session_of() != self.session_id:
+            # The contender znode died with the old session.
+            self._lock.is_acquired = False
+            return
+        try:
+            self._lock.release()
+        except (KazooException, NoNodeError) as e:
+            log.warning("could not release lock %s: %s", self.path, e)
+            self._lock.is_acquired = False
+
+    def forget(self) -> None:
+        """The contender znode was removed with its parent (recursive delete)."""
+        self._lock.is_acquired = False
+        self._lock.node = None
+
+    def __repr__(self) -> str:
+        return f"<ZooKeeperLock {self.path} held={self.held}>"
+
+
+def _session_id(client: KazooClient) -> int | None:
+    cid = client.client_id
+    return cid[0] if cid else None
+
+
+def try_lock(client: KazooClient, path: str, identifier: str | None = None,
+             deadline: float = DEFAULT_ATTEMPT_DEADLINE) -> ZooKeeperLock | None:
+    """Take the lock without waiting for other holders; None when it is held.
+
+    ``deadline`` bounds the retries kazoo makes while disconnected.
+    """
+    return _acquire(client, path, identifier, blocking=False, timeout=deadline)
+
+
+def lock(client: KazooClient, path: str, timeout: float,
+         identifier: str | None = None) -> ZooKeeperLock:
+    """Wait at most ``timeout`` seconds for the lock; LockNotAcquired otherwise."""
+    got = _acquire(client, path, identifier, blocking=True, timeout=timeout)
+    if got is None:
+        raise LockNotAcquired(f"could not lock {path} within {timeout:g}s")
+    return got
+
+
+def _acquire(client: KazooClient, path: str, identifier: str | None,
+             blocking: bool, timeout: float) -> ZooKeeperLock | None:
+    kazoo_lock = Lock(client, path, identifier)
+    if not blocking:
+        # kazoo refuses a timeout for a non-blocking acquire and would retry
+        # forever on connection loss; bound the retries instead.  (_retry is
+        # private but has the same meaning in kazoo 2.7 to 2.11.)
+        if hasattr(kazoo_lock, "_retry"):
+            kazoo_lock._retry = KazooRetry(
+                max_tries=_tries_within(timeout), delay=0.1, backoff=2, max_delay=2.0,
+                sleep_func=client.handler.sleep_func)
+    try:
+        acquired = kazoo_lock.acquire(blocking=blocking,
+                                      timeout=timeout if blocking else None)
+    except LockTimeout:
+        return None
+    except KazooException as e:
+        log.warning("could not lock %s: %s", path, e)
+        return None
+    if not acquired:
+        return None
+    session = _session_id(client)
+    if session is None:
+        kazoo_lock.is_acquired = False
+        return None
+    return ZooKeeperLock(kazoo_lock, session, lambda: _session_id(client))
+
+
+def _tries_within(seconds: float) -> int:
+    """How many retries (0.1 s doubling, at most 2 s apart) fit in ``seconds``."""
+    tries, delay, spent = 0, 0.1, 0.0
+    while spent + delay <= seconds:
+        spent += delay
+        delay = min(delay * 2, 2.0)
+        tries += 1
+    return max(tries, 1)
+
+
+def lock_holders(client: KazooClient, path: str) -> list[str]:
+    """Contender child names of a lock znode, holder first; [] if none."""
+    try:
+        return contenders(client.get_children(path))
+    except NoNodeError:
+        return []

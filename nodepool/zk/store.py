@@ -1,0 +1,451 @@
+"""The launcher's and the CLI's view of ZooKeeper: read, write and lock
+requests and nodes, list registered pools.
+
+Reads are fresh unless ``cached=True`` is given and ``start_caches()`` was
+called.  Writes are whole-object ``set``s with a version check (the version
+comes from the read that produced the record), and node writes require the
+caller to hold the node's lock: Zuul writes nodes unconditionally, so only
+the lock holder may write.
+
+Errors callers handle:
+  RecordNotFound   the id does not exist (e.g. a CLI typo)
+  RecordGone       the znode vanished while we worked on it
+  RecordChanged    someone wrote it since we read it; re-read
+  NotLocked        a node/request write without holding its lock
+  MalformedRecord  the znode's content is unusable (from get_*; listings
+                   log and skip such znodes instead)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Iterable
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (BadVersionError, NoNodeError, NodeExistsError,
+                              NotEmptyError)
+
+from nodepool.zk import ids, locks, paths
+from nodepool.zk.cache import (RecordCache, component_cache, node_cache,
+                               request_cache, sorted_requests)
+from nodepool.zk.components import read_components
+from nodepool.zk.locks import LockNotAcquired, ZooKeeperLock
+from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR,
+                                 REQUESTED, LauncherComponent,
+                                 MalformedRecord, Node, NodeRequest,
+                                 PoolComponent)
+
+log = logging.getLogger("nodepool.zk.store")
+
+# The CLI's waits for a node lock (upstream uses 5 s as well).
+OPERATOR_LOCK_TIMEOUT = 5.0
+
+
+class StoreError(Exception):
+    pass
+
+
+class RecordNotFound(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RecordGone(StoreError):
+    """The znode vanished while we were working on it."""
+
+
+class RecordChanged(StoreError):
+    """The znode changed since it was read; re-read and decide again."""
+
+
+class NotLocked(StoreError):
+    """A write without holding the record's lock."""
+
+
+class ZooKeeperStore:
+    def __init__(self, client: KazooClient,
+                 lock_deadline: float = locks.DEFAULT_ATTEMPT_DEADLINE):
+        self.client = client
+        self.lock_deadline = lock_deadline
+        self._changed = threading.Event()
+        self.requests_cache: RecordCache[NodeRequest] | None = None
+        self.nodes_cache: RecordCache[Node] | None = None
+        self.pools_cache: RecordCache[PoolComponent] | None = None
+
+    # -- caches -----------------------------------------------------------------
+
+    def start_caches(self) -> None:
+        if self.requests_cache is not None:
+            return
+        for root in (paths.REQUEST_ROOT, paths.NODE_ROOT, paths.POOL_COMPONENT_ROOT):
+            self.client.ensure_path(root)
+        notify = self._changed.set
+        self.requests_cache = request_cache(self.client, notify)
+        self.nodes_cache = node_cache(self.client, notify)
+        self.pools_cache = component_cache(self.client, "pool", notify)
+        for cache in self._caches():
+            cache.start()
+
+    def stop_caches(self) -> None:
+        for cache in self._caches():
+            cache.stop()
+        self.requests_cache = self.nodes_cache = self.pools_cache = None
+
+    def _caches(self) -> list[RecordCache]:
+        return [c for c in (self.requests_cache, self.nodes_cache, self.pools_cache)
+                if c is not None]
+
+    def wait_synced(self, timeout: float) -> bool:
+        """True once every cache reflects the server; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        for cache in self._caches():
+            if not cache.wait_synced(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    @property
+    def synced(self) -> bool:
+        return all(c.synced for c in self._caches())
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Sleep until a cache sees a change or ``timeout`` passes."""
+        changed = self._changed.wait(timeout)
+        self._changed.clear()
+        return changed
+
+    @property
+    def session_id(self) -> int | None:
+        cid = self.client.client_id
+        return cid[0] if cid else None
+
+    # -- requests ----------------------------------------------------------------
+
+    def get_request(self, request_id: str, cached: bool = False) -> NodeRequest | None:
+        if cached and self.requests_cache is not None:
+            return self.requests_cache.get(request_id)
+        path = paths.request_path(request_id)
+        try:
+            data, stat = self.client.get(path)
+        except NoNodeError:
+            return None
+        if not data:
+            return None
+        return NodeRequest.from_json(data, request_id, path, stat.version,
+                                     stat.ephemeralOwner)
+
+    def request_exists(self, request_id: str, cached: bool = False) -> bool:
+        if cached and self.requests_cache is not None:
+            return request_id in self.requests_cache
+        return self.client.exists(paths.request_path(request_id)) is not None
+
+    def request_ids(self) -> list[str]:
+        try:
+            return sorted(self.client.get_children(paths.REQUEST_ROOT))
+        except NoNodeError:
+            return []
+
+    def list_requests(self, cached: bool = False) -> list[NodeRequest]:
+        """Every readable request, in the order launchers serve them."""
+        if cached and self.requests_cache is not None:
+            return sorted_requests(self.requests_cache.values())
+        found = []
+        for rid in self.request_ids():
+            try:
+                req = self.get_request(rid)
+            except MalformedRecord as e:
+                log.error("skipping malformed request %s: %s", e.path, e.reason)
+                continue
+            if req is not None:
+                found.append(req)
+        return sorted_requests(found)
+
+    def create_request(self, request: NodeRequest, priority: int | str,
+                       ephemeral: bool = False) -> NodeRequest:
+        """Create ``request`` as ``<priority>-<seq>``; sets its id and version."""
+        if request.state_time is None:
+            request.state_time = time.time()
+        if request.created_time is None:
+            request.created_time = request.state_time
+        prefix = ids.request_id_prefix(priority)
+        path, stat = self.client.create(
+            paths.REQUEST_ROOT + "/" + prefix, request.to_json(), makepath=True,
+            sequence=True, ephemeral=ephemeral, include_data=True)
+        request.id = paths.name_of(path)
+        request.version = stat.version
+        request.ephemeral_owner = stat.ephemeralOwner
+        return request
+
+    def create_min_ready_request(self, label: str, now: float | None = None
+                                 ) -> NodeRequest:
+        """Our own request for one ready node of ``label``: ephemeral, priority
+        900, ``reuse`` false, with every key Zuul's request parser indexes."""
+        now = time.time() if now is None else now
+        request = NodeRequest(state=REQUESTED, state_time=now, node_types=[label],
+                              reuse=False, requestor=MIN_READY_REQUESTOR,
+                              requestor_data=None, provider=None,
+                              event_id=uuid.uuid4().hex, created_time=now)
+        return self.create_request(request, ids.MIN_READY_PRIORITY, ephemeral=True)
+
+    def store_request(self, request: NodeRequest, lock: ZooKeeperLock) -> None:
+        """Write the whole request with a version check, holding its lock."""
+        _require_lock(lock, paths.request_lock_path(request.id or ""))
+        path = paths.request_path(request.id)
+        try:
+            stat = self.client.set(path, request.to_json(), version=_version(request.version))
+        except NoNodeError:
+            raise RecordGone(f"request {request.id} was deleted") from None
+        except BadVersionError:
+            raise RecordChanged(f"request {request.id} changed since it was read") from None
+        request.version = stat.version
+
+    def delete_own_request(self, request: NodeRequest) -> bool:
+        """Delete one of our min-ready requests.  Requests from anyone else
+        (Zuul's) are never deleted by a launcher."""
+        if request.requestor != MIN_READY_REQUESTOR:
+            raise ValueError(f"refusing to delete request {request.id} of "
+                             f"{request.requestor!r}: only its requestor deletes it")
+        try:
+            self.client.delete(paths.request_path(request.id))
+            return True
+        except NoNodeError:
+            return False
+
+    def try_lock_request(self, request_id: str) -> ZooKeeperLock | None:
+        return locks.try_lock(self.client, paths.request_lock_path(request_id),
+                              deadline=self.lock_deadline)
+
+    def lock_request(self, request_id: str, timeout: float) -> ZooKeeperLock:
+        return locks.lock(self.client, paths.request_lock_path(request_id), timeout)
+
+    def request_lock_holders(self, request_id: str) -> list[str]:
+        return locks.lock_holders(self.client, paths.request_lock_path(request_id))
+
+    def request_lock_ids(self) -> list[str]:
+        try:
+            return sorted(self.client.get_children(paths.REQUEST_LOCK_ROOT))
+        except NoNodeError:
+            return []
+
+    # -- nodes ---------------------------------------------------------------------
+
+    def get_node(self, node_id: str, cached: bool = False) -> Node | None:
+        if cached and self.nodes_cache is not None:
+            return self.nodes_cache.get(node_id)
+        path = paths.node_path(node_id)
+        try:
+            data, stat = self.client.get(path)
+        except NoNodeError:
+            return None
+        if not data:
+            return None
+        return Node.from_json(data, node_id, path, stat.version)
+
+    def node_ids(self) -> list[str]:
+        try:
+            return sorted(self.client.get_children(paths.NODE_ROOT))
+        except NoNodeError:
+            return []
+
+    def list_nodes(self, cached: bool = False) -> list[Node]:
+        if cached and self.nodes_cache is not None:
+            return sorted(self.nodes_cache.values(), key=lambda n: n.id or "")
+        found = []
+        for nid in self.node_ids():
+            try:
+                node = self.get_node(nid)
+            except MalformedRecord as e:
+                log.error("skipping malformed node %s: %s", e.path, e.reason)
+                continue
+            if node is not None:
+                found.append(node)
+        return found
+
+    def create_node(self, node: Node, now: float | None = None) -> Node:
+        """Create a new sequential node znode; sets ``id``, ``version`` and the
+        times.  A new node is not locked: nodes in ``init`` are never locked
+        by anyone else, lock it before moving it on."""
+        now = time.time() if now is None else now
+        node.created_time = node.created_time or now
+        node.state_time = node.state_time or now
+        path, stat = self.client.create(paths.NODE_ROOT + "/", node.to_json(),
+                                        sequence=True, makepath=True, include_data=True)
+        node.id = paths.name_of(path)
+        node.version = stat.version
+        return node
+
+    def store_node(self, node: Node, lock: ZooKeeperLock) -> None:
+        """Write the whole node with a version check, holding its lock."""
+        _require_lock(lock, paths.node_lock_path(node.id or ""))
+        try:
+            stat = self.client.set(paths.node_path(node.id), node.to_json(),
+                                   version=_version(node.version))
+        except NoNodeError:
+            raise RecordGone(f"node {node.id} was deleted") from None
+        except BadVersionError:
+            raise RecordChanged(f"node {node.id} changed since it was read") from None
+        node.version = stat.version
+
+    def delete_node(self, node: Node, lock: ZooKeeperLock) -> None:
+        """Write ``deleted`` (so a racing locker can tell), then remove the
+        znode with its lock.  The lock is consumed."""
+        _require_lock(lock, paths.node_lock_path(node.id or ""))
+        node.set_state(DELETED)
+        try:
+            # No version check: we hold the lock and are removing it anyway.
+            self.client.set(paths.node_path(node.id), node.to_json())
+        except NoNodeError:
+            lock.forget()
+            return
+        self.delete_node_znode(node.id)
+        lock.forget()
+
+    def delete_node_znode(self, node_id: str) -> None:
+        """Recursively remove ``/nodepool/nodes/<id>``; a contender may create
+        a lock child meanwhile, so retry a few times."""
+        path = paths.node_path(node_id)
+        for _ in range(5):
+            try:
+                self.client.delete(path, recursive=True)
+                return
+            except NoNodeError:
+                return
+            except NotEmptyError:
+                continue
+        log.warning("could not remove %s: children keep appearing", path)
+
+    def try_lock_node(self, node_id: str) -> ZooKeeperLock | None:
+        return locks.try_lock(self.client, paths.node_lock_path(node_id),
+                              deadline=self.lock_deadline)
+
+    def lock_node(self, node_id: str, timeout: float) -> ZooKeeperLock:
+        return locks.lock(self.client, paths.node_lock_path(node_id), timeout)
+
+    def node_lock_holders(self, node_id: str) -> list[str]:
+        return locks.lock_holders(self.client, paths.node_lock_path(node_id))
+
+    def node_locked(self, node_id: str, cached: bool = False) -> bool:
+        """Whether anyone contends for the node's lock (cached: as last seen)."""
+        if cached and self.nodes_cache is not None:
+            return self.nodes_cache.is_locked(node_id)
+        return bool(self.node_lock_holders(node_id))
+
+    def lock_and_read_node(self, node_id: str, timeout: float | None = None
+                           ) -> tuple[Node, ZooKeeperLock] | None:
+        """Lock (without waiting, or up to ``timeout``) and re-read the node.
+
+        None when it is locked elsewhere or gone.  A malformed node is
+        unlocked again and MalformedRecord raised."""
+        if self.get_node(node_id) is None:
+            return None  # don't recreate a deleted node's znode by locking it
+        if timeout is None:
+            lock = self.try_lock_node(node_id)
+        else:
+            try:
+                lock = self.lock_node(node_id, timeout)
+            except LockNotAcquired:
+                lock = None
+        if lock is None:
+            return None
+        try:
+            node = self.get_node(node_id)
+        except Exception:
+            lock.release()
+            raise
+        if node is None:
+            lock.release()
+            return None
+        return node, lock
+
+    # -- components --------------------------------------------------------------------
+
+    def registered_pools(self, cached: bool = False) -> list[PoolComponent]:
+        if cached and self.pools_cache is not None:
+            return sorted(self.pools_cache.values(), key=lambda p: p.path or "")
+        return read_components(self.client, "pool")  # type: ignore[return-value]
+
+    def registered_launchers(self) -> list[LauncherComponent]:
+        return read_components(self.client, "launcher")
+
+    def label_names(self, cached: bool = False) -> list[str]:
+        """The union of the registered pools' labels (``label-list``)."""
+        return sorted({label for p in self.registered_pools(cached)
+                       for label in p.supported_labels})
+
+    # -- operator actions (the CLI) -----------------------------------------------------
+
+    def _operator_lock(self, node_id: str, timeout: float) -> tuple[Node, ZooKeeperLock]:
+        if self.get_node(node_id) is None:
+            raise RecordNotFound(f"no node with id {node_id!r}")
+        try:
+            lock = self.lock_node(node_id, timeout)
+        except LockNotAcquired:
+            raise LockNotAcquired(
+                f"node {node_id} is locked by someone else (tried for {timeout:g}s)") from None
+        node = self.get_node(node_id)
+        if node is None:
+            lock.release()
+            self._remove_if_empty(node_id)
+            raise RecordNotFound(f"node {node_id!r} was deleted meanwhile")
+        return node, lock
+
+    def mark_node_deleting(self, node_id: str, timeout: float = OPERATOR_LOCK_TIMEOUT) -> Node:
+        """``nodepool delete``: set ``deleting``; the launcher's reaper does
+        the cloud work."""
+        node, lock = self._operator_lock(node_id, timeout)
+        try:
+            if node.state != DELETING:
+                node.set_state(DELETING)
+                self.store_node(node, lock)
+            return node
+        finally:
+            lock.release()
+
+    def hold_node(self, node_id: str, reason: str | None = None,
+                  timeout: float = OPERATOR_LOCK_TIMEOUT) -> Node:
+        """``nodepool hold``: set ``hold`` with the reason as ``comment``."""
+        node, lock = self._operator_lock(node_id, timeout)
+        try:
+            node.set_state(HOLD)
+            if reason is not None:
+                node.comment = reason
+            self.store_node(node, lock)
+            return node
+        finally:
+            lock.release()
+
+    def _remove_if_empty(self, node_id: str) -> None:
+        try:
+            data, _ = self.client.get(paths.node_path(node_id))
+        except NoNodeError:
+            return
+        if not data:
+            self.delete_node_znode(node_id)
+
+    # -- raw access for housekeeping -------------------------------------------------------
+
+    def raw_node(self, node_id: str) -> bytes | None:
+        try:
+            return self.client.get(paths.node_path(node_id))[0]
+        except NoNodeError:
+            return None
+
+    def ensure_roots(self, roots: Iterable[str] = (paths.REQUEST_ROOT, paths.NODE_ROOT)) -> None:
+        for root in roots:
+            try:
+                self.client.ensure_path(root)
+            except NodeExistsError:
+                pass
+
+
+def _version(version: int | None) -> int:
+    return -1 if version is None else version
+
+
+def _require_lock(lock: ZooKeeperLock | None, path: str) -> None:
+    if lock is None or lock.path != path:
+        raise NotLocked(f"writing without the lock {path}")
+    if not lock.held:
+        raise NotLocked(f"lock {path} is no longer held (session lost?)")

@@ -1,0 +1,89 @@
+"""The watch-driven caches against the real server: changes, lock contenders,
+malformed znodes, and recovery after the session expires."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from nodepool.zk.records import Node, NodeRequest
+from nodepool.zk.store import ZooKeeperStore
+from tests.fixtures.zk import SYNC_TIMEOUT, expire_session, wait_for
+
+
+def test_requests_cache_follows_changes(zk_store, zk_connect):
+    other = ZooKeeperStore(zk_connect())
+    req = other.create_request(NodeRequest(node_types=["a"], requestor="zuul"), 200)
+    wait_for(lambda: zk_store.get_request(req.id, cached=True), message="the new request")
+    lock = other.try_lock_request(req.id)
+    req.set_state("pending")
+    other.store_request(req, lock)
+    wait_for(lambda: zk_store.get_request(req.id, cached=True).state == "pending",
+             message="the state change")
+    assert zk_store.get_request(req.id, cached=True).version == req.version
+    other.client.delete(f"/nodepool/requests/{req.id}")
+    wait_for(lambda: not zk_store.request_exists(req.id, cached=True), message="the removal")
+    lock.release()
+
+
+def test_nodes_cache_tracks_lock_contenders(zk_store, zk_connect):
+    other = ZooKeeperStore(zk_connect())
+    node = other.create_node(Node(state="ready", type=["a"], provider="p", pool="m"))
+    wait_for(lambda: zk_store.get_node(node.id, cached=True), message="the node")
+    assert not zk_store.node_locked(node.id, cached=True)
+    lock = other.try_lock_node(node.id)
+    wait_for(lambda: zk_store.node_locked(node.id, cached=True), message="the lock contender")
+    assert len(zk_store.nodes_cache.lock_contenders(node.id)) == 1
+    lock.release()
+    wait_for(lambda: not zk_store.node_locked(node.id, cached=True), message="the release")
+
+
+def test_malformed_znode_is_skipped_logged_once_and_recovers(zk_store, zk, caplog):
+    good = zk_store.create_node(Node(state="ready", type=["a"]))
+    with caplog.at_level(logging.ERROR, logger="nodepool.zk.cache"):
+        zk.create("/nodepool/nodes/0000000001", b"{not json")
+        wait_for(lambda: "0000000001" in zk_store.nodes_cache.malformed(),
+                 message="the malformed node to be noticed")
+    assert "/nodepool/nodes/0000000001" in caplog.text
+    assert caplog.text.count("/nodepool/nodes/0000000001") == 1
+    assert zk_store.get_node("0000000001", cached=True) is None
+    assert [n.id for n in zk_store.list_nodes(cached=True)] == [good.id]
+    zk.set("/nodepool/nodes/0000000001", json.dumps({"state": "used", "type": ["a"]}).encode())
+    wait_for(lambda: zk_store.get_node("0000000001", cached=True), message="the fixed node")
+    assert zk_store.nodes_cache.malformed() == {}
+
+
+def test_empty_node_znode_is_not_a_record(zk_store, zk):
+    zk.create("/nodepool/nodes/0000000000/lock", makepath=True)
+    zk_store.create_node(Node(state="ready", type=["a"]))
+    wait_for(lambda: zk_store.get_node("0000000001", cached=True), message="the real node")
+    assert zk_store.get_node("0000000000", cached=True) is None
+    assert zk_store.nodes_cache.malformed() == {}
+
+
+def test_cache_resyncs_after_session_expiry(zk_store, zk, zk_settings, zk_connect):
+    other = ZooKeeperStore(zk_connect())
+    kept = other.create_request(NodeRequest(node_types=["a"]), 200)
+    own = zk_store.create_min_ready_request("a")   # ephemeral: dies with the session
+    node = other.create_node(Node(state="ready", type=["a"]))
+    our_lock = zk_store.try_lock_node(node.id)
+    wait_for(lambda: zk_store.node_locked(node.id, cached=True)
+             and zk_store.request_exists(own.id, cached=True), message="the cache")
+    expire_session(zk, zk_settings)
+    assert zk_store.wait_synced(SYNC_TIMEOUT)
+    wait_for(lambda: not zk_store.request_exists(own.id, cached=True),
+             message="the ephemeral request of the old session to leave the cache")
+    wait_for(lambda: not zk_store.node_locked(node.id, cached=True),
+             message="the old session's lock contender to leave the cache")
+    assert zk_store.request_exists(kept.id, cached=True)
+    assert not our_lock.held
+    # Watches work again in the new session.
+    later = other.create_request(NodeRequest(node_types=["b"]), 100)
+    wait_for(lambda: zk_store.request_exists(later.id, cached=True), message="a new request")
+
+
+def test_wait_for_change_wakes_on_cache_events(zk_store, zk_connect):
+    zk_store.wait_for_change(0)  # clear
+    other = ZooKeeperStore(zk_connect())
+    other.create_request(NodeRequest(node_types=["a"]), 200)
+    assert zk_store.wait_for_change(SYNC_TIMEOUT)
