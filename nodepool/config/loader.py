@@ -364,7 +364,10 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
             problems.warning(["labels", j, "min-ready"],
                              f"label {lab['name']!r} wants {lab['min-ready']} ready nodes "
                              "but no pool of this launcher offers it")
-    webapp_cfg = data.get("webapp", {})
+    all_problems = problems.items + cloud_problems
+    if any(p.severity == "error" for p in all_problems):
+        return None, all_problems
+    webapp_cfg = data.get("webapp") or {}
     config = NodepoolConfig(
         config_file=path, zookeeper=zk,
         webapp=WebApp(webapp_cfg.get("port", 8005),
@@ -372,9 +375,6 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
         labels=labels, providers=providers, tenant_limits=tenant_limits,
         max_hold_age=data.get("max-hold-age") or None,
         clouds_file=next((c.clouds_file for c in cloud_settings.values()), None))
-    all_problems = problems.items + cloud_problems
-    if any(p.severity == "error" for p in all_problems):
-        return None, all_problems
     return config, all_problems
 
 
