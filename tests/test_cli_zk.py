@@ -1,0 +1,140 @@
+"""The nodepool CLI against real ZooKeeper: tables, JSON, operator actions, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from nodepool.zk.client import connect, disconnect
+from nodepool.zk.records import Node, NodeRequest
+from nodepool.zk.store import ZooKeeperStore
+
+BIN = os.path.dirname(sys.executable)
+
+
+def write_config(tmp_path, servers, chroot, tls=None, timeout=10.0):
+    data = {"zookeeper-servers": [{"host": s.host, "port": s.port, "chroot": chroot}
+                                  for s in servers],
+            "zookeeper-timeout": timeout,
+            "labels": [{"name": "small"}],
+            "providers": [{"name": "p1", "cloud": "nowhere",
+                           "cloud-images": [{"name": "img"}],
+                           "pools": [{"name": "main", "labels": [
+                               {"name": "small", "cloud-image": "img",
+                                "flavor-name": "m1.small"}]}]}]}
+    if tls:
+        data["zookeeper-tls"] = {"ca": tls.ca, "cert": tls.cert, "key": tls.key}
+    path = tmp_path / "nodepool.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def nodepool(config, *args):
+    # No clouds.yaml is needed to look at ZooKeeper.
+    return subprocess.run([f"{BIN}/nodepool", "-c", config, *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture
+def populated(zk_settings):
+    client = connect(zk_settings)
+    store = ZooKeeperStore(client)
+    store.ensure_roots()
+    node = store.create_node(Node(state="ready", type=["small"], provider="p1", pool="main",
+                                  external_id="srv-1", public_ipv4="203.0.113.5",
+                                  hostname="small-p1-0", username="zuul"))
+    req = store.create_request(NodeRequest(state="requested", node_types=["small"],
+                                           requestor="zuul-sys", event_id="ev-9",
+                                           requestor_data={"job_name": "tox"}), 200)
+    yield store, node, req
+    disconnect(client)
+
+
+def test_list_table_and_json(tmp_path, zk_settings, populated):
+    store, node, _ = populated
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    out = nodepool(config, "list")
+    assert out.returncode == 0, out.stderr
+    assert node.id in out.stdout and "srv-1" in out.stdout and "203.0.113.5" in out.stdout
+    assert "unlocked" in out.stdout
+    out = nodepool(config, "list", "--detail", "--json")
+    rows = json.loads(out.stdout)
+    assert rows[0]["id"] == node.id and rows[0]["hostname"] == "small-p1-0"
+    assert rows[0]["state"] == "ready" and rows[0]["username"] == "zuul"
+
+
+def test_request_and_label_list(tmp_path, zk_settings, populated):
+    _, _, req = populated
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    out = nodepool(config, "request-list", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["id"] for r in rows] == [req.id]
+    assert rows[0]["requestor"] == "zuul-sys" and rows[0]["event_id"] == "ev-9"
+    out = nodepool(config, "request-list")
+    assert req.id in out.stdout and "requested" in out.stdout
+    out = nodepool(config, "label-list", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == []
+
+
+def test_delete_and_hold(tmp_path, zk_settings, populated):
+    store, node, _ = populated
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    out = nodepool(config, "hold", node.id, "--reason", "debugging")
+    assert out.returncode == 0, out.stderr
+    held = store.get_node(node.id)
+    assert held.state == "hold" and held.comment == "debugging"
+    out = nodepool(config, "delete", node.id)
+    assert out.returncode == 0, out.stderr
+    assert store.get_node(node.id).state == "deleting"
+
+
+def test_unknown_ids_are_clean_errors(tmp_path, zk_settings, populated):
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    for cmd in ("delete", "hold"):
+        out = nodepool(config, cmd, "9999999999")
+        assert out.returncode == 1
+        assert "no node with id '9999999999'" in out.stderr
+        assert "Traceback" not in out.stderr
+    out = nodepool(config, "info", "nope")
+    assert out.returncode == 1 and "no provider 'nope'" in out.stderr
+
+
+def test_info_shows_provider_nodes(tmp_path, zk_settings, populated):
+    _, node, _ = populated
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    out = nodepool(config, "info", "p1", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["nodes"][0]["id"] == node.id
+    assert data["pools"][0]["name"] == "main"
+
+
+def test_tls_connection(tmp_path, zk_tls_settings):
+    client = connect(zk_tls_settings)
+    store = ZooKeeperStore(client)
+    store.ensure_roots()
+    node = store.create_node(Node(state="ready", type=["small"], provider="p1"))
+    disconnect(client)
+    config = write_config(tmp_path, zk_tls_settings.servers, zk_tls_settings.chroot,
+                          tls=zk_tls_settings.tls)
+    out = nodepool(config, "list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["id"] for r in json.loads(out.stdout)] == [node.id]
+
+
+def test_unreachable_zookeeper_fails_within_the_timeout(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = type("Server", (), {"host": "127.0.0.1", "port": port})
+    config = write_config(tmp_path, [server], "/x", timeout=2.0)
+    out = nodepool(config, "list")
+    assert out.returncode == 1
+    assert "could not connect to ZooKeeper" in out.stderr and "within 2s" in out.stderr
