@@ -1,0 +1,140 @@
+"""``nodepool-launcher -d`` as a process, serving Zuul's own client on the fakecloud."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.fixtures.fakecloud import wait_for
+from tests.test_request_zuul_e2e import HAVE_ZUUL, SYSTEM_ID, zuul_side  # noqa: F401
+
+if HAVE_ZUUL:
+    import zuul.model
+
+BIN = os.path.dirname(sys.executable)
+
+pytestmark = pytest.mark.skipif(
+    not HAVE_ZUUL, reason="zuul is not importable; run tools/install-zuul-client.sh "
+                          ".venv/bin/python to install Zuul's client classes")
+
+
+def write_files(tmp_path, cloud, zk_settings):
+    clouds = cloud.write_clouds_yaml(tmp_path / "clouds.yaml", api_timeout=5)
+    server = zk_settings.servers[0]
+    data = {"zookeeper-servers": [{"host": server.host, "port": server.port,
+                                   "chroot": zk_settings.chroot}],
+            "labels": [{"name": "small"}],
+            "providers": [{"name": "fake", "cloud": "fakecloud", "rate": 0.01,
+                           "cloud-images": [{"name": "img", "image-name": "cirros"}],
+                           "pools": [{"name": "main", "max-servers": 4,
+                                      "host-key-checking": False,
+                                      "auto-floating-ip": False,
+                                      "labels": [{"name": "small", "cloud-image": "img",
+                                                  "flavor-name": "m1.small"}]}]}]}
+    path = tmp_path / "nodepool.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path), str(clouds)
+
+
+@pytest.fixture
+def launcher_process(tmp_path, make_fakecloud, zk_settings):
+    cloud = make_fakecloud()
+    config, clouds = write_files(tmp_path, cloud, zk_settings)
+    log = open(tmp_path / "launcher.log", "w+")
+    proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
+                             "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
+    yield proc, cloud, config, tmp_path / "launcher.log"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def nodepool_cli(config, *args):
+    out = subprocess.run([f"{BIN}/nodepool", "-c", config, *args], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_zuul_requests_uses_and_returns_nodes_through_the_daemon(zk, launcher_process,
+                                                                  zuul_side):  # noqa: F811
+    proc, cloud, config, log_path = launcher_process
+    wait_for(lambda: zuul_side.nodepool.getRegisteredLaunchers(), 30,
+             what="the launcher's pool registration")
+    zreq = zuul_side.submit(["small", "small"])
+    wait_for(lambda: zuul_side.completed(zreq.id), 60, what="Zuul's completion event")
+    fetched = zuul_side.nodepool.getNodeRequest(zreq.id)
+    assert fetched.state == "fulfilled" and len(fetched.nodes) == 2
+
+    # The CLI shows what Zuul's client wrote.
+    requests = nodepool_cli(config, "request-list", "--json")
+    assert [(r["id"], r["requestor"], r["state"]) for r in requests] == \
+        [(zreq.id, SYSTEM_ID, "fulfilled")]
+    listed = {r["id"]: r for r in nodepool_cli(config, "list", "--json")}
+    assert set(fetched.nodes) <= set(listed)
+
+    nodes = [zuul.model.Node([f"n{i}"], "small") for i in range(2)]
+    for node, node_id in zip(nodes, fetched.nodes):
+        zuul_side.nodepool.updateNode(node, node_id)
+        assert node.allocated_to == fetched.id and node.interface_ip
+        zuul_side.nodepool.lockNode(node, timeout=30)
+    assert zuul_side.nodepool.deleteNodeRequest(fetched.id)
+    for node in nodes:
+        node.state = "in-use"
+        node.user_data = {"zuul_system": SYSTEM_ID, "project_name": "example.org/p"}
+        zuul_side.nodepool.storeNode(node)
+    listed = {r["id"]: r for r in nodepool_cli(config, "list", "--json")}
+    assert {listed[n.id]["state"] for n in nodes} == {"in-use"}
+    assert {listed[n.id]["locked"] for n in nodes} == {"locked"}
+    for node in nodes:
+        node.state = "used"
+        zuul_side.nodepool.storeNode(node)
+        zuul_side.nodepool.unlockNode(node)
+    wait_for(lambda: not nodepool_cli(config, "list", "--json"), 60, what="nodes reaped")
+    wait_for(lambda: not cloud.servers(), 30, what="servers deleted")
+    assert cloud.counters()["quota_403"] == 0
+
+    # SIGUSR2 dumps the threads and the in-flight state to the log.
+    proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "--- launcher state ---" in log_path.read_text(), 20,
+             what="the state dump")
+    # SIGTERM stops it cleanly, and its pool registration goes away.
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    wait_for(lambda: not zuul_side.nodepool.getRegisteredLaunchers(), 30,
+             what="the pool to unregister")
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_daemon_refuses_to_start_twice_and_replaces_a_stale_pidfile(tmp_path, make_fakecloud,
+                                                                     zk_settings):
+    cloud = make_fakecloud()
+    config, clouds = write_files(tmp_path, cloud, zk_settings)
+    pidfile = tmp_path / "run" / "launcher.pid"
+    pidfile.parent.mkdir()
+    # A stale pid file from a process that no longer exists.
+    pidfile.write_text("999999\n")
+    base = [f"{BIN}/nodepool-launcher", "-c", config, "--clouds", clouds,
+            "-p", str(pidfile)]
+    first = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "stale pid file" in first.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()
+                       and pidfile.read_text().strip() != "999999"
+                       and pidfile.read_text().strip(), 30, what="the daemon's pid file"))
+    try:
+        second = subprocess.run(base, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"already running (pid {pid}" in second.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="the daemon to exit")
+    wait_for(lambda: not pidfile.exists(), 10, what="the pid file to be removed")
