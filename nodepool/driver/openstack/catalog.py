@@ -1,8 +1,12 @@
 """Flavors, images and networks: read rarely, looked up for every create.
 
 Each list is fetched through the gate once, kept for ``ttl`` seconds, and
-re-read early (at most every ``retry`` seconds) when a lookup misses, so a new
-image or flavor is found without a call per create.
+re-read early when a lookup misses, so a new image or flavor is found without
+a call per create.  A miss is *settled* (the label really cannot be served)
+once a list requested after the miss lacks the item too; such a list counts
+for ``retry`` seconds, after which the next miss reads the list again.  So a
+missing image costs at most one list call per ``retry`` seconds, and a build
+for it fails after one re-read instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ class _Entry:
     fetch: Callable[[], list]
     items: list | None = None
     fetched_at: float | None = None
+    requested_at: float | None = None   # when the call that gave ``items`` was sent
     attempted_at: float | None = None
     call: ApiCall | None = None
     error: str | None = None
-    reload_wanted: bool = False
+    miss_at: float | None = None        # a lookup missed; a list requested later settles it
 
 
 class CloudCatalog:
@@ -48,13 +53,13 @@ class CloudCatalog:
                 try:
                     e.items = list(call.result())
                     e.fetched_at = now
+                    e.requested_at = call.started_at or call.submitted_at
                     e.error = None
                 except Exception as ex:  # noqa: BLE001 - kept, retried later
                     e.error = f"{type(ex).__name__}: {ex}"
                     log.warning("%s: listing %s failed: %s", self.gate.name, kind, e.error)
             if e.call is None and self._due(e, now):
                 e.attempted_at = now
-                e.reload_wanted = False
                 e.call = self.gate.submit(f"catalog.list_{kind}", e.fetch)
 
     def _due(self, e: _Entry, now: float) -> bool:
@@ -62,9 +67,18 @@ class CloudCatalog:
         if e.items is None:
             # Never loaded: retry failures quickly at first, bounded by the rate.
             return since_attempt is None or since_attempt >= min(self.retry, 5.0)
-        if e.reload_wanted and since_attempt >= self.retry:
-            return True
-        return now - e.fetched_at >= self.ttl
+        if self._miss_unsettled(e):
+            # Re-read at once for a new miss; after a failed re-read, retry
+            # at the never-loaded pace rather than every pass.
+            if e.attempted_at <= e.miss_at or since_attempt >= min(self.retry, 5.0):
+                return True
+        # Expired: re-read, but after a failed re-read not on every pass.
+        return now - e.fetched_at >= self.ttl and since_attempt >= min(self.retry, 5.0)
+
+    @staticmethod
+    def _miss_unsettled(e: _Entry) -> bool:
+        return e.miss_at is not None and (e.requested_at is None
+                                          or e.requested_at <= e.miss_at)
 
     def items(self, kind: str) -> list | None:
         """The list, or None if it was never read."""
@@ -73,13 +87,20 @@ class CloudCatalog:
     def loaded(self, *kinds: str) -> bool:
         return all(self._entries[k].items is not None for k in (kinds or self._entries))
 
-    def missed(self, kind: str) -> None:
-        """A lookup found nothing: read the list again soon."""
-        self._entries[kind].reload_wanted = True
-
-    def reload_pending(self, kind: str) -> bool:
+    def missed(self, kind: str) -> bool:
+        """A lookup in ``kind`` found nothing.  True when that is settled: the
+        list in hand was requested after a miss was noted, less than
+        ``retry`` seconds ago.  Otherwise a re-read is asked for (the next
+        ``tick`` sends it) and False is returned: look again after it."""
         e = self._entries[kind]
-        return e.reload_wanted or e.call is not None
+        now = self.clock()
+        if e.miss_at is not None and not self._miss_unsettled(e):
+            if now - e.requested_at < self.retry:
+                return True
+            e.miss_at = None  # that re-read is old: the item may exist by now
+        if e.miss_at is None:
+            e.miss_at = now
+        return False
 
     def status(self) -> dict:
         now = self.clock()

@@ -6,6 +6,16 @@ cache apply.  We do not use the SDK's high-level helpers for servers: they
 re-GET each new server and look up ports and floating IPs per server (the N+1
 of incident 1).  Every method is blocking and must be called through the
 provider's ``ApiGate``.
+
+Every GET bypasses openstacksdk's response cache (``skip_cache``).  The
+launcher keeps its own caches (the shared server list, the catalog, the
+quota ledger's limits readings), each of which decides when to ask the
+cloud and relies on the answer describing the cloud *after* the request
+started: a server missing from a list requested after its delete returned
+is gone.  A cached response breaks that (clouds.yaml's recommended
+``compute.servers.detail: 5`` would hand back a list fetched before a
+create, so the new server looks gone), and it would also defeat the
+catalog's early re-read when an image is missing.
 """
 
 from __future__ import annotations
@@ -28,6 +38,11 @@ def connect(cloud: str, clouds_file: str, region_name: str | None = None):
     return connection.Connection(config=region)
 
 
+def _get(proxy, url: str, what: str) -> Any:
+    """One GET, never answered from openstacksdk's cache (see the module doc)."""
+    return _check(proxy.get(url, skip_cache=True), what)
+
+
 def _check(resp, what: str) -> Any:
     sdk_exc.raise_from_response(resp, error_message=what)
     if resp.status_code == 204 or not resp.content:
@@ -48,7 +63,7 @@ class OpenStackCloud:
         seen = set()
         while url and url not in seen:
             seen.add(url)
-            body = _check(self.conn.compute.get(url), "listing servers")
+            body = _get(self.conn.compute, url, "listing servers")
             servers.extend(body.get("servers", []))
             url = next((link["href"] for link in body.get("servers_links", [])
                         if link.get("rel") == "next"), None)
@@ -70,20 +85,20 @@ class OpenStackCloud:
 
     def get_compute_limits(self) -> dict:
         """nova's ``absolute`` limits: maxima and ``total*Used`` counters."""
-        body = _check(self.conn.compute.get("/limits"), "reading compute limits")
+        body = _get(self.conn.compute, "/limits", "reading compute limits")
         return body["limits"]["absolute"]
 
     def get_volume_limits(self) -> dict | None:
         """cinder's ``absolute`` limits, or None when the cloud has no cinder."""
         try:
             proxy = self.conn.block_storage
-            body = _check(proxy.get("/limits"), "reading volume limits")
+            body = _get(proxy, "/limits", "reading volume limits")
         except (sdk_exc.ServiceDisabledException, sdk_exc.EndpointNotFound):
             return None
         return body["limits"]["absolute"]
 
     def list_flavors(self) -> list[dict]:
-        body = _check(self.conn.compute.get("/flavors/detail"), "listing flavors")
+        body = _get(self.conn.compute, "/flavors/detail", "listing flavors")
         return body.get("flavors", [])
 
     # -- image ------------------------------------------------------------
@@ -94,7 +109,7 @@ class OpenStackCloud:
         seen = set()
         while url and url not in seen:
             seen.add(url)
-            body = _check(self.conn.image.get(url), "listing images")
+            body = _get(self.conn.image, url, "listing images")
             images.extend(body.get("images", []))
             # glance's "next" is "/v2/images?marker=..."; the endpoint has /v2.
             nxt = body.get("next")
@@ -104,17 +119,17 @@ class OpenStackCloud:
     # -- network ----------------------------------------------------------
 
     def list_networks(self) -> list[dict]:
-        body = _check(self.conn.network.get("/networks"), "listing networks")
+        body = _get(self.conn.network, "/networks", "listing networks")
         return body.get("networks", [])
 
     def list_floating_ips(self) -> list[dict]:
-        body = _check(self.conn.network.get("/floatingips"), "listing floating IPs")
+        body = _get(self.conn.network, "/floatingips", "listing floating IPs")
         return body.get("floatingips", [])
 
     def list_ports(self, **filters: str) -> list[dict]:
         query = "&".join(f"{k}={v}" for k, v in sorted(filters.items()))
         url = "/ports" + (f"?{query}" if query else "")
-        body = _check(self.conn.network.get(url), "listing ports")
+        body = _get(self.conn.network, url, "listing ports")
         return body.get("ports", [])
 
     def create_floating_ip(self, network_id: str, port_id: str) -> dict:

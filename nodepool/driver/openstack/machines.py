@@ -162,10 +162,17 @@ class CreateMachine:
         self.attempt += 1
         self.key = key
         self.reason = None
-        name = srv.hostname(self.ctx.hostname_format, label=self.spec.label,
-                            provider=self.ctx.name, pool=self.pool.name,
-                            node_id=self.spec.node_id)
-        body = self.ctx.create_body(self, name)
+        try:
+            name = srv.hostname(self.ctx.hostname_format, label=self.spec.label,
+                                provider=self.ctx.name, pool=self.pool.name,
+                                node_id=self.spec.node_id)
+            body = self.ctx.create_body(self, name)
+        except Exception:
+            # Nothing was sent: give the reservation back, or it would hold
+            # headroom forever (the next attempt reserves under a new key).
+            self.ctx.ledger.release(key)
+            self.key = None
+            raise
         self.ctx.ledger.create_issued(key)
         self.create_started_at = now
         self.call = self.ctx.gate.submit("compute.create_server",
@@ -185,8 +192,9 @@ class CreateMachine:
             if err.kind == errors.QUOTA:
                 self.ctx.ledger.create_rejected(self.key, quota_error=True)
                 self._wait_for_quota(f"cloud refused: {err.message}")
-            elif err.kind == errors.UNAVAILABLE:
-                # The server may exist even though we got no answer.
+            elif err.kind == errors.UNAVAILABLE or err.status_code is None:
+                # The server may exist even though we got no usable answer
+                # (a timeout, or a 202 whose body we could not read).
                 self.ctx.ledger.create_unknown(self.key)
                 self.ctx.servers.want_fresh(now)
                 self.reason = f"create call failed ({err.message}); looking for the server"
@@ -200,6 +208,7 @@ class CreateMachine:
             return
         self.server_id = answer.get("id")
         self.ctx.ledger.create_accepted(self.key, self.server_id)
+        self.ctx.remember_server(self.server_id, self.key)
         self.ctx.servers.want_fresh(now)
         self.step = Step.BOOTING
 
@@ -217,6 +226,7 @@ class CreateMachine:
         if found:
             self.server_id = found[0]["id"]
             self.ctx.ledger.server_seen(self.key, self.server_id)
+            self.ctx.remember_server(self.server_id, self.key)
             self.reason = None
             self.step = Step.BOOTING
             self._step_booting(now)
@@ -239,6 +249,10 @@ class CreateMachine:
         self.server = server
         self.ctx.ledger.server_seen(self.key, self.server_id)
         status = str(server.get("status", "")).upper()
+        if srv.is_deleting(server):
+            # Someone else is deleting it: never hand such a server out.
+            self._failed(f"the server is being deleted (status {status})")
+            return
         if status == "ACTIVE":
             self.active_at = now
             if self._needs_floating_ip(server):
@@ -292,6 +306,9 @@ class CreateMachine:
                 self.fip_port = ports[0]["id"]
             else:
                 self.fip_address = answer.get("floating_ip_address")
+                # Remembered by the provider: the node may be deleted before
+                # any server list shows the address in nova's ``addresses``.
+                self.ctx.note_floating_ip(self.server_id, self.fip_address)
                 self._after_network(now)
                 return
         if now < self.not_before:
@@ -442,6 +459,9 @@ class ServerDeletion:
             meta = (snap.get(self.server_id) or {}).get("metadata") or {}
             if meta.get(srv.META_PROVIDER) == self.ctx.name and meta.get(srv.META_NODE):
                 self.key = f"{meta[srv.META_NODE]}/{meta.get(srv.META_ATTEMPT, '0')}"
+            else:
+                # Not (or no longer) listed: nova may have dropped it already.
+                self.key = self.ctx.key_for_server(self.server_id)
         if self.step is DeleteStep.FIND:
             if self.after_call is not None:
                 if not self.after_call.done():
@@ -451,7 +471,18 @@ class ServerDeletion:
                     self.server_id = answer.get("id")
                     if self.key:
                         self.ctx.ledger.create_accepted(self.key, self.server_id)
-                except Exception:  # noqa: BLE001 - then look in the list
+                except Exception as e:  # noqa: BLE001 - sorted below
+                    err = errors.classify(e)
+                    self.ctx.count_create_error(err)
+                    if err.status_code is not None and 400 <= err.status_code < 500:
+                        # Refused (over quota, bad request): no server was made.
+                        if self.key:
+                            self.ctx.ledger.create_rejected(
+                                self.key, quota_error=err.kind == errors.QUOTA)
+                        self.after_call = None
+                        self.step = DeleteStep.DONE
+                        return
+                    # No answer: the server may exist; look in the list.
                     if self.key:
                         self.ctx.ledger.create_unknown(self.key)
                 self.after_call = None
@@ -521,8 +552,14 @@ class ServerDeletion:
                 self.ctx.servers.want_fresh()
 
     def _gone(self) -> None:
+        if self.key is None:
+            self.key = self.ctx.key_for_server(self.server_id)
         if self.key:
             self.ctx.ledger.server_gone(self.key)
+        self.ctx.forget_server(self.server_id)
+        for addr in self.ctx.floating_ips_created_for(self.server_id):
+            if addr not in self.floating_ips:
+                self.floating_ips.append(addr)
         for addr in self.floating_ips:
             self.ctx.delete_floating_ip_by_address(addr)
         self.ctx.note_delete_completed()

@@ -35,6 +35,7 @@ SERVER_LIST_INTERVAL = 2.0
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
 FIP_LIST_INTERVAL = 10.0
+FIP_RETRY = 5.0
 
 
 class NodeDeletion:
@@ -120,13 +121,21 @@ class OpenStackProvider:
         self._fips: list[dict] | None = None
         self._fips_at: float | None = None
         self._fip_deletes: set[str] = set()
+        self._fip_delete_calls: dict[str, ApiCall] = {}
+        self._fips_retry_at = float("-inf")
+        self._fips_created: dict[str, set[str]] = {}   # server id -> addresses we attached
         self._leak_suspects: set[str] = set()
         self._last_leak_pass: float | None = None
         self._adopted: dict[str, str] = {}     # ledger key -> server id
+        # server id -> ledger key, for every server of ours seen or created
+        # while its ledger entry lives: a delete by external id must release
+        # the entry even when nova has already dropped the server.
+        self._keys_by_server: dict[str, str] = {}
         self._last_snapshot_seen = float("-inf")
         self.counters = {"launch_failures": 0, "quota_errors": 0, "create_errors": 0,
                          "deletes_completed": 0, "leaks_deleted": 0}
         self._thread: threading.Thread | None = None
+        self._last_tick: float | None = None
         self._stop = threading.Event()
         ledger.configure_provider(self.name, {
             name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
@@ -193,8 +202,18 @@ class OpenStackProvider:
                 log.exception("%s: provider loop pass failed", self.name)
             self._stop.wait(LOOP_INTERVAL)
 
+    def tick_age(self) -> float | None:
+        """Seconds since the loop last finished a pass (None before the first)."""
+        return None if self._last_tick is None else self.clock() - self._last_tick
+
     def tick(self) -> None:
         """One pass: never blocks, safe to repeat."""
+        try:
+            self._tick()
+        finally:
+            self._last_tick = self.clock()
+
+    def _tick(self) -> None:
         with self._lock:
             if self._cloud is None:
                 self._connect()
@@ -212,7 +231,11 @@ class OpenStackProvider:
                     log.exception("%s: node %s: machine error", self.name, machine.spec.node_id)
                     machine._failed(f"internal error: {e}")
             for deletion in list(self._deletes.values()):
-                deletion.advance()
+                try:
+                    deletion.advance()
+                except Exception:  # noqa: BLE001 - one node must not stop the others
+                    log.exception("%s: node %s: deletion error", self.name,
+                                  deletion.spec.node_id)
             for d in list(self._server_deletions):
                 try:
                     d.advance()
@@ -280,24 +303,27 @@ class OpenStackProvider:
                                image_name=image_cfg.image_name, fallback_name=image_cfg.name)
         nets = []
         missing = []
+        # Each miss is noted (so its list is re-read) before deciding whether
+        # it is final: only a list read after the miss can say it is.
+        settled = True
         for ref in label.networks:
             net = srv.pick_network(self.catalog.items("networks"), ref)
             if net is None:
                 missing.append(f"network {ref!r}")
             else:
                 nets.append(net["id"])
+        if len(nets) < len(label.networks):
+            settled = self.catalog.missed("networks") and settled
         if flavor is None:
             missing.append(f"flavor {label.flavor_name!r}" if label.flavor_name
                            else f"a flavor with at least {label.min_ram} MB RAM")
-            self.catalog.missed("flavors")
+            settled = self.catalog.missed("flavors") and settled
         if image is None:
             missing.append(f"image {image_cfg.reference!r}")
-            self.catalog.missed("images")
+            settled = self.catalog.missed("images") and settled
         if missing:
-            if any(self.catalog.reload_pending(k) for k in ("flavors", "images", "networks")):
+            if not settled:
                 return None, f"cloud has no {', '.join(missing)} (re-reading)", False
-            for k in ("networks",):
-                self.catalog.missed(k)
             return None, f"cloud {self.cloud_name} has no {', '.join(missing)}", True
         cost = label_cost(int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0),
                           boot_from_volume=label.boot_from_volume,
@@ -459,24 +485,57 @@ class OpenStackProvider:
         return next((n for n in nets if n.get("router:external")), None)
 
     def _refresh_floating_ips(self) -> None:
-        if self._fip_call is not None and self._fip_call.done():
+        """Delete the floating IPs of servers that are gone: one list call
+        to map addresses to ids, then a delete each; a delete that fails is
+        tried again (after a new list), a failed list is retried after
+        ``FIP_RETRY`` seconds, never every pass."""
+        now = self.clock()
+        for addr, call in list(self._fip_delete_calls.items()):
+            if not call.done():
+                continue
+            del self._fip_delete_calls[addr]
+            try:
+                call.result()
+            except Exception as e:  # noqa: BLE001 - retried below
+                err = errors.classify(e)
+                if err.kind != errors.NOT_FOUND:
+                    log.warning("%s: deleting floating IP %s failed: %s", self.name, addr, err)
+                    self._fip_deletes.add(addr)
+                    self._fips_at = None
+        if self._fip_call is not None:
+            if not self._fip_call.done():
+                return
             call, self._fip_call = self._fip_call, None
             try:
                 self._fips = call.result()
-                self._fips_at = self.clock()
+                self._fips_at = now
             except Exception as e:  # noqa: BLE001
                 log.warning("%s: listing floating IPs failed: %s", self.name,
                             errors.classify(e))
-        if self._fip_call is None and self._fip_deletes:
-            if self._fips_at is None or self.clock() - self._fips_at >= FIP_LIST_INTERVAL:
+                self._fips_retry_at = now + FIP_RETRY
+        if not self._fip_deletes:
+            return
+        if self._fips_at is None or now - self._fips_at >= FIP_LIST_INTERVAL:
+            if now >= self._fips_retry_at:
                 self._fip_call = self.gate.submit("network.list_floating_ips",
                                                   self.cloud.list_floating_ips)
-                return
-            for fip in self._fips or []:
-                if fip.get("floating_ip_address") in self._fip_deletes:
-                    self.gate.submit("network.delete_floating_ip",
-                                     self.cloud.delete_floating_ip, fip["id"])
-            self._fip_deletes.clear()
+            return
+        for fip in self._fips or []:
+            addr = fip.get("floating_ip_address")
+            if addr in self._fip_deletes and addr not in self._fip_delete_calls:
+                self._fip_delete_calls[addr] = self.gate.submit(
+                    "network.delete_floating_ip", self.cloud.delete_floating_ip, fip["id"])
+        # Addresses the fresh list does not show are gone already.
+        self._fip_deletes.clear()
+
+    def note_floating_ip(self, server_id: str | None, address: str | None) -> None:
+        if server_id and address:
+            self._fips_created.setdefault(server_id, set()).add(address)
+
+    def floating_ips_created_for(self, server_id: str | None) -> list[str]:
+        """Addresses we attached to the server (forgotten once asked: the
+        server is gone and its deletion takes them over)."""
+        return sorted(self._fips_created.pop(server_id, ())) if server_id else []
 
     def delete_floating_ip_by_address(self, address: str) -> None:
         self._fip_deletes.add(address)
@@ -498,6 +557,7 @@ class OpenStackProvider:
                 continue
             key = f"{meta.get(srv.META_NODE)}/{meta.get(srv.META_ATTEMPT, '0')}"
             listed.add(key)
+            self._keys_by_server[server["id"]] = key
             if key in known_keys or meta.get(srv.META_POOL) not in self.config.pools:
                 continue
             flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
@@ -509,6 +569,21 @@ class OpenStackProvider:
             if key not in listed:
                 self.ledger.server_gone(key)
                 del self._adopted[key]
+        live = self.ledger.keys(self.name)
+        for server_id, key in list(self._keys_by_server.items()):
+            if key not in live:
+                del self._keys_by_server[server_id]
+
+    def remember_server(self, server_id: str | None, key: str | None) -> None:
+        if server_id and key:
+            self._keys_by_server[server_id] = key
+
+    def key_for_server(self, server_id: str | None) -> str | None:
+        return self._keys_by_server.get(server_id) if server_id else None
+
+    def forget_server(self, server_id: str | None) -> None:
+        if server_id:
+            self._keys_by_server.pop(server_id, None)
 
     def _clean_leaks(self) -> None:
         """Servers carrying this provider's metadata whose node is gone from

@@ -32,8 +32,11 @@ def hostname(fmt: str, *, label: str, provider: str, pool: str, node_id: str) ->
     name = fmt.format(label=_Names(name=label), provider=_Names(name=provider),
                       pool=_Names(name=pool), node=_Names(id=node_id))
     # Nova accepts most names, but the hostname the guest gets is derived from
-    # it; keep to characters every image's cloud-init handles.
-    return "".join(c if c.isalnum() or c in "-." else "-" for c in name)[:63]
+    # it; keep to characters every image's cloud-init handles (ASCII letters,
+    # digits, "-" and "."; no leading or trailing separator).
+    clean = "".join(c if (c.isascii() and c.isalnum()) or c in "-." else "-" for c in name)
+    clean = clean[:63].strip("-.")
+    return clean or f"node-{node_id}"[:63]
 
 
 def server_metadata(*, provider: str, pool: str, node_id: str, label: str,

@@ -1,0 +1,702 @@
+"""OpenStackProvider against the simulated cloud, through the real openstacksdk.
+
+No ZooKeeper here: each test drives the provider the way the request handler
+does (``capacity``, ``start_build``/``poll_build``, ``start_delete``/
+``poll_delete``) while the provider's own thread runs its loop.  Outcomes are
+checked at the cloud (its request counters, servers and usage); the
+provider's status and the quota ledger are checked where their visible state
+is the point.  Every wait has a deadline; no test asserts elapsed time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+import yaml
+
+from nodepool.config import load_config
+from nodepool.driver.openstack import machines
+from nodepool.driver.openstack import servers as srv
+from nodepool.driver.openstack import provider as provider_mod
+from nodepool.driver.openstack.provider import OpenStackProvider
+from nodepool.quota import QuotaLedger
+from nodepool.quota.backoff import BackoffPolicy
+from nodepool.quota.refresh import RefreshPolicy
+from nodepool.requests.builder import (BuildSpec, BuildState, Capacity, DeleteSpec,
+                                       DeleteState)
+from tests.fixtures.fakecloud import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+LIST_ROUTE = "GET /compute/v2.1/servers/detail"
+PORTS_ROUTE = "GET /network/v2.0/ports"
+FIPS_ROUTE = "GET /network/v2.0/floatingips"
+CREATE_ROUTE = "POST /compute/v2.1/servers"
+DELETE_ROUTE = "DELETE /compute/v2.1/servers/{server_id}"
+# Routes that look at one server, or its ports or floating IPs: the N+1 of incident 1.
+PER_SERVER_ROUTES = ("GET /compute/v2.1/servers/{server_id}",
+                     "GET /network/v2.0/ports/{port_id}",
+                     "GET /network/v2.0/floatingips/{floatingip_id}")
+
+
+def provider_config(*, pool: dict | None = None, label: dict | None = None,
+                    image: dict | None = None, **provider: Any) -> dict:
+    """nodepool.yaml as a dict: one provider ``p1``, pool ``main``, label ``small``."""
+    lab = {"name": "small", "cloud-image": "img", "flavor-name": "m1.small"}
+    lab.update(label or {})
+    pl = {"name": "main", "max-servers": 50, "host-key-checking": False,
+          "auto-floating-ip": False, "labels": [lab]}
+    pl.update(pool or {})
+    img = {"name": "img", "image-name": "cirros"}
+    img.update(image or {})
+    prov = {"name": "p1", "cloud": "fakecloud", "rate": 0.01, "launch-retries": 3,
+            "cloud-images": [img], "pools": [pl]}
+    prov.update(provider)
+    return {"zookeeper-servers": [{"host": "127.0.0.1"}],
+            "labels": [{"name": "small"}], "providers": [prov]}
+
+
+class Harness:
+    """A fakecloud, a provider on it, and the bookkeeping a request handler keeps."""
+
+    def __init__(self, cloud, tmp_path, config: dict, *, api_timeout: float = 5,
+                 server_list_interval: float = 0.1, leak_interval: float = 3600.0,
+                 ledger: QuotaLedger | None = None):
+        self.cloud = cloud
+        clouds = cloud.write_clouds_yaml(os.path.join(tmp_path, "clouds.yaml"),
+                                         api_timeout=api_timeout)
+        path = os.path.join(tmp_path, "nodepool.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        self.config, _ = load_config(path, clouds)
+        self.ledger = ledger or QuotaLedger(
+            refresh_policy=RefreshPolicy(min_interval=0.2, max_age=2.0),
+            backoff_policy=BackoffPolicy(initial=1.0, maximum=2.0))
+        # node id -> external id, as ZooKeeper would tell the leak cleaner.
+        self.known: dict[str, str | None] = {}
+        self._known_lock = threading.Lock()
+        self.provider = OpenStackProvider(
+            self.config.providers["p1"], self.ledger, known_nodes=self.known_nodes,
+            server_list_interval=server_list_interval, leak_interval=leak_interval)
+        self._seq = 0
+        self.provider.start()
+
+    def known_nodes(self) -> dict[str, str | None]:
+        with self._known_lock:
+            return dict(self.known)
+
+    def wait_available(self, label: str = "small", timeout: float = 15) -> None:
+        wait_for(lambda: self.provider.capacity([label]) is Capacity.AVAILABLE,
+                 timeout=timeout, what="capacity AVAILABLE")
+
+    def spec(self, label: str = "small", node_id: str | None = None) -> BuildSpec:
+        if node_id is None:
+            self._seq += 1
+            node_id = f"{self._seq:010d}"
+        with self._known_lock:
+            self.known[node_id] = None
+        return BuildSpec(node_id=node_id, label=label, provider_name="p1", pool_name="main")
+
+    def start(self, n: int, label: str = "small") -> list[str]:
+        return [self.provider.start_build(self.spec(label)) for _ in range(n)]
+
+    def finish_builds(self, handles, *, timeout: float = 30, on_ready=None) -> dict:
+        """Poll until every build is READY or FAILED; returns handle -> status."""
+        done: dict = {}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(handles):
+            for h in handles:
+                if h in done:
+                    continue
+                st = self.provider.poll_build(h)
+                if st.state in (BuildState.READY, BuildState.FAILED):
+                    done[h] = st
+                    if st.info.external_id:
+                        with self._known_lock:
+                            self.known[h] = st.info.external_id
+                    if on_ready is not None and st.state is BuildState.READY:
+                        on_ready(h, st)
+            if time.monotonic() > deadline:
+                pending = [h for h in handles if h not in done]
+                raise AssertionError(f"builds {pending} not finished after {timeout}s: "
+                                     f"{self.provider.status()['builds']}")
+            time.sleep(0.05)
+        return done
+
+    def delete(self, node_id: str, external_id: str | None, state: str = "used"):
+        return self.provider.start_delete(DeleteSpec(
+            node_id=node_id, provider_name="p1", pool_name="main", labels=("small",),
+            external_id=external_id, state=state))
+
+    def finish_deletes(self, handles, *, timeout: float = 30) -> None:
+        pending = set(handles)
+        deadline = time.monotonic() + timeout
+        while pending:
+            for h in list(pending):
+                st = self.provider.poll_delete(h)
+                if st.state is DeleteState.DONE:
+                    pending.discard(h)
+                    with self._known_lock:
+                        self.known.pop(h, None)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"deletes {sorted(pending)} not done after {timeout}s: "
+                                     f"{self.provider.status()['deletes']}")
+            time.sleep(0.05)
+
+    def quota(self) -> dict:
+        return self.ledger.describe("p1")["providers"]["p1"]
+
+    def ledger_idle(self) -> bool:
+        q = self.quota()
+        return not any(q["servers"].values()) and \
+            all(r["ledger_used"] == 0 for r in q["resources"].values())
+
+    def servers_of_ours(self) -> list[dict]:
+        return [s for s in self.cloud.servers()
+                if s["metadata"].get(srv.META_PROVIDER) == "p1"]
+
+    def stop(self) -> None:
+        self.provider.stop(wait=5)
+
+
+@pytest.fixture
+def harness(make_fakecloud, tmp_path, monkeypatch):
+    # A quicker provider loop and retry pause than production's, so each test
+    # runs in seconds; the logic under test is the same.
+    monkeypatch.setattr(provider_mod, "LOOP_INTERVAL", 0.1)
+    monkeypatch.setattr(machines, "RETRY_DELAY", 0.2)
+    made: list[Harness] = []
+
+    def make(cloud_config: dict | None = None, config: dict | None = None,
+             **kwargs: Any) -> Harness:
+        cloud = make_fakecloud(cloud_config)
+        h = Harness(cloud, str(tmp_path), config or provider_config(), **kwargs)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.stop()
+
+
+def limited(instances: int = 10, cores: int = 40, ram: int = 102400, *,
+            volumes: int = 10, gigabytes: int = 1000, **servers: Any) -> dict:
+    """A fakecloud config with one project (the fixture's default user) and these limits."""
+    return {"projects": [{"name": "ci", "users": [{"name": "nodepool",
+                                                   "password": "nodepool-secret"}],
+                          "limits": {"instances": instances, "cores": cores, "ram": ram,
+                                     "volumes": volumes, "gigabytes": gigabytes}}],
+            "servers": servers}
+
+
+# ---------------------------------------------------------------------------
+# 1. The plain life of a node
+
+
+def test_build_ready_then_delete_returns_everything(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3))
+    h.wait_available()
+    handles = h.start(3)
+    done = h.finish_builds(handles)
+    flavor = next(f for f in h.provider.catalog.items("flavors") if f["name"] == "m1.small")
+    ids = set()
+    for handle, st in done.items():
+        assert st.state is BuildState.READY, st.reason
+        info = st.info
+        assert info.external_id and info.interface_ip
+        assert info.resources == {"cores": flavor["vcpus"], "ram": flavor["ram"],
+                                  "instances": 1}
+        assert info.cloud == "fakecloud" and info.hostname
+        ids.add(info.external_id)
+    listed = {s["id"]: s for s in h.cloud.servers()}
+    assert ids <= set(listed)
+    for handle, st in done.items():
+        server = listed[st.info.external_id]
+        assert server["state"] == "ACTIVE"
+        assert server["metadata"][srv.META_NODE] == handle
+        assert server["metadata"][srv.META_PROVIDER] == "p1"
+    # The ledger counts exactly these three servers.
+    wait_for(lambda: h.quota()["resources"]["instances"]["ledger_used"] == 3, timeout=5)
+
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    assert h.cloud.servers() == []
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    assert h.cloud.counters()["quota_403"] == 0
+    assert h.cloud.request_count(DELETE_ROUTE) == 3
+    # Every server list the provider asked for reached nova: none was answered
+    # from openstacksdk's response cache (clouds.yaml caches servers for 5 s).
+    h.stop()
+    asked = h.provider.gate.stats()["compute.list_servers"]["count"]
+    assert asked >= 5
+    assert h.cloud.request_count(LIST_ROUTE) == asked
+
+
+def test_server_deleted_behind_our_back_is_released_with_its_node(harness, fakecloud_connect):
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.2))
+    h.wait_available()
+    [node] = h.start(1)
+    st = h.finish_builds([node])[node]
+    assert st.state is BuildState.READY, st.reason
+    # Someone else deletes the server; the node still exists (in ZooKeeper).
+    fakecloud_connect(h.cloud).delete_server(st.info.external_id)
+    wait_for(lambda: h.cloud.servers() == [], timeout=5)
+    wait_for(lambda: h.provider.servers.snapshot.get(st.info.external_id) is None, timeout=5)
+    assert h.quota()["resources"]["instances"]["ledger_used"] == 1
+    # Deleting the node finds nothing to delete and frees what the node held.
+    h.finish_deletes([h.delete(node, st.info.external_id)])
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+# ---------------------------------------------------------------------------
+# 2. Quota contention: far more demand than instance quota
+
+
+def test_contention_never_draws_a_quota_403(harness):
+    h = harness(limited(instances=3, boot_seconds=[0.2, 0.4], delete_seconds=[0.5, 0.8]))
+    h.wait_available()
+    handles = h.start(12)
+    deletes = []
+    done = h.finish_builds(handles, timeout=60,
+                           on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
+    assert all(st.state is BuildState.READY for st in done.values()), \
+        {k: st.reason for k, st in done.items()}
+    h.finish_deletes(deletes)
+    counters = h.cloud.counters()
+    assert counters["quota_403"] == 0, counters
+    assert h.cloud.request_count(CREATE_ROUTE, 202) == 12
+    assert h.cloud.servers() == []
+    assert h.cloud.peak_usage()["instances"] <= 3
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    assert h.provider.counters["launch_failures"] == 0
+
+
+def test_boot_from_volume_respects_cinder_quota(harness):
+    # Nova does not check cinder quota: an over-quota volume boot is accepted
+    # and then goes ERROR.  The provider must not let that happen.
+    h = harness(limited(volumes=2, gigabytes=100, boot_seconds=[0.2, 0.4],
+                        delete_seconds=[0.3, 0.5]),
+                provider_config(label={"boot-from-volume": True, "volume-size": 10}))
+    h.wait_available()
+    assert h.quota()["resources"]["volumes"]["limit"] == 2
+    handles = h.start(5)
+    deletes = []
+    done = h.finish_builds(handles, timeout=40,
+                           on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
+    assert all(st.state is BuildState.READY for st in done.values()), \
+        {k: st.reason for k, st in done.items()}
+    assert all(st.info.resources["volumes"] == 1 and st.info.resources["volume_gb"] == 10
+               for st in done.values())
+    h.finish_deletes(deletes)
+    assert h.cloud.totals()["boot_errors"] == 0
+    peak = h.cloud.peak_usage()
+    assert peak["volumes"] <= 2 and peak["gigabytes"] <= 20
+    assert h.cloud.request_count("GET /volume/v3/{project_id}/limits", 200) >= 1
+    wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["volumes"] == 0, timeout=5)
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+# ---------------------------------------------------------------------------
+# 3. Usage nova counts that is not ours
+
+
+def test_servers_we_do_not_own_reduce_headroom(harness, fakecloud_connect):
+    h = harness(limited(instances=3, boot_seconds=[0.2, 0.4], delete_seconds=0.3))
+    other = fakecloud_connect(h.cloud)
+    other.create_server("someone-else", image="cirros", flavor="m1.small", wait=False)
+    # The provider learns it from nova's own counter in GET /limits.
+    wait_for(lambda: h.quota()["resources"]["instances"]["nova_used"] == 1, timeout=10,
+             what="nova_used counting the foreign server")
+    h.wait_available()
+    first = h.start(2)
+    wait_for(lambda: h.quota()["resources"]["instances"]["ledger_used"] == 2, timeout=5)
+    # Two of ours plus the foreign one fill the quota of 3.
+    assert h.provider.capacity(["small"]) is Capacity.WAIT
+    more = h.start(2)
+    deletes = []
+    done = h.finish_builds(first + more, timeout=30,
+                           on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
+    assert all(st.state is BuildState.READY for st in done.values()), \
+        {k: st.reason for k, st in done.items()}
+    h.finish_deletes(deletes)
+    assert h.cloud.counters()["quota_403"] == 0
+    assert h.cloud.peak_usage()["instances"] <= 3
+    assert [s["name"] for s in h.cloud.servers()] == ["someone-else"]
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+# ---------------------------------------------------------------------------
+# 4. Boots that end in ERROR
+
+
+def test_error_boot_is_deleted_and_retried(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3, error_boot_share=1.0))
+    h.wait_available()
+    [node] = h.start(1)
+    # The first attempt's server goes ERROR; let the retry boot normally.
+    wait_for(lambda: h.cloud.totals()["boot_errors"] == 1, timeout=10)
+    h.cloud.set_server_behaviour(error_boot_share=0.0)
+    st = h.finish_builds([node])[node]
+    assert st.state is BuildState.READY, st.reason
+    # The ERROR server was deleted by the provider, not left for nova to count.
+    wait_for(lambda: [s["id"] for s in h.cloud.servers()] == [st.info.external_id],
+             timeout=10, what="the ERROR server deleted")
+    assert h.cloud.request_count(CREATE_ROUTE, 202) == 2
+    meta = h.cloud.servers()[0]["metadata"]
+    assert meta[srv.META_ATTEMPT] == "2"
+    h.finish_deletes([h.delete(node, st.info.external_id)])
+    assert h.cloud.servers() == []
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_error_boots_fail_after_launch_retries_without_leaking(harness):
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.3, error_boot_share=1.0),
+                provider_config(**{"launch-retries": 2}))
+    h.wait_available()
+    nodes = h.start(2)
+    done = h.finish_builds(nodes, timeout=30)
+    for st in done.values():
+        assert st.state is BuildState.FAILED
+        assert "ERROR" in st.reason and "attempt 2 of 2" in st.reason, st.reason
+    assert h.cloud.request_count(CREATE_ROUTE, 202) == 4
+    assert h.cloud.totals()["boot_errors"] == 4
+    # Every failed server is deleted, and counted until nova drops it.
+    wait_for(lambda: h.cloud.servers() == [], timeout=10, what="ERROR servers deleted")
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    assert h.cloud.request_count(DELETE_ROUTE) == 4
+    assert h.cloud.counters()["quota_403"] == 0
+
+
+def test_launch_timeout_counts_from_the_create_and_fails_slow_boots(harness):
+    h = harness(limited(boot_seconds=30, delete_seconds=0.2),
+                provider_config(**{"launch-timeout": 1, "launch-retries": 1}))
+    h.wait_available()
+    [node] = h.start(1)
+    st = h.finish_builds([node], timeout=20)[node]
+    assert st.state is BuildState.FAILED
+    assert "launch-timeout" in st.reason and "BUILD" in st.reason, st.reason
+    # The slow server is deleted, not left building.
+    wait_for(lambda: h.cloud.servers() == [], timeout=10, what="the server deleted")
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+# ---------------------------------------------------------------------------
+# 5. A quota 403 that happens anyway
+
+
+def test_quota_403_backs_off_without_failing_the_build(harness, fakecloud_connect):
+    # Limits are read once and then believed for an hour, so usage that appears
+    # right after the reading is invisible to the provider: the cloud refuses.
+    ledger = QuotaLedger(refresh_policy=RefreshPolicy(min_interval=0.2, max_age=3600),
+                         backoff_policy=BackoffPolicy(initial=3.0, maximum=6.0))
+    h = harness(limited(instances=3, boot_seconds=0.2, delete_seconds=0.3), ledger=ledger,
+                config=provider_config(**{"launch-retries": 1}))
+    h.wait_available()
+    other = fakecloud_connect(h.cloud)
+    foreign = [other.create_server(f"other-{i}", image="cirros", flavor="m1.small",
+                                   wait=False) for i in range(3)]
+    assert h.quota()["resources"]["instances"]["nova_used"] == 0  # the provider's stale view
+    nodes = h.start(2)
+    wait_for(lambda: h.cloud.counters()["quota_403"] == 2, timeout=10, what="two 403s")
+    wait_for(lambda: h.quota()["backoff"]["total_quota_errors"] == 2, timeout=5)
+    status = h.provider.status()
+    assert status["quota"]["backoff"]["in_backoff"]
+    assert status["counters"]["quota_errors"] == 2
+    assert status["counters"]["launch_failures"] == 0
+    for node in nodes:
+        st = h.provider.poll_build(node)
+        assert st.state is BuildState.BUILDING, st.reason
+    # After the refusal the provider reads limits again and believes nova.
+    wait_for(lambda: h.quota()["resources"]["instances"]["nova_used"] == 3, timeout=10,
+             what="limits re-read after the 403")
+    assert all(b["failures"] == 0 for b in h.provider.status()["builds"])
+    # The other client frees its quota; a later limits reading shows room.
+    for server in foreign:
+        other.delete_server(server.id)
+    ledger.refresh_policy = RefreshPolicy(min_interval=0.2, max_age=0.5)
+    deletes = []
+    done = h.finish_builds(nodes, timeout=30,
+                           on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
+    # launch-retries is 1: a quota refusal did not count as a failed attempt.
+    assert all(st.state is BuildState.READY for st in done.values()), \
+        {k: st.reason for k, st in done.items()}
+    assert h.cloud.counters()["quota_403"] == 2   # no flood while waiting
+    h.finish_deletes(deletes)
+    wait_for(lambda: h.cloud.servers() == [], timeout=10)
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+# ---------------------------------------------------------------------------
+# 6. Creates that time out on our side but succeed in nova
+
+
+def test_create_timing_out_is_found_by_metadata_and_used(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3), api_timeout=1)
+    h.wait_available()
+    h.cloud.set_faults(slow_create_seconds=2.5, match="POST /compute/v2.1/servers$")
+    [node] = h.start(1)
+    st = h.finish_builds([node], timeout=20)[node]
+    assert st.state is BuildState.READY, st.reason
+    assert h.cloud.counters()["faults"].get("slow_create") == 1
+    [server] = h.cloud.servers()
+    assert server["id"] == st.info.external_id
+    assert server["metadata"][srv.META_NODE] == node
+    assert h.cloud.totals()["created"] == 1   # one POST, one server
+    stats = h.provider.status()["api_calls"]["compute.create_server"]
+    assert stats["errors"] == 1
+    wait_for(lambda: h.quota()["resources"]["instances"]["ledger_used"] == 1, timeout=5)
+    assert h.provider.counters["launch_failures"] == 0
+    h.cloud.set_faults(slow_create_seconds=0)
+    h.finish_deletes([h.delete(node, st.info.external_id)])
+    assert h.cloud.servers() == []
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_node_deleted_while_its_create_hangs_leaves_no_server(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3), api_timeout=1)
+    h.wait_available()
+    h.cloud.set_faults(slow_create_seconds=2.5, match="POST /compute/v2.1/servers$")
+    [node] = h.start(1)
+    # nova has recorded the server; our POST has no answer yet.
+    wait_for(lambda: len(h.cloud.servers()) == 1, timeout=5)
+    h.finish_deletes([h.delete(node, None, state="building")])
+    # The server the create made is found and deleted, and stays counted until gone.
+    wait_for(lambda: h.cloud.servers() == [], timeout=15, what="the server deleted")
+    assert h.cloud.request_count(DELETE_ROUTE) >= 1
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_node_deleted_while_its_create_is_refused_for_quota(harness, fakecloud_connect):
+    ledger = QuotaLedger(refresh_policy=RefreshPolicy(min_interval=0.2, max_age=3600),
+                         backoff_policy=BackoffPolicy(initial=1.0, maximum=2.0))
+    h = harness(limited(instances=1, boot_seconds=0.1, delete_seconds=0.2), ledger=ledger)
+    h.wait_available()
+    # Quota taken behind the provider's back, and a slow API: the POST is
+    # still on its way when the node is deleted, and nova refuses it.
+    fakecloud_connect(h.cloud).create_server("other", image="cirros", flavor="m1.small",
+                                             wait=False)
+    h.cloud.set_faults(latency_seconds=0.8, match="POST /compute/v2.1/servers$")
+    [node] = h.start(1)
+    h.finish_deletes([h.delete(node, None, state="building")])
+    wait_for(lambda: h.cloud.counters()["quota_403"] == 1, timeout=5)
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    assert h.quota()["backoff"]["total_quota_errors"] == 1
+    assert h.cloud.request_count(DELETE_ROUTE) == 0
+    assert [s["name"] for s in h.cloud.servers()] == ["other"]
+
+
+def test_host_key_scan_gives_up_at_boot_timeout(harness):
+    # Nothing answers SSH on the fakecloud's addresses.
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.2),
+                provider_config(pool={"host-key-checking": True},
+                                **{"boot-timeout": 1, "launch-retries": 1}))
+    h.wait_available()
+    [node] = h.start(1)
+    st = h.finish_builds([node], timeout=20)[node]
+    assert st.state is BuildState.FAILED
+    assert "no SSH host keys" in st.reason and "boot-timeout" in st.reason, st.reason
+    wait_for(lambda: h.cloud.servers() == [], timeout=10, what="the server deleted")
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+# ---------------------------------------------------------------------------
+# 7. A cloud that hangs
+
+
+def test_hung_cloud_does_not_stick_the_provider(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3), api_timeout=1,
+                leak_interval=0.5)
+    h.wait_available()
+    before = h.provider.servers.status()["failures"]
+    h.cloud.set_faults(hang=True)
+    nodes = h.start(2)
+    # The loop keeps running: list refreshes keep being tried and fail.
+    wait_for(lambda: h.provider.servers.status()["failures"] >= before + 2, timeout=15,
+             what="failed list refreshes")
+    wait_for(lambda: h.provider.status()["api_in_flight"], timeout=5,
+             what="calls in flight during the hang")
+    answered = []
+    t = threading.Thread(target=lambda: answered.append(h.provider.status()), daemon=True)
+    t.start()
+    t.join(2)
+    assert answered, "status() did not answer while the cloud hangs"
+    st = answered[0]
+    assert st["server_list"]["last_error"]
+    assert st["api_calls"]["compute.list_servers"]["errors"] >= 2
+    for node in nodes:
+        assert h.provider.poll_build(node).state is BuildState.BUILDING
+    assert h.cloud.hung_requests() >= 1
+    h.cloud.set_faults(hang=False)
+    deletes = []
+    done = h.finish_builds(nodes, timeout=10,
+                           on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
+    assert all(st.state is BuildState.READY for st in done.values()), \
+        {k: st.reason for k, st in done.items()}
+    h.finish_deletes(deletes)
+    # Creates released after the client gave up made servers nobody waits
+    # for; they carry our metadata and are cleaned up as leaks.
+    wait_for(lambda: h.servers_of_ours() == [], timeout=20, what="no server of ours left")
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    assert h.cloud.counters()["quota_403"] == 0
+
+
+# ---------------------------------------------------------------------------
+# 8. Listing costs one call, whatever the number of servers
+
+
+def _routes(cloud, method: str = "GET") -> dict[str, int]:
+    return {route: sum(by_status.values())
+            for route, by_status in cloud.counters()["requests"].items()
+            if route.startswith(method + " ")}
+
+
+def test_listing_makes_no_per_server_calls(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3, ports_per_server=2))
+    h.wait_available()
+    nodes = h.start(4)
+    done = h.finish_builds(nodes)
+    assert all(st.state is BuildState.READY for st in done.values())
+    assert h.cloud.request_count(PORTS_ROUTE) == h.cloud.request_count(FIPS_ROUTE) == 0
+    h.cloud.reset_counters()
+    # Several list refreshes with four ACTIVE servers.
+    wait_for(lambda: h.cloud.request_count(LIST_ROUTE, 200) >= 5, timeout=10)
+    gets = _routes(h.cloud)
+    assert set(gets) <= {LIST_ROUTE, "GET /compute/v2.1/limits"}, gets
+    assert h.cloud.counters()["total"] == sum(gets.values())
+    # Over the whole life of the nodes: no port or floating IP lookups at all.
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    assert h.cloud.request_count(PORTS_ROUTE) == h.cloud.request_count(FIPS_ROUTE) == 0
+    calls = h.provider.status()["api_calls"]
+    assert "network.list_ports" not in calls and "network.list_floating_ips" not in calls
+
+
+def test_floating_ips_cost_one_port_lookup_per_server_that_needs_one(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3),
+                provider_config(pool={"auto-floating-ip": True}))
+    h.wait_available()
+    nodes = h.start(3)
+    done = h.finish_builds(nodes)
+    assert all(st.state is BuildState.READY for st in done.values())
+    assert h.cloud.request_count(PORTS_ROUTE) == 3
+    assert h.cloud.request_count("POST /network/v2.0/floatingips", 201) == 3
+    for route in PER_SERVER_ROUTES:
+        assert h.cloud.request_count(route) == 0, route
+    fips = {st.info.interface_ip for st in done.values()}
+    assert len(fips) == 3 and all(ip.startswith("172.24.4.") for ip in fips)
+    h.cloud.reset_counters()
+    wait_for(lambda: h.cloud.request_count(LIST_ROUTE, 200) >= 5, timeout=10)
+    assert h.cloud.request_count(PORTS_ROUTE) == 0
+    assert h.cloud.request_count(FIPS_ROUTE) == 0
+    assert _routes(h.cloud, "POST") == {}
+    # Deleting the nodes releases their floating IPs too.
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    assert h.cloud.servers() == []
+    wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["floating_ips"] == 0, timeout=15,
+             what="floating IPs deleted")
+    assert h.cloud.request_count("DELETE /network/v2.0/floatingips/{floatingip_id}") == 3
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_floating_ip_released_even_if_no_list_showed_it(harness):
+    # A slow list: the nodes are deleted before any list shows their floating IPs.
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.2),
+                provider_config(pool={"auto-floating-ip": True}), server_list_interval=1.0)
+    h.wait_available()
+    nodes = h.start(2)
+    deletes = []
+    h.finish_builds(nodes, on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
+    h.finish_deletes(deletes)
+    assert h.cloud.servers() == []
+    wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["floating_ips"] == 0, timeout=20,
+             what="floating IPs deleted")
+
+
+# ---------------------------------------------------------------------------
+# 9. Leaked servers
+
+
+def test_leaked_servers_are_deleted_after_two_passes(harness, fakecloud_connect):
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.2), leak_interval=1.0)
+    other = fakecloud_connect(h.cloud)
+
+    def ours(name: str, node: str, provider: str = "p1", attempt: str = "1"):
+        return other.create_server(name, image="cirros", flavor="m1.small", wait=False,
+                                   meta={srv.META_PROVIDER: provider, srv.META_NODE: node,
+                                         srv.META_POOL: "main", srv.META_ATTEMPT: attempt})
+
+    leaked = ours("leaked", "0000009001")
+    kept = ours("kept", "0000009002")
+    kept_no_id = ours("kept-no-id", "0000009003")
+    stale_attempt = ours("stale-attempt", "0000009002", attempt="0")
+    not_ours = ours("other-provider", "0000009004", provider="p2")
+    with h._known_lock:
+        h.known.update({"0000009002": kept.id, "0000009003": None})
+    gone = {leaked.id, stale_attempt.id}
+    # First pass: suspects only, nothing deleted.
+    wait_for(lambda: gone <= h.provider._leak_suspects, timeout=10, what="first leak pass")
+    assert h.cloud.request_count(DELETE_ROUTE) == 0
+    # Second pass: deleted.
+    wait_for(lambda: not gone & {s["id"] for s in h.cloud.servers()}, timeout=15,
+             what="leaked servers deleted")
+    assert h.provider.counters["leaks_deleted"] == 2
+    # Two more passes leave the others alone.
+    passes = h.provider._last_leak_pass
+    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10)
+    passes = h.provider._last_leak_pass
+    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10)
+    assert {s["id"] for s in h.cloud.servers()} == {kept.id, kept_no_id.id, not_ours.id}
+    assert h.cloud.request_count(DELETE_ROUTE) == 2
+    # The leaked servers were counted (adopted) while they existed, and released.
+    wait_for(lambda: h.quota()["resources"]["instances"]["ledger_used"] == 2, timeout=5)
+
+
+# ---------------------------------------------------------------------------
+# 10. Flavors and images
+
+
+def test_flavor_by_min_ram_image_by_id_and_unknown_image(harness, fakecloud_connect):
+    cloud_cfg = limited(boot_seconds=0.1, delete_seconds=0.2)
+    cloud_cfg["images"] = [{"id": "11111111-cirros", "name": "cirros"},
+                           {"id": "22222222-debian", "name": "debian-bookworm"}]
+    config = provider_config()
+    config["labels"] += [{"name": n} for n in ("bigram", "byid", "noimage", "noflavor")]
+    prov = config["providers"][0]
+    prov["cloud-images"] += [{"name": "debian", "image-id": "22222222-debian"},
+                             {"name": "missing", "image-name": "no-such-image"}]
+    prov["pools"][0]["labels"] += [
+        {"name": "bigram", "cloud-image": "img", "min-ram": 3000},
+        {"name": "byid", "cloud-image": "debian", "flavor-name": "m1.tiny"},
+        {"name": "noimage", "cloud-image": "missing", "flavor-name": "m1.small"},
+        {"name": "noflavor", "cloud-image": "img", "flavor-name": "m9.huge"}]
+    h = harness(cloud_cfg, config)
+    h.wait_available()
+    good = {"small": h.provider.start_build(h.spec("small")),
+            "bigram": h.provider.start_build(h.spec("bigram")),
+            "byid": h.provider.start_build(h.spec("byid"))}
+    bad = {"noimage": h.provider.start_build(h.spec("noimage")),
+           "noflavor": h.provider.start_build(h.spec("noflavor"))}
+    done = h.finish_builds(list(good.values()) + list(bad.values()), timeout=20)
+    conn = fakecloud_connect(h.cloud)
+    want = {"small": ("m1.small", "11111111-cirros"), "bigram": ("m1.medium", "11111111-cirros"),
+            "byid": ("m1.tiny", "22222222-debian")}
+    listed = {s["id"]: s for s in h.cloud.servers()}
+    for label, node in good.items():
+        st = done[node]
+        assert st.state is BuildState.READY, (label, st.reason)
+        assert listed[st.info.external_id]["flavor"] == want[label][0]
+        assert conn.compute.get_server(st.info.external_id).image.id == want[label][1]
+    assert "no-such-image" in done[bad["noimage"]].reason
+    assert "m9.huge" in done[bad["noflavor"]].reason
+    for label in bad:
+        assert done[bad[label]].state is BuildState.FAILED
+        assert h.provider.capacity([label]) is Capacity.NEVER
+    # Nothing was sent for the labels the cloud cannot serve, and each miss
+    # cost one re-read of its list (to find an image uploaded since), no more.
+    assert h.cloud.request_count(CREATE_ROUTE) == 3
+    assert h.cloud.request_count("GET /image/v2/images") == 2
+    assert h.cloud.request_count("GET /compute/v2.1/flavors/detail") == 2
+    h.finish_deletes([h.delete(n, done[n].info.external_id) for n in good.values()])
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")

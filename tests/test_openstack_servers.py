@@ -1,0 +1,197 @@
+"""Pure helpers of the OpenStack driver: what is sent to nova, what is read back."""
+
+from __future__ import annotations
+
+import base64
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodepool.driver import errors
+from nodepool.driver.openstack import servers as srv
+
+FORMAT = "{label.name}-{provider.name}-{node.id}"
+
+
+# -- hostname ----------------------------------------------------------------
+
+
+def test_hostname_fills_the_format():
+    assert srv.hostname(FORMAT, label="ubuntu-noble", provider="rax-dfw", pool="main",
+                        node_id="0000000042") == "ubuntu-noble-rax-dfw-0000000042"
+    assert srv.hostname("{pool.name}.{node.id}", label="l", provider="p", pool="main",
+                        node_id="7") == "main.7"
+
+
+def test_hostname_replaces_what_guests_cannot_use():
+    name = srv.hostname(FORMAT, label="py_3.12 büild", provider="p", pool="x", node_id="1")
+    assert name == "py-3.12-b-ild-p-1"
+
+
+def test_hostname_never_starts_or_ends_with_a_separator_nor_is_empty():
+    assert srv.hostname("{label.name}", label="_x_", provider="p", pool="x",
+                        node_id="1") == "x"
+    assert srv.hostname("{label.name}", label="日本", provider="p", pool="x",
+                        node_id="0000000005") == "node-0000000005"
+
+
+@given(st.text(max_size=100), st.text(alphabet=string.digits, min_size=1, max_size=12))
+def test_hostname_is_always_a_usable_name(label, node_id):
+    name = srv.hostname(FORMAT, label=label, provider="prov", pool="main", node_id=node_id)
+    assert 1 <= len(name) <= 63
+    assert all((c.isascii() and c.isalnum()) or c in "-." for c in name)
+    assert name[0] not in "-." and name[-1] not in "-."
+
+
+# -- the create request ----------------------------------------------------------
+
+
+def test_create_request_minimal():
+    meta = srv.server_metadata(provider="p1", pool="main", node_id="0000000001",
+                               label="small", image="img", attempt=2)
+    body = srv.create_request(name="n", flavor_id="f", image_id="i", metadata=meta)
+    assert body == {"name": "n", "flavorRef": "f", "imageRef": "i", "metadata": meta,
+                    "min_count": 1, "max_count": 1}
+    assert meta == {srv.META_PROVIDER: "p1", srv.META_POOL: "main",
+                    srv.META_NODE: "0000000001", srv.META_LABEL: "small",
+                    srv.META_IMAGE: "img", srv.META_ATTEMPT: "2"}
+
+
+def test_create_request_everything():
+    body = srv.create_request(
+        name="n", flavor_id="f", image_id="i", metadata={srv.META_NODE: "1"},
+        network_ids=["net-a", "net-b"], key_name="k", userdata="#cloud-config\n",
+        availability_zone="az1", security_groups=["default", "ssh"], config_drive=True,
+        instance_properties={"team": "ci", "prio": 3, srv.META_NODE: "forged"})
+    assert body["networks"] == [{"uuid": "net-a"}, {"uuid": "net-b"}]
+    assert body["key_name"] == "k"
+    assert base64.b64decode(body["user_data"]).decode() == "#cloud-config\n"
+    assert body["availability_zone"] == "az1"
+    assert body["security_groups"] == [{"name": "default"}, {"name": "ssh"}]
+    assert body["config_drive"] is True
+    # instance-properties become string metadata, and cannot overwrite ours.
+    assert body["metadata"] == {"team": "ci", "prio": "3", srv.META_NODE: "1"}
+
+
+def test_create_request_boot_from_volume():
+    body = srv.create_request(name="n", flavor_id="f", image_id="img-1", metadata={},
+                              boot_from_volume=True, volume_size=80)
+    assert body["imageRef"] == ""
+    assert body["block_device_mapping_v2"] == [{
+        "boot_index": 0, "uuid": "img-1", "source_type": "image",
+        "destination_type": "volume", "volume_size": 80, "delete_on_termination": True}]
+
+
+# -- addresses -------------------------------------------------------------------------
+
+
+def _addr(addr, kind="fixed", version=None):
+    entry = {"addr": addr, "OS-EXT-IPS:type": kind}
+    if version is not None:
+        entry["version"] = version
+    return entry
+
+
+def test_addresses_private_only():
+    server = {"addresses": {"private": [_addr("10.0.0.5", version=4)]}}
+    assert srv.addresses_of(server) == {"public_ipv4": None, "private_ipv4": "10.0.0.5",
+                                        "public_ipv6": None, "interface_ip": "10.0.0.5"}
+    assert not srv.has_public_address(server)
+
+
+def test_addresses_floating_wins_over_fixed_and_public():
+    server = {"addresses": {"private": [_addr("10.0.0.5", version=4),
+                                        _addr("172.24.4.7", "floating", 4)],
+                            "other": [_addr("104.130.1.9", version=4)]}}
+    a = srv.addresses_of(server)
+    assert a["public_ipv4"] == a["interface_ip"] == "172.24.4.7"
+    assert a["private_ipv4"] == "10.0.0.5"
+    assert srv.has_public_address(server)
+
+
+def test_addresses_public_v4_and_v6():
+    server = {"addresses": {"public": [_addr("104.130.1.9"), _addr("fe80::1"),
+                                       _addr("2001:db8::5")]}}
+    a = srv.addresses_of(server)
+    assert a == {"public_ipv4": "104.130.1.9", "private_ipv4": "104.130.1.9",
+                 "public_ipv6": "2001:db8::5", "interface_ip": "104.130.1.9"}
+
+
+def test_addresses_ipv6_only_and_access_ips():
+    a = srv.addresses_of({"addresses": {"v6": [_addr("2001:db8::5", version=6)]}})
+    assert a["interface_ip"] == "2001:db8::5" and a["public_ipv4"] is None
+    a = srv.addresses_of({"addresses": {}, "accessIPv4": "198.51.100.3"})
+    assert a["interface_ip"] == "198.51.100.3"
+    assert srv.addresses_of({"addresses": None})["interface_ip"] is None
+    assert srv.addresses_of({})["interface_ip"] is None
+
+
+# -- server state ---------------------------------------------------------------------
+
+
+def test_fault_and_deleting():
+    assert srv.fault_message({"fault": {"message": "No valid host"}}) == "No valid host"
+    assert srv.fault_message({"fault": {"details": "trace"}}) == "trace"
+    assert srv.fault_message({}) == "no fault given"
+    assert srv.is_deleting({"status": "ACTIVE", "OS-EXT-STS:task_state": "deleting"})
+    assert srv.is_deleting({"status": "SOFT_DELETED"})
+    assert not srv.is_deleting({"status": "BUILD", "OS-EXT-STS:task_state": "spawning"})
+
+
+def test_quota_faults_are_recognised():
+    assert errors.looks_like_quota("Quota exceeded for instances: Requested 1, but "
+                                   "already used 10 of 10 instances")
+    assert errors.looks_like_quota("VolumeLimitExceeded: Maximum number of volumes "
+                                   "allowed (10) exceeded for quota 'volumes'.")
+    assert errors.looks_like_quota("Maximum number of ports exceeded")
+    assert not errors.looks_like_quota("No valid host was found.")
+    assert not errors.looks_like_quota(None)
+
+
+# -- catalog lookups ----------------------------------------------------------------------
+
+FLAVORS = [{"id": "1", "name": "m1.tiny", "vcpus": 1, "ram": 512},
+           {"id": "2", "name": "m1.small", "vcpus": 1, "ram": 2048},
+           {"id": "3", "name": "m1.medium", "vcpus": 2, "ram": 4096},
+           {"id": "5", "name": "m1.medium-wide", "vcpus": 4, "ram": 4096},
+           {"id": "9", "name": "gone", "vcpus": 1, "ram": 3000,
+            "OS-FLV-DISABLED:disabled": True}]
+
+
+def test_pick_flavor_by_name_then_id():
+    assert srv.pick_flavor(FLAVORS, name="m1.small", min_ram=0)["id"] == "2"
+    assert srv.pick_flavor(FLAVORS, name="3", min_ram=0)["name"] == "m1.medium"
+    assert srv.pick_flavor(FLAVORS, name="m9", min_ram=0) is None
+
+
+def test_pick_flavor_by_min_ram_takes_the_smallest_enabled_fit():
+    assert srv.pick_flavor(FLAVORS, name=None, min_ram=2500)["name"] == "m1.medium"
+    assert srv.pick_flavor(FLAVORS, name=None, min_ram=2048)["name"] == "m1.small"
+    assert srv.pick_flavor(FLAVORS, name=None, min_ram=0)["name"] == "m1.tiny"
+    assert srv.pick_flavor(FLAVORS, name=None, min_ram=10000) is None
+
+
+IMAGES = [{"id": "a", "name": "debian", "status": "active", "created_at": "2024-01-01"},
+          {"id": "b", "name": "debian", "status": "active", "created_at": "2025-01-01"},
+          {"id": "c", "name": "debian", "status": "queued", "created_at": "2026-01-01"},
+          {"id": "d", "name": "cirros", "status": "deactivated"}]
+
+
+def test_pick_image():
+    assert srv.pick_image(IMAGES, image_id=None, image_name="debian",
+                          fallback_name="x")["id"] == "b"
+    assert srv.pick_image(IMAGES, image_id=None, image_name=None,
+                          fallback_name="debian")["id"] == "b"
+    assert srv.pick_image(IMAGES, image_id="a", image_name="ignored",
+                          fallback_name="x")["id"] == "a"
+    assert srv.pick_image(IMAGES, image_id="zz", image_name=None, fallback_name="x") is None
+    assert srv.pick_image(IMAGES, image_id=None, image_name="cirros",
+                          fallback_name="x") is None
+
+
+def test_pick_network_by_id_before_name():
+    nets = [{"id": "n1", "name": "private"}, {"id": "private", "name": "odd"}]
+    assert srv.pick_network(nets, "private")["name"] == "odd"
+    assert srv.pick_network(nets, "n1")["name"] == "private"
+    assert srv.pick_network(nets, "public") is None
