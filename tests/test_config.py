@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from nodepool.config import ConfigError, load_config, validate
+from nodepool.quota import Resources, tenant_limits_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "etc", "nodepool.yaml")
@@ -133,7 +134,12 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
     assert pool.labels["win"].host_key_checking is False
     assert config.zookeeper.hosts == "zk1:2281,zk2:2281/np"
     assert config.tenant_limits["t1"].limits == {
-        "instances": 10, "cores": 20, "ram": 4096, "volumes": 3, "volume-gb": 100, "gpus": 1}
+        "instances": 10, "cores": 20, "ram": 4096, "volumes": 3, "volume-gb": 100}
+    # A resource this launcher cannot count is accepted with a warning, and
+    # the limits that remain feed the quota core.
+    assert any("tenant-resource-limits[0].max-gpus" in w and "ignored" in w
+               for w in warnings(problems))
+    assert tenant_limits_from_config(config.tenant_limits)["t1"] == Resources(10, 20, 4096, 3, 100)
 
 
 def test_env_substitution_like_upstream(tmp_path):

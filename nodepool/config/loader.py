@@ -328,12 +328,19 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
     tenants_cfg = _valid_items(data.get("tenant-resource-limits"), schema.tenant_limit_schema)
     _dup_check(tenants_cfg, "tenant-name", ["tenant-resource-limits"], problems, "tenant")
     tenant_limits = {}
-    for t in tenants_cfg:
-        limits = {"instances": t.get("max-servers", math.inf),
-                  "cores": t.get("max-cores", math.inf), "ram": t.get("max-ram", math.inf)}
-        for key, val in t.items():
-            if key.startswith("max-") and key not in ("max-servers", "max-cores", "max-ram"):
-                limits[key[len("max-"):]] = val
+    tracked = {"max-servers": "instances", "max-cores": "cores", "max-ram": "ram",
+               "max-volumes": "volumes", "max-volume-gb": "volume-gb"}
+    for i, t in enumerate(data.get("tenant-resource-limits") or []):
+        if t not in tenants_cfg:
+            continue
+        limits = {res: t.get(key, math.inf) for key, res in tracked.items()}
+        for key in t:
+            if key != "tenant-name" and key not in tracked:
+                # Upstream accepts limits on any resource a driver reports;
+                # OpenStack servers here only use the tracked ones.
+                problems.warning(["tenant-resource-limits", i, key],
+                                 "this launcher does not track that resource; the limit "
+                                 f"is ignored (tracked: {', '.join(tracked)})")
         tenant_limits[t["tenant-name"]] = TenantLimits(t["tenant-name"], limits)
 
     zk = None
