@@ -6,7 +6,9 @@ It refuses to start on an invalid configuration, with the same messages as
 locked pid file so a second copy refuses to start.
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGUSR2 writes every thread's stack
-and the launcher's in-flight state to the log.
+and the launcher's in-flight state to the log; SIGHUP (or a change to one of
+the configuration files) reloads the configuration without dropping nodes
+in flight, and keeps the old one if the new one has errors.
 """
 
 from __future__ import annotations
@@ -77,11 +79,35 @@ def dump_state(launcher) -> str:
     return "\n".join(lines)
 
 
+def _mtimes(paths: list[str | None]) -> dict[str, float | None]:
+    out = {}
+    for path in paths:
+        if path:
+            try:
+                out[path] = os.stat(path).st_mtime
+            except OSError:
+                out[path] = None
+    return out
+
+
+def reload_config(launcher, args) -> bool:
+    """Validate the files again and apply them; on errors keep running as is."""
+    config, problems = validate(args.config, args.clouds, args.secure)
+    for p in problems:
+        (log.error if p.severity == "error" else log.warning)("%s", p)
+    if config is None:
+        log.error("configuration not reloaded: it has errors; the previous one stays")
+        return False
+    launcher.reload(config)
+    return True
+
+
 def run(config, args) -> int:
     from nodepool.launcher.launcher import Launcher
 
     launcher = Launcher(config)
     stop = threading.Event()
+    reload_wanted = threading.Event()
 
     def on_stop(signum, frame):
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -93,14 +119,27 @@ def run(config, args) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGUSR2, on_dump)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
     try:
         launcher.start()
     except Exception as e:  # noqa: BLE001 - say why, cleanly
         log.error("cannot start: %s", e)
         launcher.stop(wait=5)
         return 1
+    watched = [args.config, args.secure, config.clouds_file]
+    seen = _mtimes(watched)
     while not stop.wait(1.0):
-        pass
+        now = _mtimes(watched)
+        if now != seen:
+            log.info("configuration file changed; reloading")
+            seen = now
+            reload_wanted.set()
+        if reload_wanted.is_set():
+            reload_wanted.clear()
+            try:
+                reload_config(launcher, args)
+            except Exception:  # noqa: BLE001 - a bad reload must not stop the service
+                log.exception("configuration reload failed; the previous one stays")
     launcher.stop(wait=STOP_TIMEOUT)
     return 0
 

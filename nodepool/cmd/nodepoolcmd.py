@@ -189,6 +189,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     finally:
         close_store(store)
     provider = config.providers[args.provider]
+    try:
+        live = fetch_status(config, "/providers.json").get(args.provider)
+        live_error = None
+    except CommandError as e:
+        live, live_error = None, str(e)
     data = {
         "provider": args.provider, "cloud": provider.cloud,
         "pools": [{"name": name, "max_servers": None if pool.max_servers == float("inf")
@@ -198,6 +203,11 @@ def cmd_info(args: argparse.Namespace) -> int:
                   for name, pool in provider.pools.items()],
         "nodes": [{"id": n.id, "state": n.state, "label": ",".join(n.type or []),
                    "external_id": n.external_id, "pool": n.pool} for n in nodes],
+        "launcher": None if live is None else {
+            "api_calls": live.get("api_calls"), "api_in_flight": live.get("api_in_flight"),
+            "server_list": live.get("server_list"), "catalog": live.get("catalog"),
+            "counters": live.get("counters")},
+        "launcher_error": live_error,
     }
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
@@ -209,6 +219,110 @@ def cmd_info(args: argparse.Namespace) -> int:
         for p in data["pools"]]))
     print(table(["id", "state", "label", "pool", "external_id"], [
         [n["id"], n["state"], n["label"], n["pool"], n["external_id"]] for n in data["nodes"]]))
+    live = data["launcher"]
+    if live is None:
+        print(f"launcher figures unavailable: {live_error}")
+        return 0
+    sl = live["server_list"] or {}
+    print(f"server list: {sl.get('servers')} servers, {_age(sl.get('age'))}, "
+          f"{sl.get('refreshes')} refreshes, {sl.get('failures')} failures"
+          + (f", last error: {sl['last_error']}" if sl.get("last_error") else ""))
+    print(table(["cache", "items", "age", "error"], [
+        [k, v.get("items"), _age(v.get("age")), v.get("error") or ""]
+        for k, v in sorted((live["catalog"] or {}).items())]))
+    print(table(["API call", "count", "errors", "timeouts", "total s", "max s"], [
+        [k, v["count"], v["errors"], v["timeouts"], v["total_seconds"], v["max_seconds"]]
+        for k, v in sorted((live["api_calls"] or {}).items())]))
+    for call in live["api_in_flight"] or []:
+        print(f"in flight: {call['kind']} for {call['age']}s"
+              + (" (past its deadline)" if call.get("expired") else ""))
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "unlimited"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _age(value: Any) -> str:
+    return "never" if value is None else f"{value:.0f}s ago"
+
+
+def format_quota(view: dict) -> str:
+    """The ``/quota.json`` figures as tables, one block per provider."""
+    out = []
+    for name, p in sorted(view.items()):
+        limits, backoff = p.get("limits", {}), p.get("backoff", {})
+        line = f"provider {name}: limits read {_age(limits.get('age'))}"
+        if limits.get("error"):
+            line += f" (last read failed: {limits['error']})"
+        if backoff.get("in_backoff"):
+            line += (f"; BACKING OFF after {backoff.get('consecutive_quota_errors')} quota "
+                     f"error(s), {backoff.get('remaining', 0):.0f}s left")
+        else:
+            line += "; no backoff"
+        out.append(line)
+        rows = [[res, _fmt(f.get("limit")), _fmt(f.get("nova_used")),
+                 _fmt(f.get("ledger_used")), _fmt(f.get("in_flight")),
+                 _fmt(f.get("effective_headroom"))]
+                for res, f in p.get("resources", {}).items()]
+        out.append(table(["resource", "cloud limit", "nova used", "our ledger", "in flight",
+                          "headroom"], rows))
+        for pool, info in sorted(p.get("pools", {}).items()):
+            worker = p.get("pool_workers", {}).get(pool, {})
+            out.append(f"pool {pool}: paused={worker.get('paused', False)} "
+                       f"active requests={worker.get('active_requests', 0)}"
+                       + (" (ignores provider quota)" if info.get("ignore_provider_quota")
+                          else ""))
+            out.append(table(["resource", "pool limit", "used", "headroom"], [
+                [res, _fmt(f.get("limit")), _fmt(f.get("used")), _fmt(f.get("headroom"))]
+                for res, f in info.get("resources", {}).items()]))
+        waiting = p.get("waiting_builds", [])
+        if waiting:
+            out.append(f"{len(waiting)} build(s) waiting for headroom, e.g.: "
+                       f"{waiting[0].get('reason')}")
+        out.append("")
+    return "\n".join(out)
+
+
+def fetch_status(config, path: str) -> Any:
+    """GET a JSON document from the local launcher's status API."""
+    import urllib.error
+    import urllib.request
+
+    host = config.webapp.listen_address
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{host}:{config.webapp.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.load(e).get("error")
+        except ValueError:
+            detail = e.reason
+        raise CommandError(f"{url}: {detail}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CommandError(f"no launcher status API at {url} ({reason}); is "
+                           "nodepool-launcher running with this configuration?") from None
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    config, problems = validate(args.config, args.clouds, args.secure, check_clouds=False)
+    if config is None:
+        print_problems(problems)
+        raise CommandError(f"cannot use {args.config}: it has errors")
+    query = f"?provider={args.provider}" if args.provider else ""
+    view = fetch_status(config, f"/quota.json{query}")
+    if args.json:
+        print(json.dumps(view, indent=2, sort_keys=True))
+    else:
+        print(format_quota(view))
     return 0
 
 
@@ -259,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why; stored as the node's comment")
     p = command("info", cmd_info, "show a provider's pools and nodes")
     p.add_argument("provider", help="provider name from nodepool.yaml")
+    p = command("quota", cmd_quota, "show quota figures from the running launcher",
+                "Per provider and resource: the cloud limit, nova's reported usage, our "
+                "ledger, creates in flight, headroom, pool limits, paused and backoff "
+                "state, and how old the figures are.  Read from the launcher's status API "
+                "(webapp in nodepool.yaml).")
+    p.add_argument("provider", nargs="?", help="only this provider")
     command("config-validate", cmd_config_validate, "check nodepool.yaml and clouds.yaml",
             "Check nodepool.yaml and the clouds.yaml entries its providers use "
             "(api_timeout, caching) and print every problem found. Exits 1 if any is "

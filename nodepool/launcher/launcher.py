@@ -14,6 +14,7 @@ its gate.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -24,6 +25,7 @@ from typing import Callable
 from nodepool.config.model import NodepoolConfig, Pool, Provider
 from nodepool.driver.openstack.provider import OpenStackProvider
 from nodepool.launcher.stats import Stats
+from nodepool.launcher.webapp import StatusServer
 from nodepool.quota import QuotaLedger, tenant_limits_from_config
 from nodepool.requests import minready
 from nodepool.requests.handler import NodeRequestHandler
@@ -91,6 +93,35 @@ class PoolWorker:
     def start(self) -> None:
         self._thread.start()
 
+    def update(self, provider: Provider, pool: Pool) -> None:
+        """Config reload: same pool id, new labels and limits; requests in
+        flight go on."""
+        settings = PoolSettings(
+            pool_id=self.settings.pool_id, provider_name=provider.name,
+            pool_name=pool.name, labels=frozenset(pool.labels),
+            priority=provider.pool_priority(pool), max_servers=pool.max_servers,
+            node_attributes=pool.node_attributes)
+        if settings == self.settings:
+            return
+        self.settings = settings
+        self.handler.pool = settings
+        self.registration.update(supported_labels=sorted(pool.labels),
+                                 priority=provider.pool_priority(pool))
+        log.info("pool %s: configuration updated", self.name)
+
+    def drain(self) -> None:
+        """Config reload removed this pool: unregister, finish what was
+        accepted, take nothing new."""
+        self.handler.draining = True
+        try:
+            self.registration.unregister()
+        except Exception:  # noqa: BLE001
+            log.debug("pool %s: unregister failed", self.name, exc_info=True)
+
+    @property
+    def idle(self) -> bool:
+        return not self.handler.active_request_ids and not self.handler.orphan_node_ids
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -135,6 +166,8 @@ class Launcher:
         self._maintenance: threading.Thread | None = None
         self._last: dict[str, float] = {}
         self.started = threading.Event()
+        self._reload_lock = threading.Lock()
+        self.webapp: StatusServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -166,6 +199,9 @@ class Launcher:
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance",
                                              daemon=True)
         self._maintenance.start()
+        if cfg.webapp is not None:
+            self.webapp = StatusServer(self, cfg.webapp.listen_address, cfg.webapp.port)
+            self.webapp.start()
         self.started.set()
         log.info("launcher %s started: %d provider(s), %d pool(s)", self.hostname,
                  len(self.providers), len(self.pool_workers))
@@ -177,6 +213,8 @@ class Launcher:
         log.info("launcher stopping")
         self._stop.set()
         deadline = time.monotonic() + wait
+        if self.webapp is not None:
+            self.webapp.stop()
         for worker in self.pool_workers.values():
             worker.stop(max(0.5, deadline - time.monotonic()) / 2)
         if self._maintenance is not None:
@@ -199,6 +237,60 @@ class Launcher:
     def wait(self) -> None:
         self._stop.wait()
 
+    # -- configuration reload ---------------------------------------------------
+
+    def reload(self, config: NodepoolConfig) -> None:
+        """Apply a new configuration without dropping nodes in flight.
+
+        Changed pools keep their id and their accepted requests; removed pools
+        stop taking requests, finish the ones they hold and then stop; removed
+        providers keep deleting their nodes.  ZooKeeper settings need a restart.
+        """
+        with self._reload_lock:
+            old = self.config
+            if config.zookeeper != old.zookeeper:
+                log.warning("zookeeper settings changed; they apply after a restart")
+                config = dataclasses.replace(config, zookeeper=old.zookeeper)
+            if config.webapp != old.webapp:
+                log.warning("webapp settings changed; they apply after a restart")
+            self.config = config
+            self.ledger.set_tenant_limits(tenant_limits_from_config(config.tenant_limits))
+            for name, provider_cfg in config.providers.items():
+                if name in self.providers:
+                    self.providers[name].update_config(provider_cfg)
+                else:
+                    provider = self.provider_factory(provider_cfg, self.ledger,
+                                                     known_nodes=self._known_nodes,
+                                                     **self.provider_options)
+                    provider.start()
+                    self.providers[name] = provider
+                    self.reaper.builders[name] = provider
+                    log.info("provider %s added", name)
+            wanted = {f"{p.name}-{pool.name}": (p, pool) for p in config.providers.values()
+                      for pool in p.pools.values()}
+            for name, worker in list(self.pool_workers.items()):
+                if name in wanted:
+                    worker.update(*wanted[name])
+                elif not worker.handler.draining:
+                    log.info("pool %s removed from the configuration; draining", name)
+                    worker.drain()
+            for name, (provider_cfg, pool) in wanted.items():
+                if name not in self.pool_workers:
+                    worker = PoolWorker(self, provider_cfg, pool)
+                    self.pool_workers[name] = worker
+                    worker.start()
+                    log.info("pool %s added", name)
+            for name in sorted(set(old.providers) - set(config.providers)):
+                log.info("provider %s removed; it keeps deleting its nodes", name)
+            log.info("configuration reloaded")
+
+    def _retire_drained_pools(self) -> None:
+        for name, worker in list(self.pool_workers.items()):
+            if worker.handler.draining and worker.idle:
+                worker.stop(5.0)
+                del self.pool_workers[name]
+                log.info("pool %s drained and stopped", name)
+
     # -- maintenance loop ---------------------------------------------------------
 
     def _due(self, name: str, interval: float) -> bool:
@@ -212,6 +304,7 @@ class Launcher:
         while not self._stop.is_set():
             for name, interval, task in (
                     ("reaper", 0, self._reap),
+                    ("drained pools", 0, self._retire_drained_pools),
                     ("min-ready", MIN_READY_INTERVAL, self._min_ready),
                     ("max-ready-age", MAX_READY_AGE_INTERVAL, self._max_ready_age),
                     ("housekeeping", HOUSEKEEPING_INTERVAL, self._housekeeping),

@@ -95,6 +95,9 @@ class NodeRequestHandler:
         self._active: dict[str, _Active] = {}
         self._orphans: dict[str, _Orphan] = {}
         self._session: int | None = store.session_id
+        # A pool removed by a config reload finishes what it accepted but
+        # takes nothing new.
+        self.draining = False
 
     # -- public ------------------------------------------------------------------
 
@@ -121,7 +124,8 @@ class NodeRequestHandler:
                 self._guard(report, request_id, self._advance, active, report)
         for node_id in list(self._orphans):
             self._guard(report, f"node {node_id}", self._poll_orphan, node_id)
-        self._guard(report, "assignment", self._assign_new, report)
+        if not self.draining:
+            self._guard(report, "assignment", self._assign_new, report)
         report.paused = self.paused
         if self.registration is not None:
             self._guard(report, "pause flag", self._publish_paused)
