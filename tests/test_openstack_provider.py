@@ -653,6 +653,64 @@ def test_leaked_servers_are_deleted_after_two_passes(harness, fakecloud_connect)
     wait_for(lambda: h.quota()["resources"]["instances"]["ledger_used"] == 2, timeout=5)
 
 
+def test_leaked_ports_and_floating_ips_are_deleted_after_two_samples(harness,
+                                                                     fakecloud_connect):
+    # Every deletion leaks its ports (left DOWN, bound to the gone server).
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.2, leak_port_share=1.0),
+                provider_config(**{"clean-floating-ips": True, "port-cleanup-interval": 1}),
+                leak_interval=1.0)
+    other = fakecloud_connect(h.cloud)
+    h.wait_available()
+    done = h.finish_builds(h.start(2))
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    leaked_ports = {p.id for p in other.network.ports(status="DOWN")}
+    assert len(leaked_ports) == 2
+    # What must survive: a DOWN port of a server still building, the floating
+    # IP attached to it, and a router's DOWN port.
+    h.cloud.set_server_behaviour(boot_seconds=3600)
+    building = other.create_server("building", image="cirros", flavor="m1.small", wait=False)
+    wait_for(lambda: any(p.device_id == building.id for p in other.network.ports()),
+             timeout=10, what="port of the building server")
+    building_port = next(p for p in other.network.ports() if p.device_id == building.id)
+    assert building_port.status == "DOWN"
+    ext = next(n for n in other.network.networks() if n.is_router_external)
+    attached = other.network.create_ip(floating_network_id=ext.id, port_id=building_port.id)
+    leaked_fip = other.network.create_ip(floating_network_id=ext.id)
+    router_port = h.cloud.state.ports[building_port.id]
+    router_port_copy = type(router_port)(**{**router_port.__dict__, "id": "router-port",
+                                            "device_id": "router-1",
+                                            "device_owner": "network:router_interface"})
+    with h.cloud.state.lock:
+        h.cloud.state.ports["router-port"] = router_port_copy
+    wait_for(lambda: not leaked_ports & {p.id for p in other.network.ports()}, timeout=20,
+             what="leaked ports deleted")
+    wait_for(lambda: leaked_fip.id not in {f.id for f in other.network.ips()}, timeout=20,
+             what="leaked floating IP deleted")
+    # Two more samples each leave the rest alone.
+    for sweep in (h.provider.port_sweep, h.provider.fip_sweep):
+        for _ in range(2):
+            mark = sweep.next_at
+            wait_for(lambda: sweep.next_at != mark, timeout=10, what="another sample")
+    assert {p.id for p in other.network.ports()} == {building_port.id, "router-port"}
+    assert {f.id for f in other.network.ips()} == {attached.id}
+    assert h.provider.port_sweep.deleted == 2 and h.provider.fip_sweep.deleted == 1
+    cleanup = h.provider.status()["cleanup"]
+    assert cleanup["ports"]["deleted"] == 2 and cleanup["floating_ips"]["deleted"] == 1
+    calls = h.provider.status()["api_calls"]
+    assert "network.delete_port" in calls and "network.delete_floating_ip" in calls
+
+
+def test_network_cleanup_is_off_unless_configured(harness):
+    h = harness(limited(boot_seconds=0.1), provider_config(**{"port-cleanup-interval": 0}),
+                leak_interval=0.2)
+    h.wait_available()
+    assert h.provider.fip_sweep is None and h.provider.port_sweep is None
+    h.finish_builds(h.start(1))
+    passes = h.provider._last_leak_pass
+    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10, what="a leak pass")
+    assert h.cloud.request_count(PORTS_ROUTE) == h.cloud.request_count(FIPS_ROUTE) == 0
+
+
 # ---------------------------------------------------------------------------
 # 10. Flavors and images
 

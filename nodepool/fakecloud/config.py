@@ -106,6 +106,9 @@ class ServerBehaviour:
     error_boot_fault: str = DEFAULT_FAULT_MESSAGE
     ports_per_server: int = 1
     floating_ip: bool = False
+    # Share of deleted servers whose ports neutron fails to remove: they stay
+    # behind DOWN, as after a lost port-unbind in a real cloud.
+    leak_port_share: float = 0.0
 
     def as_dict(self) -> dict:
         return {"boot_seconds": self.boot_seconds.as_yaml(),
@@ -113,7 +116,8 @@ class ServerBehaviour:
                 "error_boot_share": self.error_boot_share,
                 "error_boot_fault": self.error_boot_fault,
                 "ports_per_server": self.ports_per_server,
-                "floating_ip": self.floating_ip}
+                "floating_ip": self.floating_ip,
+                "leak_port_share": self.leak_port_share}
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,9 @@ def _check_servers(c: _Checker, data: Any, where: str, base: ServerBehaviour) ->
                                                 f"{where}.ports_per_server", default=1)
     if "floating_ip" in data:
         changes["floating_ip"] = c.boolean(data["floating_ip"], f"{where}.floating_ip")
+    if "leak_port_share" in data:
+        changes["leak_port_share"] = c.number(data["leak_port_share"],
+                                              f"{where}.leak_port_share", maximum=1.0)
     return dataclasses.replace(base, **changes)
 
 

@@ -529,8 +529,13 @@ class CloudState:
                 fip.port_id = fip.fixed_ip = None
 
     def _remove_server(self, server: Server) -> None:
-        for pid in server.port_ids:
-            self._delete_port(pid)
+        share = self.behaviour.leak_port_share
+        if share > 0 and self.rng.random() < share:
+            for pid in server.port_ids:
+                self.ports[pid].status = "DOWN"   # left behind, still bound to the id
+        else:
+            for pid in server.port_ids:
+                self._delete_port(pid)
         for vid in server.volume_ids:
             vol = self.volumes.get(vid)
             if vol is None:

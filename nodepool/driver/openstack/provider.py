@@ -22,6 +22,8 @@ from nodepool.driver.openstack.catalog import CloudCatalog
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect
 from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
                                                 ServerDeletion, Step)
+from nodepool.driver.openstack.network_cleanup import (LeakSweep, orphan_port_judge,
+                                                       unattached_floating_ips)
 from nodepool.driver.server_list import ServerListCache
 from nodepool.quota import (CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
@@ -134,6 +136,9 @@ class OpenStackProvider:
         self._last_snapshot_seen = float("-inf")
         self.counters = {"launch_failures": 0, "quota_errors": 0, "create_errors": 0,
                          "deletes_completed": 0, "leaks_deleted": 0}
+        self.fip_sweep: LeakSweep | None = None
+        self.port_sweep: LeakSweep | None = None
+        self._configure_sweeps(config)
         self._thread: threading.Thread | None = None
         self._last_tick: float | None = None
         self._stop = threading.Event()
@@ -175,8 +180,34 @@ class OpenStackProvider:
         with self._lock:
             self.config = config
             self.gate.interval = config.rate
+            self._configure_sweeps(config)
             self.ledger.configure_provider(self.name, {
                 name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
+
+    def _configure_sweeps(self, config: Any) -> None:
+        """Leaked floating IPs every leak interval, DOWN ports every
+        ``port-cleanup-interval``; a sweep that stays configured keeps its
+        samples across a reload."""
+        if getattr(config, "clean_floating_ips", False):
+            if self.fip_sweep is None:
+                self.fip_sweep = LeakSweep(
+                    self.name, "floating_ip", self.gate, self.leak_interval,
+                    lambda: self.cloud.list_floating_ips(),
+                    lambda fip_id: self.cloud.delete_floating_ip(fip_id),
+                    self._leaked_floating_ips, self.clock)
+        else:
+            self.fip_sweep = None
+        interval = getattr(config, "port_cleanup_interval", 0) or 0
+        if interval > 0:
+            if self.port_sweep is None:
+                self.port_sweep = LeakSweep(
+                    self.name, "port", self.gate, interval,
+                    lambda: self.cloud.list_ports(status="DOWN"),
+                    lambda port_id: self.cloud.delete_port(port_id),
+                    orphan_port_judge(self.servers), self.clock)
+            self.port_sweep.interval = interval
+        else:
+            self.port_sweep = None
 
     # -- the loop ----------------------------------------------------------------
 
@@ -243,6 +274,9 @@ class OpenStackProvider:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
             self._server_deletions = [d for d in self._server_deletions if not d.done]
             self._clean_leaks()
+            for sweep in (self.fip_sweep, self.port_sweep):
+                if sweep is not None:
+                    sweep.tick()
 
     def _connect(self) -> None:
         settings = self.config.cloud_settings
@@ -528,6 +562,12 @@ class OpenStackProvider:
         # Addresses the fresh list does not show are gone already.
         self._fip_deletes.clear()
 
+    def _leaked_floating_ips(self, items: list[dict], listed_at: float) -> set[str]:
+        # Ours that are being deleted after their server went are not leaks.
+        ours = self._fip_deletes | set(self._fip_delete_calls)
+        mine = {f.get("id") for f in items if f.get("floating_ip_address") in ours}
+        return unattached_floating_ips(items, listed_at) - mine
+
     def note_floating_ip(self, server_id: str | None, address: str | None) -> None:
         if server_id and address:
             self._fips_created.setdefault(server_id, set()).add(address)
@@ -641,5 +681,7 @@ class OpenStackProvider:
                 "builds": [m.describe() for m in self._builds.values()],
                 "deletes": [d.describe() for d in self._server_deletions],
                 "counters": dict(self.counters),
+                "cleanup": {"floating_ips": self.fip_sweep and self.fip_sweep.status(),
+                            "ports": self.port_sweep and self.port_sweep.status()},
                 "quota": self.ledger.describe(self.name)["providers"].get(self.name),
             }
