@@ -140,6 +140,14 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
     assert any("tenant-resource-limits[0].max-gpus" in w and "ignored" in w
                for w in warnings(problems))
     assert tenant_limits_from_config(config.tenant_limits)["t1"] == Resources(10, 20, 4096, 3, 100)
+    # Keys read but not acted on say so, at their exact path.
+    inert = [p.path for p in problems
+             if p.severity == "warning" and "no effect in this launcher" in p.message]
+    assert sorted(inert) == sorted(
+        [f"providers[0].{k}" for k in ("image-upload-timeout", "image-name-format",
+                                       "post-upload-hook", "nodepool-id")]
+        + [f"providers[0].pools[0].labels[0].{k}" for k in ("console-log",
+                                                            "dynamic-instance-properties")])
 
 
 def test_env_substitution_like_upstream(tmp_path):

@@ -139,6 +139,13 @@ def _build_cloud_image(img: dict) -> CloudImage:
         config_drive=img.get("config-drive"))
 
 
+# Upstream keys this launcher reads but does not act on (documented in
+# doc/migration.rst); a warning keeps an operator from relying on them.
+INERT_PROVIDER_KEYS = ("image-upload-timeout", "image-name-format", "post-upload-hook",
+                       "nodepool-id")
+INERT_LABEL_KEYS = ("console-log", "dynamic-instance-properties")
+
+
 def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Problems,
                     cloud_settings: CloudSettings | None) -> Provider:
     base = ["providers", i]
@@ -150,6 +157,10 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
                          "diskimages are built and uploaded by upstream's nodepool-builder, "
                          "which this launcher does not serve; they are ignored. Use "
                          "cloud-images for images that already exist in the cloud")
+    for key in INERT_PROVIDER_KEYS:
+        if key in prov:
+            problems.warning(base + [key], "accepted for compatibility with upstream "
+                             "Nodepool; it has no effect in this launcher")
     if "hostname-format" in prov:
         _check_hostname_format(prov["hostname-format"], base + ["hostname-format"], problems)
     pools_cfg = prov.get("pools", [])
@@ -188,6 +199,10 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
                 problems.error(lpath, f"label {name!r} needs 'flavor-name' or 'min-ram' to "
                                       "choose a flavor")
                 continue
+            for key in INERT_LABEL_KEYS:
+                if key in lab:
+                    problems.warning(lpath + [key], "accepted for compatibility with "
+                                     "upstream Nodepool; it has no effect in this launcher")
             plabels[name] = PoolLabel(
                 name=name, cloud_image=image, flavor_name=lab.get("flavor-name"),
                 min_ram=lab.get("min-ram", 0), key_name=lab.get("key-name"),
