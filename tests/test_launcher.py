@@ -32,6 +32,8 @@ def write_config(tmp_path, cloud, zk_settings, *, labels=None, pool=None, provid
     data = {"zookeeper-servers": [{"host": server.host, "port": server.port,
                                    "chroot": zk_settings.chroot}],
             "labels": labels or [{"name": "small"}],
+            # A free port: tests run next to other launchers (benchmark, quick start).
+            "webapp": {"port": 0},
             "providers": [provider_cfg]}
     data.update(extra or {})
     path = tmp_path / "nodepool.yaml"

@@ -30,6 +30,7 @@ def write_files(tmp_path, cloud, zk_settings):
     server = zk_settings.servers[0]
     data = {"zookeeper-servers": [{"host": server.host, "port": server.port,
                                    "chroot": zk_settings.chroot}],
+            "webapp": {"port": 0},
             "labels": [{"name": "small"}],
             "providers": [{"name": "fake", "cloud": "fakecloud", "rate": 0.01,
                            "cloud-images": [{"name": "img", "image-name": "cirros"}],

@@ -244,3 +244,35 @@ def test_health_reports_lost_zookeeper_and_stuck_loops():
     assert not ok
     assert "ZooKeeper connection lost" in problems
     assert any("maintenance loop has not finished a pass for 500s" in p for p in problems)
+
+
+def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, make_fakecloud,
+                                                                     zk_settings):
+    cloud = make_fakecloud()
+    clouds = cloud.write_clouds_yaml(tmp_path / "clouds.yaml", api_timeout=5)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "nodepool.yaml"
+        path.write_text(yaml.safe_dump(config_data(zk_settings, port)))
+        config, _ = load_config(str(path), str(clouds))
+        # The daemon's own way to start: a clear error, no traceback, exit 1.
+        out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-d", "-c", str(path),
+                              "--clouds", str(clouds)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"{path}: webapp: cannot listen on 127.0.0.1:{port}" in out.stderr
+        assert "webapp.port" in out.stderr and "Traceback" not in out.stderr
+        launcher = Launcher(config)
+        with pytest.raises(Exception, match="webapp.port"):
+            launcher.start()
+        launcher.stop(wait=5)
+    client = connect(zk_settings)
+    try:
+        store = ZooKeeperStore(client)
+        assert not client.exists("/nodepool/components/pool") or \
+            not client.get_children("/nodepool/components/pool")
+        assert store.list_requests() == []
+    finally:
+        disconnect(client)

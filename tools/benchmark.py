@@ -108,6 +108,7 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
     pool.update(spec["pool"])
     config_data = {
         "zookeeper-servers": [{"host": server.host, "port": server.port, "chroot": chroot}],
+        "webapp": {"port": 0},
         "labels": [{"name": "small"}],
         "providers": [{"name": "fake", "cloud": "fakecloud", "rate": 0.05,
                        "launch-retries": 3,

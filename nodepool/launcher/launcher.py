@@ -64,6 +64,10 @@ class LoopHealth:
         return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
 
 
+class LauncherStartError(Exception):
+    """The launcher cannot start; the message says why and what to change."""
+
+
 class PoolWorker:
     """One pool: its registration and its request handler's passes."""
 
@@ -173,6 +177,17 @@ class Launcher:
 
     def start(self) -> None:
         cfg = self.config
+        if cfg.webapp is not None:
+            # Bind first: a launcher that cannot serve its status API must
+            # fail before it takes any request.
+            try:
+                self.webapp = StatusServer(self, cfg.webapp.listen_address, cfg.webapp.port)
+            except OSError as e:
+                raise LauncherStartError(
+                    f"{cfg.config_file}: webapp: cannot listen on "
+                    f"{cfg.webapp.listen_address}:{cfg.webapp.port} ({e.strerror or e}); "
+                    "set another webapp.port (0 picks a free one) or stop what uses "
+                    "that port") from None
         self.client = connect(cfg.zookeeper)
         self.store = ZooKeeperStore(self.client)
         self.store.ensure_roots()
@@ -199,8 +214,7 @@ class Launcher:
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance",
                                              daemon=True)
         self._maintenance.start()
-        if cfg.webapp is not None:
-            self.webapp = StatusServer(self, cfg.webapp.listen_address, cfg.webapp.port)
+        if self.webapp is not None:
             self.webapp.start()
         self.started.set()
         log.info("launcher %s started: %d provider(s), %d pool(s)", self.hostname,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
@@ -199,7 +198,9 @@ class StatusServer:
         log.info("status API on http://%s:%d/", *self.httpd.server_address[:2])
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever() to end: it would never return
+        # for a server that was bound but never started.
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+            self._thread.join(5)
         self.httpd.server_close()
-        self._thread.join(5)
-        time.sleep(0)
