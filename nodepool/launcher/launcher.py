@@ -390,7 +390,10 @@ class Launcher:
                 log.info("housekeeping %s: %s", key, ", ".join(items))
 
     def _emit_stats(self) -> None:
-        self.stats.gauges(self.store.list_nodes(cached=True), self.providers, self.ledger)
+        paused = {(w.provider_name, w.pool_name): w.handler.paused
+                  for w in list(self.pool_workers.values())}
+        self.stats.gauges(self.store.list_nodes(cached=True), self.providers, self.ledger,
+                          paused)
 
     # -- for the providers and operators --------------------------------------------
 

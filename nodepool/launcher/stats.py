@@ -6,8 +6,9 @@ nothing is sent.
 
 Upstream-compatible: ``nodepool.nodes.<state>``,
 ``nodepool.provider.<provider>.nodes.<state>``, ``nodepool.label.<label>.nodes.<state>``,
-``nodepool.launch.provider.<provider>.{ready,error}``,
-``nodepool.task.<provider>.<call>`` (API calls, counts and timers).
+``nodepool.launch.provider.<provider>.{ready,error}`` (nodes),
+``nodepool.task.<provider>.<call>`` (API calls: a counter, and a timer with
+the mean time of the calls since the last report).
 New: ``nodepool.provider.<provider>.quota.headroom.<resource>``,
 ``nodepool.provider.<provider>.quota.403``, ``nodepool.provider.<provider>.backoff``,
 ``nodepool.provider.<provider>.pool.<pool>.paused``.
@@ -34,7 +35,7 @@ def _clean(name: str) -> str:
 class Stats:
     def __init__(self, client: Any | None):
         self.client = client
-        self._api_seen: dict[tuple[str, str], int] = {}
+        self._api_seen: dict[tuple[str, str], tuple[int, float]] = {}
         self._quota_seen: dict[str, int] = {}
 
     @classmethod
@@ -49,14 +50,18 @@ class Stats:
     def pool_pass(self, provider: str, report: Any) -> None:
         if self.client is None or report is None:
             return
-        ready = len(getattr(report, "fulfilled", []))
+        ready = len(getattr(report, "nodes_ready", []))
         failed = len(getattr(report, "nodes_failed", []))
         if ready:
             self.client.incr(f"nodepool.launch.provider.{_clean(provider)}.ready", ready)
         if failed:
             self.client.incr(f"nodepool.launch.provider.{_clean(provider)}.error", failed)
 
-    def gauges(self, nodes: Iterable[Any], providers: dict, ledger: Any) -> None:
+    def gauges(self, nodes: Iterable[Any], providers: dict, ledger: Any,
+               paused_pools: dict[tuple[str, str], bool] | None = None) -> None:
+        """Node counts by state, quota headroom, backoff and paused pools
+        as gauges; API calls and quota 403s since the last call as counters,
+        with the mean call time of those calls as a timer."""
         if self.client is None:
             return
         total: Counter = Counter()
@@ -92,8 +97,14 @@ class Stats:
             self._quota_seen[name] = quota_errors
             for call, st in provider.gate.stats().items():
                 key = (name, call)
-                delta = st["count"] - self._api_seen.get(key, 0)
+                seen_count, seen_seconds = self._api_seen.get(key, (0, 0.0))
+                delta = st["count"] - seen_count
                 if delta > 0:
-                    pipe.incr(f"nodepool.task.{p}.{_clean(call)}", delta)
-                self._api_seen[key] = st["count"]
+                    metric = f"nodepool.task.{p}.{_clean(call)}"
+                    pipe.incr(metric, delta)
+                    pipe.timing(metric, (st["total_seconds"] - seen_seconds) / delta * 1000)
+                self._api_seen[key] = (st["count"], st["total_seconds"])
+        for (provider_name, pool), paused in (paused_pools or {}).items():
+            pipe.gauge(f"nodepool.provider.{_clean(provider_name)}.pool.{_clean(pool)}.paused",
+                       1 if paused else 0)
         pipe.send()

@@ -76,6 +76,7 @@ class PassReport:
     deferred: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     nodes_created: list[str] = field(default_factory=list)
+    nodes_ready: list[str] = field(default_factory=list)     # builds that finished READY
     nodes_reused: list[str] = field(default_factory=list)
     nodes_failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -381,6 +382,7 @@ class NodeRequestHandler:
             status = BuildStatus(BuildState.FAILED, reason="node znode vanished")
         if status.state is BuildState.READY:
             slot.ready = True
+            report.nodes_ready.append(slot.node.id)
         elif status.state is BuildState.FAILED:
             slot.failed = True
             report.nodes_failed.append(slot.node.id)
