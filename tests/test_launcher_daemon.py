@@ -125,6 +125,17 @@ def test_daemon_refuses_to_start_twice_and_replaces_a_stale_pidfile(tmp_path, ma
     pidfile.write_text("999999\n")
     base = [f"{BIN}/nodepool-launcher", "-c", config, "--clouds", clouds,
             "-p", str(pidfile)]
+    # Detached without a logging config, the log would go nowhere: refused.
+    no_log = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert no_log.returncode == 2 and "needs -l LOGCONFIG" in no_log.stderr
+    assert pidfile.read_text() == "999999\n"
+    log_file = tmp_path / "launcher.log"
+    logconfig = tmp_path / "logging.yaml"
+    logconfig.write_text(yaml.safe_dump({
+        "version": 1,
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file)}},
+        "root": {"level": "INFO", "handlers": ["file"]}}))
+    base += ["-l", str(logconfig)]
     first = subprocess.run(base, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     assert "stale pid file" in first.stderr
@@ -132,6 +143,8 @@ def test_daemon_refuses_to_start_twice_and_replaces_a_stale_pidfile(tmp_path, ma
                        and pidfile.read_text().strip() != "999999"
                        and pidfile.read_text().strip(), 30, what="the daemon's pid file"))
     try:
+        wait_for(lambda: log_file.exists() and "started" in log_file.read_text(), 30,
+                 what="the daemon's log")
         second = subprocess.run(base, capture_output=True, text=True, timeout=60)
         assert second.returncode == 1
         assert f"already running (pid {pid}" in second.stderr

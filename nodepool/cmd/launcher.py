@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stay in the foreground (for systemd's Type=simple)")
     parser.add_argument("-l", "--logconfig", metavar="PATH",
                         help="Python logging configuration: a dictConfig YAML file, or an "
-                             "INI file for logging.config.fileConfig; default: INFO to "
-                             "stderr")
+                             "INI file for logging.config.fileConfig; default with -d: "
+                             "INFO to stderr; required without -d")
     parser.add_argument("-p", "--pidfile", metavar="PATH",
                         default="/var/run/nodepool/launcher.pid",
                         help="pid file when running as a daemon; a second launcher with "
@@ -160,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodaemon:
         setup_logging(args.logconfig)
         return run(config, args)
+    if not args.logconfig:
+        # A detached daemon has no stderr: its log would be lost.
+        print("nodepool-launcher: running detached needs -l LOGCONFIG saying where the log "
+              "goes (see etc/logging.yaml); or use -d to stay in the foreground and log to "
+              "stderr (systemd)", file=sys.stderr)
+        return 2
 
     import daemon
     from daemon.pidfile import TimeoutPIDLockFile
