@@ -10,7 +10,7 @@ import yaml
 from nodepool.config import load_config
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.client import connect, disconnect
-from nodepool.zk.records import NodeRequest
+from nodepool.zk.records import Node, NodeRequest
 from nodepool.zk.store import ZooKeeperStore
 from tests.fixtures.fakecloud import wait_for
 
@@ -174,6 +174,42 @@ def test_quota_contention_has_no_403s_and_no_leaks(tmp_path, make_fakecloud, zk_
     assert counters["quota_403"] == 0
     assert cloud.peak_usage()["instances"] <= 3
     assert launcher.ledger.estimate("fake").ledger_used.instances == 0
+
+
+def test_tenant_limit_counts_other_launchers_nodes(tmp_path, make_fakecloud, zk_settings,
+                                                   store, run_launcher):
+    cloud = make_fakecloud()
+    launcher = run_launcher(write_config(
+        tmp_path, cloud, zk_settings,
+        extra={"tenant-resource-limits": [{"tenant-name": "tenant-one", "max-servers": 2}]}))
+    # Another launcher's node of the tenant, as ZooKeeper shows it.
+    other = store.create_node(Node(state="in-use", provider="other-cloud", pool="p",
+                                   type=["small"], tenant_name="tenant-one",
+                                   resources={"instances": 1, "cores": 1, "ram": 512}))
+    limited = zuul_request(store, ["small", "small"], tenant_name="tenant-one")
+    free = zuul_request(store, ["small", "small"], tenant_name="tenant-two")
+    assert wait_for(lambda: finished(store, free.id), 30, what="unlimited tenant").state \
+        == "fulfilled"
+    # Room for one more of tenant-one's nodes, not two: the request waits,
+    # unaccepted, without pausing the pool for other tenants.
+    worker = launcher.pool_workers["fake-main"]
+    wait_for(lambda: worker.last_report and limited.id in worker.last_report.deferred, 30,
+             what="request deferred on the tenant limit")
+    later = zuul_request(store, ["small"], tenant_name="tenant-two")
+    assert wait_for(lambda: finished(store, later.id), 30, what="other tenant").state \
+        == "fulfilled"
+    assert store.get_request(limited.id).state == "requested"
+    assert not [n for n in store.list_nodes() if n.tenant_name == "tenant-one"
+                and n.provider == "fake"]
+    assert not launcher.status()["pools"]["fake-main"]["paused"]
+    # The other launcher's node goes: the request is served.
+    store.client.delete(f"/nodepool/nodes/{other.id}", recursive=True)
+    done = wait_for(lambda: finished(store, limited.id), 30, what="limited tenant served")
+    assert done.state == "fulfilled" and len(done.nodes) == 2
+    # More than the tenant may ever have is declined, not left waiting.
+    too_big = zuul_request(store, ["small"] * 3, tenant_name="tenant-one")
+    assert wait_for(lambda: finished(store, too_big.id), 30, what="decline").state == "failed"
+    assert cloud.counters()["quota_403"] == 0
 
 
 def test_cli_marked_node_is_deleted_in_the_cloud(tmp_path, make_fakecloud, zk_settings, store,

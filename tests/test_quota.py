@@ -648,6 +648,21 @@ class TestPoolsAndTenants:
         assert not d and d.blocked_by == {TENANT}
         assert ledger.try_reserve("f", provider="p", pool="main", cost=SMALL, tenant="zuul")
 
+    def test_tenant_fits_checks_a_whole_request_without_reserving(self):
+        ledger, _ = make_ledger(tenant_limits={"t": Resources(3, INF, INF, INF, INF)})
+        read_limits(ledger, nova_limits(10))
+        assert ledger.limits_tenant("t") and not ledger.limits_tenant("u")
+        two, four = SMALL + SMALL, SMALL + SMALL + SMALL + SMALL
+        assert ledger.tenant_fits("t", two) and not ledger.tenant_fits("t", four)
+        assert ledger.tenant_fits("u", four)                   # no limits: always
+        assert ledger.try_reserve("a", provider="p", pool="main", cost=SMALL, tenant="t")
+        assert ledger.tenant_fits("t", two)
+        assert not ledger.tenant_fits("t", two, Resources(instances=1))
+        assert ledger.tenant_fits("t", two, Resources(instances=1), alone=True)
+        assert not ledger.tenant_fits("t", four, alone=True)
+        assert ledger.try_reserve("b", provider="p", pool="main", cost=SMALL, tenant="t")
+        assert not ledger.tenant_fits("t", two)
+
     def test_all_blocking_layers_reported(self):
         ledger, _ = make_ledger({"main": PoolQuota(Resources(1, INF, INF, INF, INF))},
                                 tenant_limits={"t": Resources(1, INF, INF, INF, INF)})

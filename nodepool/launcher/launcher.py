@@ -26,7 +26,7 @@ from nodepool.config.model import NodepoolConfig, Pool, Provider
 from nodepool.driver.openstack.provider import OpenStackProvider
 from nodepool.launcher.stats import Stats
 from nodepool.launcher.webapp import StatusServer
-from nodepool.quota import QuotaLedger, tenant_limits_from_config
+from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
 from nodepool.requests import minready
 from nodepool.requests.handler import NodeRequestHandler
 from nodepool.requests.protocol import PoolSettings
@@ -198,6 +198,7 @@ class Launcher:
         for name, provider_cfg in cfg.providers.items():
             provider = self.provider_factory(provider_cfg, self.ledger,
                                              known_nodes=self._known_nodes,
+                                             tenant_usage=self._tenant_usage_elsewhere,
                                              **self.provider_options)
             provider.start()
             self.providers[name] = provider
@@ -275,6 +276,7 @@ class Launcher:
                 else:
                     provider = self.provider_factory(provider_cfg, self.ledger,
                                                      known_nodes=self._known_nodes,
+                                                     tenant_usage=self._tenant_usage_elsewhere,
                                                      **self.provider_options)
                     provider.start()
                     self.providers[name] = provider
@@ -405,6 +407,27 @@ class Launcher:
                 or not self.client.connected:
             return None
         return {n.id: n.external_id for n in store.list_nodes(cached=True)}
+
+    def _tenant_usage_elsewhere(self, tenant: str) -> Resources:
+        """What the tenant's nodes of other launchers' providers use, from
+        ZooKeeper (``resources`` as upstream writes it).  Nodes of this
+        process's providers are left out: the quota ledger counts those."""
+        store = self.store
+        total = ZERO
+        if store is None:
+            return total
+        for node in store.list_nodes(cached=True):
+            if node.tenant_name != tenant or node.provider in self.providers:
+                continue
+            res = node.resources if isinstance(node.resources, dict) else {}
+            try:
+                total = total + Resources(
+                    *(float(res.get(k) or 0) for k in ("instances", "cores", "ram",
+                                                       "volumes", "volume_gb")))
+            except (TypeError, ValueError):
+                log.warning("node %s: unreadable resources %r; not counted for tenant %s",
+                            node.id, node.resources, tenant)
+        return total
 
     def status(self) -> dict:
         return {

@@ -219,6 +219,11 @@ class QuotaLedger:
                 prov.pools = dict(pools)
             self._changed()
 
+    def limits_tenant(self, tenant: str) -> bool:
+        """Whether ``tenant-resource-limits`` names this tenant."""
+        with self._cond:
+            return tenant in self._tenant_limits
+
     def set_tenant_limits(self, limits: Mapping[str, Resources]) -> None:
         with self._cond:
             self._tenant_limits = dict(limits)
@@ -356,6 +361,23 @@ class QuotaLedger:
             if tenant_max is not None:
                 _shortfalls(f"tenant {tenant}", tenant_max, ZERO, cost, reasons)
             return tuple(reasons)
+
+    def tenant_fits(self, tenant: str, cost: Resources,
+                    usage_elsewhere: Resources = ZERO, *, alone: bool = False) -> bool:
+        """Would ``cost`` more stay within the tenant's limits now (its entries
+        here plus ``usage_elsewhere``; with ``alone``, with no usage at all)?
+        True for a tenant without limits.  Only a check: ``try_reserve``
+        still decides each create."""
+        _check_cost(cost)
+        with self._cond:
+            tenant_max = self._tenant_limits.get(tenant)
+            if tenant_max is None:
+                return True
+            if alone:
+                return not _shortfalls(f"tenant {tenant}", tenant_max, ZERO, cost, [])
+            used = self._sum(e for e in self._entries.values() if e.tenant == tenant)
+            return not _shortfalls(f"tenant {tenant}", tenant_max, used + usage_elsewhere,
+                                   cost, [])
 
     # -- lifecycle of one create attempt ------------------------------------
     # Each returns False when the key is unknown (already gone), so a

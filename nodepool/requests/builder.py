@@ -118,6 +118,11 @@ class NodeBuilder(Protocol):
     def capacity(self, labels: Sequence[str]) -> Capacity:
         """Could one new server for each label start now?"""
 
+    def tenant_capacity(self, tenant: str | None, labels: Sequence[str]) -> Capacity:
+        """Would the tenant's resource limits take one server per label now
+        (WAIT: not now, the request is left for later without pausing the
+        pool; NEVER: not even with none of the tenant's servers running)?"""
+
     def start_build(self, spec: BuildSpec) -> Hashable:
         """Begin creating a server; return a handle for ``poll_build``."""
 

@@ -192,6 +192,18 @@ class NodeRequestHandler:
             reasons = protocol.decline_reasons(request, self.pool)
             if not reasons and self._capacity(request.node_types) is Capacity.NEVER:
                 reasons = ["it would never fit the provider's quota"]
+            if not reasons:
+                # A tenant at its limit waits without pausing the pool, so
+                # other tenants' requests go on.
+                tenant = self._tenant_capacity(request)
+                if tenant is Capacity.NEVER:
+                    reasons = [f"it would never fit tenant {request.tenant_name}'s "
+                               "resource limits"]
+                elif tenant is Capacity.WAIT:
+                    log.debug("request %s: tenant %s is at its limit", request.id,
+                              request.tenant_name)
+                    report.deferred.append(request.id)
+                    continue
             if self.paused and not reasons:
                 report.deferred.append(request.id)
                 continue
@@ -229,6 +241,14 @@ class NodeRequestHandler:
         self._active[request_id] = active
         report.accepted.append(request_id)
         self._advance(active, report)
+
+    def _tenant_capacity(self, request) -> Capacity:
+        try:
+            return self.builder.tenant_capacity(request.tenant_name, list(request.node_types))
+        except Exception:
+            log.exception("pool %s: tenant capacity check failed; treating as no headroom",
+                          self.pool.pool_id)
+            return Capacity.WAIT
 
     def _capacity(self, labels) -> Capacity:
         try:

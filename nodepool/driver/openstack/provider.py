@@ -25,7 +25,7 @@ from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
 from nodepool.driver.openstack.network_cleanup import (LeakSweep, orphan_port_judge,
                                                        unattached_floating_ips)
 from nodepool.driver.server_list import ServerListCache
-from nodepool.quota import (CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
+from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
@@ -87,6 +87,7 @@ class OpenStackProvider:
 
     def __init__(self, config: Any, ledger: QuotaLedger, *,
                  known_nodes: Callable[[], dict[str, str | None] | None] | None = None,
+                 tenant_usage: Callable[[str], Resources] | None = None,
                  cloud: OpenStackCloud | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  server_list_interval: float = SERVER_LIST_INTERVAL,
@@ -96,6 +97,8 @@ class OpenStackProvider:
         self.ledger = ledger
         self.clock = clock
         self.known_nodes = known_nodes
+        # The tenant's usage this ledger does not see (other launchers').
+        self.tenant_usage = tenant_usage
         settings = config.cloud_settings
         self.cloud_name = config.cloud
         self.region_name = config.region_name or (settings.region_name if settings else None)
@@ -365,8 +368,13 @@ class OpenStackProvider:
         return LabelPlan(dict(flavor), dict(image), nets, cost), None, False
 
     def reserve(self, key: str, spec: BuildSpec, cost: Resources) -> QuotaDecision:
+        elsewhere = ZERO
+        if spec.tenant_name and self.tenant_usage is not None \
+                and self.ledger.limits_tenant(spec.tenant_name):
+            elsewhere = self.tenant_usage(spec.tenant_name)
         return self.ledger.try_reserve(key, provider=self.name, pool=spec.pool_name,
-                                       cost=cost, tenant=spec.tenant_name)
+                                       cost=cost, tenant=spec.tenant_name,
+                                       tenant_usage_elsewhere=elsewhere)
 
     def may_start_create(self) -> bool:
         limit = self.config.max_concurrency
@@ -439,6 +447,24 @@ class OpenStackProvider:
             finally:
                 for key in probes:
                     self.ledger.release(key)
+
+    def tenant_capacity(self, tenant: str | None, labels: Sequence[str]) -> Capacity:
+        """The tenant's limits, for a whole request at once (labels this
+        provider cannot plan yet are left to ``capacity``)."""
+        if not tenant or not self.ledger.limits_tenant(tenant):
+            return Capacity.AVAILABLE
+        with self._lock:
+            total = Resources()
+            for name in labels:
+                found = self._find_label(name)
+                plan = self.plan_label(found[1], found[0])[0] if found else None
+                if plan is not None:
+                    total = total + plan.cost
+        if not self.ledger.tenant_fits(tenant, total, alone=True):
+            return Capacity.NEVER
+        elsewhere = self.tenant_usage(tenant) if self.tenant_usage is not None else ZERO
+        return Capacity.AVAILABLE if self.ledger.tenant_fits(tenant, total, elsewhere) \
+            else Capacity.WAIT
 
     def _find_label(self, name: str):
         for pool in self.config.pools.values():
