@@ -164,13 +164,21 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
         time.sleep(0.05)
     unanswered = len(submitted)
     drain_deadline = time.monotonic() + 120
-    while time.monotonic() < drain_deadline and (cloud.servers() or store.list_nodes()):
+
+    def network_in_use() -> dict[str, int]:
+        in_use = next(iter(cloud.usage().values()))["in_use"]
+        return {"floating_ips": in_use["floating_ips"], "ports": in_use["ports"]}
+
+    # Floating IPs go after their server: wait for them too.
+    while time.monotonic() < drain_deadline and (cloud.servers() or store.list_nodes()
+                                                 or any(network_in_use().values())):
         time.sleep(0.2)
     elapsed = time.monotonic() - t0
     if hang_timer:
         hang_timer.join()
     counters = cloud.counters()
     leaked = len(cloud.servers())
+    leaked_network = network_in_use()
     launcher.stop(wait=10)
     disconnect(client)
     cloud.stop()
@@ -189,7 +197,8 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
         "api_calls_per_node_by_route": per_node,
         "latency_p50_s": round(percentile(latencies, 50), 2) if latencies else None,
         "latency_p95_s": round(percentile(latencies, 95), 2) if latencies else None,
-        "leaked_servers": leaked, "elapsed_s": round(elapsed, 1),
+        "leaked_servers": leaked, "leaked_floating_ips": leaked_network["floating_ips"],
+        "leaked_ports": leaked_network["ports"], "elapsed_s": round(elapsed, 1),
         "peak_instances": cloud.peak_usage().get("instances"),
     }
 
@@ -226,7 +235,8 @@ def main() -> int:
         print(f"\n== {r['scenario']} ==")
         for key in ("requests", "fulfilled", "failed", "unanswered", "quota_403",
                     "api_calls_total", "api_calls_per_fulfilled_node", "latency_p50_s",
-                    "latency_p95_s", "leaked_servers", "peak_instances", "elapsed_s"):
+                    "latency_p95_s", "leaked_servers", "leaked_floating_ips", "leaked_ports",
+                    "peak_instances", "elapsed_s"):
             print(f"  {key:30} {r[key]}")
         print("  API calls per fulfilled node, by route:")
         for route, v in r["api_calls_per_node_by_route"].items():
