@@ -146,8 +146,8 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
     assert sorted(inert) == sorted(
         [f"providers[0].{k}" for k in ("image-upload-timeout", "image-name-format",
                                        "post-upload-hook", "nodepool-id")]
-        + [f"providers[0].pools[0].labels[0].{k}" for k in ("console-log",
-                                                            "dynamic-instance-properties")])
+        + ["providers[0].pools[0].labels[0].console-log"])
+    assert pool.labels["l1"].dynamic_instance_properties == {"c": "{request.id}"}
 
 
 def test_env_substitution_like_upstream(tmp_path):
@@ -345,3 +345,19 @@ def test_load_config_raises_with_every_error(tmp_path):
         load_config(str(path), EXAMPLE_CLOUDS)
     assert len(e.value.errors) == 2
     assert "providers[0].rate" in str(e.value)
+
+
+@pytest.mark.parametrize("template,expected", [
+    ("{nodepool.secret}", "{nodepool.secret} is not available"),
+    ("{request.password}", "{request.password} is not available"),
+    ("{request.id", "not a valid format string"),
+    (5, "expected a format string"),
+])
+def test_dynamic_instance_properties_are_checked(tmp_path, template, expected):
+    data = copy.deepcopy(MINIMAL)
+    data["providers"][0]["pools"][0]["labels"][0]["dynamic-instance-properties"] = {
+        "ok": "{request.requestor_data[job_name]}-{request.id}", "bad": template}
+    _, problems, _ = run(tmp_path, data)
+    [err] = errors(problems)
+    assert "providers[0].pools[0].labels[0].dynamic-instance-properties.bad" in err
+    assert expected in err

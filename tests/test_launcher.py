@@ -118,6 +118,29 @@ def test_requests_fulfilled_used_nodes_deleted_no_leaks(tmp_path, make_fakecloud
     assert launcher.ledger.estimate("fake").ledger_used.instances == 0
 
 
+def test_instance_properties_reach_the_server_formatted_with_the_request(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    cloud = make_fakecloud()
+    label = dict(SMALL, **{
+        "instance-properties": {"team": "ci", "long": "x" * 300},
+        "dynamic-instance-properties": {
+            "zuul_job": "{request.requestor_data[job_name]}",
+            "zuul_request": "{request.id}/{request.tenant_name}",
+            # Zuul did not send this key: left out, the node still boots.
+            "zuul_branch": "{request.requestor_data[branch]}"}})
+    run_launcher(write_config(tmp_path, cloud, zk_settings, pool={"labels": [label]}))
+    req = zuul_request(store, ["small"])
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    assert done.state == "fulfilled"
+    [server] = cloud.servers()
+    meta = server["metadata"]
+    assert meta["zuul_job"] == "tox"
+    assert meta["zuul_request"] == f"{req.id}/tenant-one"
+    assert "zuul_branch" not in meta
+    assert meta["team"] == "ci" and meta["long"] == "x" * 255   # nova's limit
+    assert meta["nodepool_node_id"] == done.nodes[0]
+
+
 def test_unknown_label_is_declined_to_failed(tmp_path, make_fakecloud, zk_settings, store,
                                              run_launcher):
     cloud = make_fakecloud()

@@ -21,6 +21,7 @@ from nodepool.config.errors import ConfigError, ConfigProblem, Problems
 from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, CloudImage,
                                    CloudSettings, Label, NodepoolConfig, Pool,
                                    PoolLabel, Provider, TenantLimits, WebApp)
+from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 from nodepool.zk.client import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
                                 ZooKeeperSettings, ZooKeeperTLS)
 
@@ -143,7 +144,27 @@ def _build_cloud_image(img: dict) -> CloudImage:
 # doc/migration.rst); a warning keeps an operator from relying on them.
 INERT_PROVIDER_KEYS = ("image-upload-timeout", "image-name-format", "post-upload-hook",
                        "nodepool-id")
-INERT_LABEL_KEYS = ("console-log", "dynamic-instance-properties")
+INERT_LABEL_KEYS = ("console-log",)
+
+
+
+def _check_request_template(template: Any) -> str | None:
+    """Why a dynamic-instance-properties value cannot be formatted, or None."""
+    if not isinstance(template, str):
+        return f"expected a format string such as '{{request.id}}', got {template!r}"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        return f"not a valid format string ({e}); write literal braces as {{{{ and }}}}"
+    for _, field_name, _, _ in parsed:
+        if field_name is None:
+            continue
+        root, _, rest = field_name.partition(".")
+        attr = rest.split(".")[0].split("[")[0]
+        if root != "request" or attr not in REQUEST_FIELDS:
+            return (f"{{{field_name}}} is not available; use {{request.<field>}} with one of "
+                    f"{', '.join(REQUEST_FIELDS)}, e.g. {{request.requestor_data[job_name]}}")
+    return None
 
 
 def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Problems,
@@ -203,6 +224,11 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
                 if key in lab:
                     problems.warning(lpath + [key], "accepted for compatibility with "
                                      "upstream Nodepool; it has no effect in this launcher")
+            dynamic = lab.get("dynamic-instance-properties") or {}
+            for key, template in dynamic.items():
+                problem = _check_request_template(template)
+                if problem:
+                    problems.error(lpath + ["dynamic-instance-properties", str(key)], problem)
             plabels[name] = PoolLabel(
                 name=name, cloud_image=image, flavor_name=lab.get("flavor-name"),
                 min_ram=lab.get("min-ram", 0), key_name=lab.get("key-name"),
@@ -210,6 +236,7 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
                 boot_from_volume=lab.get("boot-from-volume", False),
                 volume_size=lab.get("volume-size", 50), userdata=lab.get("userdata"),
                 instance_properties=dict(lab.get("instance-properties", {})),
+                dynamic_instance_properties={str(k): str(v) for k, v in dynamic.items()},
                 networks=tuple(lab.get("networks", pool_networks)),
                 host_key_checking=lab.get("host-key-checking", pool_hkc))
         pools[pool["name"]] = Pool(

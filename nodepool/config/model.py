@@ -52,6 +52,8 @@ class PoolLabel:
     volume_size: int = 50  # GiB, upstream's default
     userdata: str | None = None
     instance_properties: dict = field(default_factory=dict)
+    # Values are format strings over the node request: {request.id} ...
+    dynamic_instance_properties: dict = field(default_factory=dict)
     networks: tuple[str, ...] = ()
     host_key_checking: bool = True
 

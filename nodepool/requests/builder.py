@@ -45,6 +45,8 @@ class BuildSpec:
     request_id: str | None = None
     tenant_name: str | None = None
     attributes: Mapping[str, Any] | None = None
+    # The node request's fields a label's dynamic-instance-properties may use.
+    request: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -326,7 +326,8 @@ class NodeRequestHandler:
                              provider_name=self.pool.provider_name,
                              pool_name=self.pool.pool_name, request_id=request.id,
                              tenant_name=request.tenant_name,
-                             attributes=self.pool.node_attributes)
+                             attributes=self.pool.node_attributes,
+                             request=protocol.template_fields(request))
             try:
                 slot.handle = self.builder.start_build(spec)
             except Exception as e:

@@ -218,3 +218,13 @@ def min_ready_wanted(min_ready: Mapping[str, int], nodes: Iterable[Node],
     for label, count in sorted(min_ready.items()):
         wanted.extend([label] * max(0, count - have[label]))
     return wanted
+
+
+# The request's fields a label's dynamic-instance-properties may format,
+# e.g. ``{request.requestor_data[job_name]}``; nothing else of it is exposed.
+TEMPLATE_FIELDS = ("id", "requestor", "requestor_data", "event_id", "tenant_name",
+                   "node_types", "relative_priority")
+
+
+def template_fields(request: NodeRequest) -> dict:
+    return {name: getattr(request, name) for name in TEMPLATE_FIELDS}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.driver import errors
@@ -399,7 +400,24 @@ class OpenStackProvider:
             network_ids=plan.network_ids, key_name=label.key_name, userdata=label.userdata,
             availability_zone=az, security_groups=pool.security_groups,
             config_drive=image_cfg.config_drive, boot_from_volume=label.boot_from_volume,
-            volume_size=label.volume_size, instance_properties=label.instance_properties)
+            volume_size=label.volume_size,
+            instance_properties=self._instance_properties(label, machine.spec))
+
+    def _instance_properties(self, label: Any, spec: BuildSpec) -> dict:
+        """The label's instance-properties plus its dynamic ones, formatted
+        with the node request; one that cannot be formatted is left out (the
+        node still boots) and logged."""
+        props = dict(label.instance_properties)
+        dynamic = getattr(label, "dynamic_instance_properties", None) or {}
+        if dynamic:
+            request = SimpleNamespace(**(spec.request or {}))
+            for key, template in dynamic.items():
+                try:
+                    props[key] = template.format(request=request)
+                except Exception as e:  # noqa: BLE001 - data from the request
+                    log.warning("%s: node %s: dynamic instance property %s not set: %s: %s",
+                                self.name, spec.node_id, key, type(e).__name__, e)
+        return props
 
     def count_create_error(self, err: errors.CloudError) -> None:
         key = "quota_errors" if err.kind == errors.QUOTA else "create_errors"

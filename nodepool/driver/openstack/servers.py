@@ -39,6 +39,9 @@ def hostname(fmt: str, *, label: str, provider: str, pool: str, node_id: str) ->
     return clean or f"node-{node_id}"[:63]
 
 
+NOVA_METADATA_MAX = 255
+
+
 def server_metadata(*, provider: str, pool: str, node_id: str, label: str,
                     image: str, attempt: int) -> dict[str, str]:
     return {META_PROVIDER: provider, META_POOL: pool, META_NODE: node_id,
@@ -52,7 +55,9 @@ def create_request(*, name: str, flavor_id: str, image_id: str, metadata: Mappin
                    boot_from_volume: bool = False, volume_size: int = 50,
                    instance_properties: Mapping[str, Any] | None = None) -> dict:
     """The body of ``POST /servers`` (microversion 2.1 form)."""
-    meta = {str(k): str(v) for k, v in (instance_properties or {}).items()}
+    # nova refuses keys or values over 255 characters (HTTP 400).
+    meta = {str(k)[:NOVA_METADATA_MAX]: str(v)[:NOVA_METADATA_MAX]
+            for k, v in (instance_properties or {}).items()}
     meta.update(metadata)  # ours win: they are how the server is found again
     body: dict[str, Any] = {"name": name, "flavorRef": flavor_id, "metadata": meta,
                             "min_count": 1, "max_count": 1}
