@@ -15,9 +15,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.fixtures.fakecloud import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tools", "quickstart.sh")
@@ -55,17 +56,6 @@ def running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -152,8 +142,8 @@ def test_quickstart_starts_serves_a_request_and_stops(quickstart):
     assert len(nodes) == 1 and nodes[0]["state"] == "used"
     assert nodes[0]["interface_ip"] and nodes[0]["external_id"]
     # The launcher deletes the used node.
-    wait_until(lambda: nodes[0]["id"] not in {n["id"] for n in nodepool_list(config)},
-               60, "the used node to be deleted")
+    wait_for(lambda: nodes[0]["id"] not in {n["id"] for n in nodepool_list(config)},
+             60, interval=0.2, what="the used node to be deleted")
 
     # A request nobody serves fails; like Zuul, the helper deletes it.
     got = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "request-node.py"),
