@@ -145,8 +145,7 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
              if p.severity == "warning" and "no effect in this launcher" in p.message]
     assert sorted(inert) == sorted(
         [f"providers[0].{k}" for k in ("image-upload-timeout", "image-name-format",
-                                       "post-upload-hook", "nodepool-id")]
-        + ["providers[0].pools[0].labels[0].console-log"])
+                                       "post-upload-hook", "nodepool-id")])
     assert pool.labels["l1"].dynamic_instance_properties == {"c": "{request.id}"}
 
 

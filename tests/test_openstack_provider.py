@@ -488,16 +488,24 @@ def test_node_deleted_while_its_create_is_refused_for_quota(harness, fakecloud_c
     assert [s["name"] for s in h.cloud.servers()] == ["other"]
 
 
-def test_host_key_scan_gives_up_at_boot_timeout(harness):
+def test_host_key_scan_gives_up_at_boot_timeout(harness, caplog):
     # Nothing answers SSH on the fakecloud's addresses.
     h = harness(limited(boot_seconds=0.1, delete_seconds=0.2),
                 provider_config(pool={"host-key-checking": True},
+                                label={"console-log": True},
                                 **{"boot-timeout": 1, "launch-retries": 1}))
     h.wait_available()
     [node] = h.start(1)
+    caplog.set_level("INFO", logger="nodepool.openstack.provider")
     st = h.finish_builds([node], timeout=20)[node]
     assert st.state is BuildState.FAILED
     assert "no SSH host keys" in st.reason and "boot-timeout" in st.reason, st.reason
+    # console-log: the console is read once, through the gate, and logged.
+    wait_for(lambda: any("console log of server" in r.getMessage() for r in caplog.records),
+             timeout=10, what="the console logged")
+    [record] = [r for r in caplog.records if "console log of server" in r.getMessage()]
+    assert "fakecloud console of" in record.getMessage()
+    assert h.provider.status()["api_calls"]["compute.get_console_output"]["count"] == 1
     wait_for(lambda: h.cloud.servers() == [], timeout=10, what="the server deleted")
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
 

@@ -144,7 +144,6 @@ def _build_cloud_image(img: dict) -> CloudImage:
 # doc/migration.rst); a warning keeps an operator from relying on them.
 INERT_PROVIDER_KEYS = ("image-upload-timeout", "image-name-format", "post-upload-hook",
                        "nodepool-id")
-INERT_LABEL_KEYS = ("console-log",)
 
 
 
@@ -220,10 +219,6 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
                 problems.error(lpath, f"label {name!r} needs 'flavor-name' or 'min-ram' to "
                                       "choose a flavor")
                 continue
-            for key in INERT_LABEL_KEYS:
-                if key in lab:
-                    problems.warning(lpath + [key], "accepted for compatibility with "
-                                     "upstream Nodepool; it has no effect in this launcher")
             dynamic = lab.get("dynamic-instance-properties") or {}
             for key, template in dynamic.items():
                 problem = _check_request_template(template)

@@ -83,6 +83,13 @@ class OpenStackCloud:
             return False
         return True
 
+    def get_console_output(self, server_id: str, length: int = 200) -> str:
+        """The last ``length`` lines of the server's console."""
+        body = _check(self.conn.compute.post(
+            f"/servers/{server_id}/action",
+            json={"os-getConsoleOutput": {"length": length}}), "reading a console log")
+        return (body or {}).get("output") or ""
+
     def get_compute_limits(self) -> dict:
         """nova's ``absolute`` limits: maxima and ``total*Used`` counters."""
         body = _get(self.conn.compute, "/limits", "reading compute limits")

@@ -347,6 +347,8 @@ class CreateMachine:
         if keys is None:
             return
         if not keys:
+            if self.label.console_log and self.server_id:
+                self.ctx.log_console(self.server_id, self.spec.node_id)
             self._failed(self.scan.error or "no host keys")
             return
         self.step = Step.READY

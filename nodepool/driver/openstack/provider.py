@@ -419,6 +419,20 @@ class OpenStackProvider:
                                 self.name, spec.node_id, key, type(e).__name__, e)
         return props
 
+    def log_console(self, server_id: str, node_id: str) -> None:
+        """``console-log``: after a failed SSH check, log the server's
+        console; the call goes through the gate and nobody waits for it."""
+        def fetch_and_log() -> None:
+            try:
+                output = self.cloud.get_console_output(server_id)
+            except Exception as e:  # noqa: BLE001 - only a diagnostic
+                log.warning("%s: node %s: console log of server %s unavailable: %s",
+                            self.name, node_id, server_id, errors.classify(e))
+                return
+            log.info("%s: node %s: console log of server %s:\n%s", self.name, node_id,
+                     server_id, output.rstrip() or "(empty)")
+        self.gate.submit("compute.get_console_output", fetch_and_log)
+
     def count_create_error(self, err: errors.CloudError) -> None:
         key = "quota_errors" if err.kind == errors.QUOTA else "create_errors"
         self.counters[key] += 1
