@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.launcher import launcher as launcher_mod
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.records import Node, NodeRequest
@@ -170,6 +171,24 @@ def test_min_ready_and_reuse(tmp_path, make_fakecloud, zk_settings, store, run_l
                           if n.state == "ready" and not n.allocated_to]) == 2,
              40, what="min-ready replenished")
     assert cloud.request_count("POST /compute/v2.1/servers", 202) >= creates_before + 1
+
+
+def test_max_ready_age_replaces_old_ready_nodes(tmp_path, make_fakecloud, zk_settings,
+                                                store, run_launcher, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "MAX_READY_AGE_INTERVAL", 0.5)
+    cloud = make_fakecloud()
+    run_launcher(write_config(tmp_path, cloud, zk_settings,
+                              labels=[{"name": "small", "min-ready": 1, "max-ready-age": 3}]))
+    first = wait_for(lambda: [n for n in store.list_nodes() if n.state == "ready"], 40,
+                     what="a min-ready node")[0]
+    # Past its age it is deleted, server included, and min-ready builds another.
+    wait_for(lambda: first.id not in {n.id for n in store.list_nodes()}, 30,
+             what="the old ready node deleted")
+    wait_for(lambda: first.external_id not in {s["id"] for s in cloud.servers()}, 30,
+             what="its server deleted")
+    second = wait_for(lambda: [n for n in store.list_nodes() if n.state == "ready"], 40,
+                      what="a new min-ready node")[0]
+    assert second.id != first.id and second.external_id != first.external_id
 
 
 def test_quota_contention_has_no_403s_and_no_leaks(tmp_path, make_fakecloud, zk_settings,

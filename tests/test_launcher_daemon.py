@@ -152,3 +152,60 @@ def test_daemon_refuses_to_start_twice_and_replaces_a_stale_pidfile(tmp_path, ma
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="the daemon to exit")
     wait_for(lambda: not pidfile.exists(), 10, what="the pid file to be removed")
+
+
+def test_sigterm_with_builds_in_flight_stops_cleanly_and_a_restart_resumes(
+        tmp_path, make_fakecloud, zk_settings):
+    from nodepool.zk.client import connect, disconnect
+    from nodepool.zk.records import NodeRequest
+    from nodepool.zk.store import ZooKeeperStore
+
+    # Boots far longer than the test waits: the builds are in flight at SIGTERM.
+    cloud = make_fakecloud({"servers": {"boot_seconds": 3600, "delete_seconds": 0.2}})
+    config, clouds = write_files(tmp_path, cloud, zk_settings)
+    client = connect(zk_settings)
+    store = ZooKeeperStore(client)
+    store.ensure_roots()
+    log_path = tmp_path / "launcher.log"
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
+                                     "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                req = store.create_request(NodeRequest(
+                    state="requested", node_types=["small", "small"], requestor="zuul-test",
+                    tenant_name="tenant-one"), 200)
+                wait_for(lambda: len(cloud.servers()) == 2, 60, what="two servers building")
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        text = log_path.read_text()
+        assert "launcher stopped" in text and "Traceback" not in text
+        # ZooKeeper is left consistent: no lock held, nothing half-written.
+        assert not [n for n in store.list_nodes() if store.node_locked(n.id)]
+        assert store.get_request(req.id).state in ("requested", "pending")
+        assert not client.exists(f"/nodepool/requests-lock/{req.id}") or \
+            not client.get_children(f"/nodepool/requests-lock/{req.id}")
+        # A restart resumes: the request is served (the cloud boots fast now)
+        # and the servers of the interrupted builds do not leak.
+        cloud.set_server_behaviour(boot_seconds=0.2)
+        with open(log_path, "a") as log:
+            proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
+                                     "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
+            try:
+                done = wait_for(lambda: (r := store.get_request(req.id)) and
+                                r.state == "fulfilled" and r, 90, what="fulfilled after restart")
+                live = {n.external_id for n in store.list_nodes() if n.id in done.nodes}
+                wait_for(lambda: {s["id"] for s in cloud.servers()} == live, 60,
+                         what="only the fulfilled nodes' servers left")
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        disconnect(client)
