@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,18 +45,26 @@ def write_files(tmp_path, cloud, zk_settings):
     return str(path), str(clouds)
 
 
+@contextlib.contextmanager
+def foreground_launcher(config, clouds, log_path):
+    """``nodepool-launcher -d`` appending to ``log_path``; killed if still running."""
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
+                                 "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture
 def launcher_process(tmp_path, make_fakecloud, zk_settings):
     cloud = make_fakecloud()
     config, clouds = write_files(tmp_path, cloud, zk_settings)
-    log = open(tmp_path / "launcher.log", "w+")
-    proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
-                             "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
-    yield proc, cloud, config, tmp_path / "launcher.log"
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with foreground_launcher(config, clouds, tmp_path / "launcher.log") as proc:
+        yield proc, cloud, config, tmp_path / "launcher.log"
 
 
 def nodepool_cli(config, *args):
@@ -168,20 +177,13 @@ def test_sigterm_with_builds_in_flight_stops_cleanly_and_a_restart_resumes(
     store.ensure_roots()
     log_path = tmp_path / "launcher.log"
     try:
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
-                                     "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
-            try:
-                req = store.create_request(NodeRequest(
-                    state="requested", node_types=["small", "small"], requestor="zuul-test",
-                    tenant_name="tenant-one"), 200)
-                wait_for(lambda: len(cloud.servers()) == 2, 60, what="two servers building")
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(timeout=60) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with foreground_launcher(config, clouds, log_path) as proc:
+            req = store.create_request(NodeRequest(
+                state="requested", node_types=["small", "small"], requestor="zuul-test",
+                tenant_name="tenant-one"), 200)
+            wait_for(lambda: len(cloud.servers()) == 2, 60, what="two servers building")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
         text = log_path.read_text()
         assert "launcher stopped" in text and "Traceback" not in text
         # ZooKeeper is left consistent: no lock held, nothing half-written.
@@ -192,20 +194,13 @@ def test_sigterm_with_builds_in_flight_stops_cleanly_and_a_restart_resumes(
         # A restart resumes: the request is served (the cloud boots fast now)
         # and the servers of the interrupted builds do not leak.
         cloud.set_server_behaviour(boot_seconds=0.2)
-        with open(log_path, "a") as log:
-            proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
-                                     "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
-            try:
-                done = wait_for(lambda: (r := store.get_request(req.id)) and
-                                r.state == "fulfilled" and r, 90, what="fulfilled after restart")
-                live = {n.external_id for n in store.list_nodes() if n.id in done.nodes}
-                wait_for(lambda: {s["id"] for s in cloud.servers()} == live, 60,
-                         what="only the fulfilled nodes' servers left")
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(timeout=60) == 0
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        with foreground_launcher(config, clouds, log_path) as proc:
+            done = wait_for(lambda: (r := store.get_request(req.id)) and
+                            r.state == "fulfilled" and r, 90, what="fulfilled after restart")
+            live = {n.external_id for n in store.list_nodes() if n.id in done.nodes}
+            wait_for(lambda: {s["id"] for s in cloud.servers()} == live, 60,
+                     what="only the fulfilled nodes' servers left")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
     finally:
         disconnect(client)
