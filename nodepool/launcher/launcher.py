@@ -36,8 +36,8 @@ from nodepool.zk import housekeeping
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.components import (make_pool_id, register_launcher,
                                     register_pool)
-from nodepool.zk.records import DELETING, READY, PoolComponent
-from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
+from nodepool.zk.records import DELETING, READY, Node, PoolComponent
+from nodepool.zk.store import ZooKeeperStore
 
 log = logging.getLogger("nodepool.launcher")
 
@@ -62,6 +62,14 @@ class LoopHealth:
     def ages(self) -> dict[str, float]:
         now = time.monotonic()
         return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
+
+
+def _retire_ready(node: Node, now: float) -> bool:
+    """Still ready and unallocated after locking: mark it for deletion."""
+    if node.state != READY or node.allocated_to:
+        return False
+    node.set_state(DELETING, now)
+    return True
 
 
 class LauncherStartError(Exception):
@@ -367,19 +375,9 @@ class Launcher:
                 continue
             if cache is not None and cache.is_locked(node.id):
                 continue
-            got = self.store.lock_and_read_node(node.id)
-            if got is None:
-                continue
-            fresh, lock = got
-            try:
-                if fresh.state == READY and not fresh.allocated_to:
-                    fresh.set_state(DELETING, now)
-                    self.store.store_node(fresh, lock)
-                    log.info("node %s was ready for longer than max-ready-age", fresh.id)
-            except (RecordChanged, RecordGone):
-                pass
-            finally:
-                lock.release()
+            if self.store.update_unlocked_node(node.id, lambda fresh: _retire_ready(fresh, now),
+                                               "retire"):
+                log.info("node %s was ready for longer than max-ready-age", node.id)
 
     def _housekeeping(self) -> None:
         report = housekeeping.run_housekeeping(

@@ -128,25 +128,19 @@ def deallocate_orphaned_nodes(store: ZooKeeperStore) -> list[str]:
         exists = store.request_exists(node.allocated_to, cached=True)
         if not protocol.needs_deallocation(node, locked, exists):
             continue
-        try:
-            got = store.lock_and_read_node(node.id)
-        except MalformedRecord:
-            continue
-        if got is None:
-            continue
-        fresh, lock = got
-        try:
-            if (fresh.state == READY and fresh.allocated_to is not None
-                    and not store.request_exists(fresh.allocated_to)):
-                old = fresh.allocated_to
-                fresh.allocated_to = None
-                store.store_node(fresh, lock)
-                log.info("deallocated node %s from missing request %s", fresh.id, old)
-                done.append(fresh.id)
-        except (RecordGone, RecordChanged) as e:
-            log.warning("could not deallocate node %s: %s", node.id, e)
-        finally:
-            lock.release()
+        gone_request = []
+
+        def deallocate(fresh: Node) -> bool:
+            if (fresh.state != READY or fresh.allocated_to is None
+                    or store.request_exists(fresh.allocated_to)):
+                return False
+            gone_request.append(fresh.allocated_to)
+            fresh.allocated_to = None
+            return True
+
+        if store.update_unlocked_node(node.id, deallocate, "deallocate"):
+            log.info("deallocated node %s from missing request %s", node.id, gone_request[0])
+            done.append(node.id)
     return done
 
 
@@ -175,23 +169,16 @@ def expire_holds(store: ZooKeeperStore, providers: Collection[str],
             continue
         if cache is not None and cache.is_locked(node.id):
             continue
-        try:
-            got = store.lock_and_read_node(node.id)
-        except MalformedRecord:
-            continue
-        if got is None:
-            continue
-        fresh, lock = got
-        try:
-            if protocol.hold_expired(fresh, now, max_hold_age):
-                fresh.set_state(DELETING, now)
-                store.store_node(fresh, lock)
-                expired.append(fresh.id)
-                log.info("hold of node %s expired", fresh.id)
-        except (RecordGone, RecordChanged) as e:
-            log.warning("could not expire hold of node %s: %s", node.id, e)
-        finally:
-            lock.release()
+
+        def expire(fresh: Node) -> bool:
+            if not protocol.hold_expired(fresh, now, max_hold_age):
+                return False
+            fresh.set_state(DELETING, now)
+            return True
+
+        if store.update_unlocked_node(node.id, expire, "expire the hold of"):
+            expired.append(node.id)
+            log.info("hold of node %s expired", node.id)
     return expired
 
 

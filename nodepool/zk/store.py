@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, NoNodeError, NodeExistsError,
@@ -121,18 +121,56 @@ class ZooKeeperStore:
         cid = self.client.client_id
         return cid[0] if cid else None
 
+    # -- shared plumbing ---------------------------------------------------------
+
+    def _read(self, path: str):
+        """``(data, stat)`` of a znode with content; None if gone or empty."""
+        try:
+            data, stat = self.client.get(path)
+        except NoNodeError:
+            return None
+        return (data, stat) if data else None
+
+    def _children(self, root: str) -> list[str]:
+        try:
+            return sorted(self.client.get_children(root))
+        except NoNodeError:
+            return []
+
+    @staticmethod
+    def _read_all(record_ids: Iterable[str], get: Callable[[str], Any], kind: str) -> list:
+        """Every readable record; malformed ones are logged and skipped."""
+        found = []
+        for record_id in record_ids:
+            try:
+                record = get(record_id)
+            except MalformedRecord as e:
+                log.error("skipping malformed %s %s: %s", kind, e.path, e.reason)
+                continue
+            if record is not None:
+                found.append(record)
+        return found
+
+    def _write(self, path: str, record: Any, kind: str) -> None:
+        """Set the whole record with a version check; updates its version."""
+        try:
+            stat = self.client.set(path, record.to_json(), version=_version(record.version))
+        except NoNodeError:
+            raise RecordGone(f"{kind} {record.id} was deleted") from None
+        except BadVersionError:
+            raise RecordChanged(f"{kind} {record.id} changed since it was read") from None
+        record.version = stat.version
+
     # -- requests ----------------------------------------------------------------
 
     def get_request(self, request_id: str, cached: bool = False) -> NodeRequest | None:
         if cached and self.requests_cache is not None:
             return self.requests_cache.get(request_id)
         path = paths.request_path(request_id)
-        try:
-            data, stat = self.client.get(path)
-        except NoNodeError:
+        got = self._read(path)
+        if got is None:
             return None
-        if not data:
-            return None
+        data, stat = got
         return NodeRequest.from_json(data, request_id, path, stat.version,
                                      stat.ephemeralOwner)
 
@@ -142,25 +180,13 @@ class ZooKeeperStore:
         return self.client.exists(paths.request_path(request_id)) is not None
 
     def request_ids(self) -> list[str]:
-        try:
-            return sorted(self.client.get_children(paths.REQUEST_ROOT))
-        except NoNodeError:
-            return []
+        return self._children(paths.REQUEST_ROOT)
 
     def list_requests(self, cached: bool = False) -> list[NodeRequest]:
         """Every readable request, in the order launchers serve them."""
         if cached and self.requests_cache is not None:
             return sorted_requests(self.requests_cache.values())
-        found = []
-        for rid in self.request_ids():
-            try:
-                req = self.get_request(rid)
-            except MalformedRecord as e:
-                log.error("skipping malformed request %s: %s", e.path, e.reason)
-                continue
-            if req is not None:
-                found.append(req)
-        return sorted_requests(found)
+        return sorted_requests(self._read_all(self.request_ids(), self.get_request, "request"))
 
     def create_request(self, request: NodeRequest, priority: int | str,
                        ephemeral: bool = False) -> NodeRequest:
@@ -192,14 +218,7 @@ class ZooKeeperStore:
     def store_request(self, request: NodeRequest, lock: ZooKeeperLock) -> None:
         """Write the whole request with a version check, holding its lock."""
         _require_lock(lock, paths.request_lock_path(request.id or ""))
-        path = paths.request_path(request.id)
-        try:
-            stat = self.client.set(path, request.to_json(), version=_version(request.version))
-        except NoNodeError:
-            raise RecordGone(f"request {request.id} was deleted") from None
-        except BadVersionError:
-            raise RecordChanged(f"request {request.id} changed since it was read") from None
-        request.version = stat.version
+        self._write(paths.request_path(request.id), request, "request")
 
     def delete_own_request(self, request: NodeRequest) -> bool:
         """Delete one of our min-ready requests.  Requests from anyone else
@@ -224,10 +243,7 @@ class ZooKeeperStore:
         return locks.lock_holders(self.client, paths.request_lock_path(request_id))
 
     def request_lock_ids(self) -> list[str]:
-        try:
-            return sorted(self.client.get_children(paths.REQUEST_LOCK_ROOT))
-        except NoNodeError:
-            return []
+        return self._children(paths.REQUEST_LOCK_ROOT)
 
     # -- nodes ---------------------------------------------------------------------
 
@@ -235,33 +251,19 @@ class ZooKeeperStore:
         if cached and self.nodes_cache is not None:
             return self.nodes_cache.get(node_id)
         path = paths.node_path(node_id)
-        try:
-            data, stat = self.client.get(path)
-        except NoNodeError:
+        got = self._read(path)
+        if got is None:
             return None
-        if not data:
-            return None
+        data, stat = got
         return Node.from_json(data, node_id, path, stat.version)
 
     def node_ids(self) -> list[str]:
-        try:
-            return sorted(self.client.get_children(paths.NODE_ROOT))
-        except NoNodeError:
-            return []
+        return self._children(paths.NODE_ROOT)
 
     def list_nodes(self, cached: bool = False) -> list[Node]:
         if cached and self.nodes_cache is not None:
             return sorted(self.nodes_cache.values(), key=lambda n: n.id or "")
-        found = []
-        for nid in self.node_ids():
-            try:
-                node = self.get_node(nid)
-            except MalformedRecord as e:
-                log.error("skipping malformed node %s: %s", e.path, e.reason)
-                continue
-            if node is not None:
-                found.append(node)
-        return found
+        return self._read_all(self.node_ids(), self.get_node, "node")
 
     def create_node(self, node: Node, now: float | None = None) -> Node:
         """Create a new sequential node znode; sets ``id``, ``version`` and the
@@ -279,14 +281,7 @@ class ZooKeeperStore:
     def store_node(self, node: Node, lock: ZooKeeperLock) -> None:
         """Write the whole node with a version check, holding its lock."""
         _require_lock(lock, paths.node_lock_path(node.id or ""))
-        try:
-            stat = self.client.set(paths.node_path(node.id), node.to_json(),
-                                   version=_version(node.version))
-        except NoNodeError:
-            raise RecordGone(f"node {node.id} was deleted") from None
-        except BadVersionError:
-            raise RecordChanged(f"node {node.id} changed since it was read") from None
-        node.version = stat.version
+        self._write(paths.node_path(node.id), node, "node")
 
     def delete_node(self, node: Node, lock: ZooKeeperLock) -> None:
         """Write ``deleted`` (so a racing locker can tell), then remove the
@@ -358,6 +353,31 @@ class ZooKeeperStore:
             lock.release()
             return None
         return node, lock
+
+    def update_unlocked_node(self, node_id: str, change: Callable[[Node], bool],
+                             what: str) -> Node | None:
+        """Lock without waiting, re-read, and store the node if ``change``
+        (given the fresh record, which it edits) returns True: the re-check
+        after taking the lock.  The stored node, or None when it is locked
+        elsewhere, gone, malformed, changed meanwhile, or ``change`` said no.
+        The lock is always released.  ``what`` names the change for logs."""
+        try:
+            got = self.lock_and_read_node(node_id)
+        except MalformedRecord:
+            return None
+        if got is None:
+            return None
+        fresh, lock = got
+        try:
+            if not change(fresh):
+                return None
+            self.store_node(fresh, lock)
+            return fresh
+        except (RecordGone, RecordChanged) as e:
+            log.warning("could not %s node %s: %s", what, node_id, e)
+            return None
+        finally:
+            lock.release()
 
     # -- components --------------------------------------------------------------------
 

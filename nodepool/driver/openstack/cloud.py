@@ -21,7 +21,7 @@ catalog's early re-read when an image is missing.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from openstack import exceptions as sdk_exc
 
@@ -43,6 +43,19 @@ def _get(proxy, url: str, what: str) -> Any:
     return _check(proxy.get(url, skip_cache=True), what)
 
 
+def _paged(proxy, url: str, key: str, what: str,
+           next_url: Callable[[dict], str | None]) -> list[dict]:
+    """Every item of a paginated listing; stops if a page points back."""
+    items: list[dict] = []
+    seen = set()
+    while url and url not in seen:
+        seen.add(url)
+        body = _get(proxy, url, what)
+        items.extend(body.get(key, []))
+        url = next_url(body)
+    return items
+
+
 def _check(resp, what: str) -> Any:
     sdk_exc.raise_from_response(resp, error_message=what)
     if resp.status_code == 204 or not resp.content:
@@ -58,16 +71,9 @@ class OpenStackCloud:
 
     def list_servers(self) -> list[dict]:
         """All servers of the project: ``GET /servers/detail``, following pages."""
-        servers: list[dict] = []
-        url = "/servers/detail"
-        seen = set()
-        while url and url not in seen:
-            seen.add(url)
-            body = _get(self.conn.compute, url, "listing servers")
-            servers.extend(body.get("servers", []))
-            url = next((link["href"] for link in body.get("servers_links", [])
-                        if link.get("rel") == "next"), None)
-        return servers
+        return _paged(self.conn.compute, "/servers/detail", "servers", "listing servers",
+                      lambda body: next((link["href"] for link in body.get("servers_links", [])
+                                         if link.get("rel") == "next"), None))
 
     def create_server(self, request: dict) -> dict:
         """``POST /servers``; returns nova's short answer (id, links)."""
@@ -111,17 +117,12 @@ class OpenStackCloud:
     # -- image ------------------------------------------------------------
 
     def list_images(self) -> list[dict]:
-        images: list[dict] = []
-        url = "/images?limit=1000"
-        seen = set()
-        while url and url not in seen:
-            seen.add(url)
-            body = _get(self.conn.image, url, "listing images")
-            images.extend(body.get("images", []))
+        def next_url(body: dict) -> str | None:
             # glance's "next" is "/v2/images?marker=..."; the endpoint has /v2.
             nxt = body.get("next")
-            url = nxt[len("/v2"):] if nxt and nxt.startswith("/v2/") else nxt
-        return images
+            return nxt[len("/v2"):] if nxt and nxt.startswith("/v2/") else nxt
+        return _paged(self.conn.image, "/images?limit=1000", "images", "listing images",
+                      next_url)
 
     # -- network ----------------------------------------------------------
 
