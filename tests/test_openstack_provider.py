@@ -766,3 +766,19 @@ def test_flavor_by_min_ram_image_by_id_and_unknown_image(harness, fakecloud_conn
     assert h.cloud.request_count("GET /compute/v2.1/flavors/detail") == 2
     h.finish_deletes([h.delete(n, done[n].info.external_id) for n in good.values()])
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_server_list_follows_nova_pages(make_fakecloud, fakecloud_connect, tmp_path):
+    from nodepool.driver.openstack.cloud import OpenStackCloud, connect
+    cloud = make_fakecloud({"max_page_size": 2})
+    clouds = cloud.write_clouds_yaml(os.path.join(tmp_path, "clouds.yaml"), api_timeout=5)
+    other = fakecloud_connect(cloud)
+    for i in range(5):
+        other.create_server(f"s{i}", image="cirros", flavor="m1.small", wait=False)
+    api = OpenStackCloud(connect("fakecloud", clouds))
+    try:
+        servers = api.list_servers()
+    finally:
+        api.close()
+    assert sorted(s["name"] for s in servers) == [f"s{i}" for i in range(5)]
+    assert cloud.request_count(LIST_ROUTE, 200) == 3   # pages of 2, 2 and 1

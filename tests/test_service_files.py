@@ -57,6 +57,9 @@ def test_nodepool_launcher_logs_through_etc_logging_yaml(tmp_path):
     config = tmp_path / "nodepool.yaml"
     config.write_text(yaml.safe_dump({
         "zookeeper-servers": [{"host": "127.0.0.1", "port": port}],
+        # The status API binds before ZooKeeper is tried: stopping it after
+        # the failed start must not hang.
+        "webapp": {"port": 0},
         "zookeeper-timeout": 1.0, "labels": [], "providers": []}))
     out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-d", "-c", str(config),
                           "-l", LOGGING], capture_output=True, text=True, timeout=120)
