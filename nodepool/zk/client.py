@@ -14,6 +14,8 @@ from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from nodepool.zk.session import SessionTracker
+
 log = logging.getLogger("nodepool.zk")
 
 DEFAULT_SESSION_TIMEOUT = 10.0
@@ -123,6 +125,8 @@ def connect(settings: ZooKeeperSettings, connect_timeout: float | None = None,
             bare.stop()
             bare.close()
     client = make_client(settings)
+    # Track the session from the first state change on (see zk/session.py).
+    SessionTracker.of(client)
     try:
         client.start(timeout=timeout)
     except (KazooTimeoutError, OSError) as e:
