@@ -52,19 +52,55 @@ MAX_READY_AGE_INTERVAL = 30.0
 STATS_INTERVAL = 10.0
 
 
+# A loop that has not finished a pass (or whose passes all failed) for this
+# long is stuck; /health says so.
+LOOP_DEADLINE = 120.0
+
+
 @dataclass
 class LoopHealth:
-    """When each loop last finished a pass, for the health check and dumps."""
+    """When each loop started, last finished a pass, and since when its
+    passes fail, for the health check and dumps."""
 
     last_pass: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    failing_since: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
-    def beat(self, name: str) -> None:
-        self.last_pass[name] = time.monotonic()
+    def start(self, name: str) -> None:
+        self.started.setdefault(name, time.monotonic())
+
+    def beat(self, name: str, ok: bool = True) -> None:
+        now = time.monotonic()
+        self.last_pass[name] = now
+        if ok:
+            self.failing_since.pop(name, None)
+        else:
+            self.failing_since.setdefault(name, now)
+
+    def forget(self, name: str) -> None:
+        for d in (self.last_pass, self.started, self.failing_since, self.errors):
+            d.pop(name, None)
 
     def ages(self) -> dict[str, float]:
         now = time.monotonic()
         return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
+
+    def problems(self, deadline: float = LOOP_DEADLINE) -> list[str]:
+        now = time.monotonic()
+        found = []
+        for name, since in sorted(self.started.items()):
+            last = self.last_pass.get(name)
+            if last is None and now - since > deadline:
+                found.append(f"{name} loop has not finished a pass since it started "
+                             f"{now - since:.0f}s ago")
+            elif last is not None and now - last > deadline:
+                found.append(f"{name} loop has not finished a pass for {now - last:.0f}s")
+        for name, since in sorted(self.failing_since.items()):
+            if now - since > deadline:
+                found.append(f"every pass of the {name} loop has failed for "
+                             f"{now - since:.0f}s")
+        return found
 
 
 def _retire_ready(node: Node, now: float) -> bool:
@@ -143,13 +179,20 @@ class PoolWorker:
         return not self.handler.active_request_ids and not self.handler.orphan_node_ids
 
     def _run(self) -> None:
+        self.launcher.health.start(f"pool {self.name}")
         while not self._stop.is_set():
+            ok = True
             try:
                 self.last_report = self.handler.run_once()
+                # A pass whose every step failed made no progress.
+                ok = not self.last_report.errors or bool(
+                    self.last_report.fulfilled or self.last_report.accepted
+                    or self.last_report.nodes_ready)
                 self.launcher.stats.pool_pass(self.provider_name, self.last_report)
             except Exception:  # noqa: BLE001 - a pass must never kill the worker
+                ok = False
                 log.exception("pool %s: pass failed", self.name)
-            self.launcher.health.beat(f"pool {self.name}")
+            self.launcher.health.beat(f"pool {self.name}", ok)
             self._stop.wait(POOL_INTERVAL)
 
     def stop(self, wait: float) -> None:
@@ -377,6 +420,7 @@ class Launcher:
             if worker.handler.draining and worker.idle:
                 worker.stop(5.0)
                 del self.pool_workers[name]
+                self.health.forget(f"pool {name}")
                 log.info("pool %s drained and stopped", name)
 
     # -- maintenance loop ---------------------------------------------------------
@@ -389,6 +433,7 @@ class Launcher:
         return False
 
     def _maintain(self) -> None:
+        self.health.start("maintenance")
         while not self._stop.is_set():
             if not self.store.connected:
                 # Every task talks to ZooKeeper; while the connection is
@@ -555,6 +600,21 @@ class Launcher:
                 log.warning("node %s: unreadable resources %r; not counted for tenant %s",
                             node.id, node.resources, tenant)
         return total
+
+    def health_problems(self) -> list[str]:
+        """What /health reports; empty when healthy."""
+        problems = []
+        store = self.store
+        if store is None or not store.connected:
+            down = store.session.disconnected_for() if store is not None else 0.0
+            problems.append(f"ZooKeeper connection down for {down:.0f}s (work is paused; "
+                            "the session survives up to zookeeper-timeout)")
+        problems += self.health.problems()
+        for name, provider in list(self.providers.items()):
+            age = provider.tick_age()
+            if age is not None and age > LOOP_DEADLINE:
+                problems.append(f"provider {name} loop has not finished a pass for {age:.0f}s")
+        return problems
 
     def status(self) -> dict:
         return {

@@ -23,27 +23,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nodepool.webapp")
 
-# A loop that has not finished a pass for this long is stuck.
-LOOP_DEADLINE = 120.0
-
-
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     from nodepool.cmd.nodepoolcmd import table
     return table(headers, rows) + "\n"
 
 
 def health(launcher: "Launcher") -> tuple[bool, list[str]]:
-    problems = []
-    if not (launcher.client and launcher.client.connected):
-        problems.append("ZooKeeper connection lost")
-    ages = launcher.health.ages()
-    for name, age in ages.items():
-        if age > LOOP_DEADLINE:
-            problems.append(f"{name} loop has not finished a pass for {age:.0f}s")
-    for name, provider in launcher.providers.items():
-        age = provider.tick_age()
-        if age is not None and age > LOOP_DEADLINE:
-            problems.append(f"provider {name} loop has not finished a pass for {age:.0f}s")
+    problems = launcher.health_problems()
     return not problems, problems
 
 

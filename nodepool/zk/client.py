@@ -105,8 +105,10 @@ def make_client(settings: ZooKeeperSettings, read_only: bool = False) -> KazooCl
         command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=2),
     )
     if settings.tls:
+        # The server's certificate must name the host we connect to, as
+        # for any TLS client; a certificate of another server is refused.
         kwargs.update(use_ssl=True, ca=settings.tls.ca, certfile=settings.tls.cert,
-                      keyfile=settings.tls.key, verify_certs=True)
+                      keyfile=settings.tls.key, verify_certs=True, check_hostname=True)
     return KazooClient(**kwargs)
 
 
