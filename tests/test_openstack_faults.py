@@ -76,3 +76,30 @@ def test_changed_cloud_entry_reconnects(harness, tmp_path):
     # The new connection works.
     (handle,) = h.start(1)
     assert h.finish_builds([handle])[handle].state is BuildState.READY
+
+
+def test_adopted_server_still_counts_for_its_tenant(harness, tmp_path):
+    import dataclasses
+    import math
+
+    from nodepool.quota import QuotaLedger, Resources
+    h = harness()
+    h.wait_available()
+    spec = dataclasses.replace(h.spec(), tenant_name="tenant-one")
+    handle = h.provider.start_build(spec)
+    assert h.finish_builds([handle])[handle].state is BuildState.READY
+    h.provider.stop(wait=5)
+    # A restart: a new ledger and provider adopt the server from nova's list.
+    limits = Resources(instances=5, cores=math.inf, ram=math.inf, volumes=math.inf,
+                       volume_gb=math.inf)
+    ledger = QuotaLedger(tenant_limits={"tenant-one": limits})
+    (tmp_path / "again").mkdir()
+    again = Harness(h.cloud, str(tmp_path / "again"), provider_config(), ledger=ledger)
+    try:
+        def tenant_instances():
+            return ledger.describe()["tenants"]["tenant-one"]["instances"]["used"]
+
+        wait_for(lambda: tenant_instances() == 1, timeout=20,
+                 what="the adopted server to count for tenant-one")
+    finally:
+        again.stop()

@@ -688,8 +688,12 @@ def test_leaked_ports_and_floating_ips_are_deleted_after_two_samples(harness,
     router_port_copy = type(router_port)(**{**router_port.__dict__, "id": "router-port",
                                             "device_id": "router-1",
                                             "device_owner": "network:router_interface"})
+    # An operator's port, made on purpose: no owner, no device.
+    operator_port = type(router_port)(**{**router_port.__dict__, "id": "operator-port",
+                                         "device_id": "", "device_owner": ""})
     with h.cloud.state.lock:
         h.cloud.state.ports["router-port"] = router_port_copy
+        h.cloud.state.ports["operator-port"] = operator_port
     wait_for(lambda: not leaked_ports & {p.id for p in other.network.ports()}, timeout=20,
              what="leaked ports deleted")
     wait_for(lambda: leaked_fip.id not in {f.id for f in other.network.ips()}, timeout=20,
@@ -699,7 +703,8 @@ def test_leaked_ports_and_floating_ips_are_deleted_after_two_samples(harness,
         for _ in range(2):
             mark = sweep.next_at
             wait_for(lambda: sweep.next_at != mark, timeout=10, what="another sample")
-    assert {p.id for p in other.network.ports()} == {building_port.id, "router-port"}
+    assert {p.id for p in other.network.ports()} == {building_port.id, "router-port",
+                                                     "operator-port"}
     assert {f.id for f in other.network.ips()} == {attached.id}
     assert h.provider.port_sweep.deleted == 2 and h.provider.fip_sweep.deleted == 1
     cleanup = h.provider.status()["cleanup"]

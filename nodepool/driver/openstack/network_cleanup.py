@@ -130,7 +130,9 @@ def orphan_port_judge(servers: ServerListCache) -> Judge:
             owner = port.get("device_owner") or ""
             if port.get("status") != "DOWN" or not port.get("id"):
                 continue
-            if owner and not owner.startswith("compute:"):
+            # Only ports nova made for a server: an operator's port with no
+            # owner (made on purpose, attached later) is never ours to delete.
+            if not owner.startswith("compute:"):
                 continue
             if port.get("device_id") and port["device_id"] in snap.servers:
                 continue

@@ -420,7 +420,8 @@ class OpenStackProvider:
         image_cfg = label.cloud_image
         meta = srv.server_metadata(provider=self.name, pool=pool.name,
                                    node_id=machine.spec.node_id, label=machine.spec.label,
-                                   image=image_cfg.name, attempt=machine.attempt)
+                                   image=image_cfg.name, attempt=machine.attempt,
+                                   tenant=machine.spec.tenant_name)
         azs = pool.availability_zones
         az = azs[(int(machine.spec.node_id) if machine.spec.node_id.isdigit() else 0)
                  % len(azs)] if azs else None
@@ -711,6 +712,7 @@ class OpenStackProvider:
             flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
             cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
             self.ledger.adopt(key, provider=self.name, pool=meta[srv.META_POOL], cost=cost,
+                              tenant=meta.get(srv.META_TENANT),
                               server_id=server["id"], deleting=srv.is_deleting(server))
             self._adopted[key] = server["id"]
         for key in list(self._adopted):

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 META_PROVIDER = "nodepool_provider_name"
 META_NODE = "nodepool_node_id"
+META_TENANT = "nodepool_tenant_name"
 META_POOL = "nodepool_pool_name"
 META_LABEL = "nodepool_node_label"
 META_IMAGE = "nodepool_image_name"
@@ -43,9 +44,14 @@ NOVA_METADATA_MAX = 255
 
 
 def server_metadata(*, provider: str, pool: str, node_id: str, label: str,
-                    image: str, attempt: int) -> dict[str, str]:
-    return {META_PROVIDER: provider, META_POOL: pool, META_NODE: node_id,
+                    image: str, attempt: int, tenant: str | None = None) -> dict[str, str]:
+    meta = {META_PROVIDER: provider, META_POOL: pool, META_NODE: node_id,
             META_LABEL: label, META_IMAGE: image, META_ATTEMPT: str(attempt)}
+    if tenant:
+        # So a restarted launcher that adopts the server counts it against
+        # the tenant's resource limits again.
+        meta[META_TENANT] = tenant
+    return meta
 
 
 def create_request(*, name: str, flavor_id: str, image_id: str, metadata: Mapping[str, str],
