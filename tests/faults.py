@@ -138,6 +138,7 @@ class RequestRecord:
     nodes: list[str] = field(default_factory=list)
     failed: bool = False
     returned: bool = False
+    cancelled: bool = False
 
 
 class ZuulLikeWorkload:
@@ -176,10 +177,24 @@ class ZuulLikeWorkload:
     @property
     def done(self) -> bool:
         return len(self.records) >= self.total and all(
-            r.returned or r.failed for r in self.records.values())
+            r.returned or r.failed or r.cancelled for r in self.records.values())
 
     def open_requests(self) -> list[RequestRecord]:
-        return [r for r in self.records.values() if r.fulfilled is None and not r.failed]
+        return [r for r in self.records.values()
+                if r.fulfilled is None and not r.failed and not r.cancelled]
+
+    def cancel(self, n: int) -> list[str]:
+        """Cancel up to ``n`` open requests as Zuul does: delete them."""
+        done = []
+        for rec in self.open_requests()[:n]:
+            rec.cancelled = True
+            try:
+                self.client.delete(f"/nodepool/requests/{rec.id}")
+            except Exception:  # noqa: BLE001 - fulfilled and returned meanwhile
+                rec.cancelled = False
+                continue
+            done.append(rec.id)
+        return done
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -272,12 +287,15 @@ def check_invariants(case: str, workload: ZuulLikeWorkload, cloud,
         time.sleep(0.5)
     records = list(workload.records.values())
     inv: dict[str, tuple[bool, str]] = {}
-    stuck = [r.id for r in records if r.fulfilled is None and not r.failed]
+    cancelled = [r.id for r in records if r.cancelled]
+    stuck = [r.id for r in records if r.fulfilled is None and not r.failed
+             and not r.cancelled]
     failed = [r.id for r in records if r.failed]
+    served = len(records) - len(stuck) - len(failed) - len(cancelled)
     inv["every request fulfilled"] = (not stuck and not failed and len(records) ==
                                       workload.total,
-                                      f"{len(records) - len(stuck) - len(failed)}/"
-                                      f"{workload.total} fulfilled, stuck {stuck}, "
+                                      f"{served}/{workload.total - len(cancelled)} fulfilled "
+                                      f"({len(cancelled)} cancelled), stuck {stuck}, "
                                       f"failed {failed}")
     doubled = {n: r for n, r in workload.node_owners.items() if len(r) > 1}
     inv["no node in two requests"] = (not doubled, f"{doubled}")

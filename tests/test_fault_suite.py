@@ -75,9 +75,11 @@ def test_zookeeper_restarted_with_its_data(tmp_path, make_fakecloud):
 
 
 def test_launcher_killed_while_building_and_restarted(tmp_path, make_fakecloud):
-    def fault(launcher, cloud, **_):
+    """Zuul cancels two requests while the launcher is down."""
+    def fault(launcher, workload, cloud, **_):
         building(cloud)
         launcher.kill9()
+        assert workload.cancel(2)
         launcher.start()
     run_case("launcher kill -9 while building", tmp_path, make_fakecloud, fault)
 

@@ -136,3 +136,36 @@ def _load(tmp_path, data: dict):
     path.write_text(yaml.safe_dump(data))
     config, _ = load_config(str(path), str(tmp_path / "clouds.yaml"))
     return config
+
+
+def test_reload_while_zookeeper_is_unreachable_waits_for_it(tmp_path, make_fakecloud,
+                                                            zk_settings, run_launcher):
+    from nodepool.zk.client import ZooKeeperServer, ZooKeeperSettings
+    from tests.fixtures.tcpproxy import TcpProxy
+    server = zk_settings.servers[0]
+    proxy = TcpProxy(server.host, server.port)
+    try:
+        cloud = make_fakecloud()
+        config = write_config(tmp_path, cloud, zk_settings)
+        data = _config_dict(tmp_path)
+        data["zookeeper-servers"][0]["port"] = proxy.port
+        launcher = run_launcher(_load(tmp_path, data))
+        second = dict(data["providers"][0]["pools"][0], name="second")
+        data["providers"][0]["pools"].append(second)
+        new = _load(tmp_path, data)
+        proxy.cut()
+        wait_for(lambda: not launcher.store.connected, 20, what="the launcher to see the cut")
+        assert launcher.reload(new) is False
+        assert "fake-second" not in launcher.pool_workers
+        proxy.heal()
+        wait_for(lambda: "fake-second" in launcher.pool_workers, 30,
+                 what="the waiting configuration to be applied")
+        assert launcher.config is new
+        wait_for(lambda: launcher.health_problems() == [], 30, what="a healthy launcher")
+        assert config.providers["fake"].pools.keys() == {"main"}
+        # Stopping while ZooKeeper is unreachable must not hang either.
+        proxy.cut()
+        wait_for(lambda: not launcher.store.connected, 20, what="the launcher to see the cut")
+        launcher.stop(wait=10)
+    finally:
+        proxy.close()

@@ -138,6 +138,11 @@ class ComponentRegistration(Generic[C]):
             self._closed = True
             self.client.remove_listener(self._on_state)
             path, self._component.path = self._component.path, None
+            if path and not self._session.connected:
+                # kazoo would queue the delete until the reconnect; the
+                # znode is ephemeral and goes with the session anyway.
+                log.info("not unregistering %s while ZooKeeper is unreachable", path)
+                path = None
             if path:
                 try:
                     self.client.delete(path)
