@@ -34,6 +34,7 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, NodeBuilder)
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.zk.locks import ZooKeeperLock
+from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.records import (ABORTED, BUILDING, DELETED, DELETING, FAILED,
                                  FULFILLED, INIT, NODE_FAILED, PENDING, READY,
                                  REQUESTED,
@@ -170,6 +171,11 @@ class NodeRequestHandler:
     def _guard(self, report: PassReport, what: str, fn: Callable, *args: Any) -> Any:
         try:
             return fn(*args)
+        except DISCONNECT_ERRORS as e:
+            log.warning("pool %s: %s interrupted by a ZooKeeper disconnect (%s); "
+                        "retried on a later pass", self.pool.pool_id, what, type(e).__name__)
+            report.errors.append(f"{what}: {type(e).__name__}")
+            return None
         except Exception as e:  # one bad request or node must not stop the pool
             log.exception("pool %s: error in %s", self.pool.pool_id, what)
             report.errors.append(f"{what}: {e}")

@@ -21,6 +21,7 @@ from nodepool.requests.builder import (DeleteSpec, DeleteState, DeleteStatus,
                                        NodeBuilder)
 from nodepool.zk.housekeeping import abandoned_init, reap_candidates
 from nodepool.zk.locks import ZooKeeperLock
+from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.records import DELETED, DELETING, MalformedRecord, Node
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
@@ -80,6 +81,10 @@ class NodeReaper:
                 continue
             try:
                 self._start(node.id, report)
+            except DISCONNECT_ERRORS as e:
+                log.warning("node %s: deletion not started, ZooKeeper disconnected (%s); "
+                            "retried on a later pass", node.id, type(e).__name__)
+                report.errors.append(f"{node.id}: {type(e).__name__}")
             except Exception as e:
                 log.exception("node %s: error starting its deletion", node.id)
                 report.errors.append(f"{node.id}: {e}")
@@ -120,6 +125,9 @@ class NodeReaper:
         except (RecordGone, RecordChanged):
             lock.release()
             return
+        except DISCONNECT_ERRORS:
+            lock.release()  # deferred until the reconnect; no retry delay
+            raise
         except Exception:
             lock.release()
             self._retry_after[node_id] = self.clock() + self.retry_delay

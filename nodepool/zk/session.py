@@ -16,8 +16,9 @@ stopped): every ephemeral znode of ours is gone.  Only LOST ends a lock.
 
 It also owns the lock contender znodes whose delete failed because the
 connection dropped at that moment (``defer_delete``): they still exist on
-the server while the session lives, so they are deleted again once the
-connection is back; a LOST forgets them (the server removed them).
+the server while the session lives, so they are deleted again as soon as
+the connection is back (a thread started on CONNECTED; the launcher's loops
+also retry); a LOST forgets them (the server removed them).
 
 The state listener runs on kazoo's connection thread, so it only sets
 fields; it never calls ZooKeeper.
@@ -30,10 +31,15 @@ import threading
 import time
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.exceptions import (ConnectionClosedError, ConnectionLoss, KazooException,
+                              NoNodeError, SessionExpiredError)
 from kazoo.protocol.states import KazooState
 
 log = logging.getLogger("nodepool.zk.session")
+
+# What a call raises when the connection drops under it: expected during a
+# blip, logged without a traceback, retried by the next pass.
+DISCONNECT_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
 _ATTRIBUTE = "_nodepool_session_tracker"
 _CREATE = threading.Lock()
@@ -84,6 +90,15 @@ class SessionTracker:
                 # client_id is live here: this callback follows _live.set().
                 self._session_id = _live_session(self.client)
             self._changed.notify_all()
+            retry = state == KazooState.CONNECTED and bool(self._deferred)
+        if retry:
+            # Not on kazoo's connection thread: it must never wait on a call.
+            threading.Thread(target=self.retry_deferred, daemon=True,
+                             name="zk-deferred-deletes").start()
+        if state == KazooState.LOST and getattr(self.client, "_stopped", None) is not None \
+                and self.client._stopped.is_set():
+            log.info("ZooKeeper session closed")
+            return
         if state != previous:
             log.log(logging.WARNING if state != KazooState.CONNECTED else logging.INFO,
                     "ZooKeeper connection %s (session generation %d)",
