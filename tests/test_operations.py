@@ -92,7 +92,7 @@ def test_status_api_endpoints(setup):
     node_id = store.get_request(req.id).nodes[0]
 
     status, body = get(port, "/ready")
-    assert status == 200 and json.loads(body) == {"ready": True}
+    assert status == 200 and body == "OK"
     status, body = get(port, "/health")
     assert status == 200 and json.loads(body)["healthy"] is True
     status, body = get(port, "/node-list.json")
@@ -258,12 +258,13 @@ def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, ma
         path.write_text(yaml.safe_dump(config_data(zk_settings, port)))
         config, _ = load_config(str(path), str(clouds))
         # The daemon's own way to start: a clear error, no traceback, exit 1.
-        out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-d", "-c", str(path),
+        out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-f", "-c", str(path),
                               "--clouds", str(clouds)], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 1, out.stdout + out.stderr
-        assert f"{path}: webapp: cannot listen on 127.0.0.1:{port}" in out.stderr
-        assert "webapp.port" in out.stderr and "Traceback" not in out.stderr
+        # Without -l the foreground launcher logs to stdout, as upstream's.
+        assert f"{path}: webapp: cannot listen on 127.0.0.1:{port}" in out.stdout
+        assert "webapp.port" in out.stdout and "Traceback" not in out.stdout + out.stderr
         launcher = Launcher(config)
         with pytest.raises(Exception, match="webapp.port"):
             launcher.start()
@@ -276,3 +277,27 @@ def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, ma
         assert store.list_requests() == []
     finally:
         disconnect(client)
+
+
+def test_delete_now_deletes_the_server_before_it_returns(setup):
+    store, cloud = setup["store"], setup["cloud"]
+    req = request(store, ["small"])
+    wait_for(lambda: store.get_request(req.id).state == "fulfilled", 30, what="fulfilment")
+    node = store.get_node(store.get_request(req.id).nodes[0])
+    assert node.external_id in {s["id"] for s in cloud.servers()}
+    out = subprocess.run([f"{BIN}/nodepool", "-c", setup["config"], "--clouds",
+                          setup["clouds"], "delete", node.id, "--now"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Done when the command returns: the server is gone and so is the record
+    # (a ready node is nothing the running launcher would delete by itself).
+    assert node.external_id not in {s["id"] for s in cloud.servers()}
+    assert store.get_node(node.id) is None
+    # As upstream, it prints the node's table, which has no row left.
+    lines = out.stdout.splitlines()
+    assert lines[1].split("|")[1].strip() == "ID" and node.id not in out.stdout
+    # An unknown node is a clean error.
+    out = subprocess.run([f"{BIN}/nodepool", "-c", setup["config"], "--clouds",
+                          setup["clouds"], "delete", "9999999999", "--now"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no node with id '9999999999'" in out.stderr
