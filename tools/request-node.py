@@ -4,7 +4,7 @@
     .venv/bin/python tools/request-node.py -c .quickstart/nodepool.yaml ubuntu-jammy [LABEL ...]
 
 It speaks only ZooKeeper, with the project's own records, and follows Zuul's
-steps (see shared/reference/zuul-protocol.md, section 5.2):
+steps (see doc/protocol.rst, "The sequence as Zuul drives it"):
 
 1. create ``/nodepool/requests/<priority>-<seq>`` with ``state: requested``
    and one label per node wanted;
