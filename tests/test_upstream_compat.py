@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -232,3 +233,43 @@ def test_ready_is_503_until_the_launcher_serves(tmp_path, zk_settings):
     finally:
         server.stop()
 
+
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "doc")
+
+
+def documented(page: str, prefix: str) -> list[str]:
+    """The commands of ``page``'s literal blocks that start with ``prefix``."""
+    with open(os.path.join(DOC, page)) as f:
+        return [line.strip() for line in f if line.startswith(f"    {prefix}")]
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_the_documented_status_api_commands_work(status_api):
+    commands = documented("operations.rst", "curl ")
+    assert len(commands) >= 3
+    for command in commands:
+        assert "http://127.0.0.1:8005/" in command
+        out = subprocess.run(command.replace(":8005/", f":{status_api}/"), shell=True,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout, (command, out.stderr)
+        if "Accept: application/json" in command and "/node-list" in command:
+            assert {frozenset(n) for n in json.loads(out.stdout)} == {frozenset(NODE_KEYS)}
+
+
+def test_the_documented_listen_address_change_binds_all_interfaces(tmp_path, zk_settings):
+    # The default keeps the status API local ...
+    config, _ = load_config(write_config(tmp_path, zk_settings))
+    data = yaml.safe_load(open(config.config_file))
+    del data["webapp"]
+    path = tmp_path / "default.yaml"
+    path.write_text(yaml.safe_dump(data))
+    default, _ = load_config(str(path))
+    assert (default.webapp.listen_address, default.webapp.port) == ("127.0.0.1", 8005)
+    # ... and the migration page's one line gives upstream's.
+    with open(os.path.join(DOC, "migration.rst")) as f:
+        assert "``webapp: {listen_address: 0.0.0.0}``" in f.read()
+    data["webapp"] = yaml.safe_load("{listen_address: 0.0.0.0}")
+    path.write_text(yaml.safe_dump(data))
+    changed, _ = load_config(str(path))
+    assert changed.webapp.listen_address == "0.0.0.0"
