@@ -180,3 +180,31 @@ def test_unreachable_zookeeper_fails_within_the_timeout(tmp_path):
     out = nodepool(config, "list")
     assert out.returncode == 1
     assert "could not connect to ZooKeeper" in out.stderr and "within 2s" in out.stderr
+
+
+def test_debug_and_logging_file_options(tmp_path, zk_settings, populated):
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    out = subprocess.run([f"{BIN}/nodepool", "--debug", "-c", config, "list"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and " DEBUG kazoo" in out.stderr, out.stderr
+    quiet = nodepool(config, "list")
+    assert " DEBUG " not in quiet.stderr
+    log_file = tmp_path / "cli.log"
+    for name, text in (("logging.json", json.dumps({
+            "version": 1, "handlers": {"f": {"class": "logging.FileHandler",
+                                             "filename": str(log_file)}},
+            "root": {"level": "DEBUG", "handlers": ["f"]}})),
+            ("logging.ini", "[loggers]\nkeys=root\n[handlers]\nkeys=f\n[formatters]\nkeys=\n"
+                            "[logger_root]\nlevel=DEBUG\nhandlers=f\n[handler_f]\n"
+                            f"class=FileHandler\nargs=({str(log_file)!r},)\n")):
+        log_file.unlink(missing_ok=True)
+        path = tmp_path / name
+        path.write_text(text)
+        out = subprocess.run([f"{BIN}/nodepool", "-l", str(path), "-c", config, "list"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "Connecting to 127.0.0.1" in log_file.read_text(), name
+    out = subprocess.run([f"{BIN}/nodepool", "-l", str(tmp_path / "none.yaml"), "-c", config,
+                          "list"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "none.yaml: logging configuration file not found" in \
+        out.stderr and "Traceback" not in out.stderr

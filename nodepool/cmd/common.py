@@ -56,7 +56,12 @@ def apply_logging_file(path: str) -> None:
         if os.path.splitext(path)[1] in (".yaml", ".yml", ".json"):
             import yaml  # JSON is YAML: one reader for both
             with open(path) as f:
-                logging.config.dictConfig(yaml.safe_load(f))
+                config = yaml.safe_load(f)
+            if isinstance(config, dict):
+                # Which loggers exist before this runs depends on import
+                # order; keep them unless the file says otherwise.
+                config.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(config)
         else:
             logging.config.fileConfig(path, disable_existing_loggers=False)
     except Exception as e:  # noqa: BLE001 - yaml, configparser and dictConfig errors
