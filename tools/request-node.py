@@ -184,8 +184,8 @@ def show(args: argparse.Namespace, nodes: list) -> None:
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return
-    from nodepool.cmd.nodepoolcmd import table
-    print(table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]))
+    from nodepool.tables import render
+    print(render(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]))
 
 
 if __name__ == "__main__":
