@@ -273,3 +273,25 @@ def test_the_documented_listen_address_change_binds_all_interfaces(tmp_path, zk_
     path.write_text(yaml.safe_dump(data))
     changed, _ = load_config(str(path))
     assert changed.webapp.listen_address == "0.0.0.0"
+
+
+@pytest.mark.parametrize("accept, json_wanted", [
+    (None, False), ("*/*", False), ("application/json", True),
+    ("application/json, text/plain", False),          # a tie: upstream's first offer
+    ("text/plain;q=0.5, application/json", True),
+    ("application/*", True), ("text/*;q=0.9, */*;q=0.1", False),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", False),
+])
+def test_content_negotiation_prefers_upstreams_first_offer_on_ties(accept, json_wanted):
+    from nodepool.launcher.webapp import wants_json
+    assert wants_json(accept) is json_wanted
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, None), ("bytes=0-1", (0, 2)), ("bytes=5-", (5, 10)), ("bytes=-3", (7, 10)),
+    ("bytes=8-100", (8, 10)), ("bytes=10-", False), ("bytes=0-1,4-5", None),
+    ("bytes=4-2", None), ("items=0-1", None),
+])
+def test_byte_ranges_of_a_ten_byte_answer(header, expected):
+    from nodepool.launcher.webapp import byte_range
+    assert byte_range(header, 10) == expected
