@@ -9,10 +9,11 @@ timeout, with a clear message, when it cannot.  Tables are upstream's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from nodepool import tables
 from nodepool.cmd.common import (add_config_options, add_version_option,
@@ -111,11 +112,13 @@ def cmd_label_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator_lock(store, node_id: str):
+@contextlib.contextmanager
+def operator_errors() -> Iterator[None]:
+    """An unknown node, or one locked by someone else, is a clean error."""
     from nodepool.zk.locks import LockNotAcquired
     from nodepool.zk.store import RecordNotFound
     try:
-        return store.operator_lock(node_id)
+        yield
     except (RecordNotFound, LockNotAcquired) as e:
         raise CommandError(e.args[0] if e.args else str(e)) from None
 
@@ -127,7 +130,8 @@ def delete_now(config, store, node_id: str, timeout: float = DELETE_NOW_TIMEOUT)
     from nodepool.requests.builder import DeleteSpec, DeleteState
     from nodepool.zk.records import DELETING
 
-    node, lock = _operator_lock(store, node_id)
+    with operator_errors():
+        node, lock = store.operator_lock(node_id)
     try:
         provider = config.providers.get(node.provider)
         if provider is None:
@@ -153,18 +157,13 @@ def delete_now(config, store, node_id: str, timeout: float = DELETE_NOW_TIMEOUT)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from nodepool.zk.locks import LockNotAcquired
-    from nodepool.zk.store import RecordNotFound
-
     config, store = open_store(args, check_clouds=args.now)
     try:
         if args.now:
             delete_now(config, store, args.id)
         else:
-            try:
+            with operator_errors():
                 store.mark_node_deleting(args.id)
-            except (RecordNotFound, LockNotAcquired) as e:
-                raise CommandError(e.args[0] if e.args else str(e)) from None
         # As upstream: the node's row (none left after --now).
         print(tables.view_table(node_view(store, args.id)))
     finally:
@@ -173,15 +172,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    from nodepool.zk.locks import LockNotAcquired
-    from nodepool.zk.store import RecordNotFound
-
     _, store = open_store(args)
     try:
-        try:
+        with operator_errors():
             store.hold_node(args.id, args.reason)
-        except (RecordNotFound, LockNotAcquired) as e:
-            raise CommandError(e.args[0] if e.args else str(e)) from None
         print(tables.view_table(node_view(store, args.id)))
     finally:
         close_store(store)
