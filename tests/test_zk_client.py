@@ -91,3 +91,23 @@ def test_parse_hosts_and_hosts_string():
     assert ZooKeeperSettings(servers).hosts == "zk1:2181,[::1]:2282/nodepool"
     with pytest.raises(ValueError):
         ZooKeeperSettings((ZooKeeperServer("a", 1, "/x"), ZooKeeperServer("b", 1, "/y"))).chroot
+
+
+def test_tls_refuses_a_certificate_of_another_host(zk_tls_settings):
+    """The server's certificate names 127.0.0.1 and localhost; reached as
+    127.0.0.2 (a proxy on another loopback address) it must be refused, and
+    through a proxy on 127.0.0.1 it is accepted."""
+    from tests.fixtures.tcpproxy import TcpProxy
+    server = zk_tls_settings.servers[0]
+    for bind, accepted in (("127.0.0.2", False), ("127.0.0.1", True)):
+        proxy = TcpProxy(server.host, server.port, bind=bind)
+        try:
+            settings = ZooKeeperSettings((ZooKeeperServer(bind, proxy.port, None),),
+                                         tls=zk_tls_settings.tls, session_timeout=4)
+            if accepted:
+                disconnect(connect(settings, connect_timeout=10, ensure_chroot=False))
+            else:
+                with pytest.raises(ZooKeeperUnavailable):
+                    connect(settings, connect_timeout=3, ensure_chroot=False)
+        finally:
+            proxy.close()

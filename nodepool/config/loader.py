@@ -8,6 +8,8 @@ traceback reach the operator for bad input.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import string
@@ -294,8 +296,14 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
             region = cloud.get("region_name") or cloud.get("region-name")
             settings[name] = CloudSettings(name, float(timeout),
-                                           region if isinstance(region, str) else None, path)
+                                           region if isinstance(region, str) else None, path,
+                                           fingerprint=_fingerprint(cloud))
     return cf.problems.items, settings
+
+
+def _fingerprint(cloud: dict) -> str:
+    text = json.dumps(cloud, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def validate(path: str, clouds_path: str | None = None, secure_path: str | None = None,

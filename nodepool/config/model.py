@@ -86,6 +86,9 @@ class CloudSettings:
     api_timeout: float
     region_name: str | None
     clouds_file: str
+    # A digest of the cloud's whole entry (auth included), so a reload can
+    # tell that a password was rotated or an endpoint moved.
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)

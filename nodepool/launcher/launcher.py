@@ -36,7 +36,9 @@ from nodepool.zk import housekeeping
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.components import (make_pool_id, register_launcher,
                                     register_pool)
-from nodepool.zk.records import DELETING, READY, Node, PoolComponent
+from nodepool.zk import paths
+from nodepool.zk.records import (DELETING, READY, MalformedRecord, Node,
+                                 PoolComponent)
 from nodepool.zk.store import ZooKeeperStore
 
 log = logging.getLogger("nodepool.launcher")
@@ -45,23 +47,60 @@ POOL_INTERVAL = 0.5          # a pool worker's pass when nothing changes
 MAINTENANCE_INTERVAL = 1.0
 MIN_READY_INTERVAL = 5.0
 HOUSEKEEPING_INTERVAL = 60.0
+LOST_REQUEST_INTERVAL = 10.0
 MAX_READY_AGE_INTERVAL = 30.0
 STATS_INTERVAL = 10.0
 
 
+# A loop that has not finished a pass (or whose passes all failed) for this
+# long is stuck; /health says so.
+LOOP_DEADLINE = 120.0
+
+
 @dataclass
 class LoopHealth:
-    """When each loop last finished a pass, for the health check and dumps."""
+    """When each loop started, last finished a pass, and since when its
+    passes fail, for the health check and dumps."""
 
     last_pass: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    failing_since: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
-    def beat(self, name: str) -> None:
-        self.last_pass[name] = time.monotonic()
+    def start(self, name: str) -> None:
+        self.started.setdefault(name, time.monotonic())
+
+    def beat(self, name: str, ok: bool = True) -> None:
+        now = time.monotonic()
+        self.last_pass[name] = now
+        if ok:
+            self.failing_since.pop(name, None)
+        else:
+            self.failing_since.setdefault(name, now)
+
+    def forget(self, name: str) -> None:
+        for d in (self.last_pass, self.started, self.failing_since, self.errors):
+            d.pop(name, None)
 
     def ages(self) -> dict[str, float]:
         now = time.monotonic()
         return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
+
+    def problems(self, deadline: float = LOOP_DEADLINE) -> list[str]:
+        now = time.monotonic()
+        found = []
+        for name, since in sorted(self.started.items()):
+            last = self.last_pass.get(name)
+            if last is None and now - since > deadline:
+                found.append(f"{name} loop has not finished a pass since it started "
+                             f"{now - since:.0f}s ago")
+            elif last is not None and now - last > deadline:
+                found.append(f"{name} loop has not finished a pass for {now - last:.0f}s")
+        for name, since in sorted(self.failing_since.items()):
+            if now - since > deadline:
+                found.append(f"every pass of the {name} loop has failed for "
+                             f"{now - since:.0f}s")
+        return found
 
 
 def _retire_ready(node: Node, now: float) -> bool:
@@ -79,7 +118,9 @@ class LauncherStartError(Exception):
 class PoolWorker:
     """One pool: its registration and its request handler's passes."""
 
-    def __init__(self, launcher: "Launcher", provider: Provider, pool: Pool):
+    def __init__(self, launcher: "Launcher", provider: Provider, pool: Pool,
+                 builder=None):
+        """``builder``: the provider, when it is not (yet) the launcher's."""
         self.launcher = launcher
         self.provider_name = provider.name
         self.pool_name = pool.name
@@ -95,7 +136,7 @@ class PoolWorker:
             supported_labels=sorted(pool.labels), priority=provider.pool_priority(pool))
         self.registration = register_pool(launcher.store.client, component)
         self.handler = NodeRequestHandler(launcher.store, self.settings,
-                                          launcher.providers[provider.name],
+                                          builder or launcher.providers[provider.name],
                                           registration=self.registration)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
@@ -117,8 +158,11 @@ class PoolWorker:
             return
         self.settings = settings
         self.handler.pool = settings
-        self.registration.update(supported_labels=sorted(pool.labels),
-                                 priority=provider.pool_priority(pool))
+        try:
+            self.registration.update(supported_labels=sorted(pool.labels),
+                                     priority=provider.pool_priority(pool))
+        except Exception as e:  # noqa: BLE001 - written again by ensure_registered
+            log.warning("pool %s: registration not updated yet (%s); retrying", self.name, e)
         log.info("pool %s: configuration updated", self.name)
 
     def drain(self) -> None:
@@ -135,19 +179,32 @@ class PoolWorker:
         return not self.handler.active_request_ids and not self.handler.orphan_node_ids
 
     def _run(self) -> None:
+        self.launcher.health.start(f"pool {self.name}")
         while not self._stop.is_set():
+            ok = True
             try:
                 self.last_report = self.handler.run_once()
+                # A pass whose every step failed made no progress.
+                ok = not self.last_report.errors or bool(
+                    self.last_report.fulfilled or self.last_report.accepted
+                    or self.last_report.nodes_ready)
                 self.launcher.stats.pool_pass(self.provider_name, self.last_report)
             except Exception:  # noqa: BLE001 - a pass must never kill the worker
+                ok = False
                 log.exception("pool %s: pass failed", self.name)
-            self.launcher.health.beat(f"pool {self.name}")
+            self.launcher.health.beat(f"pool {self.name}", ok)
             self._stop.wait(POOL_INTERVAL)
 
     def stop(self, wait: float) -> None:
-        """Stop taking requests, then let go of every lock."""
+        """Stop taking requests, then let go of every lock (once the pass in
+        progress is over: the handler is not safe to use from two threads)."""
         self._stop.set()
-        self._thread.join(wait)
+        if self._thread.is_alive():
+            self._thread.join(wait)
+        if self._thread.is_alive():
+            log.warning("pool %s: a pass is still running; its locks go with the "
+                        "session", self.name)
+            return
         try:
             self.handler.shutdown()
         finally:
@@ -179,7 +236,9 @@ class Launcher:
         self._maintenance: threading.Thread | None = None
         self._last: dict[str, float] = {}
         self.started = threading.Event()
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.RLock()
+        self._pending_reload: NodepoolConfig | None = None
+        self._seen_pools: set[str | None] = set()
         self.webapp: StatusServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -205,10 +264,7 @@ class Launcher:
             log.warning("ZooKeeper caches are not in sync yet; continuing")
         self.ledger = QuotaLedger(tenant_limits=tenant_limits_from_config(cfg.tenant_limits))
         for name, provider_cfg in cfg.providers.items():
-            provider = self.provider_factory(provider_cfg, self.ledger,
-                                             known_nodes=self._known_nodes,
-                                             tenant_usage=self._tenant_usage_elsewhere,
-                                             **self.provider_options)
+            provider = self._make_provider(provider_cfg)
             provider.start()
             self.providers[name] = provider
         self.reaper = NodeReaper(self.store, self.providers)
@@ -263,57 +319,109 @@ class Launcher:
 
     # -- configuration reload ---------------------------------------------------
 
-    def reload(self, config: NodepoolConfig) -> None:
-        """Apply a new configuration without dropping nodes in flight.
+    def reload(self, config: NodepoolConfig) -> bool:
+        """Apply a new configuration without dropping nodes in flight; all
+        or nothing.  True when applied.
 
         Changed pools keep their id and their accepted requests; removed pools
         stop taking requests, finish the ones they hold and then stop; removed
-        providers keep deleting their nodes.  ZooKeeper settings need a restart.
+        providers keep deleting their nodes.  A provider whose cloud entry
+        changed (a rotated password) reconnects.  ZooKeeper settings need a
+        restart.  Everything that can fail (new providers, new pool
+        registrations) is prepared first; if one step fails, what was
+        prepared is undone and the running configuration stays.  While
+        ZooKeeper is unreachable the new configuration waits and is applied
+        once the connection is back.
         """
         with self._reload_lock:
+            if not self.store.connected:
+                self._pending_reload = config
+                log.warning("ZooKeeper is unreachable; the new configuration is applied "
+                            "once the connection is back")
+                return False
+            self._pending_reload = None
             old = self.config
             if config.zookeeper != old.zookeeper:
                 log.warning("zookeeper settings changed; they apply after a restart")
                 config = dataclasses.replace(config, zookeeper=old.zookeeper)
             if config.webapp != old.webapp:
                 log.warning("webapp settings changed; they apply after a restart")
-            self.config = config
-            self.ledger.set_tenant_limits(tenant_limits_from_config(config.tenant_limits))
-            for name, provider_cfg in config.providers.items():
-                if name in self.providers:
-                    self.providers[name].update_config(provider_cfg)
-                else:
-                    provider = self.provider_factory(provider_cfg, self.ledger,
-                                                     known_nodes=self._known_nodes,
-                                                     tenant_usage=self._tenant_usage_elsewhere,
-                                                     **self.provider_options)
-                    provider.start()
-                    self.providers[name] = provider
-                    self.reaper.builders[name] = provider
-                    log.info("provider %s added", name)
-            wanted = {f"{p.name}-{pool.name}": (p, pool) for p in config.providers.values()
-                      for pool in p.pools.values()}
-            for name, worker in list(self.pool_workers.items()):
-                if name in wanted:
-                    worker.update(*wanted[name])
-                elif not worker.handler.draining:
-                    log.info("pool %s removed from the configuration; draining", name)
-                    worker.drain()
-            for name, (provider_cfg, pool) in wanted.items():
-                if name not in self.pool_workers:
-                    worker = PoolWorker(self, provider_cfg, pool)
-                    self.pool_workers[name] = worker
-                    worker.start()
-                    log.info("pool %s added", name)
+            try:
+                new_providers, new_workers = self._prepare_reload(config)
+            except Exception as e:  # noqa: BLE001 - the running configuration stays
+                log.error("configuration not reloaded, nothing changed: %s: %s",
+                          type(e).__name__, e)
+                return False
+            self._apply_reload(config, new_providers, new_workers)
             for name in sorted(set(old.providers) - set(config.providers)):
                 log.info("provider %s removed; it keeps deleting its nodes", name)
             log.info("configuration reloaded")
+            return True
+
+    def _prepare_reload(self, config: NodepoolConfig
+                        ) -> tuple[dict[str, OpenStackProvider], dict[str, "PoolWorker"]]:
+        """New providers (not started) and new pool workers (registered, not
+        started); undone if any of them fails."""
+        new_providers: dict[str, OpenStackProvider] = {}
+        new_workers: dict[str, PoolWorker] = {}
+        try:
+            for name, provider_cfg in config.providers.items():
+                if name not in self.providers:
+                    new_providers[name] = self._make_provider(provider_cfg)
+            for provider_cfg in config.providers.values():
+                for pool in provider_cfg.pools.values():
+                    name = f"{provider_cfg.name}-{pool.name}"
+                    if name not in self.pool_workers:
+                        new_workers[name] = PoolWorker(
+                            self, provider_cfg, pool,
+                            builder=new_providers.get(provider_cfg.name))
+        except Exception:
+            for worker in new_workers.values():
+                worker.stop(0)
+            for name in new_providers:
+                self.ledger.configure_provider(name, {})
+            raise
+        return new_providers, new_workers
+
+    def _apply_reload(self, config: NodepoolConfig, new_providers: dict,
+                      new_workers: dict) -> None:
+        self.config = config
+        self.ledger.set_tenant_limits(tenant_limits_from_config(config.tenant_limits))
+        for name, provider_cfg in config.providers.items():
+            if name in new_providers:
+                provider = new_providers[name]
+                provider.start()
+                self.providers[name] = provider
+                self.reaper.builders[name] = provider
+                log.info("provider %s added", name)
+            else:
+                self.providers[name].update_config(provider_cfg)
+        wanted = {f"{p.name}-{pool.name}": (p, pool) for p in config.providers.values()
+                  for pool in p.pools.values()}
+        for name, worker in list(self.pool_workers.items()):
+            if name in wanted:
+                worker.update(*wanted[name])
+            elif not worker.handler.draining:
+                log.info("pool %s removed from the configuration; draining", name)
+                worker.drain()
+        for name, worker in new_workers.items():
+            self.pool_workers[name] = worker
+            worker.start()
+            log.info("pool %s added", name)
+
+    def _make_provider(self, provider_cfg: Provider) -> OpenStackProvider:
+        return self.provider_factory(provider_cfg, self.ledger,
+                                     known_nodes=self._known_nodes,
+                                     node_claims_server=self._node_claims_server,
+                                     tenant_usage=self._tenant_usage_elsewhere,
+                                     **self.provider_options)
 
     def _retire_drained_pools(self) -> None:
         for name, worker in list(self.pool_workers.items()):
             if worker.handler.draining and worker.idle:
                 worker.stop(5.0)
                 del self.pool_workers[name]
+                self.health.forget(f"pool {name}")
                 log.info("pool %s drained and stopped", name)
 
     # -- maintenance loop ---------------------------------------------------------
@@ -326,8 +434,18 @@ class Launcher:
         return False
 
     def _maintain(self) -> None:
+        self.health.start("maintenance")
         while not self._stop.is_set():
+            if not self.store.connected:
+                # Every task talks to ZooKeeper; while the connection is
+                # down, calls would queue until it is back.  The session, and
+                # every lock of ours, may survive: wait and carry on.
+                self.health.beat("maintenance")
+                self._stop.wait(MAINTENANCE_INTERVAL)
+                continue
             for name, interval, task in (
+                    ("session", 0, self._session_upkeep),
+                    ("lost requests", 0, self._reset_lost_requests),
                     ("reaper", 0, self._reap),
                     ("drained pools", 0, self._retire_drained_pools),
                     ("min-ready", MIN_READY_INTERVAL, self._min_ready),
@@ -346,6 +464,32 @@ class Launcher:
                     log.exception("maintenance task %s failed", name)
             self.health.beat("maintenance")
             self._stop.wait(MAINTENANCE_INTERVAL)
+
+    def _session_upkeep(self) -> None:
+        """Lock znodes whose delete failed during a disconnect, a launcher
+        registration that could not be made again, a reload that waited."""
+        self.store.session.retry_deferred()
+        if self._launcher_registration is not None:
+            self._launcher_registration.ensure_registered()
+        if self._pending_reload is not None:
+            self.reload(self._pending_reload)
+
+    def _reset_lost_requests(self) -> None:
+        """Requests held by a launcher that is gone go back to ``requested``
+        as soon as that launcher's registration disappears (its session
+        ended), with a periodic pass as a backstop; housekeeping also does
+        it, but only every HOUSEKEEPING_INTERVAL."""
+        pools = {p.path for p in self.store.registered_pools(cached=True)}
+        vanished = self._seen_pools - pools
+        self._seen_pools = pools
+        if not vanished and not self._due("lost requests", LOST_REQUEST_INTERVAL):
+            return
+        ours = {rid for w in list(self.pool_workers.values())
+                for rid in w.handler.active_request_ids}
+        reset = housekeeping.reset_lost_requests(self.store, skip=ours)
+        if reset:
+            log.info("reset %d request(s) of launchers that are gone: %s", len(reset),
+                     ", ".join(reset))
 
     def _reap(self) -> None:
         report = self.reaper.run_once()
@@ -402,10 +546,40 @@ class Launcher:
         """node id -> external id, from ZooKeeper; None if that view is not
         trustworthy (not synced), so the leak cleaner never guesses."""
         store = self.store
-        if store is None or not store.synced or self.client is None \
-                or not self.client.connected:
+        if store is None or not store.synced or not store.connected:
             return None
-        return {n.id: n.external_id for n in store.list_nodes(cached=True)}
+        known = {n.id: n.external_id for n in store.list_nodes(cached=True)}
+        cache = store.nodes_cache
+        if cache is not None:
+            # A record we cannot read still exists: its server is not a leak.
+            for node_id in cache.malformed():
+                known.setdefault(node_id, None)
+        return known
+
+    def _node_claims_server(self, node_id: str | None, server_id: str) -> bool | None:
+        """A fresh read of one node before the leak cleaner deletes its
+        server: True when the node exists and may own the server (its
+        external id is that server, unknown, or unreadable), False when it
+        is gone or owns another server, None when ZooKeeper cannot tell now."""
+        store = self.store
+        if store is None or not store.connected:
+            return None
+        if not node_id:
+            return False
+        try:
+            raw = store.raw_node(node_id)
+        except Exception:  # noqa: BLE001 - e.g. a connection loss, or a junk id
+            log.debug("could not read node %s", node_id, exc_info=True)
+            return None
+        if not raw:
+            return False
+        try:
+            node = Node.from_json(raw, node_id, paths.node_path(node_id))
+        except MalformedRecord as e:
+            log.warning("node %s is malformed (%s); keeping its server %s", node_id,
+                        e.reason, server_id)
+            return True
+        return node.external_id in (None, server_id)
 
     def _tenant_usage_elsewhere(self, tenant: str) -> Resources:
         """What the tenant's nodes of other launchers' providers use, from
@@ -427,6 +601,21 @@ class Launcher:
                 log.warning("node %s: unreadable resources %r; not counted for tenant %s",
                             node.id, node.resources, tenant)
         return total
+
+    def health_problems(self) -> list[str]:
+        """What /health reports; empty when healthy."""
+        problems = []
+        store = self.store
+        if store is None or not store.connected:
+            down = store.session.disconnected_for() if store is not None else 0.0
+            problems.append(f"ZooKeeper connection down for {down:.0f}s (work is paused; "
+                            "the session survives up to zookeeper-timeout)")
+        problems += self.health.problems()
+        for name, provider in list(self.providers.items()):
+            age = provider.tick_age()
+            if age is not None and age > LOOP_DEADLINE:
+                problems.append(f"provider {name} loop has not finished a pass for {age:.0f}s")
+        return problems
 
     def status(self) -> dict:
         return {

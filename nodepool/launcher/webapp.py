@@ -38,24 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nodepool.webapp")
 
-# A loop that has not finished a pass for this long is stuck.
-LOOP_DEADLINE = 120.0
 # Seconds an answer is reused (and the max-age clients are told), as upstream.
 CACHE_EXPIRY = 1
 
 
 def health(launcher: "Launcher") -> tuple[bool, list[str]]:
-    problems = []
-    if not (launcher.client and launcher.client.connected):
-        problems.append("ZooKeeper connection lost")
-    ages = launcher.health.ages()
-    for name, age in ages.items():
-        if age > LOOP_DEADLINE:
-            problems.append(f"{name} loop has not finished a pass for {age:.0f}s")
-    for name, provider in launcher.providers.items():
-        age = provider.tick_age()
-        if age is not None and age > LOOP_DEADLINE:
-            problems.append(f"provider {name} loop has not finished a pass for {age:.0f}s")
+    problems = launcher.health_problems()
     return not problems, problems
 
 

@@ -117,10 +117,12 @@ class DeleteStatus:
 
 @runtime_checkable
 class NodeBuilder(Protocol):
-    def capacity(self, labels: Sequence[str]) -> Capacity:
-        """Could one new server for each label start now?"""
+    def capacity(self, labels: Sequence[str], pool: str | None = None) -> Capacity:
+        """Could one new server for each label start now in ``pool`` (the
+        pool being served; None: the first pool that has the label)?"""
 
-    def tenant_capacity(self, tenant: str | None, labels: Sequence[str]) -> Capacity:
+    def tenant_capacity(self, tenant: str | None, labels: Sequence[str],
+                        pool: str | None = None) -> Capacity:
         """Would the tenant's resource limits take one server per label now
         (WAIT: not now, the request is left for later without pausing the
         pool; NEVER: not even with none of the tenant's servers running)?"""
@@ -129,7 +131,16 @@ class NodeBuilder(Protocol):
         """Begin creating a server; return a handle for ``poll_build``."""
 
     def poll_build(self, handle: Hashable) -> BuildStatus:
-        """Where the build is now; never blocks."""
+        """Where the build is now; never blocks.  A finished build keeps
+        answering the same until ``forget_build``, so a result whose write
+        to ZooKeeper failed can be written again on a later pass."""
+
+    def forget_build(self, handle: Hashable) -> None:
+        """The caller has recorded the final status; drop the build."""
+
+    def cancel_build(self, handle: Hashable, spec: DeleteSpec) -> None:
+        """The node is gone (its znode was removed): stop the build and
+        delete whatever it created, without anyone polling for it."""
 
     def start_delete(self, spec: DeleteSpec) -> Hashable:
         """Begin deleting the node's server; return a handle for ``poll_delete``."""

@@ -8,14 +8,22 @@ for headroom.  Every step is safe to repeat; nothing waits on the cloud or
 on a lock held elsewhere; no thread per node.
 
 What it keeps between passes is only what cannot be re-read: the locks it
-holds and the builder's handles.  After a session loss those locks are gone,
-so everything in flight is dropped; the nodes left ``building`` and unlocked
-are then reaped, and another launcher (or this one) resets the ``pending``
-request (housekeeping).
+holds and the builder's handles.  While the connection to ZooKeeper is down
+(SUSPENDED) the session and its locks may survive, so the handler only skips
+its passes and carries on with the same locks when the connection is back.
+Only when the session is LOST are those locks gone: then everything in
+flight is dropped; the nodes left ``building`` and unlocked are reaped, and
+another launcher (or this one) resets the ``pending`` request.
+
+A write that fails (connection loss, or a lost reply that turns the retry
+into a version conflict) is made again on the next pass: node changes are
+applied to a copy and kept only once stored, and the builder keeps a
+finished build's result until the handler says it is recorded.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,11 +31,12 @@ from typing import Any, Callable, Hashable
 
 from nodepool.requests import protocol
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
-                                       Capacity, NodeBuilder)
+                                       Capacity, DeleteSpec, NodeBuilder)
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.records import (ABORTED, BUILDING, DELETED, DELETING, FAILED,
-                                 INIT, NODE_FAILED, PENDING, READY, REQUESTED,
+                                 FULFILLED, INIT, NODE_FAILED, PENDING, READY,
+                                 REQUESTED,
                                  MalformedRecord, Node, NodeRequest)
 from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
                                ZooKeeperStore)
@@ -81,6 +90,7 @@ class PassReport:
     nodes_failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     paused: bool = False
+    disconnected: bool = False   # ZooKeeper was unreachable: the pass was skipped
 
 
 class NodeRequestHandler:
@@ -95,7 +105,7 @@ class NodeRequestHandler:
         self.clock = clock
         self._active: dict[str, _Active] = {}
         self._orphans: dict[str, _Orphan] = {}
-        self._session: int | None = store.session_id
+        self._generation: int = store.session_generation
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
         self.draining = False
@@ -117,6 +127,13 @@ class NodeRequestHandler:
     def run_once(self) -> PassReport:
         report = PassReport()
         self._check_session()
+        if not self.store.connected:
+            # Calls would only queue until the reconnect; the session and
+            # our locks may well survive, so wait and carry on.
+            report.disconnected = True
+            report.paused = self.paused
+            return report
+        self.store.session.retry_deferred()
         if self.registration is not None:
             self._guard(report, "registration", self.registration.ensure_registered)
         for request_id in list(self._active):
@@ -159,15 +176,15 @@ class NodeRequestHandler:
             return None
 
     def _check_session(self) -> None:
-        session = self.store.session_id
-        if session == self._session:
+        generation = self.store.session_generation
+        if generation == self._generation:
             return
         if self._active or self._orphans:
-            log.warning("pool %s: ZooKeeper session changed; dropping %d request(s) and "
+            log.warning("pool %s: ZooKeeper session expired; dropping %d request(s) and "
                         "%d orphan build(s) whose locks are gone", self.pool.pool_id,
                         len(self._active), len(self._orphans))
         self._forget_everything()
-        self._session = session
+        self._generation = generation
 
     def _publish_paused(self) -> None:
         if self.registration.component.paused != self.paused:
@@ -244,7 +261,8 @@ class NodeRequestHandler:
 
     def _tenant_capacity(self, request) -> Capacity:
         try:
-            return self.builder.tenant_capacity(request.tenant_name, list(request.node_types))
+            return self.builder.tenant_capacity(request.tenant_name, list(request.node_types),
+                                                pool=self.pool.pool_name)
         except Exception:
             log.exception("pool %s: tenant capacity check failed; treating as no headroom",
                           self.pool.pool_id)
@@ -252,7 +270,7 @@ class NodeRequestHandler:
 
     def _capacity(self, labels) -> Capacity:
         try:
-            return self.builder.capacity(list(labels))
+            return self.builder.capacity(list(labels), pool=self.pool.pool_name)
         except Exception:
             log.exception("pool %s: capacity check failed; treating as no headroom",
                           self.pool.pool_id)
@@ -319,8 +337,10 @@ class NodeRequestHandler:
                 return True
         if slot.node.state == INIT:
             # Building only once locked: unlocked building nodes get reaped.
-            slot.node.set_state(BUILDING, self._now())
-            self.store.store_node(slot.node, slot.lock)
+            building = copy.deepcopy(slot.node)
+            building.set_state(BUILDING, self._now())
+            self.store.store_locked_node(building, slot.lock)
+            slot.node = building
         if not slot.building:
             spec = BuildSpec(node_id=slot.node.id, label=slot.label,
                              provider_name=self.pool.provider_name,
@@ -390,17 +410,33 @@ class NodeRequestHandler:
         return node
 
     def _poll(self, slot: _Slot, report: PassReport) -> None:
+        if not self.store.node_exists(slot.node.id, cached=True) \
+                and not self.store.node_exists(slot.node.id):
+            # Removed by hand or by another tool: nothing records the server
+            # any more, so stop the build and delete what it made; the
+            # request gets a new node.
+            log.warning("node %s: its znode was removed while building; cancelling "
+                        "the build", slot.node.id)
+            self._cancel_build(slot.node, slot.handle)
+            slot.lock.release()
+            report.nodes_failed.append(slot.node.id)
+            slot.node = slot.lock = slot.handle = None
+            slot.building = False
+            return
         try:
             status = self.builder.poll_build(slot.handle)
         except Exception as e:
             log.exception("node %s: polling the build failed", slot.node.id)
             status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
         try:
-            self._apply_status(slot.node, slot.lock, status)
+            slot.node = self._apply_status(slot.node, slot.lock, status)
         except RecordGone:
-            # Removed under our lock (forcibly, by an operator): count it failed.
+            # Removed under our lock (forcibly, by an operator): the next
+            # pass cancels the build.
             log.warning("node %s: vanished while building", slot.node.id)
-            status = BuildStatus(BuildState.FAILED, reason="node znode vanished")
+            return
+        if status.state is not BuildState.BUILDING:
+            self._forget_build(slot.handle)
         if status.state is BuildState.READY:
             slot.ready = True
             report.nodes_ready.append(slot.node.id)
@@ -416,22 +452,42 @@ class NodeRequestHandler:
             slot.node = slot.lock = slot.handle = None
             slot.building = False
 
-    def _apply_status(self, node: Node, lock: ZooKeeperLock, status: BuildStatus) -> None:
-        """Record what the builder said; only writes when something changed."""
-        before = node.to_dict()
+    def _forget_build(self, handle: Hashable) -> None:
+        try:
+            self.builder.forget_build(handle)
+        except Exception:  # noqa: BLE001 - bookkeeping only
+            log.exception("pool %s: forgetting build %s failed", self.pool.pool_id, handle)
+
+    def _cancel_build(self, node: Node, handle: Hashable) -> None:
+        spec = DeleteSpec(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
+                          labels=tuple(node.type), external_id=node.external_id,
+                          state=node.state)
+        try:
+            self.builder.cancel_build(handle, spec)
+        except Exception:  # noqa: BLE001 - the leak cleaner is the backstop
+            log.exception("node %s: cancelling the build failed", node.id)
+
+    def _apply_status(self, node: Node, lock: ZooKeeperLock, status: BuildStatus) -> Node:
+        """Record what the builder said; only writes when something changed.
+
+        The change is made on a copy, returned once stored: when the write
+        fails the caller keeps the old record and the next pass writes it."""
+        draft = copy.deepcopy(node)
         for key, value in status.info.known().items():
-            setattr(node, key, value)
+            setattr(draft, key, value)
         new_state = {BuildState.READY: READY, BuildState.FAILED: NODE_FAILED,
-                     BuildState.ABORTED: ABORTED}.get(status.state, node.state)
-        if new_state != node.state:
-            node.set_state(new_state, self._now())
+                     BuildState.ABORTED: ABORTED}.get(status.state, draft.state)
+        if new_state != draft.state:
+            draft.set_state(new_state, self._now())
             if status.reason:
-                log.info("node %s: %s (%s)", node.id, new_state, status.reason)
-        if node.to_dict() != before:
-            self.store.store_node(node, lock)
+                log.info("node %s: %s (%s)", draft.id, new_state, status.reason)
+        if draft.to_dict() != node.to_dict():
+            self.store.store_locked_node(draft, lock)
+        return draft
 
     def _fail_node(self, slot: _Slot, reason: str, report: PassReport) -> None:
-        self._apply_status(slot.node, slot.lock, BuildStatus(BuildState.FAILED, reason=reason))
+        slot.node = self._apply_status(slot.node, slot.lock,
+                                       BuildStatus(BuildState.FAILED, reason=reason))
         slot.failed = True
         report.nodes_failed.append(slot.node.id)
         slot.lock.release()
@@ -443,6 +499,11 @@ class NodeRequestHandler:
         request = self.store.get_request(request_id)
         if request is None:
             self._vanished(active, report)
+            return
+        node_ids = [s.node.id for s in active.slots]
+        if request.state == FULFILLED and request.nodes == node_ids:
+            # Our own write landed but its reply was lost.
+            self._finish_fulfilled(active, report)
             return
         if request.state != PENDING:
             log.error("request %s: expected pending while locked, found %s; giving it up",
@@ -458,7 +519,7 @@ class NodeRequestHandler:
                 if slot.lock is not None:
                     slot.lock.release()
             active.nodes_released = True
-        protocol.apply_fulfil(request, [s.node.id for s in active.slots], self._now())
+        protocol.apply_fulfil(request, node_ids, self._now())
         try:
             self.store.store_request(request, active.lock)
         except RecordGone:
@@ -466,10 +527,15 @@ class NodeRequestHandler:
             return
         except RecordChanged:
             return  # re-read and try again next pass
+        self._finish_fulfilled(active, report)
+
+    def _finish_fulfilled(self, active: _Active, report: PassReport) -> None:
+        request_id = active.request.id
         active.lock.release()
         del self._active[request_id]
         report.fulfilled.append(request_id)
-        log.info("request %s: fulfilled with %s", request_id, ", ".join(request.nodes))
+        log.info("request %s: fulfilled with %s", request_id,
+                 ", ".join(s.node.id for s in active.slots))
 
     def _decline_active(self, active: _Active, reason: str, report: PassReport) -> None:
         request_id = active.request.id
@@ -556,17 +622,28 @@ class NodeRequestHandler:
         if not orphan.lock.held:
             del self._orphans[node_id]
             return
+        if not self.store.node_exists(node_id, cached=True) \
+                and not self.store.node_exists(node_id):
+            log.warning("node %s: its znode was removed while building; cancelling "
+                        "the build", node_id)
+            self._cancel_build(orphan.node, orphan.handle)
+            orphan.lock.release()
+            del self._orphans[node_id]
+            return
         try:
             status = self.builder.poll_build(orphan.handle)
         except Exception as e:
             status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
+        draft = orphan.node
         if status.state is BuildState.READY:
-            orphan.node.allocated_to = None
+            draft = copy.deepcopy(orphan.node)
+            draft.allocated_to = None
         try:
-            self._apply_status(orphan.node, orphan.lock, status)
+            orphan.node = self._apply_status(draft, orphan.lock, status)
         except RecordGone:
-            status = BuildStatus(BuildState.FAILED)
+            return  # the next pass cancels the build
         if status.state is not BuildState.BUILDING:
+            self._forget_build(orphan.handle)
             orphan.lock.release()
             del self._orphans[node_id]
 

@@ -175,6 +175,22 @@ def is_reapable(node: Node, locked: bool, providers: Collection[str]) -> bool:
             and node.provider in providers)
 
 
+# A node in ``init`` belongs to the pool worker that created it, which locks
+# it at once; one still unlocked after this long was abandoned (its launcher
+# died or lost its session between creating and locking it).
+INIT_GRACE = 60.0
+
+
+def is_abandoned_init(node: Node, locked: bool, request_exists: bool, now: float,
+                      providers: Collection[str], grace: float = INIT_GRACE) -> bool:
+    """An unlocked ``init`` node of ours whose request is gone (a min-ready
+    request vanishes with its launcher's session), old enough that nobody
+    is about to lock it: the reaper deletes it."""
+    return (not locked and node.state == INIT and node.provider in providers
+            and not request_exists
+            and now - (node.state_time or node.created_time or now) >= grace)
+
+
 def needs_deallocation(node: Node, locked: bool, request_exists: bool) -> bool:
     """An unlocked ``ready`` node reserved for a request that is gone."""
     return (not locked and node.state == READY and node.allocated_to is not None

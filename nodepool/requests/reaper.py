@@ -19,7 +19,7 @@ from typing import Callable, Hashable, Mapping
 from nodepool.requests import protocol
 from nodepool.requests.builder import (DeleteSpec, DeleteState, DeleteStatus,
                                        NodeBuilder)
-from nodepool.zk.housekeeping import reap_candidates
+from nodepool.zk.housekeeping import abandoned_init, reap_candidates
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.records import DELETED, DELETING, MalformedRecord, Node
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
@@ -40,6 +40,7 @@ class ReapReport:
     deleted: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    disconnected: bool = False
 
 
 class NodeReaper:
@@ -60,6 +61,12 @@ class NodeReaper:
 
     def run_once(self) -> ReapReport:
         report = ReapReport()
+        if not self.store.connected:
+            # Deletes in flight keep their locks while the session may
+            # survive; nothing is started or finished until the reconnect.
+            report.disconnected = True
+            return report
+        self.store.session.retry_deferred()
         for node_id in list(self._deleting):
             try:
                 self._poll(node_id, report)
@@ -97,7 +104,8 @@ class NodeReaper:
             self.store.delete_node(node, lock)
             report.deleted.append(node_id)
             return
-        if not protocol.is_reapable(node, False, self.builders):
+        if not (protocol.is_reapable(node, False, self.builders)
+                or abandoned_init(self.store, node, self.builders)):
             lock.release()
             return
         previous = node.state
@@ -123,7 +131,7 @@ class NodeReaper:
     def _poll(self, node_id: str, report: ReapReport) -> None:
         item = self._deleting[node_id]
         if not item.lock.held:
-            # Session lost: another pass (or launcher) picks it up again.
+            # Session expired: another pass (or launcher) picks it up again.
             del self._deleting[node_id]
             return
         try:

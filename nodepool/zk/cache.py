@@ -107,6 +107,11 @@ class RecordCache(Generic[T]):
         with self._lock:
             return bool(self._contenders.get(name))
 
+    def has_znode(self, name: str) -> bool:
+        """A child with content, readable or malformed, as last seen."""
+        with self._lock:
+            return name in self._records or name in self._malformed
+
     def malformed(self) -> dict[str, str]:
         """Children whose content could not be parsed: name -> reason."""
         with self._lock:

@@ -14,6 +14,8 @@ from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from nodepool.zk.session import SessionTracker
+
 log = logging.getLogger("nodepool.zk")
 
 DEFAULT_SESSION_TIMEOUT = 10.0
@@ -103,8 +105,10 @@ def make_client(settings: ZooKeeperSettings, read_only: bool = False) -> KazooCl
         command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=2),
     )
     if settings.tls:
+        # The server's certificate must name the host we connect to, as
+        # for any TLS client; a certificate of another server is refused.
         kwargs.update(use_ssl=True, ca=settings.tls.ca, certfile=settings.tls.cert,
-                      keyfile=settings.tls.key, verify_certs=True)
+                      keyfile=settings.tls.key, verify_certs=True, check_hostname=True)
     return KazooClient(**kwargs)
 
 
@@ -123,6 +127,8 @@ def connect(settings: ZooKeeperSettings, connect_timeout: float | None = None,
             bare.stop()
             bare.close()
     client = make_client(settings)
+    # Track the session from the first state change on (see zk/session.py).
+    SessionTracker.of(client)
     try:
         client.start(timeout=timeout)
     except (KazooTimeoutError, OSError) as e:

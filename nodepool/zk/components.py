@@ -26,6 +26,7 @@ from kazoo.exceptions import BadVersionError, KazooException, NoNodeError
 from kazoo.protocol.states import KazooState
 
 from nodepool.zk import paths
+from nodepool.zk.session import SessionTracker
 from nodepool.zk.records import (LauncherComponent, MalformedRecord,
                                  PoolComponent, component_from_json)
 
@@ -50,7 +51,9 @@ class ComponentRegistration(Generic[C]):
         self.client = client
         self._component = dataclasses.replace(component)
         self._lock = threading.RLock()
-        self._session: int | None = None
+        self._session = SessionTracker.of(client)
+        self._generation: int | None = None   # the session generation registered in
+        self._unwritten = False
         self._closed = False
         self.registrations = 0  # how many znodes we created (for operators and tests)
         client.add_listener(self._on_state)
@@ -70,25 +73,32 @@ class ComponentRegistration(Generic[C]):
             if self._closed:
                 raise RuntimeError("registration was closed")
             root = paths.component_root(self._component.kind)
+            generation = self._session.generation
             path, stat = self.client.create(
                 f"{root}/{self._component.hostname}", self._component.to_json(),
                 ephemeral=True, sequence=True, makepath=True, include_data=True)
             self._component.path = path
             self._component.zversion = stat.version
-            self._session = _session_id(self.client)
+            self._generation = generation
+            self._unwritten = False
             self.registrations += 1
             log.info("registered %s component at %s", self._component.kind, path)
             return path
 
     def ensure_registered(self) -> bool:
-        """Register again if the session changed or the znode is gone.
+        """Register again if the session was lost or the znode is gone.
 
-        Returns True when it created a new znode."""
+        Returns True when it created a new znode.  While disconnected it
+        does nothing: the session, and the znode with it, may survive, and
+        registering again then would leave two."""
         with self._lock:
-            if self._closed:
+            if self._closed or not self._session.connected:
                 return False
-            if self._session == _session_id(self.client) and self._component.path \
+            if self._generation == self._session.generation and self._component.path \
                     and self.client.exists(self._component.path):
+                if self._unwritten:
+                    self._write()
+                    self._unwritten = False
                 return False
             return bool(self.register())
 
@@ -96,10 +106,14 @@ class ComponentRegistration(Generic[C]):
         """Change attributes and write them with a version check."""
         with self._lock:
             updated = dataclasses.replace(self._component, **changes)
-            if updated.to_dict() == self._component.to_dict():
+            if updated.to_dict() == self._component.to_dict() and not self._unwritten:
                 return
             self._component = updated
+            # Kept until a write succeeds, so a change made while the
+            # connection was down is written by the next update or check.
+            self._unwritten = True
             self._write()
+            self._unwritten = False
 
     def _write(self) -> None:
         comp = self._component
@@ -135,7 +149,7 @@ class ComponentRegistration(Generic[C]):
     def _on_state(self, state) -> None:
         # Runs on kazoo's connection thread: never call ZooKeeper here.
         if state == KazooState.CONNECTED and not self._closed and self.registrations:
-            if _session_id(self.client) != self._session:
+            if self._session.generation != self._generation:
                 threading.Thread(target=self._reregister, daemon=True,
                                  name="component-reregister").start()
 
@@ -145,11 +159,6 @@ class ComponentRegistration(Generic[C]):
         except KazooException as e:
             # The loop's ensure_registered() call will try again.
             log.warning("could not re-register %s: %s", self._component.kind, e)
-
-
-def _session_id(client: KazooClient) -> int | None:
-    cid = client.client_id
-    return cid[0] if cid else None
 
 
 def register_pool(client: KazooClient, component: PoolComponent

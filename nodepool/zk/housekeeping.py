@@ -24,8 +24,8 @@ from kazoo.exceptions import NoNodeError, NotEmptyError
 
 from nodepool.requests import protocol
 from nodepool.zk import paths
-from nodepool.zk.records import (DELETING, PENDING, READY, MalformedRecord,
-                                 Node)
+from nodepool.zk.records import (DELETING, INIT, PENDING, READY,
+                                 MalformedRecord, Node)
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
 log = logging.getLogger("nodepool.zk.housekeeping")
@@ -36,12 +36,19 @@ log = logging.getLogger("nodepool.zk.housekeeping")
 STALE_LOCK_AGE = 8 * 3600.0
 
 
-def reset_lost_requests(store: ZooKeeperStore, now: float | None = None) -> list[str]:
+def reset_lost_requests(store: ZooKeeperStore, now: float | None = None,
+                        skip: Collection[str] = ()) -> list[str]:
     """``pending`` requests nobody holds the lock of: unallocate their nodes
-    (leaked ``init`` nodes become ``deleting``), then back to ``requested``."""
+    (leaked ``init`` nodes become ``deleting``), then back to ``requested``.
+
+    ``skip``: requests this process holds.  A request whose lock has a
+    contender is left alone without trying the lock (a read, not a write),
+    so the pass is cheap enough to run often."""
     reset = []
     for request in store.list_requests(cached=True):
-        if request.state != PENDING:
+        if request.state != PENDING or request.id in skip:
+            continue
+        if store.request_lock_holders(request.id):
             continue
         lock = store.try_lock_request(request.id)
         if lock is None:
@@ -182,17 +189,36 @@ def expire_holds(store: ZooKeeperStore, providers: Collection[str],
     return expired
 
 
-def reap_candidates(store: ZooKeeperStore, providers: Collection[str]) -> list[Node]:
+def reap_candidates(store: ZooKeeperStore, providers: Collection[str],
+                    now: float | None = None) -> list[Node]:
     """Nodes of ``providers`` the reaper should delete, as last seen: unlocked
-    and in a state nobody works on (see protocol.REAPABLE_STATES)."""
+    and in a state nobody works on (see protocol.REAPABLE_STATES), or left
+    in ``init`` by a pool worker that is gone (protocol.is_abandoned_init)."""
+    now = time.time() if now is None else now
     cache = store.nodes_cache
     found = []
     for node in store.list_nodes(cached=True):
         locked = (cache.is_locked(node.id) if cache is not None
                   else store.node_locked(node.id))
-        if protocol.is_reapable(node, locked, providers):
+        if protocol.is_reapable(node, locked, providers) or \
+                (node.state == INIT and protocol.is_abandoned_init(
+                    node, locked, _request_exists(store, node.allocated_to, cached=True),
+                    now, providers)):
             found.append(node)
     return found
+
+
+def _request_exists(store: ZooKeeperStore, request_id: str | None, cached: bool) -> bool:
+    return request_id is not None and store.request_exists(request_id, cached=cached)
+
+
+def abandoned_init(store: ZooKeeperStore, node: Node, providers: Collection[str],
+                   now: float | None = None) -> bool:
+    """``protocol.is_abandoned_init`` for a node we just locked and re-read,
+    checking its request afresh."""
+    now = time.time() if now is None else now
+    return node.state == INIT and protocol.is_abandoned_init(
+        node, False, _request_exists(store, node.allocated_to, cached=False), now, providers)
 
 
 @dataclass

@@ -7,21 +7,28 @@ sequence holds the lock.  We use the same recipe on exactly those paths.
 
 kazoo's non-blocking ``acquire`` still retries forever while the connection
 is down; every acquisition here passes a deadline so a launcher loop never
-hangs on an unreachable ensemble.  A lock is only good for the session that
-took it: after a session loss its contender znode is gone although kazoo's
-object still says ``is_acquired``; ``ZooKeeperLock.held`` accounts for that.
+hangs on an unreachable ensemble.
+
+A lock lives as long as the session that took it, not as long as the
+connection: while kazoo is SUSPENDED the contender znode is still ours and
+the lock still held; only a LOST session ends it (``SessionTracker``).  A
+release that fails because the connection dropped at that moment leaves the
+contender on the server, so its delete is retried once the connection is
+back instead of leaving the lock taken by nobody.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Callable, Iterable
+from typing import Iterable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
 from kazoo.recipe.lock import Lock
 from kazoo.retry import KazooRetry
+
+from nodepool.zk.session import SessionTracker
 
 log = logging.getLogger("nodepool.zk.locks")
 
@@ -48,29 +55,42 @@ def contenders(children: Iterable[str]) -> list[str]:
 class ZooKeeperLock:
     """A lock this process holds, tied to the session that took it."""
 
-    def __init__(self, lock: Lock, session_id: int, session_of: Callable[[], int | None]):
+    def __init__(self, lock: Lock, session: SessionTracker, generation: int):
         self._lock = lock
         self.path: str = lock.path
-        self.session_id = session_id
-        self._session_of = session_of
+        self._session = session
+        self.generation = generation
 
     @property
     def held(self) -> bool:
-        return self._lock.is_acquired and self._session_of() == self.session_id
+        """Until released or the session is LOST; a mere disconnect keeps it."""
+        return self._lock.is_acquired and self._session.generation == self.generation
 
     def release(self) -> None:
-        """Release; never raises (a lost session already released it)."""
+        """Release; never raises.  A lost session already released it; a
+        dropped connection makes the delete happen after the reconnect."""
         if not self._lock.is_acquired:
             return
-        if self._session_of() != self.session_id:
+        if self._session.generation != self.generation:
             # The contender znode died with the old session.
-            self._lock.is_acquired = False
+            self.forget()
+            return
+        node = self._lock.node
+        if not self._session.connected:
+            # kazoo would queue the delete until the reconnect; a loop must
+            # not wait that long for a release.
+            if node:
+                self._session.defer_delete(f"{self.path}/{node}", self.generation)
+            self.forget()
             return
         try:
             self._lock.release()
         except (KazooException, NoNodeError) as e:
-            log.warning("could not release lock %s: %s", self.path, e)
-            self._lock.is_acquired = False
+            log.warning("could not release lock %s now (%s); retrying after the reconnect",
+                        self.path, e or type(e).__name__)
+            if node:
+                self._session.defer_delete(f"{self.path}/{node}", self.generation)
+            self.forget()
 
     def forget(self) -> None:
         """The contender znode was removed with its parent (recursive delete)."""
@@ -79,11 +99,6 @@ class ZooKeeperLock:
 
     def __repr__(self) -> str:
         return f"<ZooKeeperLock {self.path} held={self.held}>"
-
-
-def _session_id(client: KazooClient) -> int | None:
-    cid = client.client_id
-    return cid[0] if cid else None
 
 
 def try_lock(client: KazooClient, path: str, identifier: str | None = None,
@@ -115,21 +130,38 @@ def _acquire(client: KazooClient, path: str, identifier: str | None,
             kazoo_lock._retry = KazooRetry(
                 max_tries=_tries_within(timeout), delay=0.1, backoff=2, max_delay=2.0,
                 sleep_func=client.handler.sleep_func)
+    session = SessionTracker.of(client)
+    generation = session.generation
     try:
         acquired = kazoo_lock.acquire(blocking=blocking,
                                       timeout=timeout if blocking else None)
     except LockTimeout:
+        _clean_up_attempt(kazoo_lock, session, generation)
         return None
     except KazooException as e:
-        log.warning("could not lock %s: %s", path, e)
+        log.warning("could not lock %s: %s", path, e or type(e).__name__)
+        _clean_up_attempt(kazoo_lock, session, generation)
         return None
     if not acquired:
         return None
-    session = _session_id(client)
-    if session is None:
-        kazoo_lock.is_acquired = False
+    if session.generation != generation:
+        # The session was lost while we waited: the contender, if any, is
+        # of the new session; give it back rather than trust it.
+        try:
+            kazoo_lock.release()
+        except KazooException:
+            _clean_up_attempt(kazoo_lock, session, session.generation)
         return None
-    return ZooKeeperLock(kazoo_lock, session, lambda: _session_id(client))
+    return ZooKeeperLock(kazoo_lock, session, generation)
+
+
+def _clean_up_attempt(kazoo_lock: Lock, session: SessionTracker, generation: int) -> None:
+    """kazoo removes the contender of a failed attempt on a best-effort
+    basis; when the connection is down that fails and the contender would
+    block the lock for as long as our session lives."""
+    if kazoo_lock.node:
+        session.defer_delete(f"{kazoo_lock.path}/{kazoo_lock.node}", generation)
+    kazoo_lock.is_acquired = False
 
 
 def _tries_within(seconds: float) -> int:

@@ -6,13 +6,18 @@ read: the ones it knows, plus any others (``extra``), so data a newer peer
 added survives our rewrite.  ``requestor_data`` is never looked into.
 
 Parsing is strict about what the launcher acts on (``state`` must be a known
-state, lists must be lists of strings) and raises ``MalformedRecord`` naming
-the znode path; callers log and skip such records.  Pure: no I/O here.
+state, lists must be lists of strings, numbers finite, the fields the
+launcher and the CLI read of the types upstream writes) and raises
+``MalformedRecord`` naming the znode path for anything else; no other
+exception escapes a parser, whatever the bytes.  Callers log and skip such
+records.  Pure: no I/O here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -66,12 +71,38 @@ def decode_json(path: str, data: bytes | None) -> dict:
     if not data:
         raise MalformedRecord(path, "empty znode")
     try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        value = json.loads(data.decode("utf-8"), parse_constant=_no_constant,
+                           parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise MalformedRecord(path, f"invalid JSON: {e}") from None
     if not isinstance(value, dict):
         raise MalformedRecord(path, f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON and which
+    # no peer writes; a time or limit of NaN would poison every comparison.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+@contextlib.contextmanager
+def _reading(path: str):
+    """Any failure while reading a record becomes ``MalformedRecord``: data
+    written by hand or by another tool may hold anything."""
+    try:
+        yield
+    except MalformedRecord:
+        raise
+    except Exception as e:  # noqa: BLE001 - junk data, reported with its path
+        raise MalformedRecord(path, f"unreadable: {type(e).__name__}: {e}"[:300]) from None
 
 
 def encode_json(d: Mapping[str, Any], sort_keys: bool = False) -> bytes:
@@ -84,7 +115,7 @@ def _state(path: str, d: dict, valid: frozenset[str]) -> str:
     if "state" not in d:
         raise MalformedRecord(path, "missing key 'state'")
     state = d["state"]
-    if state not in valid:
+    if not isinstance(state, str) or state not in valid:
         raise MalformedRecord(path, f"unknown state {state!r}")
     return state
 
@@ -107,8 +138,23 @@ def _opt_str(path: str, d: dict, key: str) -> str | None:
 
 def _opt_number(path: str, d: dict, key: str) -> float | None:
     value = d.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise MalformedRecord(path, f"{key!r} must be a number or null, got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise MalformedRecord(path, f"{key!r} must be a number or null, got {value!r:.60}")
+    return value
+
+
+def _opt_mapping(path: str, d: dict, key: str, default: Any = None) -> dict | None:
+    value = d.get(key, default)
+    if value is not None and not isinstance(value, dict):
+        raise MalformedRecord(path, f"{key!r} must be an object or null, got {value!r:.60}")
+    return value
+
+
+def _opt_int(path: str, d: dict, key: str) -> int | None:
+    value = d.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise MalformedRecord(path, f"{key!r} must be an integer or null, got {value!r:.60}")
     return value
 
 
@@ -187,6 +233,12 @@ class NodeRequest:
     def from_dict(cls, d: Mapping[str, Any], request_id: str | None = None,
                   path: str | None = None) -> "NodeRequest":
         path = path or f"request {request_id}"
+        with _reading(path):
+            return cls._from_dict(d, request_id, path)
+
+    @classmethod
+    def _from_dict(cls, d: Mapping[str, Any], request_id: str | None,
+                   path: str) -> "NodeRequest":
         if not isinstance(d, Mapping):
             raise MalformedRecord(path, "expected a JSON object")
         d = dict(d)
@@ -243,7 +295,7 @@ def _hold_expiration(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         # Upstream's rule: an unusable value means "no expiration".
         return 0
 
@@ -368,6 +420,11 @@ class Node:
     def from_dict(cls, d: Mapping[str, Any], node_id: str | None = None,
                   path: str | None = None) -> "Node":
         path = path or f"node {node_id}"
+        with _reading(path):
+            return cls._from_dict(d, node_id, path)
+
+    @classmethod
+    def _from_dict(cls, d: Mapping[str, Any], node_id: str | None, path: str) -> "Node":
         if not isinstance(d, Mapping):
             raise MalformedRecord(path, "expected a JSON object")
         d = dict(d)
@@ -377,8 +434,9 @@ class Node:
         host_keys = d.get("host_keys")
         if host_keys is None:
             host_keys = []
-        if not isinstance(host_keys, list):
-            raise MalformedRecord(path, f"'host_keys' must be a list, got {host_keys!r}")
+        if not isinstance(host_keys, list) or not all(isinstance(k, str) for k in host_keys):
+            raise MalformedRecord(path, f"'host_keys' must be a list of strings, "
+                                        f"got {host_keys!r:.60}")
         port = d.get("connection_port", d.get("ssh_port", 22))
         return cls(
             id=node_id,
@@ -388,36 +446,36 @@ class Node:
             type=labels,
             provider=_opt_str(path, d, "provider"),
             pool=_opt_str(path, d, "pool"),
-            cloud=d.get("cloud"),
-            region=d.get("region"),
-            az=d.get("az"),
-            host_id=d.get("host_id"),
-            launcher=d.get("launcher"),
+            cloud=_opt_str(path, d, "cloud"),
+            region=_opt_str(path, d, "region"),
+            az=_opt_str(path, d, "az"),
+            host_id=_opt_str(path, d, "host_id"),
+            launcher=_opt_str(path, d, "launcher"),
             allocated_to=_opt_str(path, d, "allocated_to"),
-            interface_ip=d.get("interface_ip"),
-            public_ipv4=d.get("public_ipv4"),
-            private_ipv4=d.get("private_ipv4"),
-            public_ipv6=d.get("public_ipv6"),
-            connection_type=d.get("connection_type"),
+            interface_ip=_opt_str(path, d, "interface_ip"),
+            public_ipv4=_opt_str(path, d, "public_ipv4"),
+            private_ipv4=_opt_str(path, d, "private_ipv4"),
+            public_ipv6=_opt_str(path, d, "public_ipv6"),
+            connection_type=_opt_str(path, d, "connection_type"),
             connection_port=port,
-            username=d.get("username", "zuul"),
-            python_path=d.get("python_path"),
-            shell_type=d.get("shell_type"),
+            username=_opt_str(path, {"username": "zuul", **d}, "username"),
+            python_path=_opt_str(path, d, "python_path"),
+            shell_type=_opt_str(path, d, "shell_type"),
             host_keys=list(host_keys),
-            image_id=d.get("image_id"),
-            external_id=d.get("external_id"),
-            hostname=d.get("hostname"),
-            comment=d.get("comment"),
+            image_id=_opt_str(path, d, "image_id"),
+            external_id=_opt_str(path, d, "external_id"),
+            hostname=_opt_str(path, d, "hostname"),
+            comment=_opt_str(path, d, "comment"),
             user_data=d.get("user_data"),
-            hold_job=d.get("hold_job"),
+            hold_job=_opt_str(path, d, "hold_job"),
             hold_expiration=_hold_expiration(d.get("hold_expiration")),
-            resources=d.get("resources"),
-            slot=d.get("slot"),
-            attributes=d.get("attributes"),
+            resources=_opt_mapping(path, d, "resources"),
+            slot=_opt_int(path, d, "slot"),
+            attributes=_opt_mapping(path, d, "attributes"),
             tenant_name=_opt_str(path, d, "tenant_name"),
             requestor=_opt_str(path, d, "requestor"),
             driver_data=d.get("driver_data"),
-            node_properties=d.get("node_properties"),
+            node_properties=_opt_mapping(path, d, "node_properties"),
             extra=_extra(d, cls.KEYS),
         )
 
@@ -474,8 +532,13 @@ class LauncherComponent:
                     version=d.get("version"), model_api=d.get("model_api", MODEL_API))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], path: str = "launcher component"
-                  ) -> "LauncherComponent":
+    def from_dict(cls, d: Mapping[str, Any], path: str | None = None) -> "LauncherComponent":
+        path = path or f"{cls.kind} component"
+        with _reading(path):
+            return cls._from_dict(d, path)
+
+    @classmethod
+    def _from_dict(cls, d: Mapping[str, Any], path: str) -> "LauncherComponent":
         return cls(**cls._base(path, d), extra=_extra(d, cls.KEYS))
 
 
@@ -505,8 +568,7 @@ class PoolComponent(LauncherComponent):
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], path: str = "pool component"
-                  ) -> "PoolComponent":
+    def _from_dict(cls, d: Mapping[str, Any], path: str) -> "PoolComponent":
         base = cls._base(path, d)
         pool_id = d.get("id")
         if not isinstance(pool_id, str) or not pool_id:

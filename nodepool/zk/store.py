@@ -33,6 +33,7 @@ from nodepool.zk.cache import (RecordCache, component_cache, node_cache,
                                request_cache, sorted_requests)
 from nodepool.zk.components import read_components
 from nodepool.zk.locks import LockNotAcquired, ZooKeeperLock
+from nodepool.zk.session import SessionTracker
 from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR,
                                  REQUESTED, LauncherComponent,
                                  MalformedRecord, Node, NodeRequest,
@@ -117,9 +118,22 @@ class ZooKeeperStore:
         return changed
 
     @property
+    def session(self) -> SessionTracker:
+        return SessionTracker.of(self.client)
+
+    @property
     def session_id(self) -> int | None:
-        cid = self.client.client_id
-        return cid[0] if cid else None
+        """Also while SUSPENDED (the session may survive)."""
+        return self.session.session_id
+
+    @property
+    def session_generation(self) -> int:
+        """Changes only when the session is LOST."""
+        return self.session.generation
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
 
     # -- shared plumbing ---------------------------------------------------------
 
@@ -282,6 +296,34 @@ class ZooKeeperStore:
         """Write the whole node with a version check, holding its lock."""
         _require_lock(lock, paths.node_lock_path(node.id or ""))
         self._write(paths.node_path(node.id), node, "node")
+
+    def store_locked_node(self, node: Node, lock: ZooKeeperLock) -> None:
+        """``store_node`` for the launcher's own nodes: a version conflict
+        is taken as our own earlier write whose reply was lost (only the
+        lock holder writes a node, and we hold it), so the node is re-read
+        and written again unless it already says what we want."""
+        try:
+            self.store_node(node, lock)
+            return
+        except RecordChanged:
+            pass
+        got = self._read(paths.node_path(node.id))
+        if got is None:
+            raise RecordGone(f"node {node.id} was deleted")
+        data, stat = got
+        node.version = stat.version
+        if data == node.to_json():
+            return
+        log.info("node %s changed since we wrote it while holding its lock; "
+                 "writing it again", node.id)
+        self.store_node(node, lock)
+
+    def node_exists(self, node_id: str, cached: bool = False) -> bool:
+        """Whether the node's znode exists with content, malformed or not
+        (cached: as last seen, which can lag behind a fresh create)."""
+        if cached and self.nodes_cache is not None:
+            return self.nodes_cache.has_znode(node_id)
+        return self._read(paths.node_path(node_id)) is not None
 
     def delete_node(self, node: Node, lock: ZooKeeperLock) -> None:
         """Write ``deleted`` (so a racing locker can tell), then remove the

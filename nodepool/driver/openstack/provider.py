@@ -88,6 +88,7 @@ class OpenStackProvider:
 
     def __init__(self, config: Any, ledger: QuotaLedger, *,
                  known_nodes: Callable[[], dict[str, str | None] | None] | None = None,
+                 node_claims_server: Callable[[str, str], bool | None] | None = None,
                  tenant_usage: Callable[[str], Resources] | None = None,
                  cloud: OpenStackCloud | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -98,6 +99,9 @@ class OpenStackProvider:
         self.ledger = ledger
         self.clock = clock
         self.known_nodes = known_nodes
+        # A fresh look at one node before its server is deleted as leaked:
+        # True (keep it), False (leaked) or None (cannot tell now).
+        self.node_claims_server = node_claims_server
         # The tenant's usage this ledger does not see (other launchers').
         self.tenant_usage = tenant_usage
         settings = config.cloud_settings
@@ -110,6 +114,8 @@ class OpenStackProvider:
                             workers=4, clock=clock)
         self._cloud = cloud
         self._connect_call: ApiCall | None = None
+        self._reconnect = False
+        self._retired_clouds: list[OpenStackCloud] = []
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
                                        clock)
         self.catalog = CloudCatalog(self.gate, {
@@ -121,6 +127,7 @@ class OpenStackProvider:
         self._lock = threading.RLock()
         self._builds: dict[str, CreateMachine] = {}
         self._deletes: dict[str, NodeDeletion] = {}
+        self._unattended_deletes: set[str] = set()   # node ids nobody polls
         self._server_deletions: list[ServerDeletion] = []
         self._limits_call: tuple[Any, ApiCall] | None = None
         self._fip_call: ApiCall | None = None
@@ -182,7 +189,17 @@ class OpenStackProvider:
         """Config reload: new limits and label settings apply to new builds;
         machines in flight keep the settings they started with."""
         with self._lock:
+            if config.cloud_settings != self.config.cloud_settings \
+                    or config.cloud != self.config.cloud \
+                    or config.region_name != self.config.region_name:
+                # A rotated password or a moved endpoint: new calls use a
+                # new connection; calls in flight finish on the old one.
+                log.info("%s: cloud settings changed; reconnecting", self.name)
+                self._reconnect = True
             self.config = config
+            self.cloud_name = config.cloud
+            settings = config.cloud_settings
+            self.region_name = config.region_name or (settings.region_name if settings else None)
             self.gate.interval = config.rate
             self._configure_sweeps(config)
             self.ledger.configure_provider(self.name, {
@@ -226,8 +243,9 @@ class OpenStackProvider:
         if self._thread is not None:
             self._thread.join(wait)
         self.gate.shutdown(wait=1.0)
-        if self._cloud is not None:
-            self._cloud.close()
+        for cloud in [self._cloud, *self._retired_clouds]:
+            if cloud is not None:
+                cloud.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -250,7 +268,7 @@ class OpenStackProvider:
 
     def _tick(self) -> None:
         with self._lock:
-            if self._cloud is None:
+            if self._cloud is None or self._reconnect:
                 self._connect()
                 if self._cloud is None:
                     return
@@ -271,6 +289,11 @@ class OpenStackProvider:
                 except Exception:  # noqa: BLE001 - one node must not stop the others
                     log.exception("%s: node %s: deletion error", self.name,
                                   deletion.spec.node_id)
+            for node_id in list(self._unattended_deletes):
+                deletion = self._deletes.get(node_id)
+                if deletion is None or deletion.done:
+                    self._deletes.pop(node_id, None)
+                    self._unattended_deletes.discard(node_id)
             for d in list(self._server_deletions):
                 try:
                     d.advance()
@@ -292,10 +315,16 @@ class OpenStackProvider:
             return
         call, self._connect_call = self._connect_call, None
         try:
-            self._cloud = OpenStackCloud(call.result())
+            cloud = OpenStackCloud(call.result())
         except Exception as e:  # noqa: BLE001 - retried next pass
             log.error("%s: cannot set up the connection to cloud %s: %s", self.name,
                       self.cloud_name, errors.classify(e))
+            return
+        if self._cloud is not None and self._cloud is not cloud:
+            # Calls in flight may still use it; closed when the provider stops.
+            self._retired_clouds.append(self._cloud)
+        self._cloud = cloud
+        self._reconnect = False
 
     def _list_servers(self) -> list[dict]:
         return self.cloud.list_servers()
@@ -445,12 +474,13 @@ class OpenStackProvider:
 
     # -- NodeBuilder --------------------------------------------------------------
 
-    def capacity(self, labels: Sequence[str]) -> Capacity:
-        """Quick, in-memory: would one server per label be granted now?"""
+    def capacity(self, labels: Sequence[str], pool: str | None = None) -> Capacity:
+        """Quick, in-memory: would one server per label be granted now in
+        ``pool`` (the pool serving the request)?"""
         with self._lock:
             plans = []
             for name in labels:
-                found = self._find_label(name)
+                found = self._find_label(name, pool)
                 if found is None:
                     return Capacity.NEVER
                 pool, label = found
@@ -480,7 +510,8 @@ class OpenStackProvider:
                 for key in probes:
                     self.ledger.release(key)
 
-    def tenant_capacity(self, tenant: str | None, labels: Sequence[str]) -> Capacity:
+    def tenant_capacity(self, tenant: str | None, labels: Sequence[str],
+                        pool: str | None = None) -> Capacity:
         """The tenant's limits, for a whole request at once (labels this
         provider cannot plan yet are left to ``capacity``)."""
         if not tenant or not self.ledger.limits_tenant(tenant):
@@ -488,7 +519,7 @@ class OpenStackProvider:
         with self._lock:
             total = Resources()
             for name in labels:
-                found = self._find_label(name)
+                found = self._find_label(name, pool)
                 plan = self.plan_label(found[1], found[0])[0] if found else None
                 if plan is not None:
                     total = total + plan.cost
@@ -498,8 +529,13 @@ class OpenStackProvider:
         return Capacity.AVAILABLE if self.ledger.tenant_fits(tenant, total, elsewhere) \
             else Capacity.WAIT
 
-    def _find_label(self, name: str):
-        for pool in self.config.pools.values():
+    def _find_label(self, name: str, pool_name: str | None = None):
+        """(pool, label) of the pool being served, or of the first pool
+        offering the label when none is named."""
+        pools = self.config.pools
+        candidates = [pools[pool_name]] if pool_name in pools else \
+            ([] if pool_name is not None else list(pools.values()))
+        for pool in candidates:
             if name in pool.labels:
                 return pool, pool.labels[name]
         return None
@@ -528,16 +564,30 @@ class OpenStackProvider:
             if machine is None:
                 return BuildStatus(BuildState.FAILED, reason="unknown build (launcher restarted?)")
             info = NodeInfo(**machine.info())
+            # A finished machine stays until forget_build: the handler may
+            # fail to store the result and ask again.
             if machine.step is Step.READY:
-                self._builds.pop(handle, None)
                 return BuildStatus(BuildState.READY, info)
             if machine.step is Step.FAILED:
-                self._builds.pop(handle, None)
                 return BuildStatus(BuildState.FAILED, info, machine.reason)
             return BuildStatus(BuildState.BUILDING, info, machine.reason)
 
+    def forget_build(self, handle: Hashable) -> None:
+        with self._lock:
+            machine = self._builds.get(handle)
+            if machine is not None and machine.done:
+                del self._builds[handle]
+
+    def cancel_build(self, handle: Hashable, spec: DeleteSpec) -> None:
+        """The node's znode is gone: stop the machine and delete every server
+        of the node; nobody polls this deletion, the loop drops it when done."""
+        with self._lock:
+            self.start_delete(spec)
+            self._unattended_deletes.add(spec.node_id)
+
     def start_delete(self, spec: DeleteSpec) -> Hashable:
         with self._lock:
+            self._unattended_deletes.discard(spec.node_id)
             if spec.node_id in self._deletes:
                 return spec.node_id
             machine = self._builds.pop(spec.node_id, None)
@@ -716,6 +766,16 @@ class OpenStackProvider:
         for server_id in suspects & self._leak_suspects:
             server = snap.get(server_id) or {}
             meta = server.get("metadata") or {}
+            if self.node_claims_server is not None:
+                # The listing may be stale or may have left out a record it
+                # could not read; the server may be in use by a job.
+                claimed = self.node_claims_server(meta.get(srv.META_NODE), server_id)
+                if claimed is not False:
+                    if claimed:
+                        log.info("%s: server %s is not leaked: node %s still claims it",
+                                 self.name, server_id, meta.get(srv.META_NODE))
+                    suspects.discard(server_id)
+                    continue
             log.warning("%s: deleting leaked server %s (node %s)", self.name, server_id,
                         meta.get(srv.META_NODE))
             self.counters["leaks_deleted"] += 1

@@ -1,0 +1,140 @@
+"""The reliability suite: the real launcher process against its own real
+ZooKeeper and the fakecloud, with faults injected on purpose while a
+Zuul-like workload runs; the invariants of tests/faults.py are checked at the
+end of every case.
+
+The fast cases run with the test suite; the ``slow`` ones (a session that
+expires, a long outage, minutes of failing deletes) run with
+``tools/faults.py --all``, which prints the table of cases and invariants.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.faults import (LauncherProcess, ZooKeeperUnderTest, ZuulLikeWorkload,
+                          check_invariants, observer, write_launcher_files)
+from tests.fixtures.fakecloud import wait_for
+
+pytestmark = pytest.mark.timeout(400)
+
+CLOUD = {"servers": {"boot_seconds": [1.0, 3.0], "delete_seconds": [0.5, 1.5]}}
+
+
+def run_case(name, tmp_path, make_fakecloud, fault, *, total=10, concurrency=5,
+             cloud_config=None, drain=240.0):
+    zk = ZooKeeperUnderTest(str(tmp_path / "zk"))
+    zk.start()
+    launcher = workload = None
+    try:
+        cloud = make_fakecloud(cloud_config or CLOUD)
+        config, clouds = write_launcher_files(str(tmp_path), cloud, zk)
+        launcher = LauncherProcess(config, clouds, str(tmp_path / "launcher.log"))
+        launcher.start()
+        workload = ZuulLikeWorkload(zk, total, concurrency)
+        workload.start()
+        with observer(zk) as store:
+            fault(zk=zk, launcher=launcher, workload=workload, cloud=cloud, store=store)
+            wait_for(lambda: workload.done, drain, what=f"{name}: the workload to drain")
+            result = check_invariants(name, workload, cloud, launcher, store)
+        log = open(launcher.log_path).read()
+        assert result.ok, (result.invariants, log[-4000:])
+    finally:
+        if workload is not None:
+            workload.close()
+        if launcher is not None:
+            launcher.stop()
+        zk.stop()
+
+
+def building(cloud, n: int = 3):
+    wait_for(lambda: len(cloud.servers()) >= n, 60, what=f"{n} servers in the cloud")
+
+
+# -- fast cases (CI) -------------------------------------------------------------------
+
+def test_zookeeper_frozen_shorter_than_the_session(tmp_path, make_fakecloud):
+    """SIGSTOP past the client's read timeout, within the session timeout."""
+    def fault(zk, cloud, **_):
+        building(cloud)
+        zk.freeze()
+        time.sleep(8)  # the fault's length, not a wait for a condition
+        zk.thaw()
+    run_case("zookeeper frozen 8 s", tmp_path, make_fakecloud, fault)
+
+
+def test_zookeeper_restarted_with_its_data(tmp_path, make_fakecloud):
+    def fault(zk, cloud, **_):
+        building(cloud)
+        zk.stop()
+        time.sleep(4)  # the outage
+        zk.start()
+    run_case("zookeeper restarted after 4 s", tmp_path, make_fakecloud, fault)
+
+
+def test_launcher_killed_while_building_and_restarted(tmp_path, make_fakecloud):
+    def fault(launcher, cloud, **_):
+        building(cloud)
+        launcher.kill9()
+        launcher.start()
+    run_case("launcher kill -9 while building", tmp_path, make_fakecloud, fault)
+
+
+# -- slow cases (tools/faults.py --all) -------------------------------------------------
+
+@pytest.mark.slow
+def test_zookeeper_frozen_past_the_session(tmp_path, make_fakecloud):
+    """The session expires while frozen: locks are gone, work is redone."""
+    def fault(zk, cloud, **_):
+        building(cloud)
+        zk.freeze()
+        time.sleep(16)
+        zk.thaw()
+    run_case("zookeeper frozen 16 s (session expires)", tmp_path, make_fakecloud, fault)
+
+
+@pytest.mark.slow
+def test_zookeeper_down_for_30_seconds(tmp_path, make_fakecloud):
+    def fault(zk, cloud, **_):
+        building(cloud)
+        zk.stop()
+        time.sleep(30)
+        zk.start()
+    run_case("zookeeper down 30 s", tmp_path, make_fakecloud, fault)
+
+
+@pytest.mark.slow
+def test_launcher_killed_with_a_create_in_flight(tmp_path, make_fakecloud):
+    """The create POST is answered only after the launcher died; the server
+    appears later and must not leak."""
+    def fault(launcher, cloud, **_):
+        cloud.set_faults(slow_create_seconds=5.0)
+        wait_for(lambda: cloud.counters()["faults"].get("slow_create", 0) >= 1, 60,
+                 what="a create in flight")
+        launcher.kill9()
+        cloud.set_faults(slow_create_seconds=0.0)
+        time.sleep(6)  # the slow creates land while nobody watches
+        launcher.start()
+    run_case("launcher kill -9 with a create in flight", tmp_path, make_fakecloud, fault)
+
+
+@pytest.mark.slow
+def test_deletes_fail_for_a_minute(tmp_path, make_fakecloud):
+    def fault(cloud, **_):
+        building(cloud)
+        cloud.set_faults(error_500_rate=1.0, match=r"^DELETE ")
+        time.sleep(60)
+        cloud.set_faults(error_500_rate=0.0, match=None)
+    run_case("DELETE answers 500 for 60 s", tmp_path, make_fakecloud, fault, drain=360)
+
+
+@pytest.mark.slow
+def test_api_hangs_for_20_seconds(tmp_path, make_fakecloud):
+    def fault(cloud, **_):
+        building(cloud)
+        cloud.set_faults(hang=True)
+        time.sleep(20)
+        cloud.set_faults(hang=False)
+    run_case("cloud API hangs 20 s", tmp_path, make_fakecloud, fault, drain=360)

@@ -1,0 +1,138 @@
+"""The launcher (in this process) under faults it must survive: a launcher
+that dies while holding requests, a node record some tool broke while its
+server is in use, and a reload that fails half way.
+
+Real ZooKeeper, the fakecloud over HTTP, real openstacksdk.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from nodepool.requests import protocol
+from nodepool.zk import paths
+from nodepool.zk.store import ZooKeeperStore
+from tests.fixtures.fakecloud import wait_for
+from tests.fixtures.zk import other_pool
+from tests.test_launcher import (finished, run_launcher, store,  # noqa: F401
+                                 write_config, zuul_request)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_requests_of_a_dead_launcher_are_served_without_waiting_for_housekeeping(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, zk_connect):
+    cloud = make_fakecloud()
+    # Another launcher accepted two requests and dies (its session ends).
+    other = ZooKeeperStore(zk_connect())
+    other_pool(other.client, labels=("small",), provider="gone")
+    held = []
+    for _ in range(2):
+        req = zuul_request(store, ["small"])
+        lock = other.try_lock_request(req.id)
+        fresh = other.get_request(req.id)
+        protocol.apply_accept(fresh, 0.0)
+        other.store_request(fresh, lock)
+        held.append(req.id)
+    launcher = run_launcher(write_config(tmp_path, cloud, zk_settings))
+    newer = zuul_request(store, ["small"])
+    wait_for(lambda: finished(store, newer.id), 60, what="the newer request")
+    assert all(store.get_request(r).state == "pending" for r in held)
+    other.client.stop()  # the session ends: its locks and registration go
+    # Housekeeping runs every 60 s; this must not wait for it.
+    for rid in held:
+        wait_for(lambda: finished(store, rid), 25, what=f"lost request {rid} to be served")
+    assert launcher.health.errors == {}
+
+
+def _leak_passes(launcher):
+    provider = launcher.providers["fake"]
+    return provider._last_leak_pass
+
+
+def test_server_of_a_malformed_node_is_not_deleted(tmp_path, make_fakecloud, zk_settings,
+                                                   store, run_launcher):
+    cloud = make_fakecloud()
+    launcher = run_launcher(write_config(tmp_path, cloud, zk_settings))
+    req = zuul_request(store, ["small"])
+    done = wait_for(lambda: finished(store, req.id), 60, what="fulfilment")
+    (node_id,) = done.nodes
+    node = store.get_node(node_id)
+    # An operator held it; some tool then wrote host_keys as a string.
+    raw = node.to_dict()
+    raw.update(state="hold", host_keys="ssh-ed25519 AAAA", allocated_to=None)
+    store.client.set(paths.node_path(node_id), json.dumps(raw).encode())
+    wait_for(lambda: launcher.store.nodes_cache.malformed().get(node_id), 10,
+             what="the cache to see the malformed node")
+    seen = []
+
+    def passes() -> bool:
+        at = _leak_passes(launcher)
+        if at is not None and (not seen or seen[-1] != at):
+            seen.append(at)
+        return len(seen) >= 4
+
+    wait_for(passes, 60, what="several leak-cleaner passes")
+    assert [s["id"] for s in cloud.servers()] == [node.external_id]
+    assert launcher.providers["fake"].counters["leaks_deleted"] == 0
+    # The status API and the other labels' work go on.
+    url = f"http://127.0.0.1:{launcher.webapp.port}/node-list.json"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+    other = zuul_request(store, ["small"])
+    assert wait_for(lambda: finished(store, other.id), 60, what="another request").state \
+        == "fulfilled"
+
+
+def test_reload_that_fails_half_way_changes_nothing(tmp_path, make_fakecloud, zk_settings,
+                                                    store, run_launcher):
+    cloud = make_fakecloud()
+    config = write_config(tmp_path, cloud, zk_settings)
+    launcher = run_launcher(config)
+    before = sorted(p.id for p in store.registered_pools())
+    extra_pool = dict(name="second", **{"max-servers": 2, "host-key-checking": False,
+                                        "auto-floating-ip": False,
+                                        "labels": [{"name": "small", "cloud-image": "img",
+                                                    "flavor-name": "m1.small"}]})
+    broken = {"name": "broken", "cloud": "fakecloud", "rate": 0.01,
+              "cloud-images": [{"name": "img", "image-name": "cirros"}],
+              "pools": [dict(extra_pool, name="main")]}
+    data = _config_dict(tmp_path)
+    data["providers"][0]["pools"].append(extra_pool)
+    data["providers"].append(broken)
+    new = _load(tmp_path, data)
+    factory = launcher.provider_factory
+
+    def failing(cfg, *args, **kwargs):
+        if cfg.name == "broken":
+            raise RuntimeError("cannot build provider broken")
+        return factory(cfg, *args, **kwargs)
+
+    launcher.provider_factory = failing
+    assert launcher.reload(new) is False
+    assert launcher.config is config
+    assert sorted(launcher.providers) == ["fake"]
+    assert sorted(launcher.pool_workers) == ["fake-main"]
+    wait_for(lambda: sorted(p.id for p in store.registered_pools()) == before, 10,
+             what="no registration left from the failed reload")
+    launcher.provider_factory = factory
+    assert launcher.reload(new) is True
+    assert sorted(launcher.pool_workers) == ["broken-main", "fake-main", "fake-second"]
+
+
+def _config_dict(tmp_path) -> dict:
+    import yaml
+    return yaml.safe_load((tmp_path / "nodepool.yaml").read_text())
+
+
+def _load(tmp_path, data: dict):
+    import yaml
+
+    from nodepool.config import load_config
+    path = tmp_path / "nodepool-new.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config, _ = load_config(str(path), str(tmp_path / "clouds.yaml"))
+    return config
