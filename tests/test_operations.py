@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -227,23 +228,31 @@ def test_sighup_reload_and_bad_config_keeps_running(tmp_path, setup):
 
 
 def test_health_reports_lost_zookeeper_and_stuck_loops():
-    class FakeHealth:
-        def ages(self):
-            return {"maintenance": 500.0, "pool x": 1.0}
+    from types import SimpleNamespace
 
-    class FakeProvider:
+    from nodepool.launcher.launcher import LoopHealth
+
+    now = time.monotonic()
+    loops = LoopHealth(last_pass={"maintenance": now - 500, "pool x": now - 1},
+                       started={"maintenance": now - 600, "pool x": now - 600,
+                                "reaper": now - 300})
+
+    class StuckProvider:
         def tick_age(self):
-            return 1.0
+            return 500.0
 
-    class FakeLauncher:
-        client = None
-        health = FakeHealth()
-        providers = {"p": FakeProvider()}
-
-    ok, problems = health(FakeLauncher())
+    # A launcher that is not connected: what /health reports comes from the
+    # launcher's own check.
+    fake = SimpleNamespace(store=None, health=loops, providers={"p": StuckProvider()})
+    fake.health_problems = lambda: Launcher.health_problems(fake)
+    ok, problems = health(fake)
     assert not ok
-    assert "ZooKeeper connection lost" in problems
+    assert problems[0].startswith("ZooKeeper connection down")
     assert any("maintenance loop has not finished a pass for 500s" in p for p in problems)
+    assert any("reaper loop has not finished a pass since it started 300s ago" in p
+               for p in problems)
+    assert "provider p loop has not finished a pass for 500s" in problems
+    assert not [p for p in problems if "pool x" in p]
 
 
 def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, make_fakecloud,
