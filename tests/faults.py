@@ -91,10 +91,10 @@ def write_launcher_files(directory: str, cloud, zk: ZooKeeperUnderTest,
 
 
 class LauncherProcess:
-    """``nodepool-launcher -d`` as a child process, restartable."""
+    """``nodepool-launcher -f`` as a child process, restartable."""
 
     def __init__(self, config: str, clouds: str, log_path: str):
-        self.args = [f"{BIN}/nodepool-launcher", "-d", "-c", config, "--clouds", clouds]
+        self.args = [f"{BIN}/nodepool-launcher", "-f", "-c", config, "--clouds", clouds]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 

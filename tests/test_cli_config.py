@@ -93,3 +93,11 @@ def test_help_explains_options():
         assert "--clouds" in out.stdout and "-c" in out.stdout
     out = run(f"{BIN}/nodepool", "config-validate", "--help")
     assert "api_timeout" in out.stdout
+
+
+def test_version_flags():
+    from nodepool.version import __version__
+    for program in ("nodepool-launcher", "nodepool"):
+        out = subprocess.run([f"{BIN}/{program}", "--version"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout == f"Nodepool version: {__version__}\n"

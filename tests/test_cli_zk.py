@@ -56,13 +56,26 @@ def populated(zk_settings):
     disconnect(client)
 
 
+def header(table: str) -> list[str]:
+    """The column headers of a prettytable (its second line)."""
+    return [cell.strip() for cell in table.splitlines()[1].strip("|").split("|")]
+
+
+def table_rows(table: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in table.splitlines()[3:] if line.startswith("|")]
+
+
 def test_list_table_and_json(tmp_path, zk_settings, populated):
     store, node, _ = populated
     config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
     out = nodepool(config, "list")
     assert out.returncode == 0, out.stderr
-    assert node.id in out.stdout and "srv-1" in out.stdout and "203.0.113.5" in out.stdout
-    assert "unlocked" in out.stdout
+    assert header(out.stdout) == ["ID", "Provider", "Label", "Server ID", "Public IPv4",
+                                  "IPv6", "State", "Age", "Locked"]
+    [row] = table_rows(out.stdout)
+    assert row[:5] == [node.id, "p1", "small", "srv-1", "203.0.113.5"]
+    assert row[6] == "ready" and row[8] == "unlocked"
     out = nodepool(config, "list", "--detail", "--json")
     rows = json.loads(out.stdout)
     assert rows[0]["id"] == node.id and rows[0]["hostname"] == "small-p1-0"
@@ -90,9 +103,38 @@ def test_delete_and_hold(tmp_path, zk_settings, populated):
     assert out.returncode == 0, out.stderr
     held = store.get_node(node.id)
     assert held.state == "hold" and held.comment == "debugging"
+    # Both print the node's row, as upstream's do.
+    assert header(out.stdout)[:3] == ["ID", "Provider", "Label"]
+    assert [(r[0], r[6]) for r in table_rows(out.stdout)] == [(node.id, "hold")]
     out = nodepool(config, "delete", node.id)
     assert out.returncode == 0, out.stderr
     assert store.get_node(node.id).state == "deleting"
+    assert [(r[0], r[6]) for r in table_rows(out.stdout)] == [(node.id, "deleting")]
+
+
+def test_erase_removes_only_that_providers_records_after_asking(tmp_path, zk_settings,
+                                                                populated):
+    store, node, _ = populated
+    gone = [store.create_node(Node(state=state, type=["small"], provider="old-cloud",
+                                   external_id=f"srv-{state}"))
+            for state in ("ready", "in-use")]
+    # A locked one goes too: its provider is gone, nobody will unlock it.
+    lock = store.lock_node(gone[1].id, 5)
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    answered_no = subprocess.run([f"{BIN}/nodepool", "-c", config, "erase", "old-cloud"],
+                                 input="n\n", capture_output=True, text=True, timeout=60)
+    assert answered_no.returncode == 0 and "Nothing erased." in answered_no.stdout
+    assert "2 node record(s)" in answered_no.stdout
+    assert all(store.get_node(n.id) for n in gone)
+    out = nodepool(config, "erase", "old-cloud", "--force")
+    assert out.returncode == 0, out.stderr
+    assert "Erased 2 node record(s) of provider old-cloud." in out.stdout
+    lock.forget()
+    assert [n.id for n in store.list_nodes()] == [node.id]
+    # Erasing a provider still in nodepool.yaml warns.
+    out = nodepool(config, "erase", "p1", "--force")
+    assert out.returncode == 0 and "still in" in out.stderr
+    assert store.list_nodes() == []
 
 
 def test_unknown_ids_are_clean_errors(tmp_path, zk_settings, populated):
@@ -138,3 +180,31 @@ def test_unreachable_zookeeper_fails_within_the_timeout(tmp_path):
     out = nodepool(config, "list")
     assert out.returncode == 1
     assert "could not connect to ZooKeeper" in out.stderr and "within 2s" in out.stderr
+
+
+def test_debug_and_logging_file_options(tmp_path, zk_settings, populated):
+    config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+    out = subprocess.run([f"{BIN}/nodepool", "--debug", "-c", config, "list"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and " DEBUG kazoo" in out.stderr, out.stderr
+    quiet = nodepool(config, "list")
+    assert " DEBUG " not in quiet.stderr
+    log_file = tmp_path / "cli.log"
+    for name, text in (("logging.json", json.dumps({
+            "version": 1, "handlers": {"f": {"class": "logging.FileHandler",
+                                             "filename": str(log_file)}},
+            "root": {"level": "DEBUG", "handlers": ["f"]}})),
+            ("logging.ini", "[loggers]\nkeys=root\n[handlers]\nkeys=f\n[formatters]\nkeys=\n"
+                            "[logger_root]\nlevel=DEBUG\nhandlers=f\n[handler_f]\n"
+                            f"class=FileHandler\nargs=({str(log_file)!r},)\n")):
+        log_file.unlink(missing_ok=True)
+        path = tmp_path / name
+        path.write_text(text)
+        out = subprocess.run([f"{BIN}/nodepool", "-l", str(path), "-c", config, "list"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "Connecting to 127.0.0.1" in log_file.read_text(), name
+    out = subprocess.run([f"{BIN}/nodepool", "-l", str(tmp_path / "none.yaml"), "-c", config,
+                          "list"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "none.yaml: logging configuration file not found" in \
+        out.stderr and "Traceback" not in out.stderr

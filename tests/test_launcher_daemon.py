@@ -1,4 +1,5 @@
-"""``nodepool-launcher -d`` as a process, serving Zuul's own client on the fakecloud."""
+"""``nodepool-launcher`` as a process (upstream's flags), serving Zuul's own client on the
+fakecloud."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ def write_files(tmp_path, cloud, zk_settings):
 
 
 @contextlib.contextmanager
-def foreground_launcher(config, clouds, log_path):
-    """``nodepool-launcher -d`` appending to ``log_path``; killed if still running."""
+def foreground_launcher(config, clouds, log_path, *extra):
+    """``nodepool-launcher -f`` appending to ``log_path``; killed if still running."""
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-d", "-c", config,
-                                 "--clouds", clouds], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([f"{BIN}/nodepool-launcher", "-f", "-c", config,
+                                 "--clouds", clouds, *extra], stdout=log,
+                                stderr=subprocess.STDOUT)
         try:
             yield proc
         finally:
@@ -133,9 +135,11 @@ def test_daemon_refuses_to_start_twice_and_replaces_a_stale_pidfile(tmp_path, ma
     pidfile.write_text("999999\n")
     base = [f"{BIN}/nodepool-launcher", "-c", config, "--clouds", clouds,
             "-p", str(pidfile)]
-    # Detached without a logging config, the log would go nowhere: refused.
-    no_log = subprocess.run(base, capture_output=True, text=True, timeout=60)
-    assert no_log.returncode == 2 and "needs -l LOGCONFIG" in no_log.stderr
+    # A logging configuration that is not there: refused before detaching.
+    missing = subprocess.run(base + ["-l", str(tmp_path / "nope.yaml")], capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1 and "nope.yaml: logging configuration file not found" \
+        in missing.stderr
     assert pidfile.read_text() == "999999\n"
     log_file = tmp_path / "launcher.log"
     logconfig = tmp_path / "logging.yaml"
@@ -160,6 +164,68 @@ def test_daemon_refuses_to_start_twice_and_replaces_a_stale_pidfile(tmp_path, ma
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="the daemon to exit")
     wait_for(lambda: not pidfile.exists(), 10, what="the pid file to be removed")
+
+
+def new_text(path, offset: int) -> str:
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        return f.read()
+
+
+def test_detached_without_l_logs_to_upstreams_file_and_sigusr1_stops_it(
+        tmp_path, make_fakecloud, zk_settings):
+    from nodepool.cmd.launcher import DEFAULT_LOG_FILE
+
+    cloud = make_fakecloud()
+    config, clouds = write_files(tmp_path, cloud, zk_settings)
+    pidfile = tmp_path / "nodepool.pid"
+    os.makedirs(os.path.dirname(DEFAULT_LOG_FILE), exist_ok=True)
+    offset = os.path.getsize(DEFAULT_LOG_FILE) if os.path.exists(DEFAULT_LOG_FILE) else 0
+    out = subprocess.run([f"{BIN}/nodepool-launcher", "-c", config, "--clouds", clouds,
+                          "-p", str(pidfile)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
+                       what="the daemon's pid file"))
+    try:
+        wait_for(lambda: "INFO nodepool.launcher: launcher" in
+                 new_text(DEFAULT_LOG_FILE, offset), 30, what=f"the log in {DEFAULT_LOG_FILE}")
+    finally:
+        # Upstream's SIGUSR1: a graceful stop, not death by the default action.
+        os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 60, what="the daemon to exit")
+    text = new_text(DEFAULT_LOG_FILE, offset)
+    assert "signal SIGUSR1: stopping" in text and "launcher stopped" in text
+    assert "Traceback" not in text
+    wait_for(lambda: not pidfile.exists(), 10, what="the pid file to be removed")
+
+
+def test_d_logs_debug_f_does_not_and_no_webapp_serves_no_status_api(
+        tmp_path, make_fakecloud, zk_settings):
+    import re
+    import urllib.request
+
+    cloud = make_fakecloud()
+    config, clouds = write_files(tmp_path, cloud, zk_settings)
+    log_path = tmp_path / "launcher.log"
+    with foreground_launcher(config, clouds, log_path, "-d") as proc:
+        found = wait_for(lambda: re.search(r"status API on http://127.0.0.1:(\d+)/",
+                                           log_path.read_text()), 30, what="the status API")
+        with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/ready",
+                                    timeout=10) as resp:
+            assert resp.status == 200 and resp.read() == b"OK"
+        wait_for(lambda: "DEBUG nodepool.webapp" in log_path.read_text(), 10,
+                 what="the request logged at DEBUG")
+        proc.send_signal(signal.SIGUSR1)
+        assert proc.wait(timeout=60) == 0
+    offset = log_path.stat().st_size
+    with foreground_launcher(config, clouds, log_path, "--no-webapp") as proc:
+        wait_for(lambda: "launcher stopped" not in new_text(log_path, offset) and
+                 " started: " in new_text(log_path, offset), 30, what="the launcher start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    text = new_text(log_path, offset)
+    assert "launcher stopped" in text and "status API on" not in text
+    assert " DEBUG " not in text and "Traceback" not in text
 
 
 def test_sigterm_with_builds_in_flight_stops_cleanly_and_a_restart_resumes(

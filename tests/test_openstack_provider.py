@@ -303,6 +303,14 @@ def test_boot_from_volume_respects_cinder_quota(harness):
 # 3. Usage nova counts that is not ours
 
 
+def test_capacity_of_a_request_with_several_labels_in_the_pool_served(harness):
+    h = harness(limited(instances=3, boot_seconds=0.2, delete_seconds=0.3))
+    h.wait_available()
+    assert h.provider.capacity(["small", "small"], pool="main") is Capacity.AVAILABLE
+    assert h.provider.capacity(["small"] * 3, pool="main") is Capacity.AVAILABLE
+    assert h.provider.capacity(["small"] * 4, pool="main") is Capacity.NEVER
+
+
 def test_servers_we_do_not_own_reduce_headroom(harness, fakecloud_connect):
     h = harness(limited(instances=3, boot_seconds=[0.2, 0.4], delete_seconds=0.3))
     other = fakecloud_connect(h.cloud)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -92,7 +93,7 @@ def test_status_api_endpoints(setup):
     node_id = store.get_request(req.id).nodes[0]
 
     status, body = get(port, "/ready")
-    assert status == 200 and json.loads(body) == {"ready": True}
+    assert status == 200 and body == "OK"
     status, body = get(port, "/health")
     assert status == 200 and json.loads(body)["healthy"] is True
     status, body = get(port, "/node-list.json")
@@ -227,23 +228,31 @@ def test_sighup_reload_and_bad_config_keeps_running(tmp_path, setup):
 
 
 def test_health_reports_lost_zookeeper_and_stuck_loops():
-    class FakeHealth:
-        def ages(self):
-            return {"maintenance": 500.0, "pool x": 1.0}
+    from types import SimpleNamespace
 
-    class FakeProvider:
+    from nodepool.launcher.launcher import LoopHealth
+
+    now = time.monotonic()
+    loops = LoopHealth(last_pass={"maintenance": now - 500, "pool x": now - 1},
+                       started={"maintenance": now - 600, "pool x": now - 600,
+                                "reaper": now - 300})
+
+    class StuckProvider:
         def tick_age(self):
-            return 1.0
+            return 500.0
 
-    class FakeLauncher:
-        client = None
-        health = FakeHealth()
-        providers = {"p": FakeProvider()}
-
-    ok, problems = health(FakeLauncher())
+    # A launcher that is not connected: what /health reports comes from the
+    # launcher's own check.
+    fake = SimpleNamespace(store=None, health=loops, providers={"p": StuckProvider()})
+    fake.health_problems = lambda: Launcher.health_problems(fake)
+    ok, problems = health(fake)
     assert not ok
-    assert "ZooKeeper connection lost" in problems
+    assert problems[0].startswith("ZooKeeper connection down")
     assert any("maintenance loop has not finished a pass for 500s" in p for p in problems)
+    assert any("reaper loop has not finished a pass since it started 300s ago" in p
+               for p in problems)
+    assert "provider p loop has not finished a pass for 500s" in problems
+    assert not [p for p in problems if "pool x" in p]
 
 
 def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, make_fakecloud,
@@ -258,12 +267,13 @@ def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, ma
         path.write_text(yaml.safe_dump(config_data(zk_settings, port)))
         config, _ = load_config(str(path), str(clouds))
         # The daemon's own way to start: a clear error, no traceback, exit 1.
-        out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-d", "-c", str(path),
+        out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-f", "-c", str(path),
                               "--clouds", str(clouds)], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 1, out.stdout + out.stderr
-        assert f"{path}: webapp: cannot listen on 127.0.0.1:{port}" in out.stderr
-        assert "webapp.port" in out.stderr and "Traceback" not in out.stderr
+        # Without -l the foreground launcher logs to stdout, as upstream's.
+        assert f"{path}: webapp: cannot listen on 127.0.0.1:{port}" in out.stdout
+        assert "webapp.port" in out.stdout and "Traceback" not in out.stdout + out.stderr
         launcher = Launcher(config)
         with pytest.raises(Exception, match="webapp.port"):
             launcher.start()
@@ -276,3 +286,27 @@ def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, ma
         assert store.list_requests() == []
     finally:
         disconnect(client)
+
+
+def test_delete_now_deletes_the_server_before_it_returns(setup):
+    store, cloud = setup["store"], setup["cloud"]
+    req = request(store, ["small"])
+    wait_for(lambda: store.get_request(req.id).state == "fulfilled", 30, what="fulfilment")
+    node = store.get_node(store.get_request(req.id).nodes[0])
+    assert node.external_id in {s["id"] for s in cloud.servers()}
+    out = subprocess.run([f"{BIN}/nodepool", "-c", setup["config"], "--clouds",
+                          setup["clouds"], "delete", node.id, "--now"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Done when the command returns: the server is gone and so is the record
+    # (a ready node is nothing the running launcher would delete by itself).
+    assert node.external_id not in {s["id"] for s in cloud.servers()}
+    assert store.get_node(node.id) is None
+    # As upstream, it prints the node's table, which has no row left.
+    lines = out.stdout.splitlines()
+    assert lines[1].split("|")[1].strip() == "ID" and node.id not in out.stdout
+    # An unknown node is a clean error.
+    out = subprocess.run([f"{BIN}/nodepool", "-c", setup["config"], "--clouds",
+                          setup["clouds"], "delete", "9999999999", "--now"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no node with id '9999999999'" in out.stderr

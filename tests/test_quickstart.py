@@ -117,7 +117,7 @@ def test_quickstart_starts_serves_a_request_and_stops(quickstart):
     assert f":{quickstart.ports['cloud']}/" in (state / "clouds.yaml").read_text()
 
     ready = [n for n in nodepool_list(config)
-             if n["state"] == "ready" and n["label"] == "ubuntu-jammy"]
+             if n["state"] == "ready" and n["label"] == ["ubuntu-jammy"]]
     assert len(ready) >= MIN_READY
     # The table the script ends with is `nodepool list`'s.
     assert ready[0]["id"] in first.stdout

@@ -2,7 +2,7 @@
 
 Zuul's side is the real ``zuul.zk.nodepool.ZooKeeperNodepool`` (zuul 14.3.0,
 installed by tools/install-zuul-client.sh), driven as zuul/nodepool.py and
-the executor drive it (shared/reference/zuul-protocol.md section 6).  The
+the executor drive it (doc/protocol.rst, "Zuul's client as a test client").  The
 launcher side is this project's handler, reaper and housekeeping with the
 test-double builder.  Both talk to the same real ZooKeeper chroot.
 """

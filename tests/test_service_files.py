@@ -61,7 +61,7 @@ def test_nodepool_launcher_logs_through_etc_logging_yaml(tmp_path):
         # the failed start must not hang.
         "webapp": {"port": 0},
         "zookeeper-timeout": 1.0, "labels": [], "providers": []}))
-    out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-d", "-c", str(config),
+    out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-f", "-c", str(config),
                           "-l", LOGGING], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
     assert any(line.startswith("ERROR nodepool.launcher.cmd: cannot start: could not "
@@ -86,7 +86,7 @@ def test_unit_runs_the_launcher_in_the_foreground_with_a_restart_policy():
     assert argv[0].endswith("/nodepool-launcher")
     # The options are the launcher's own.
     args = launcher_cmd.build_parser().parse_args(argv[1:])
-    assert args.nodaemon
+    assert args.foreground and not args.debug
     assert args.config == "/etc/nodepool/nodepool.yaml"
     assert args.clouds == "/etc/openstack/clouds.yaml"
     assert args.logconfig == "/etc/nodepool/logging.yaml"

@@ -7,7 +7,7 @@
 # Zuul itself is installed with --no-deps: its full requirement set (web
 # server, database drivers, Ansible ...) is not needed to import
 # zuul.zk.nodepool, and pulls far too much.  The list below is what that
-# import needs (see shared/reference/zuul-protocol.md section 6); pip then
+# import needs (see doc/protocol.rst, "Zuul's client as a test client"); pip then
 # warns that Zuul's other requirements are missing, which is harmless here.
 #
 # Idempotent: when zuul 14.3.0 is already there and importable, nothing is

@@ -292,7 +292,7 @@ cmd_start() {
     else
         "$VENV/bin/nodepool" config-validate -c "$CONFIG" --clouds "$CLOUDS" >/dev/null
         spawn "$STATE/launcher.pid" "$STATE/launcher.log" a \
-            "$VENV/bin/nodepool-launcher" -d -c "$CONFIG" --clouds "$CLOUDS"
+            "$VENV/bin/nodepool-launcher" -f -c "$CONFIG" --clouds "$CLOUDS"
         say "launcher: started (pid $(cat "$STATE/launcher.pid")), log $STATE/launcher.log"
     fi
 

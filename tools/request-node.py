@@ -4,7 +4,7 @@
     .venv/bin/python tools/request-node.py -c .quickstart/nodepool.yaml ubuntu-jammy [LABEL ...]
 
 It speaks only ZooKeeper, with the project's own records, and follows Zuul's
-steps (see shared/reference/zuul-protocol.md, section 5.2):
+steps (see doc/protocol.rst, "The sequence as Zuul drives it"):
 
 1. create ``/nodepool/requests/<priority>-<seq>`` with ``state: requested``
    and one label per node wanted;
@@ -184,8 +184,8 @@ def show(args: argparse.Namespace, nodes: list) -> None:
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return
-    from nodepool.cmd.nodepoolcmd import table
-    print(table(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]))
+    from nodepool.tables import render
+    print(render(COLUMNS, [[r[c] for c in COLUMNS] for r in rows]))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,37 @@ def print_problems(problems: Sequence[ConfigProblem], stream=None) -> None:
     stream = stream or sys.stderr
     for p in problems:
         print(str(p), file=stream)
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """``--version``, printed as upstream's programs print theirs."""
+    from nodepool.version import __version__
+    parser.add_argument("--version", action="version",
+                        version=f"Nodepool version: {__version__}",
+                        help="print the version and exit")
+
+
+def apply_logging_file(path: str) -> None:
+    """Configure logging from ``path``, as upstream reads it: a ``.yaml``,
+    ``.yml`` or ``.json`` file is a dictConfig, anything else an INI file
+    for ``logging.config.fileConfig``.  ValueError names the file when it
+    is missing or unreadable."""
+    import logging.config
+    import os
+
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: logging configuration file not found")
+    try:
+        if os.path.splitext(path)[1] in (".yaml", ".yml", ".json"):
+            import yaml  # JSON is YAML: one reader for both
+            with open(path) as f:
+                config = yaml.safe_load(f)
+            if isinstance(config, dict):
+                # Which loggers exist before this runs depends on import
+                # order; keep them unless the file says otherwise.
+                config.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(config)
+        else:
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except Exception as e:  # noqa: BLE001 - yaml, configparser and dictConfig errors
+        raise ValueError(f"{path}: not a usable logging configuration: {e}") from None

@@ -1,14 +1,18 @@
 """``nodepool-launcher``: the daemon that serves node requests.
 
 It refuses to start on an invalid configuration, with the same messages as
-``nodepool config-validate``.  ``-d`` keeps it in the foreground (systemd's
-``Type=simple``); without it, it detaches with python-daemon and holds a
-locked pid file so a second copy refuses to start.
+``nodepool config-validate``.  Its options are upstream Nodepool's: ``-f``
+keeps it in the foreground (systemd's ``Type=simple``, containers), ``-d``
+too with DEBUG logging; without either it detaches with python-daemon and
+holds a locked pid file (``-p``) so a second copy refuses to start.
+Without ``-l`` it logs to stdout in the foreground and to
+``/var/log/nodepool/nodepool.log`` when detached, as upstream.
 
-Signals: SIGTERM/SIGINT stop gracefully; SIGUSR2 writes every thread's stack
-and the launcher's in-flight state to the log; SIGHUP (or a change to one of
-the configuration files) reloads the configuration without dropping nodes
-in flight, and keeps the old one if the new one has errors.
+Signals: SIGTERM, SIGINT and SIGUSR1 (upstream's) stop gracefully; SIGUSR2
+writes every thread's stack and the launcher's in-flight state to the log;
+SIGHUP (or a change to one of the configuration files) reloads the
+configuration without dropping nodes in flight, and keeps the old one if
+the new one has errors.
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ import sys
 import threading
 import traceback
 
-from nodepool.cmd.common import add_config_options, print_problems
+from nodepool.cmd.common import (add_config_options, add_version_option,
+                                 apply_logging_file, print_problems)
 from nodepool.config import validate
 
 log = logging.getLogger("nodepool.launcher.cmd")
 STOP_TIMEOUT = 30.0
+DEFAULT_PIDFILE = "/var/run/nodepool/nodepool.pid"
+# Where a detached launcher without -l logs (upstream's place).
+DEFAULT_LOG_FILE = "/var/log/nodepool/nodepool.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,33 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nodepool-launcher",
         description="Serve Zuul's node requests on OpenStack clouds.")
     add_config_options(parser)
-    parser.add_argument("-d", "--nodaemon", action="store_true",
-                        help="stay in the foreground (for systemd's Type=simple)")
-    parser.add_argument("-l", "--logconfig", metavar="PATH",
-                        help="Python logging configuration: a dictConfig YAML file, or an "
-                             "INI file for logging.config.fileConfig; default with -d: "
-                             "INFO to stderr; required without -d")
-    parser.add_argument("-p", "--pidfile", metavar="PATH",
-                        default="/var/run/nodepool/launcher.pid",
-                        help="pid file when running as a daemon; a second launcher with "
-                             "the same pid file refuses to start "
-                             "(default: /var/run/nodepool/launcher.pid)")
+    add_version_option(parser)
+    parser.add_argument("-f", dest="foreground", action="store_true",
+                        help="stay in the foreground (systemd's Type=simple, containers)")
+    parser.add_argument("-d", dest="debug", action="store_true",
+                        help="stay in the foreground and log at DEBUG level "
+                             "(unless -l says otherwise)")
+    parser.add_argument("-l", dest="logconfig", metavar="PATH",
+                        help="logging configuration: a .yaml/.yml/.json dictConfig file, "
+                             "else an INI file for logging.config.fileConfig; default: "
+                             f"stdout in the foreground, {DEFAULT_LOG_FILE} when detached")
+    parser.add_argument("-p", dest="pidfile", metavar="PATH", default=DEFAULT_PIDFILE,
+                        help="pid file when detached; a second launcher with the same pid "
+                             f"file refuses to start (default: {DEFAULT_PIDFILE})")
+    parser.add_argument("--no-webapp", action="store_true",
+                        help="do not serve the status API (webapp in nodepool.yaml)")
     parser.add_argument("--validate-only", action="store_true",
                         help="load and check the configuration, then exit")
     return parser
 
 
-def setup_logging(path: str | None) -> None:
-    if not path:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-        with open(path) as f:
-            logging.config.dictConfig(yaml.safe_load(f))
+def default_logging(debug: bool = False, log_file: str | None = None) -> dict:
+    """Upstream's default: the launcher's own loggers at INFO (DEBUG with
+    -d), libraries (kazoo, openstacksdk, requests) at WARNING; to stdout, or
+    to ``log_file`` (reopened after logrotate moved it)."""
+    if log_file is None:
+        handler = {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
     else:
-        logging.config.fileConfig(path, disable_existing_loggers=False)
+        handler = {"class": "logging.handlers.WatchedFileHandler", "filename": log_file}
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"simple": {"format": LOG_FORMAT}},
+            "handlers": {"main": dict(handler, formatter="simple")},
+            "loggers": {"nodepool": {"level": "DEBUG" if debug else "INFO"}},
+            "root": {"level": "WARNING", "handlers": ["main"]}}
+
+
+def setup_logging(path: str | None, debug: bool = False, log_file: str | None = None) -> None:
+    """``-l`` if given, else :func:`default_logging`."""
+    if path:
+        apply_logging_file(path)
+    else:
+        logging.config.dictConfig(default_logging(debug, log_file))
 
 
 def dump_state(launcher) -> str:
@@ -105,7 +128,7 @@ def reload_config(launcher, args) -> bool:
 def run(config, args) -> int:
     from nodepool.launcher.launcher import Launcher
 
-    launcher = Launcher(config)
+    launcher = Launcher(config, webapp=not args.no_webapp)
     stop = threading.Event()
     reload_wanted = threading.Event()
 
@@ -118,6 +141,7 @@ def run(config, args) -> int:
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGUSR1, on_stop)  # upstream's graceful stop
     signal.signal(signal.SIGUSR2, on_dump)
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_wanted.set())
     try:
@@ -144,6 +168,23 @@ def run(config, args) -> int:
     return 0
 
 
+def check_log_destination(logconfig: str | None) -> str | None:
+    """Why a detached launcher could not log, or None.  Without -l the
+    log file's directory is created (as root) and must be writable."""
+    if logconfig:
+        return None if os.path.exists(logconfig) else \
+            f"{logconfig}: logging configuration file not found"
+    directory = os.path.dirname(DEFAULT_LOG_FILE)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(DEFAULT_LOG_FILE, "a"):
+            pass
+    except OSError as e:
+        return (f"cannot write the log {DEFAULT_LOG_FILE} ({e.strerror}); give -l a "
+                "logging configuration, or -f to log to stdout in the foreground")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config, problems = validate(args.config, args.clouds, args.secure)
@@ -157,15 +198,18 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(config.providers)} provider(s), "
               f"{sum(1 for _ in config.pools())} pool(s))")
         return 0
-    if args.nodaemon:
-        setup_logging(args.logconfig)
+    if args.foreground or args.debug:
+        try:
+            setup_logging(args.logconfig, args.debug)
+        except ValueError as e:
+            print(f"nodepool-launcher: {e}", file=sys.stderr)
+            return 1
         return run(config, args)
-    if not args.logconfig:
-        # A detached daemon has no stderr: its log would be lost.
-        print("nodepool-launcher: running detached needs -l LOGCONFIG saying where the log "
-              "goes (see etc/logging.yaml); or use -d to stay in the foreground and log to "
-              "stderr (systemd)", file=sys.stderr)
-        return 2
+    # Detached there is no terminal: check the log goes somewhere first.
+    problem = check_log_destination(args.logconfig)
+    if problem:
+        print(f"nodepool-launcher: {problem}", file=sys.stderr)
+        return 1
 
     import daemon
     from daemon.pidfile import TimeoutPIDLockFile
@@ -192,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         pidfile.break_lock()
     with daemon.DaemonContext(pidfile=pidfile, umask=0o022,
                               working_directory=os.getcwd()):
-        setup_logging(args.logconfig)
+        setup_logging(args.logconfig, log_file=None if args.logconfig else DEFAULT_LOG_FILE)
         return run(config, args)
 
 

@@ -2,20 +2,27 @@
 
 Every command but ``config-validate`` connects to ZooKeeper with the
 settings of nodepool.yaml (TLS included) and fails within the configured
-timeout, with a clear message, when it cannot.  Tables are for people;
-``--json`` prints the same data for scripts.
+timeout, with a clear message, when it cannot.  Tables are upstream's
+(nodepool/tables.py); ``--json`` prints the same rows for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator
 
-from nodepool.cmd.common import add_config_options, print_problems
+from nodepool import tables
+from nodepool.cmd.common import (add_config_options, add_version_option,
+                                 apply_logging_file, print_problems)
 from nodepool.config import validate
+
+# ``delete --now`` gives up waiting for the cloud after this long; the node
+# stays ``deleting`` and a launcher finishes the job.
+DELETE_NOW_TIMEOUT = 300.0
 
 
 class CommandError(Exception):
@@ -24,48 +31,30 @@ class CommandError(Exception):
 
 # -- output ---------------------------------------------------------------------------
 
-def table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r]
-                                           for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [line]
-    for n, row in enumerate(cells):
-        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
-        if n == 0:
-            out.append(line)
-    out.append(line)
-    return "\n".join(out)
-
-
-def age(ts: float | None, now: float | None = None) -> str:
-    if not ts:
-        return ""
-    seconds = int((now or time.time()) - ts)
-    d, rem = divmod(max(0, seconds), 86400)
-    h, rem = divmod(rem, 3600)
-    m, s = divmod(rem, 60)
-    return f"{d:02d}:{h:02d}:{m:02d}:{s:02d}"
-
-
-def emit(args: argparse.Namespace, data: Any, headers: Sequence[str],
-         rows: Callable[[], list[Sequence[Any]]]) -> None:
+def emit(args: argparse.Namespace, view: tables.View) -> None:
+    """The table, or with --json every key of every row (the status API's JSON)."""
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        print(tables.dumps(tables.view_json(view)))
     else:
-        print(table(headers, rows()))
+        print(tables.view_table(view))
 
 
 # -- connecting -----------------------------------------------------------------------
 
-def open_store(args: argparse.Namespace):
-    from nodepool.zk.client import ZooKeeperUnavailable, connect
-    from nodepool.zk.store import ZooKeeperStore
-
-    config, problems = validate(args.config, args.clouds, args.secure, check_clouds=False)
+def load(args: argparse.Namespace, check_clouds: bool = False):
+    config, problems = validate(args.config, args.clouds, args.secure,
+                                check_clouds=check_clouds)
     if config is None:
         print_problems(problems)
         raise CommandError(f"cannot use {args.config}: it has errors")
+    return config
+
+
+def open_store(args: argparse.Namespace, check_clouds: bool = False):
+    from nodepool.zk.client import ZooKeeperUnavailable, connect
+    from nodepool.zk.store import ZooKeeperStore
+
+    config = load(args, check_clouds)
     if config.zookeeper is None:
         raise CommandError(f"{args.config}: zookeeper-servers is required")
     try:
@@ -82,36 +71,22 @@ def close_store(store) -> None:
 
 # -- commands -------------------------------------------------------------------------
 
-NODE_COLUMNS = ["id", "provider", "label", "external_id", "public_ipv4", "public_ipv6",
-                "state", "age", "locked"]
-NODE_DETAIL = ["pool", "hostname", "private_ipv4", "az", "username", "connection_port",
-               "launcher", "allocated_to", "hold_job", "comment"]
-
-
-def node_row(node, locked: bool, detail: bool) -> dict:
-    row = {"id": node.id, "provider": node.provider, "label": ",".join(node.type or []),
-           "external_id": node.external_id, "public_ipv4": node.public_ipv4,
-           "public_ipv6": node.public_ipv6, "state": node.state,
-           "age": age(node.state_time), "locked": "locked" if locked else "unlocked"}
-    if detail:
-        port = node.connection_port if isinstance(node.connection_port, int) else "redacted"
-        row.update({"pool": node.pool, "hostname": node.hostname,
-                    "private_ipv4": node.private_ipv4, "az": node.az,
-                    "username": node.username, "connection_port": port,
-                    "launcher": node.launcher, "allocated_to": node.allocated_to,
-                    "hold_job": node.hold_job, "comment": node.comment})
-    return row
+def node_view(store, node_id: str | None = None, detail: bool = False) -> tables.View:
+    """All nodes, or the one with ``node_id`` (none when it is gone)."""
+    if node_id is None:
+        nodes = store.list_nodes()
+    else:
+        nodes = [n for n in [store.get_node(node_id)] if n is not None]
+    return tables.node_view(nodes, store.node_locked, detail)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     _, store = open_store(args)
     try:
-        nodes = sorted(store.list_nodes(), key=lambda n: n.id or "")
-        rows = [node_row(n, store.node_locked(n.id), args.detail) for n in nodes]
+        view = node_view(store, detail=args.detail)
     finally:
         close_store(store)
-    columns = NODE_COLUMNS + (NODE_DETAIL if args.detail else [])
-    emit(args, rows, columns, lambda: [[r[c] for c in columns] for r in rows])
+    emit(args, view)
     return 0
 
 
@@ -120,60 +95,115 @@ def cmd_request_list(args: argparse.Namespace) -> int:
 
     _, store = open_store(args)
     try:
-        requests = sorted_requests(store.list_requests())
-        locked = {r.id: bool(store.request_lock_holders(r.id)) for r in requests}
+        view = tables.request_view(sorted_requests(store.list_requests()))
     finally:
         close_store(store)
-    rows = [{"id": r.id, "relative_priority": r.relative_priority, "state": r.state,
-             "requestor": r.requestor, "node_types": r.node_types, "nodes": r.nodes,
-             "declined_by": r.declined_by, "event_id": r.event_id,
-             "age": age(r.created_time or r.state_time), "locked": locked[r.id]}
-            for r in requests]
-    columns = ["id", "relative_priority", "state", "requestor", "node_types", "nodes",
-               "declined_by", "event_id", "age"]
-    emit(args, rows, columns, lambda: [
-        [",".join(v) if isinstance(v, list) else v for v in (r[c] for c in columns)]
-        for r in rows])
+    emit(args, view)
     return 0
 
 
 def cmd_label_list(args: argparse.Namespace) -> int:
     _, store = open_store(args)
     try:
-        labels = store.label_names()
+        view = tables.label_view(store.label_names())
     finally:
         close_store(store)
-    emit(args, labels, ["label"], lambda: [[name] for name in labels])
+    emit(args, view)
     return 0
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def operator_errors() -> Iterator[None]:
+    """An unknown node, or one locked by someone else, is a clean error."""
     from nodepool.zk.locks import LockNotAcquired
     from nodepool.zk.store import RecordNotFound
-
-    _, store = open_store(args)
     try:
-        node = store.mark_node_deleting(args.id)
+        yield
     except (RecordNotFound, LockNotAcquired) as e:
         raise CommandError(e.args[0] if e.args else str(e)) from None
+
+
+def delete_now(config, store, node_id: str, timeout: float = DELETE_NOW_TIMEOUT) -> None:
+    """Delete the node's servers in the foreground, holding its lock, then
+    its record.  On a timeout the node stays ``deleting`` for a launcher."""
+    from nodepool.driver.openstack.delete_now import delete_node_servers
+    from nodepool.requests.builder import DeleteSpec, DeleteState
+    from nodepool.zk.records import DELETING
+
+    with operator_errors():
+        node, lock = store.operator_lock(node_id)
+    try:
+        provider = config.providers.get(node.provider)
+        if provider is None:
+            raise CommandError(
+                f"node {node.id}: provider {node.provider!r} is not in {config.config_file}; "
+                f"'nodepool erase {node.provider}' removes the records of a removed provider")
+        previous = node.state
+        if node.state != DELETING:
+            node.set_state(DELETING)
+            store.store_node(node, lock)
+        spec = DeleteSpec(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
+                          labels=tuple(node.type), external_id=node.external_id,
+                          state=previous)
+        status = delete_node_servers(provider, spec, timeout)
+        if status.state is not DeleteState.DONE:
+            raise CommandError(
+                f"node {node.id}: server {node.external_id} not deleted within {timeout:g}s"
+                + (f" ({status.reason})" if status.reason else "")
+                + "; the node stays 'deleting' and a launcher finishes the deletion")
+        store.delete_node(node, lock)
+    finally:
+        lock.release()
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    config, store = open_store(args, check_clouds=args.now)
+    try:
+        if args.now:
+            delete_now(config, store, args.id)
+        else:
+            with operator_errors():
+                store.mark_node_deleting(args.id)
+        # As upstream: the node's row (none left after --now).
+        print(tables.view_table(node_view(store, args.id)))
     finally:
         close_store(store)
-    print(f"node {node.id} marked for deletion; the launcher deletes its server")
     return 0
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    from nodepool.zk.locks import LockNotAcquired
-    from nodepool.zk.store import RecordNotFound
-
     _, store = open_store(args)
     try:
-        node = store.hold_node(args.id, args.reason)
-    except (RecordNotFound, LockNotAcquired) as e:
-        raise CommandError(e.args[0] if e.args else str(e)) from None
+        with operator_errors():
+            store.hold_node(args.id, args.reason)
+        print(tables.view_table(node_view(store, args.id)))
     finally:
         close_store(store)
-    print(f"node {node.id} held" + (f": {args.reason}" if args.reason else ""))
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    config, store = open_store(args)
+    try:
+        count = sum(1 for n in store.list_nodes() if n.provider == args.provider)
+        if args.provider in config.providers:
+            print(f"warning: provider {args.provider} is still in {args.config}; its "
+                  "launchers will find servers without node records and delete them as "
+                  "leaked", file=sys.stderr)
+        if not args.force:
+            print(f"This removes the {count} node record(s) of provider {args.provider} "
+                  "from ZooKeeper and cannot be undone; the cloud is not touched.")
+            try:
+                answer = input(f"Erase provider {args.provider}'s data? [N/y] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() != "y":
+                print("Nothing erased.")
+                return 0
+        erased = store.erase_provider_nodes(args.provider)
+    finally:
+        close_store(store)
+    print(f"Erased {len(erased)} node record(s) of provider {args.provider}.")
     return 0
 
 
@@ -213,79 +243,30 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
     print(f"provider {args.provider} (cloud {provider.cloud})")
-    print(table(["pool", "max-servers", "labels", "launchers", "paused"], [
+    print(tables.render(["pool", "max-servers", "labels", "launchers", "paused"], [
         [p["name"], p["max_servers"] or "unlimited", ",".join(p["labels"]),
          len(p["registered"]), ",".join(str(r["paused"]) for r in p["registered"])]
         for p in data["pools"]]))
-    print(table(["id", "state", "label", "pool", "external_id"], [
+    print(tables.render(["id", "state", "label", "pool", "external_id"], [
         [n["id"], n["state"], n["label"], n["pool"], n["external_id"]] for n in data["nodes"]]))
     live = data["launcher"]
     if live is None:
         print(f"launcher figures unavailable: {live_error}")
         return 0
     sl = live["server_list"] or {}
-    print(f"server list: {sl.get('servers')} servers, {_age(sl.get('age'))}, "
+    print(f"server list: {sl.get('servers')} servers, {tables.fmt_age(sl.get('age'))}, "
           f"{sl.get('refreshes')} refreshes, {sl.get('failures')} failures"
           + (f", last error: {sl['last_error']}" if sl.get("last_error") else ""))
-    print(table(["cache", "items", "age", "error"], [
-        [k, v.get("items"), _age(v.get("age")), v.get("error") or ""]
+    print(tables.render(["cache", "items", "age", "error"], [
+        [k, v.get("items"), tables.fmt_age(v.get("age")), v.get("error") or ""]
         for k, v in sorted((live["catalog"] or {}).items())]))
-    print(table(["API call", "count", "errors", "timeouts", "total s", "max s"], [
+    print(tables.render(["API call", "count", "errors", "timeouts", "total s", "max s"], [
         [k, v["count"], v["errors"], v["timeouts"], v["total_seconds"], v["max_seconds"]]
         for k, v in sorted((live["api_calls"] or {}).items())]))
     for call in live["api_in_flight"] or []:
         print(f"in flight: {call['kind']} for {call['age']}s"
               + (" (past its deadline)" if call.get("expired") else ""))
     return 0
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "unlimited"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _age(value: Any) -> str:
-    return "never" if value is None else f"{value:.0f}s ago"
-
-
-def format_quota(view: dict) -> str:
-    """The ``/quota.json`` figures as tables, one block per provider."""
-    out = []
-    for name, p in sorted(view.items()):
-        limits, backoff = p.get("limits", {}), p.get("backoff", {})
-        line = f"provider {name}: limits read {_age(limits.get('age'))}"
-        if limits.get("error"):
-            line += f" (last read failed: {limits['error']})"
-        if backoff.get("in_backoff"):
-            line += (f"; BACKING OFF after {backoff.get('consecutive_quota_errors')} quota "
-                     f"error(s), {backoff.get('remaining', 0):.0f}s left")
-        else:
-            line += "; no backoff"
-        out.append(line)
-        rows = [[res, _fmt(f.get("limit")), _fmt(f.get("nova_used")),
-                 _fmt(f.get("ledger_used")), _fmt(f.get("in_flight")),
-                 _fmt(f.get("effective_headroom"))]
-                for res, f in p.get("resources", {}).items()]
-        out.append(table(["resource", "cloud limit", "nova used", "our ledger", "in flight",
-                          "headroom"], rows))
-        for pool, info in sorted(p.get("pools", {}).items()):
-            worker = p.get("pool_workers", {}).get(pool, {})
-            out.append(f"pool {pool}: paused={worker.get('paused', False)} "
-                       f"active requests={worker.get('active_requests', 0)}"
-                       + (" (ignores provider quota)" if info.get("ignore_provider_quota")
-                          else ""))
-            out.append(table(["resource", "pool limit", "used", "headroom"], [
-                [res, _fmt(f.get("limit")), _fmt(f.get("used")), _fmt(f.get("headroom"))]
-                for res, f in info.get("resources", {}).items()]))
-        waiting = p.get("waiting_builds", [])
-        if waiting:
-            out.append(f"{len(waiting)} build(s) waiting for headroom, e.g.: "
-                       f"{waiting[0].get('reason')}")
-        out.append("")
-    return "\n".join(out)
 
 
 def fetch_status(config, path: str) -> Any:
@@ -313,16 +294,13 @@ def fetch_status(config, path: str) -> Any:
 
 
 def cmd_quota(args: argparse.Namespace) -> int:
-    config, problems = validate(args.config, args.clouds, args.secure, check_clouds=False)
-    if config is None:
-        print_problems(problems)
-        raise CommandError(f"cannot use {args.config}: it has errors")
+    config = load(args)
     query = f"?provider={args.provider}" if args.provider else ""
     view = fetch_status(config, f"/quota.json{query}")
     if args.json:
         print(json.dumps(view, indent=2, sort_keys=True))
     else:
-        print(format_quota(view))
+        print(tables.format_quota(view))
     return 0
 
 
@@ -338,12 +316,31 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def setup_logging(args: argparse.Namespace) -> None:
+    """As upstream's CLI: --debug logs DEBUG to stderr, -l reads a logging
+    file, otherwise INFO with the ZooKeeper client's chatter at WARNING."""
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format=fmt)
+    elif args.logconfig:
+        apply_logging_file(args.logconfig)
+    else:
+        logging.basicConfig(level=logging.INFO, format=fmt)
+        logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodepool",
         description="Inspect and manage the nodes and node requests that nodepool "
                     "launchers keep in ZooKeeper.")
     add_config_options(parser)
+    add_version_option(parser)
+    parser.add_argument("-l", dest="logconfig", metavar="PATH",
+                        help="logging configuration: a .yaml/.yml/.json dictConfig file, "
+                             "else an INI file for logging.config.fileConfig")
+    parser.add_argument("--debug", action="store_true",
+                        help="log at DEBUG level to stderr (instead of -l)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -363,14 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
     command("request-list", cmd_request_list, "list node requests in priority order")
     command("label-list", cmd_label_list, "list the labels registered pools serve")
     p = command("delete", cmd_delete, "mark a node for deletion",
-                "Mark a node 'deleting'; a launcher deletes its server and then the node.",
-                json_option=False)
+                "Mark a node 'deleting'; a launcher deletes its server and then the node. "
+                "With --now, delete its server here and wait, then the node record. "
+                "Prints the node's row.", json_option=False)
     p.add_argument("id", help="node id (see 'nodepool list')")
+    p.add_argument("--now", action="store_true",
+                   help="delete the server in the foreground (needs clouds.yaml; gives up "
+                        f"after {DELETE_NOW_TIMEOUT:g}s and leaves the node to a launcher)")
     p = command("hold", cmd_hold, "hold a node so nothing deletes it",
-                "Set a node to 'hold' so it is kept until released or until max-hold-age.",
-                json_option=False)
+                "Set a node to 'hold' so it is kept until released or until max-hold-age. "
+                "Prints the node's row.", json_option=False)
     p.add_argument("id", help="node id (see 'nodepool list')")
     p.add_argument("--reason", help="why; stored as the node's comment")
+    p = command("erase", cmd_erase, "remove a removed provider's node records",
+                "Remove every node record of PROVIDER from ZooKeeper, locked or not, "
+                "without touching the cloud: for a provider that no longer exists. "
+                "Asks first unless --force.", json_option=False)
+    p.add_argument("provider", metavar="PROVIDER", help="provider name")
+    p.add_argument("--force", action="store_true", help="do not ask")
     p = command("info", cmd_info, "show a provider's pools and nodes")
     p.add_argument("provider", help="provider name from nodepool.yaml")
     p = command("quota", cmd_quota, "show quota figures from the running launcher",
@@ -389,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        setup_logging(args)
+    except ValueError as e:
+        print(f"nodepool: {e}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
     except CommandError as e:

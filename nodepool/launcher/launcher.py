@@ -217,8 +217,9 @@ class PoolWorker:
 class Launcher:
     def __init__(self, config: NodepoolConfig, hostname: str | None = None,
                  provider_factory: Callable[..., OpenStackProvider] = OpenStackProvider,
-                 provider_options: dict | None = None):
+                 provider_options: dict | None = None, webapp: bool = True):
         self.config = config
+        self.serve_webapp = webapp  # False: nodepool-launcher --no-webapp
         self.hostname = hostname or socket.getfqdn()
         self.provider_factory = provider_factory
         self.provider_options = provider_options or {}
@@ -244,7 +245,7 @@ class Launcher:
 
     def start(self) -> None:
         cfg = self.config
-        if cfg.webapp is not None:
+        if cfg.webapp is not None and self.serve_webapp:
             # Bind first: a launcher that cannot serve its status API must
             # fail before it takes any request.
             try:

@@ -1,31 +1,45 @@
 """The launcher's read-only status API (stdlib HTTP, 127.0.0.1 by default).
 
-Upstream-compatible: ``/node-list``, ``/request-list``, ``/label-list``
-(tables; ``.json`` for data).  Probes: ``/ready`` (200 once serving) and
-``/health`` (503 when ZooKeeper is lost or a loop is stuck past its
-deadline).  Quota: ``/quota`` and ``/quota.json`` (``?provider=``), the figures
-behind every create decision.  ``/providers.json`` has the API call counters,
-calls in flight and cache ages.  Nothing here prints a secret: the records
-served carry no credentials.
+As upstream's: ``/node-list`` (``?node_id=``), ``/request-list`` and
+``/label-list`` answer a table, or JSON with upstream's keys when the client
+sends ``Accept: application/json``; ``?fields=a,b`` narrows the table's
+columns (JSON keeps every key, as upstream's).  ``/image-list``,
+``/dib-image-list`` and ``/image-status`` are empty: this launcher builds no
+images.  ``/ready`` answers ``OK`` once the launcher serves (503 before).
+Every answer is cached for one second and carries upstream's headers
+(``Access-Control-Allow-Origin: *``, ``Cache-Control: max-age=1, public``,
+``Last-Modified``, ``Expires``); ``If-Modified-Since``, ``Range`` and
+``HEAD`` are answered as upstream's web framework answers them.
+
+This project's additions: the ``.json`` paths (JSON whatever the Accept
+header), ``/health`` (503 when ZooKeeper is lost or a loop is stuck past
+its deadline), ``/quota`` and ``/quota.json`` (``?provider=``), the figures
+behind every create decision, and ``/providers.json`` with the API call
+counters, calls in flight and cache ages.  Nothing here prints a secret:
+the records served carry no credentials.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlparse
+
+from nodepool import tables
 
 if TYPE_CHECKING:
     from nodepool.launcher.launcher import Launcher
 
 log = logging.getLogger("nodepool.webapp")
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    from nodepool.cmd.nodepoolcmd import table
-    return table(headers, rows) + "\n"
+# Seconds an answer is reused (and the max-age clients are told), as upstream.
+CACHE_EXPIRY = 1
 
 
 def health(launcher: "Launcher") -> tuple[bool, list[str]]:
@@ -52,124 +66,277 @@ def quota_view(launcher: "Launcher", provider: str | None = None) -> dict:
     return out
 
 
+def wants_json(accept: str | None) -> bool:
+    """Upstream offers text/html, text/plain and application/json in that
+    order and answers JSON only when the client prefers it: no Accept
+    header, ``*/*`` or a tie answers the table."""
+    offers = ["text/html", "text/plain", "application/json"]
+    best, best_q = None, 0.0
+    for offer in offers:
+        q = _quality(accept, offer)
+        if q > best_q:
+            best, best_q = offer, q
+    return best == "application/json"
+
+
+def _quality(accept: str | None, offer: str) -> float:
+    """The q of the most specific Accept range matching ``offer``."""
+    if not accept:
+        return 1.0
+    kind = offer.split("/")[0]
+    found, specificity = 0.0, -1
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for param in fields[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        rank = {offer: 2, f"{kind}/*": 1, "*/*": 0}.get(media)
+        if rank is not None and rank > specificity:
+            found, specificity = q, rank
+    return found
+
+
+class AnswerCache:
+    """Answers by path, query and format, reused for ``expiry`` seconds;
+    the time one was made is its ``Last-Modified``."""
+
+    def __init__(self, expiry: float = CACHE_EXPIRY):
+        self.expiry = expiry
+        self._items: dict[str, tuple[float, tuple[int, str, str]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], tuple[int, str, str]]
+            ) -> tuple[float, tuple[int, str, str]]:
+        now = time.time()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and now <= hit[0] + self.expiry:
+                return hit
+        answer = make()
+        with self._lock:
+            self._items = {k: v for k, v in self._items.items()
+                           if now <= v[0] + self.expiry}
+            if answer[0] == 200:
+                self._items[key] = (now, answer)
+        return now, answer
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str | None, length: int) -> tuple[int, int] | None | bool:
+    """One ``bytes=`` range as (start, stop); None when there is none (or
+    several, which upstream ignores too); False when it cannot be served."""
+    m = _RANGE.match((header or "").strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if not m.group(1):
+        start, stop = max(0, length - int(m.group(2))), length
+    else:
+        start = int(m.group(1))
+        stop = min(length, int(m.group(2)) + 1) if m.group(2) else length
+        if m.group(2) and int(m.group(2)) < start:
+            return None
+    if start >= length or start >= stop:
+        return False
+    return start, stop
+
+
+def _http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def _parse_http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     launcher: "Launcher"
+    cache: AnswerCache
     server_version = "nodepool-launcher"
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
 
-    def _send(self, status: int, body: str, content_type: str) -> None:
+    # -- answering ----------------------------------------------------------------
+
+    def _answer(self, status: int, body: str, content_type: str,
+                made_at: float | None = None) -> None:
+        """Send with upstream's headers, honouring If-Modified-Since, Range
+        and HEAD as upstream's framework does."""
+        made_at = time.time() if made_at is None else made_at
         data = body.encode()
+        last_modified = _http_date(made_at)
+        headers = [("Access-Control-Allow-Origin", "*"),
+                   ("Cache-Control", f"max-age={self.cache.expiry:g}, public"),
+                   ("Last-Modified", last_modified),
+                   ("Expires", _http_date(made_at + self.cache.expiry))]
+        if status == 200:
+            since = _parse_http_date(self.headers.get("If-Modified-Since"))
+            # HTTP dates have whole seconds: compare what the client saw.
+            if since is not None and int(made_at) <= since:
+                self._start(304, headers)
+                return
+            wanted = byte_range(self.headers.get("Range"), len(data))
+            if_range = self.headers.get("If-Range")
+            if wanted is not None and if_range is not None:
+                # Only a date can match: these answers carry no ETag.
+                unchanged_since = _parse_http_date(if_range)
+                if unchanged_since is None or int(made_at) > unchanged_since:
+                    wanted = None
+            if wanted is False:
+                self._start(416, [("Content-Length", "0"),
+                                  ("Content-Range", f"bytes */{len(data)}")] + headers)
+                return
+            if wanted:
+                start, stop = wanted
+                self._start(206, [("Content-Type", content_type),
+                                  ("Content-Length", str(stop - start)),
+                                  ("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")]
+                            + headers, data[start:stop])
+                return
+        self._start(status, [("Content-Type", content_type),
+                             ("Content-Length", str(len(data)))] + headers, data)
+
+    def _start(self, status: int, headers: list[tuple[str, str]], data: bytes = b"") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if data and self.command != "HEAD":
+            self.wfile.write(data)
 
     def _json(self, data: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
-                   "application/json")
+        self._answer(*_json_body(data, status))
 
-    def _text(self, text: str, status: int = 200) -> None:
-        self._send(status, text, "text/plain; charset=utf-8")
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         path = url.path.rstrip("/") or "/"
-        as_json = path.endswith(".json")
-        base = path[:-len(".json")] if as_json else path
+        dot_json = path.endswith(".json")
+        base = path[:-len(".json")] if dot_json else path
+        as_json = dot_json or wants_json(self.headers.get("Accept"))
         try:
             route = ROUTES.get(base)
             if route is None:
                 self._json({"error": f"no such endpoint: {url.path}",
                             "endpoints": sorted(ROUTES)}, 404)
                 return
-            route(self, as_json, query)
+            if base in UNCACHED:
+                self._answer(*route(self, as_json, query))
+                return
+            key = json.dumps([base, sorted(query.items()), as_json])
+            made_at, answer = self.cache.get(key, lambda: route(self, as_json, query))
+            self._answer(*answer, made_at=made_at)
         except Exception as e:  # noqa: BLE001 - an API error must not kill the server
             log.exception("status API %s failed", url.path)
             self._json({"error": str(e)}, 500)
 
-    # -- endpoints ---------------------------------------------------------------
+    # -- endpoints: each returns (status, body, content type) ---------------------------
 
-    def node_list(self, as_json: bool, query: dict) -> None:
-        from nodepool.cmd.nodepoolcmd import NODE_COLUMNS, NODE_DETAIL, node_row
-        store = self.launcher.store
-        nodes = sorted(store.list_nodes(cached=True), key=lambda n: n.id or "")
-        if "node_id" in query:
-            nodes = [n for n in nodes if n.id == query["node_id"]]
-        cache = store.nodes_cache
-        rows = [node_row(n, bool(cache and cache.is_locked(n.id)), True) for n in nodes]
+    def _view(self, view: tables.View, as_json: bool, query: dict) -> tuple[int, str, str]:
         if as_json:
-            self._json(rows)
-        else:
-            cols = NODE_COLUMNS + NODE_DETAIL
-            self._text(_table(cols, [[r[c] for c in cols] for r in rows]))
+            return _json_body(tables.view_json(view), compact=True)
+        fields = [f for f in query.get("fields", "").split(",") if f] or None
+        return 200, tables.view_table(view, fields) + "\n", TEXT
 
-    def request_list(self, as_json: bool, query: dict) -> None:
+    def node_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
+        store = self.launcher.store
+        if "node_id" in query:
+            node = store.get_node(query["node_id"], cached=True)
+            nodes = [node] if node is not None else []
+        else:
+            nodes = store.list_nodes(cached=True)
+        view = tables.node_view(nodes, lambda node_id: store.node_locked(node_id, cached=True))
+        return self._view(view, as_json, query)
+
+    def request_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         from nodepool.zk.cache import sorted_requests
         reqs = sorted_requests(self.launcher.store.list_requests(cached=True))
-        rows = [{"id": r.id, "relative_priority": r.relative_priority, "state": r.state,
-                 "requestor": r.requestor, "node_types": r.node_types, "nodes": r.nodes,
-                 "declined_by": r.declined_by, "event_id": r.event_id} for r in reqs]
-        if as_json:
-            self._json(rows)
-        else:
-            cols = ["id", "relative_priority", "state", "requestor", "node_types", "nodes",
-                    "declined_by", "event_id"]
-            self._text(_table(cols, [[",".join(v) if isinstance(v, list) else v
-                                      for v in (r[c] for c in cols)] for r in rows]))
+        return self._view(tables.request_view(reqs), as_json, query)
 
-    def label_list(self, as_json: bool, query: dict) -> None:
+    def label_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         labels = self.launcher.store.label_names(cached=True)
-        if as_json:
-            self._json([{"label": name} for name in labels])
-        else:
-            self._text(_table(["label"], [[name] for name in labels]))
+        return self._view(tables.label_view(labels), as_json, query)
 
-    def ready(self, as_json: bool, query: dict) -> None:
+    def image_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
+        return self._view(([], tables.IMAGE_LIST_COLUMNS), as_json, query)
+
+    def dib_image_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
+        return self._view(([], tables.DIB_IMAGE_LIST_COLUMNS), as_json, query)
+
+    def image_status(self, as_json: bool, query: dict) -> tuple[int, str, str]:
+        return self._view(([], tables.IMAGE_STATUS_COLUMNS), as_json, query)
+
+    def ready(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         ok = self.launcher.started.is_set() and bool(
             self.launcher.client and self.launcher.client.connected)
-        self._json({"ready": ok}, 200 if ok else 503)
+        return (200, "OK", TEXT) if ok else (503, "Service Unavailable\n", TEXT)
 
-    def health_check(self, as_json: bool, query: dict) -> None:
+    def health_check(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         ok, problems = health(self.launcher)
-        self._json({"healthy": ok, "problems": problems,
-                    "loops": self.launcher.health.ages()}, 200 if ok else 503)
+        _, body, ctype = _json_body({"healthy": ok, "problems": problems,
+                                          "loops": self.launcher.health.ages()})
+        return (200 if ok else 503), body, ctype
 
-    def quota(self, as_json: bool, query: dict) -> None:
+    def quota(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         provider = query.get("provider")
         if provider is not None and provider not in self.launcher.providers:
-            self._json({"error": f"no provider {provider!r}",
-                        "providers": sorted(self.launcher.providers)}, 404)
-            return
+            return _json_body({"error": f"no provider {provider!r}",
+                               "providers": sorted(self.launcher.providers)}, status=404)
         view = quota_view(self.launcher, provider)
         if as_json:
-            self._json(view)
-        else:
-            from nodepool.cmd.nodepoolcmd import format_quota
-            self._text(format_quota(view))
+            return _json_body(view)
+        return 200, tables.format_quota(view), TEXT
 
-    def providers(self, as_json: bool, query: dict) -> None:
-        self._json({name: p.status() for name, p in self.launcher.providers.items()})
+    def providers(self, as_json: bool, query: dict) -> tuple[int, str, str]:
+        return _json_body({name: p.status() for name, p in self.launcher.providers.items()})
+
+
+TEXT = "text/plain; charset=UTF-8"
+JSON = "application/json"
+
+
+def _json_body(data: Any, status: int = 200, compact: bool = False) -> tuple[int, str, str]:
+    # The upstream views are one line, as upstream's; our own are indented.
+    body = json.dumps(data, default=str) if compact else tables.dumps(data) + "\n"
+    return status, body, JSON
 
 
 ROUTES = {
     "/node-list": _Handler.node_list,
     "/request-list": _Handler.request_list,
     "/label-list": _Handler.label_list,
+    "/image-list": _Handler.image_list,
+    "/dib-image-list": _Handler.dib_image_list,
+    "/image-status": _Handler.image_status,
     "/ready": _Handler.ready,
     "/health": _Handler.health_check,
     "/quota": _Handler.quota,
     "/providers": _Handler.providers,
 }
+# Probes answer the current state, never a cached one.
+UNCACHED = {"/ready", "/health"}
 
 
 class StatusServer:
     def __init__(self, launcher: "Launcher", host: str, port: int):
-        handler = type("Handler", (_Handler,), {"launcher": launcher})
+        handler = type("Handler", (_Handler,), {"launcher": launcher,
+                                                "cache": AnswerCache()})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="webapp",

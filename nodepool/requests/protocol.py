@@ -6,7 +6,8 @@ it defers to another pool, when it declines, what a decline writes, which
 ready nodes it may reuse, and which nodes housekeeping may touch.  No I/O:
 the handler and housekeeping apply them to what they read from ZooKeeper.
 
-Rules follow shared/reference/zuul-protocol.md sections 2.3 and 3.2.
+Rules follow doc/protocol.rst, "Node requests: States and rules" and
+"Nodes: States".
 """
 
 from __future__ import annotations

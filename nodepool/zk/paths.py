@@ -1,7 +1,7 @@
 """Every ZooKeeper path the launcher reads or writes, and nothing else.
 
 The layout is fixed by the classic Nodepool protocol that Zuul speaks
-(shared/reference/zuul-protocol.md section 1); a typo here breaks wire
+(doc/protocol.rst, "Paths"); a typo here breaks wire
 compatibility, so all other modules build paths through these functions.
 """
 

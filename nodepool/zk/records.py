@@ -24,14 +24,14 @@ from typing import Any, Mapping
 
 from nodepool.zk import ids
 
-# Request states (zuul-protocol.md 2.3).
+# Request states (doc/protocol.rst, "Node requests").
 REQUESTED = "requested"
 PENDING = "pending"
 FULFILLED = "fulfilled"
 FAILED = "failed"
 REQUEST_STATES = frozenset({REQUESTED, PENDING, FULFILLED, FAILED})
 
-# Node states (zuul-protocol.md 3.2).
+# Node states (doc/protocol.rst, "Nodes: States").
 INIT = "init"
 BUILDING = "building"
 TESTING = "testing"
@@ -166,7 +166,7 @@ def _extra(d: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
 
 @dataclass
 class NodeRequest:
-    """``/nodepool/requests/<id>`` (zuul-protocol.md 2.2)."""
+    """``/nodepool/requests/<id>`` (doc/protocol.rst, "Node requests: Record")."""
 
     id: str | None = None
     state: str = REQUESTED
@@ -302,7 +302,7 @@ def _hold_expiration(value: Any) -> int | None:
 
 @dataclass
 class Node:
-    """``/nodepool/nodes/<id>`` (zuul-protocol.md 3.1)."""
+    """``/nodepool/nodes/<id>`` (doc/protocol.rst, "Nodes: Record")."""
 
     id: str | None = None
     state: str = INIT

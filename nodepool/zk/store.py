@@ -438,7 +438,11 @@ class ZooKeeperStore:
 
     # -- operator actions (the CLI) -----------------------------------------------------
 
-    def _operator_lock(self, node_id: str, timeout: float) -> tuple[Node, ZooKeeperLock]:
+    def operator_lock(self, node_id: str, timeout: float = OPERATOR_LOCK_TIMEOUT
+                      ) -> tuple[Node, ZooKeeperLock]:
+        """Lock a node for an operator's command, waiting up to ``timeout``;
+        the fresh record and the lock.  RecordNotFound or LockNotAcquired
+        carry a message for the operator."""
         if self.get_node(node_id) is None:
             raise RecordNotFound(f"no node with id {node_id!r}")
         try:
@@ -456,7 +460,7 @@ class ZooKeeperStore:
     def mark_node_deleting(self, node_id: str, timeout: float = OPERATOR_LOCK_TIMEOUT) -> Node:
         """``nodepool delete``: set ``deleting``; the launcher's reaper does
         the cloud work."""
-        node, lock = self._operator_lock(node_id, timeout)
+        node, lock = self.operator_lock(node_id, timeout)
         try:
             if node.state != DELETING:
                 node.set_state(DELETING)
@@ -468,7 +472,7 @@ class ZooKeeperStore:
     def hold_node(self, node_id: str, reason: str | None = None,
                   timeout: float = OPERATOR_LOCK_TIMEOUT) -> Node:
         """``nodepool hold``: set ``hold`` with the reason as ``comment``."""
-        node, lock = self._operator_lock(node_id, timeout)
+        node, lock = self.operator_lock(node_id, timeout)
         try:
             node.set_state(HOLD)
             if reason is not None:
@@ -477,6 +481,24 @@ class ZooKeeperStore:
             return node
         finally:
             lock.release()
+
+    def erase_provider_nodes(self, provider: str) -> list[str]:
+        """``nodepool erase``: remove every node record of ``provider``
+        without touching the cloud, locked or not (for a provider that is
+        gone).  Each is marked ``deleted`` first so a racing locker can tell.
+        The ids removed."""
+        erased = []
+        for node in self.list_nodes():
+            if node.provider != provider:
+                continue
+            node.set_state(DELETED)
+            try:
+                self.client.set(paths.node_path(node.id), node.to_json())
+            except NoNodeError:
+                continue
+            self.delete_node_znode(node.id)
+            erased.append(node.id)
+        return erased
 
     def _remove_if_empty(self, node_id: str) -> None:
         try:

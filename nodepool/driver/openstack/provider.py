@@ -484,18 +484,18 @@ class OpenStackProvider:
                 found = self._find_label(name, pool)
                 if found is None:
                     return Capacity.NEVER
-                pool, label = found
-                plan, _, final = self.plan_label(label, pool)
+                label_pool, label = found
+                plan, _, final = self.plan_label(label, label_pool)
                 if plan is None:
                     return Capacity.NEVER if final else Capacity.WAIT
-                plans.append((pool, plan))
+                plans.append((label_pool, plan))
             if not plans:
                 return Capacity.AVAILABLE
-            pool = plans[0][0]
+            pool_cfg = plans[0][0]
             total = Resources()
             for _, plan in plans:
                 total = total + plan.cost
-            if self.ledger.can_ever_fit(provider=self.name, pool=pool.name, cost=total):
+            if self.ledger.can_ever_fit(provider=self.name, pool=pool_cfg.name, cost=total):
                 return Capacity.NEVER
             # A trial reservation is the exact, atomic check; give it back.
             probes = []
