@@ -106,3 +106,86 @@ def test_launcher_reports_nodes_launches_api_calls_and_pauses(
                          for name, v, _ in statsd.metrics()[n:]), 15, what="pause cleared")
     assert cloud.counters()["quota_403"] == 0
     assert launcher.stats.client is not None
+
+
+def _latest(statsd, name: str, kind: str = "g") -> float | None:
+    values = statsd.values(name, kind)
+    return values[-1] if values else None
+
+
+def test_upstream_metrics_for_a_launch_a_failure_and_a_delete(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, statsd,  # noqa: F811
+        fakecloud_connect):
+    """What an upstream Grafana dashboard reads, with upstream's types: the
+    launch timers (and counters) per provider, AZ and requestor, the error
+    reason, zeroed node gauges, limits, addressable requests, leaks, the
+    ZooKeeper queues, and openstacksdk's own API metrics."""
+    cloud = make_fakecloud({"servers": {"boot_seconds": 0.2, "delete_seconds": 0.2}})
+    config = write_config(tmp_path, cloud, zk_settings, extra={
+        "tenant-resource-limits": [{"tenant-name": "tenant-one", "max-servers": 5,
+                                    "max-cores": 40}]})
+    run_launcher(config)
+    host = socket.gethostname()
+
+    # -- a launch -------------------------------------------------------------
+    ok = zuul_request(store, ["small"])
+    done = wait_for(lambda: finished(store, ok.id), 30, what="fulfilment")
+    assert done.state == "fulfilled"
+    az = store.get_node(done.nodes[0]).az
+    assert az == "nova"
+    ready_names = ["nodepool.launch.ready", "nodepool.launch.provider.fake.ready",
+                   "nodepool.launch.provider.fake.nova.ready",
+                   "nodepool.launch.requestor.zuul-test.ready"]
+    for name in ready_names:
+        wait_for(lambda: statsd.values(name, "ms"), 15, what=f"timer {name}")
+        assert statsd.values(name, "c") == [1.0], name
+    wait_for(lambda: _latest(statsd, "nodepool.label.small.nodes.ready") == 1.0, 15,
+             what="ready label gauge")
+    # Every state is sent, the empty ones as 0.
+    for state in ("building", "in-use", "used", "hold", "deleting", "failed", "aborted",
+                  "init", "testing"):
+        assert _latest(statsd, f"nodepool.label.small.nodes.{state}") == 0.0, state
+        assert _latest(statsd, f"nodepool.provider.fake.nodes.{state}") == 0.0, state
+    assert _latest(statsd, "nodepool.provider.fake.max_servers") == 10.0
+    assert _latest(statsd, "nodepool.tenant_limits.tenant-one.instances") == 5.0
+    assert _latest(statsd, "nodepool.tenant_limits.tenant-one.cores") == 40.0
+    assert _latest(statsd, "nodepool.provider.fake.pool.main.addressable_requests") is not None
+    for queue in ("zk.client.connection_queue", "zk.node_cache.event_queue",
+                  "zk.node_cache.playback_queue", "zk.request_cache.event_queue",
+                  "zk.request_cache.playback_queue"):
+        assert _latest(statsd, f"nodepool.launcher.{host}.{queue}") is not None, queue
+    # openstacksdk reports every API call itself, as under upstream.
+    api = [n for n, _, kind in statsd.metrics()
+           if n.startswith("openstack.api.compute.") and kind == "ms"]
+    assert api, "no openstack.api.compute.* timers"
+
+    # -- a failure: every boot goes ERROR; two attempts (launch-retries: 2) ---
+    cloud.set_server_behaviour(error_boot_share=1.0)
+    bad = zuul_request(store, ["small"])
+    failed = wait_for(lambda: finished(store, bad.id), 30, what="failed request")
+    assert failed.state == "failed"
+    wait_for(lambda: sum(statsd.values("nodepool.launch.error.status", "c")) == 2, 15,
+             what="two error.status attempts")
+    assert len(statsd.values("nodepool.launch.error.status", "ms")) == 2
+    assert statsd.values("nodepool.launch.provider.fake.error.status", "ms")
+    assert statsd.values("nodepool.launch.requestor.zuul-test.error.status", "ms")
+    cloud.set_server_behaviour(error_boot_share=0.0)
+
+    # -- a delete: the gauges go back to 0 rather than keeping the last value --
+    use_and_return(store, done)
+    wait_for(lambda: not store.list_nodes(), 30, what="nodes deleted")
+    n = len(statsd.metrics())
+    wait_for(lambda: any(name == "nodepool.label.small.nodes.ready" and v == 0.0
+                         for name, v, _ in statsd.metrics()[n:]), 15,
+             what="ready gauge back to 0")
+    assert any(name == "nodepool.nodes.used" and v == 0.0
+               for name, v, _ in statsd.metrics()[n:])
+
+    # -- a leak: a server of ours whose node ZooKeeper does not know ------------
+    other = fakecloud_connect(cloud)
+    other.create_server("leaked", image="cirros", flavor="m1.small", wait=False,
+                        meta={"nodepool_provider_name": "fake",
+                              "nodepool_node_id": "0000099999",
+                              "nodepool_pool_name": "main", "nodepool_attempt": "1"})
+    wait_for(lambda: sum(statsd.values("nodepool.provider.fake.leaked.instances", "c")) == 1,
+             30, what="leaked instance counted")

@@ -204,10 +204,7 @@ class Launcher:
             log.warning("ZooKeeper caches are not in sync yet; continuing")
         self.ledger = QuotaLedger(tenant_limits=tenant_limits_from_config(cfg.tenant_limits))
         for name, provider_cfg in cfg.providers.items():
-            provider = self.provider_factory(provider_cfg, self.ledger,
-                                             known_nodes=self._known_nodes,
-                                             tenant_usage=self._tenant_usage_elsewhere,
-                                             **self.provider_options)
+            provider = self._make_provider(provider_cfg)
             provider.start()
             self.providers[name] = provider
         self.reaper = NodeReaper(self.store, self.providers)
@@ -228,6 +225,13 @@ class Launcher:
         self.started.set()
         log.info("launcher %s started: %d provider(s), %d pool(s)", self.hostname,
                  len(self.providers), len(self.pool_workers))
+
+    def _make_provider(self, provider_cfg: Provider) -> OpenStackProvider:
+        return self.provider_factory(provider_cfg, self.ledger,
+                                     known_nodes=self._known_nodes,
+                                     tenant_usage=self._tenant_usage_elsewhere,
+                                     launch_observer=self.stats.launch,
+                                     **self.provider_options)
 
     def stop(self, wait: float = 20.0) -> None:
         """Graceful: stop taking requests, release locks, leave ZooKeeper
@@ -282,10 +286,7 @@ class Launcher:
                 if name in self.providers:
                     self.providers[name].update_config(provider_cfg)
                 else:
-                    provider = self.provider_factory(provider_cfg, self.ledger,
-                                                     known_nodes=self._known_nodes,
-                                                     tenant_usage=self._tenant_usage_elsewhere,
-                                                     **self.provider_options)
+                    provider = self._make_provider(provider_cfg)
                     provider.start()
                     self.providers[name] = provider
                     self.reaper.builders[name] = provider
@@ -392,8 +393,18 @@ class Launcher:
     def _emit_stats(self) -> None:
         paused = {(w.provider_name, w.pool_name): w.handler.paused
                   for w in list(self.pool_workers.values())}
-        self.stats.gauges(self.store.list_nodes(cached=True), self.providers, self.ledger,
-                          paused)
+        if self.stats.client is None:
+            return
+        store = self.store
+        # Upstream's name uses the short host name, as socket.gethostname() gives it.
+        root = f"nodepool.launcher.{socket.gethostname()}"
+        self.stats.gauges(
+            store.list_nodes(cached=True), self.providers, self.ledger, paused,
+            registered_pools=store.registered_pools(cached=True),
+            requests=store.list_requests(cached=True),
+            provider_configs=self.config.providers,
+            tenant_limits=self.config.tenant_limits,
+            zk_queues={f"{root}.{k}": v for k, v in store.queue_sizes().items()})
 
     # -- for the providers and operators --------------------------------------------
 

@@ -47,6 +47,9 @@ class BuildSpec:
     attributes: Mapping[str, Any] | None = None
     # The node request's fields a label's dynamic-instance-properties may use.
     request: Mapping[str, Any] | None = None
+    # The availability zone every node of the request is built in (None: the
+    # cloud chooses).
+    az: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
                                                 ServerDeletion, Step)
 from nodepool.driver.openstack.network_cleanup import (LeakSweep, orphan_port_judge,
                                                        unattached_floating_ips)
+from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.driver.server_list import ServerListCache
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
@@ -92,8 +93,11 @@ class OpenStackProvider:
                  cloud: OpenStackCloud | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  server_list_interval: float = SERVER_LIST_INTERVAL,
-                 leak_interval: float = LEAK_INTERVAL):
+                 leak_interval: float = LEAK_INTERVAL,
+                 launch_observer: Callable[[LaunchOutcome], None] | None = None):
         self.config = config                   # config.model.Provider
+        # Told how each launch attempt ended (the statsd launch timers).
+        self.launch_observer = launch_observer
         self.name = config.name
         self.ledger = ledger
         self.clock = clock
@@ -439,6 +443,14 @@ class OpenStackProvider:
 
     def count_launch_failure(self) -> None:
         self.counters["launch_failures"] += 1
+
+    def report_launch(self, outcome: LaunchOutcome) -> None:
+        if self.launch_observer is None:
+            return
+        try:
+            self.launch_observer(outcome)
+        except Exception:  # noqa: BLE001 - metrics must never fail a launch
+            log.debug("%s: reporting a launch outcome failed", self.name, exc_info=True)
 
     def note_delete_completed(self) -> None:
         self.counters["deletes_completed"] += 1
