@@ -138,7 +138,6 @@ class PoolWorker:
         while not self._stop.is_set():
             try:
                 self.last_report = self.handler.run_once()
-                self.launcher.stats.pool_pass(self.provider_name, self.last_report)
             except Exception:  # noqa: BLE001 - a pass must never kill the worker
                 log.exception("pool %s: pass failed", self.name)
             self.launcher.health.beat(f"pool {self.name}")

@@ -19,7 +19,8 @@ from typing import Any, Callable, Hashable, Sequence
 from nodepool.driver import errors
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.openstack import servers as srv
-from nodepool.driver.openstack.catalog import CloudCatalog
+from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
+                                               pick_flavor)
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect
 from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
                                                 ServerDeletion, Step)
@@ -98,6 +99,7 @@ class OpenStackProvider:
         self.config = config                   # config.model.Provider
         # Told how each launch attempt ended (the statsd launch timers).
         self.launch_observer = launch_observer
+        self._unservable_logged: set[tuple[str, str, str]] = set()
         self.name = config.name
         self.ledger = ledger
         self.clock = clock
@@ -339,8 +341,8 @@ class OpenStackProvider:
         if not self.catalog.loaded("flavors", "images", "networks"):
             return None, "reading flavors, images and networks", False
         image_cfg = label.cloud_image
-        flavor = srv.pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
-                                 min_ram=label.min_ram)
+        flavor = pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
+                             min_ram=label.min_ram)
         image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
                                image_name=image_cfg.image_name, fallback_name=image_cfg.name)
         nets = []
@@ -357,8 +359,7 @@ class OpenStackProvider:
         if len(nets) < len(label.networks):
             settled = self.catalog.missed("networks") and settled
         if flavor is None:
-            missing.append(f"flavor {label.flavor_name!r}" if label.flavor_name
-                           else f"a flavor with at least {label.min_ram} MB RAM")
+            missing.append(describe_flavor_choice(label.flavor_name, label.min_ram))
             settled = self.catalog.missed("flavors") and settled
         if image is None:
             missing.append(f"image {image_cfg.reference!r}")
@@ -366,11 +367,25 @@ class OpenStackProvider:
         if missing:
             if not settled:
                 return None, f"cloud has no {', '.join(missing)} (re-reading)", False
-            return None, f"cloud {self.cloud_name} has no {', '.join(missing)}", True
+            problem = f"cloud {self.cloud_name} has no {', '.join(missing)}"
+            self._log_unservable(label, pool, problem)
+            return None, problem, True
         cost = label_cost(int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0),
                           boot_from_volume=label.boot_from_volume,
                           volume_size_gb=label.volume_size if label.boot_from_volume else 0)
         return LabelPlan(dict(flavor), dict(image), nets, cost), None, False
+
+    def _log_unservable(self, label: Any, pool: Any, problem: str) -> None:
+        """config-validate cannot see the cloud's catalog, so this is where a
+        label that names no existing flavor, image or network is reported:
+        once per label and problem, not on every capacity check."""
+        key = (pool.name, label.name, problem)
+        if key in self._unservable_logged:
+            return
+        self._unservable_logged.add(key)
+        log.error("%s: pool %s: label %s cannot be served: %s; fix the label in "
+                  "nodepool.yaml (flavor-name, min-ram, cloud-image, networks)", self.name,
+                  pool.name, label.name, problem)
 
     def reserve(self, key: str, spec: BuildSpec, cost: Resources) -> QuotaDecision:
         elsewhere = ZERO
