@@ -18,9 +18,10 @@ import yaml
 from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems
-from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, CloudImage,
-                                   CloudSettings, Label, NodepoolConfig, Pool,
-                                   PoolLabel, Provider, TenantLimits, WebApp)
+from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, WINDOWS_NAME_MAX,
+                                   CloudImage, CloudSettings, Label,
+                                   NodepoolConfig, Pool, PoolLabel, Provider,
+                                   TenantLimits, WebApp)
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 from nodepool.zk.client import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
                                 ZooKeeperSettings, ZooKeeperTLS)
@@ -96,6 +97,31 @@ def _check_hostname_format(fmt: str, path: list, problems: Problems) -> None:
         fmt.format(label=_Fmt(), provider=_Fmt(), node=_Fmt(), pool=_Fmt())
     except (AttributeError, IndexError, KeyError, ValueError) as e:
         problems.error(path, f"cannot be formatted: {e}")
+
+
+def _check_windows_names(fmt: str, provider: str, pools: dict, path: list,
+                         problems: Problems) -> None:
+    """Windows computer names are at most 15 characters: warn when a winrm
+    label's server names would be longer (node ids have 10 digits)."""
+    from nodepool.driver.openstack.servers import hostname  # pure helper
+
+    for pool in pools.values():
+        for label in pool.labels.values():
+            if label.cloud_image.connection_type != "winrm":
+                continue
+            try:
+                name = hostname(fmt, label=label.name, provider=provider, pool=pool.name,
+                                node_id="0" * 10)
+            except (AttributeError, IndexError, KeyError, ValueError):
+                return  # reported by _check_hostname_format
+            if len(name) > WINDOWS_NAME_MAX:
+                problems.warning(path, f"label {label.name!r} is a Windows (winrm) label and "
+                                 f"its server names are {len(name)} characters long, e.g. "
+                                 f"{name!r}; Windows cuts computer names to "
+                                 f"{WINDOWS_NAME_MAX}, so nodes may share one. Leave "
+                                 "hostname-format out (upstream's 'np' + node id) or make it "
+                                 "shorter")
+                return
 
 
 def _valid_items(items: Any, item_schema) -> list[dict]:
@@ -245,6 +271,9 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
             auto_floating_ip=pool.get("auto-floating-ip", True), host_key_checking=pool_hkc,
             ignore_provider_quota=pool.get("ignore-provider-quota", False),
             node_attributes=pool.get("node-attributes"), labels=plabels)
+    hostname_format = prov.get("hostname-format", Provider.hostname_format)
+    _check_windows_names(hostname_format, prov["name"], pools, base + ["hostname-format"],
+                         problems)
     return Provider(
         name=prov["name"], cloud=prov["cloud"], cloud_settings=cloud_settings,
         region_name=prov.get("region-name"), driver="openstack",
@@ -252,7 +281,7 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
         rate=float(prov.get("rate", 1.0)), boot_timeout=prov.get("boot-timeout", 60),
         launch_timeout=prov.get("launch-timeout", 3600),
         launch_retries=prov.get("launch-retries", 3),
-        hostname_format=prov.get("hostname-format", Provider.hostname_format),
+        hostname_format=hostname_format,
         clean_floating_ips=prov.get("clean-floating-ips", False),
         port_cleanup_interval=prov.get("port-cleanup-interval", 600),
         cloud_images=images, pools=pools)

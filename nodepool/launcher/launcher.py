@@ -88,7 +88,8 @@ class PoolWorker:
         self.settings = PoolSettings(
             pool_id=pool_id, provider_name=provider.name, pool_name=pool.name,
             labels=frozenset(pool.labels), priority=provider.pool_priority(pool),
-            max_servers=pool.max_servers, node_attributes=pool.node_attributes)
+            max_servers=pool.max_servers, node_attributes=pool.node_attributes,
+            availability_zones=pool.availability_zones)
         component = PoolComponent(
             hostname=launcher.hostname, state="running", version=__version__,
             id=pool_id, name=pool.name, provider_name=provider.name,
@@ -112,7 +113,8 @@ class PoolWorker:
             pool_id=self.settings.pool_id, provider_name=provider.name,
             pool_name=pool.name, labels=frozenset(pool.labels),
             priority=provider.pool_priority(pool), max_servers=pool.max_servers,
-            node_attributes=pool.node_attributes)
+            node_attributes=pool.node_attributes,
+            availability_zones=pool.availability_zones)
         if settings == self.settings:
             return
         self.settings = settings

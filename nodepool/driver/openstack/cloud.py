@@ -143,6 +143,17 @@ class OpenStackCloud:
         body = _get(self.conn.compute, "/flavors/detail", "listing flavors")
         return body.get("flavors", [])
 
+    def list_availability_zones(self) -> list[str]:
+        """Names of the zones nova reports available (``GET /os-availability-zone``);
+        empty when policy forbids the call (then nova places servers)."""
+        try:
+            body = _get(self.conn.compute, "/os-availability-zone",
+                        "listing availability zones")
+        except (sdk_exc.ForbiddenException, sdk_exc.NotFoundException):
+            return []
+        return [z.get("zoneName") for z in body.get("availabilityZoneInfo", [])
+                if (z.get("zoneState") or {}).get("available") and z.get("zoneName")]
+
     # -- image ------------------------------------------------------------
 
     def list_images(self) -> list[dict]:

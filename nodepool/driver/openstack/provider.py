@@ -122,6 +122,7 @@ class OpenStackProvider:
             "flavors": lambda: self.cloud.list_flavors(),
             "images": lambda: self.cloud.list_images(),
             "networks": lambda: self.cloud.list_networks(),
+            "availability_zones": lambda: self.cloud.list_availability_zones(),
         }, clock=clock)
         self.leak_interval = leak_interval
         self._lock = threading.RLock()
@@ -411,9 +412,8 @@ class OpenStackProvider:
         meta = srv.server_metadata(provider=self.name, pool=pool.name,
                                    node_id=machine.spec.node_id, label=machine.spec.label,
                                    image=image_cfg.name, attempt=machine.attempt)
-        azs = pool.availability_zones
-        az = azs[(int(machine.spec.node_id) if machine.spec.node_id.isdigit() else 0)
-                 % len(azs)] if azs else None
+        # The request handler chose the zone for all of the request's nodes.
+        az = machine.spec.az
         return srv.create_request(
             name=name, flavor_id=plan.flavor["id"], image_id=plan.image["id"], metadata=meta,
             network_ids=plan.network_ids, key_name=label.key_name, userdata=label.userdata,
@@ -598,6 +598,11 @@ class OpenStackProvider:
                                after_call=after_call)
             self._server_deletions.append(d)
             return d
+
+    def availability_zones(self) -> list[str]:
+        """The zones nova lists as available (empty until read, or when the
+        cloud does not let us list them)."""
+        return [z for z in self.catalog.items("availability_zones") or [] if z]
 
     def external_network(self) -> dict | None:
         nets = self.catalog.items("networks") or []
