@@ -13,6 +13,7 @@ import os
 import string
 from typing import Any, Mapping as MappingT
 
+import voluptuous
 import yaml
 
 from nodepool.config import clouds as clouds_policy
@@ -122,6 +123,49 @@ def _check_windows_names(fmt: str, provider: str, pools: dict, path: list,
                                  "hostname-format out (upstream's 'np' + node id) or make it "
                                  "shorter")
                 return
+
+
+def _rate_of(prov: dict) -> float:
+    """``rate`` as seconds (a string is converted, as upstream does); an
+    unusable one is already reported by the schema."""
+    try:
+        return schema.Rate(prov.get("rate", 1.0))
+    except voluptuous.Invalid:
+        return 1.0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _warn_upstream_off_values(data: dict, problems: Problems) -> None:
+    """Values upstream accepts and treats as "off" or as the least it does;
+    they work the same here, and the warning says what to write instead."""
+    for j, lab in enumerate(data.get("labels") or []):
+        if not isinstance(lab, dict):
+            continue
+        for key in ("min-ready", "max-ready-age"):
+            if _is_int(lab.get(key)) and lab[key] < 0:
+                problems.warning(["labels", j, key],
+                                 f"{lab[key]} is treated as 0 (off), as upstream Nodepool "
+                                 "does; write 0 or leave the key out")
+    for i, prov in enumerate(data.get("providers") or []):
+        if not isinstance(prov, dict) or prov.get("driver", "openstack") != "openstack":
+            continue
+        retries = prov.get("launch-retries")
+        if _is_int(retries) and retries < 1:
+            problems.warning(["providers", i, "launch-retries"],
+                             f"{retries} means one attempt per node, as upstream Nodepool "
+                             "treats it; write 1")
+        for j, pool in enumerate(prov.get("pools") or []):
+            if not isinstance(pool, dict):
+                continue
+            value = pool.get("max-servers")
+            if _is_int(value) and value < 0:
+                problems.warning(["providers", i, "pools", j, "max-servers"],
+                                 f"{value} disables the pool (it declines every request), "
+                                 "as upstream Nodepool treats any value of 0 or less; write "
+                                 "0 to disable it, or leave max-servers out for no limit")
 
 
 def _valid_items(items: Any, item_schema) -> list[dict]:
@@ -278,7 +322,7 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
         name=prov["name"], cloud=prov["cloud"], cloud_settings=cloud_settings,
         region_name=prov.get("region-name"), driver="openstack",
         priority=prov.get("priority"), max_concurrency=prov.get("max-concurrency", -1),
-        rate=float(prov.get("rate", 1.0)), boot_timeout=prov.get("boot-timeout", 60),
+        rate=_rate_of(prov), boot_timeout=prov.get("boot-timeout", 60),
         launch_timeout=prov.get("launch-timeout", 3600),
         launch_retries=prov.get("launch-retries", 3),
         hostname_format=hostname_format,
@@ -356,6 +400,7 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
 
     for p, msg in schema.voluptuous_problems(schema.top_level_schema, data):
         problems.error(p, msg)
+    _warn_upstream_off_values(data, problems)
     for key in schema.BUILDER_TOP_LEVEL_KEYS:
         if key in data:
             problems.warning(key, "belongs to upstream's nodepool-builder, which this "
