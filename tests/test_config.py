@@ -397,3 +397,19 @@ def test_a_pool_with_negative_max_servers_declines_as_upstream():
                         labels=frozenset({"small"}), max_servers=-1)
     request = NodeRequest(state="requested", node_types=["small"])
     assert decline_reasons(request, pool) == ["pool is disabled (max-servers <= 0)"]
+
+
+def test_windows_labels_warn_when_server_names_exceed_15_characters(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["providers"][0]["cloud-images"][0]["connection-type"] = "winrm"
+    config, problems, _ = run(tmp_path, data)
+    assert config.providers["p1"].hostname_format == "np{node.id}"
+    assert not [w for w in warnings(problems) if "hostname-format" in w]
+    data["providers"][0]["hostname-format"] = "{label.name}-{provider.name}-{node.id}"
+    config, problems, _ = run(tmp_path, data)
+    found = [w for w in warnings(problems) if "providers[0].hostname-format" in w]
+    assert found and "'small'" in found[0] and "15" in found[0], warnings(problems)
+    # Not a Windows label: any length is fine.
+    data["providers"][0]["cloud-images"][0]["connection-type"] = "ssh"
+    config, problems, _ = run(tmp_path, data)
+    assert not [w for w in warnings(problems) if "hostname-format" in w]

@@ -189,3 +189,14 @@ def test_upstream_metrics_for_a_launch_a_failure_and_a_delete(
                               "nodepool_pool_name": "main", "nodepool_attempt": "1"})
     wait_for(lambda: sum(statsd.values("nodepool.provider.fake.leaked.instances", "c")) == 1,
              30, what="leaked instance counted")
+
+
+def test_openstacksdk_gets_the_statsd_settings_from_the_environment():
+    from nodepool.driver.openstack.cloud import statsd_settings
+
+    assert statsd_settings({}) is None
+    assert statsd_settings({"STATSD_HOST": "graphite", "STATSD_PORT": "8126",
+                            "STATSD_PREFIX": "np"}) == {
+        "host": "graphite", "port": 8126, "prefix": "np"}
+    assert statsd_settings({"STATSD_HOST": "graphite"}) == {
+        "host": "graphite", "port": None, "prefix": None}

@@ -57,8 +57,10 @@ class _Active:
     waiting: bool = False          # no headroom now: the pool is paused
     nodes_released: bool = False   # fulfilling: node locks already let go
     # Every node of the request in one availability zone, as upstream: the
-    # zone of the first ready node reused, else one chosen at the first build.
+    # zone of the first ready node reused, else one chosen at the first build
+    # (None when there is nothing to choose from: the cloud places them).
     az: str | None = None
+    az_chosen: bool = False
 
 
 @dataclass
@@ -326,8 +328,9 @@ class NodeRequestHandler:
             slot.node.set_state(BUILDING, self._now())
             self.store.store_node(slot.node, slot.lock)
         if not slot.building:
-            if active.az is None:
+            if active.az is None and not active.az_chosen:
                 active.az = self._choose_az()
+            active.az_chosen = True
             spec = BuildSpec(node_id=slot.node.id, label=slot.label,
                              provider_name=self.pool.provider_name,
                              pool_name=self.pool.pool_name, request_id=request.id,

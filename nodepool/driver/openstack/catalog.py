@@ -48,9 +48,9 @@ def pick_flavor(flavors: Iterable[Mapping[str, Any]], *, name: str | None,
 def describe_flavor_choice(name: str | None, min_ram: int) -> str:
     """What a label asks for, in words, for a "no such flavor" message."""
     if min_ram and name:
-        return f"a flavor whose name contains {name!r} with at least {min_ram} MB RAM"
+        return f"flavor whose name contains {name!r} with at least {min_ram} MB RAM"
     if min_ram:
-        return f"a flavor with at least {min_ram} MB RAM"
+        return f"flavor with at least {min_ram} MB RAM"
     return f"flavor {name!r}"
 
 
