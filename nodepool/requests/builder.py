@@ -8,6 +8,10 @@ importing the ZooKeeper layer; a test double implements it in the tests.
 
 Exceptions from ``start_*``/``poll_*`` count as a failed build or delete;
 from ``capacity`` as "no headroom now".
+
+A builder may also offer ``availability_zones() -> list[str]``, the zones
+the cloud lists: the handler picks one of them for a request whose pool
+names none (as upstream does), and passes it in ``BuildSpec.az``.
 """
 
 from __future__ import annotations
