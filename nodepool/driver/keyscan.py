@@ -27,9 +27,10 @@ SSH_CONNECTION_TYPES = ("ssh", "network_cli")
 PER_CONNECT_TIMEOUT = 10.0
 
 
-class HostKeyScan:
-    """Poll ``result()``: None while scanning, else the keys (maybe empty on
-    failure, with ``error`` set once the deadline passed)."""
+class ReadinessCheck:
+    """What both checks share: ``poll()`` returns None while trying, else the
+    keys found (empty when there are none to collect, or on failure, with
+    ``error`` set once the deadline passed); ``ok`` tells success."""
 
     def __init__(self, host: str, port: int, deadline: float,
                  clock: Callable[[], float] = time.monotonic):
@@ -40,8 +41,16 @@ class HostKeyScan:
         self.error: str | None = None
         self.keys: list[str] | None = None
         self.attempts = 0
-        self._proc: subprocess.Popen | None = None
         self._next_try = 0.0
+
+
+class HostKeyScan(ReadinessCheck):
+    """SSH host keys by ``ssh-keyscan``; ok when it returned some."""
+
+    def __init__(self, host: str, port: int, deadline: float,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(host, port, deadline, clock)
+        self._proc: subprocess.Popen | None = None
         self._binary = shutil.which(KEYSCAN)
 
     def poll(self) -> list[str] | None:
@@ -104,26 +113,18 @@ def parse_keyscan(output: str) -> list[str]:
     return sorted(set(keys))
 
 
-class PortCheck:
-    """Poll ``poll()``: None while trying, else ``[]`` (there are no keys to
-    collect); ``ok`` says whether the port accepted a connection before the
-    deadline, ``error`` why not.  Each attempt is a non-blocking connect
-    looked at on later polls, so the provider loop never waits on it."""
+class PortCheck(ReadinessCheck):
+    """The port accepts a TCP connection (no keys to collect); ok when it did
+    before the deadline.  Each attempt is a non-blocking connect looked at on
+    later polls, so the provider loop never waits on it."""
 
     def __init__(self, host: str, port: int, deadline: float,
                  clock: Callable[[], float] = time.monotonic):
-        self.host = host
-        self.port = port
-        self.deadline = deadline
-        self.clock = clock
-        self.error: str | None = None
-        self.keys: list[str] | None = None
+        super().__init__(host, port, deadline, clock)
         self.ok = False
-        self.attempts = 0
         self.last_error: str | None = None
         self._sock: socket.socket | None = None
         self._started = 0.0
-        self._next_try = 0.0
 
     def poll(self) -> list[str] | None:
         if self.keys is not None:

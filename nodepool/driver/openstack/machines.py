@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from nodepool.driver import errors
 from nodepool.driver import outcomes
 from nodepool.driver.gate import ApiCall
-from nodepool.driver.keyscan import SSH_CONNECTION_TYPES, HostKeyScan, PortCheck
+from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
+                                     ReadinessCheck)
 from nodepool.driver.openstack import servers as srv
 from nodepool.quota import Resources
 
@@ -79,7 +80,7 @@ class CreateMachine:
         self.active_at: float | None = None
         self.not_before = 0.0
         self.reason: str | None = None    # why it waits or failed
-        self.scan: HostKeyScan | PortCheck | None = None
+        self.scan: ReadinessCheck | None = None
         self.fip_address: str | None = None
         self.fip_port: str | None = None
         self.resolve_misses = 0
