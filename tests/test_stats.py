@@ -200,3 +200,23 @@ def test_openstacksdk_gets_the_statsd_settings_from_the_environment():
         "host": "graphite", "port": 8126, "prefix": "np"}
     assert statsd_settings({"STATSD_HOST": "graphite"}) == {
         "host": "graphite", "port": None, "prefix": None}
+
+
+def test_leaked_ports_and_floating_ips_are_counted_as_upstream(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, statsd,  # noqa: F811
+        fakecloud_connect):
+    # Every deleted server leaves its port behind DOWN, as after a lost unbind.
+    cloud = make_fakecloud({"servers": {"boot_seconds": 0.1, "delete_seconds": 0.1,
+                                        "leak_port_share": 1.0}})
+    run_launcher(write_config(tmp_path, cloud, zk_settings, provider={
+        "clean-floating-ips": True, "port-cleanup-interval": 1}))
+    req = zuul_request(store, ["small"])
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    use_and_return(store, done)
+    other = fakecloud_connect(cloud)
+    ext = next(n for n in other.network.networks() if n.is_router_external)
+    other.network.create_ip(floating_network_id=ext.id)  # bound to no port: leaked
+    wait_for(lambda: sum(statsd.values("nodepool.provider.fake.leaked.ports", "c")) == 1, 30,
+             what="leaked port counted")
+    wait_for(lambda: sum(statsd.values("nodepool.provider.fake.leaked.floatingips", "c")) == 1,
+             30, what="leaked floating IP counted")
