@@ -397,7 +397,7 @@ class Launcher:
         if self.stats.client is None:
             return
         store = self.store
-        # Upstream's name uses the short host name, as socket.gethostname() gives it.
+        # Upstream names these after socket.gethostname(), unchanged.
         root = f"nodepool.launcher.{socket.gethostname()}"
         self.stats.gauges(
             store.list_nodes(cached=True), self.providers, self.ledger, paused,
