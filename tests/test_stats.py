@@ -220,3 +220,58 @@ def test_leaked_ports_and_floating_ips_are_counted_as_upstream(
              what="leaked port counted")
     wait_for(lambda: sum(statsd.values("nodepool.provider.fake.leaked.floatingips", "c")) == 1,
              30, what="leaked floating IP counted")
+
+
+# -- the pure parts -------------------------------------------------------------------
+
+
+class _Node:
+    def __init__(self, state, provider, labels):
+        self.state, self.provider, self.type = state, provider, labels
+
+
+class _Pool:
+    def __init__(self, provider_name, name, labels):
+        self.provider_name, self.name, self.supported_labels = provider_name, name, labels
+
+
+class _Request:
+    def __init__(self, labels):
+        self.node_types = labels
+
+
+def test_node_gauges_zero_every_state_and_count_unknown_providers_and_labels():
+    from nodepool.launcher.stats import ALL_NODE_STATES, node_state_gauges
+
+    gauges = node_state_gauges([_Node("ready", "p1", ["small"]),
+                                _Node("in-use", "elsewhere", ["big", "small"])],
+                               providers=["p1"], labels=["small", "idle"])
+    assert gauges["nodepool.nodes.ready"] == 1 and gauges["nodepool.nodes.deleting"] == 0
+    for state in ALL_NODE_STATES:
+        assert f"nodepool.label.idle.nodes.{state}" in gauges
+        assert f"nodepool.provider.p1.nodes.{state}" in gauges
+    assert gauges["nodepool.label.small.nodes.in-use"] == 1
+    assert gauges["nodepool.provider.elsewhere.nodes.in-use"] == 1
+    assert gauges["nodepool.label.big.nodes.in-use"] == 1
+
+
+def test_addressable_requests_count_requests_whose_labels_a_pool_all_serves():
+    from nodepool.launcher.stats import addressable_request_gauges
+
+    gauges = addressable_request_gauges(
+        [_Pool("p1", "main", ["small", "big"]), _Pool("p.2", "x:y", ["small"])],
+        [_Request(["small"]), _Request(["small", "big"]), _Request(["gpu"])])
+    assert gauges == {"nodepool.provider.p1.pool.main.addressable_requests": 2,
+                      "nodepool.provider.p_2.pool.x_y.addressable_requests": 1}
+
+
+def test_launch_names_are_upstreams_four():
+    from nodepool.driver.outcomes import LaunchOutcome
+    from nodepool.launcher.stats import launch_metric_names
+
+    assert launch_metric_names(LaunchOutcome("p1", "error.status", 5, "az.1", "zuul:ci")) == [
+        "nodepool.launch.provider.p1.error.status", "nodepool.launch.error.status",
+        "nodepool.launch.provider.p1.az_1.error.status",
+        "nodepool.launch.requestor.zuul_ci.error.status"]
+    assert launch_metric_names(LaunchOutcome("p1", "ready", 5)) == [
+        "nodepool.launch.provider.p1.ready", "nodepool.launch.ready"]
