@@ -176,12 +176,14 @@ def test_secure_file_overrides_zookeeper(tmp_path):
      "providers[0].pools[0].max-servers", ["expected an integer", "'ten'"]),
     (lambda d: d["providers"][0]["pools"][0].update({"max-servers": True}),
      "providers[0].pools[0].max-servers", ["expected an integer", "boolean"]),
-    (lambda d: d["providers"][0]["pools"][0].update({"max-servers": -1}),
-     "providers[0].pools[0].max-servers", ["at least 0"]),
-    (lambda d: d["providers"][0].update({"rate": 0}),
-     "providers[0].rate", ["greater than 0"]),
+    (lambda d: d["providers"][0]["pools"][0].update({"max-cores": -1}),
+     "providers[0].pools[0].max-cores", ["at least 0", "upstream", "leave the key out"]),
+    (lambda d: d["providers"][0].update({"rate": -1}),
+     "providers[0].rate", ["must not be negative", "e.g. 1.0"]),
+    (lambda d: d["providers"][0].update({"rate": "fast"}),
+     "providers[0].rate", ["expected a number of seconds", "'fast'"]),
     (lambda d: d["providers"][0].update({"boot-timeout": 0}),
-     "providers[0].boot-timeout", ["at least 1"]),
+     "providers[0].boot-timeout", ["at least 1", "upstream", "e.g. 60"]),
     (lambda d: d["providers"][0]["pools"][0].update({"networks": "private"}),
      "providers[0].pools[0].networks", ["expected a list"]),
     (lambda d: d["providers"][0]["pools"][0].update({"networks": ["a", 3]}),
@@ -360,3 +362,54 @@ def test_dynamic_instance_properties_are_checked(tmp_path, template, expected):
     [err] = errors(problems)
     assert "providers[0].pools[0].labels[0].dynamic-instance-properties.bad" in err
     assert expected in err
+
+
+def test_values_upstream_accepts_load_as_upstream_treats_them(tmp_path):
+    """``rate`` as a string is converted (upstream uses float()); ``rate: 0``
+    means no spacing; a negative max-servers, min-ready, max-ready-age or a
+    launch-retries below 1 load with a warning saying what upstream does and
+    what to write instead."""
+    data = copy.deepcopy(MINIMAL)
+    data["providers"][0].update({"rate": "0.5", "launch-retries": 0})
+    data["providers"][0]["pools"][0]["max-servers"] = -1
+    data["labels"][0].update({"min-ready": -1, "max-ready-age": -1})
+    config, problems, _ = run(tmp_path, data)
+    assert errors(problems) == []
+    provider = config.providers[data["providers"][0]["name"]]
+    assert provider.rate == 0.5
+    assert provider.pools["main"].max_servers == -1
+    found = warnings(problems)
+    assert any("pools[0].max-servers" in w and "disables the pool" in w and "write 0" in w
+               for w in found), found
+    assert any("labels[0].min-ready" in w and "treated as 0" in w for w in found), found
+    assert any("labels[0].max-ready-age" in w for w in found), found
+    assert any("launch-retries" in w and "one attempt" in w for w in found), found
+    data["providers"][0]["rate"] = 0
+    config, problems, _ = run(tmp_path, data)
+    assert config.providers[data["providers"][0]["name"]].rate == 0.0
+
+
+def test_a_pool_with_negative_max_servers_declines_as_upstream():
+    from nodepool.requests.protocol import PoolSettings, decline_reasons
+    from nodepool.zk.records import NodeRequest
+
+    pool = PoolSettings(pool_id="p", provider_name="p", pool_name="main",
+                        labels=frozenset({"small"}), max_servers=-1)
+    request = NodeRequest(state="requested", node_types=["small"])
+    assert decline_reasons(request, pool) == ["pool is disabled (max-servers <= 0)"]
+
+
+def test_windows_labels_warn_when_server_names_exceed_15_characters(tmp_path):
+    data = copy.deepcopy(MINIMAL)
+    data["providers"][0]["cloud-images"][0]["connection-type"] = "winrm"
+    config, problems, _ = run(tmp_path, data)
+    assert config.providers["p1"].hostname_format == "np{node.id}"
+    assert not [w for w in warnings(problems) if "hostname-format" in w]
+    data["providers"][0]["hostname-format"] = "{label.name}-{provider.name}-{node.id}"
+    config, problems, _ = run(tmp_path, data)
+    found = [w for w in warnings(problems) if "providers[0].hostname-format" in w]
+    assert found and "'small'" in found[0] and "15" in found[0], warnings(problems)
+    # Not a Windows label: any length is fine.
+    data["providers"][0]["cloud-images"][0]["connection-type"] = "ssh"
+    config, problems, _ = run(tmp_path, data)
+    assert not [w for w in warnings(problems) if "hostname-format" in w]

@@ -151,27 +151,6 @@ def test_quota_faults_are_recognised():
 
 # -- catalog lookups ----------------------------------------------------------------------
 
-FLAVORS = [{"id": "1", "name": "m1.tiny", "vcpus": 1, "ram": 512},
-           {"id": "2", "name": "m1.small", "vcpus": 1, "ram": 2048},
-           {"id": "3", "name": "m1.medium", "vcpus": 2, "ram": 4096},
-           {"id": "5", "name": "m1.medium-wide", "vcpus": 4, "ram": 4096},
-           {"id": "9", "name": "gone", "vcpus": 1, "ram": 3000,
-            "OS-FLV-DISABLED:disabled": True}]
-
-
-def test_pick_flavor_by_name_then_id():
-    assert srv.pick_flavor(FLAVORS, name="m1.small", min_ram=0)["id"] == "2"
-    assert srv.pick_flavor(FLAVORS, name="3", min_ram=0)["name"] == "m1.medium"
-    assert srv.pick_flavor(FLAVORS, name="m9", min_ram=0) is None
-
-
-def test_pick_flavor_by_min_ram_takes_the_smallest_enabled_fit():
-    assert srv.pick_flavor(FLAVORS, name=None, min_ram=2500)["name"] == "m1.medium"
-    assert srv.pick_flavor(FLAVORS, name=None, min_ram=2048)["name"] == "m1.small"
-    assert srv.pick_flavor(FLAVORS, name=None, min_ram=0)["name"] == "m1.tiny"
-    assert srv.pick_flavor(FLAVORS, name=None, min_ram=10000) is None
-
-
 IMAGES = [{"id": "a", "name": "debian", "status": "active", "created_at": "2024-01-01"},
           {"id": "b", "name": "debian", "status": "active", "created_at": "2025-01-01"},
           {"id": "c", "name": "debian", "status": "queued", "created_at": "2026-01-01"},

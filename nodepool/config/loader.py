@@ -15,14 +15,16 @@ import os
 import string
 from typing import Any, Mapping as MappingT
 
+import voluptuous
 import yaml
 
 from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems
-from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, CloudImage,
-                                   CloudSettings, Label, NodepoolConfig, Pool,
-                                   PoolLabel, Provider, TenantLimits, WebApp)
+from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, WINDOWS_NAME_MAX,
+                                   CloudImage, CloudSettings, Label,
+                                   NodepoolConfig, Pool, PoolLabel, Provider,
+                                   TenantLimits, WebApp)
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 from nodepool.zk.client import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
                                 ZooKeeperSettings, ZooKeeperTLS)
@@ -98,6 +100,74 @@ def _check_hostname_format(fmt: str, path: list, problems: Problems) -> None:
         fmt.format(label=_Fmt(), provider=_Fmt(), node=_Fmt(), pool=_Fmt())
     except (AttributeError, IndexError, KeyError, ValueError) as e:
         problems.error(path, f"cannot be formatted: {e}")
+
+
+def _check_windows_names(fmt: str, provider: str, pools: dict, path: list,
+                         problems: Problems) -> None:
+    """Windows computer names are at most 15 characters: warn when a winrm
+    label's server names would be longer (node ids have 10 digits)."""
+    from nodepool.driver.openstack.servers import hostname  # pure helper
+
+    for pool in pools.values():
+        for label in pool.labels.values():
+            if label.cloud_image.connection_type != "winrm":
+                continue
+            try:
+                name = hostname(fmt, label=label.name, provider=provider, pool=pool.name,
+                                node_id="0" * 10)
+            except (AttributeError, IndexError, KeyError, ValueError):
+                return  # reported by _check_hostname_format
+            if len(name) > WINDOWS_NAME_MAX:
+                problems.warning(path, f"label {label.name!r} is a Windows (winrm) label and "
+                                 f"its server names are {len(name)} characters long, e.g. "
+                                 f"{name!r}; Windows cuts computer names to "
+                                 f"{WINDOWS_NAME_MAX}, so nodes may share one. Leave "
+                                 "hostname-format out (upstream's 'np' + node id) or make it "
+                                 "shorter")
+                return
+
+
+def _rate_of(prov: dict) -> float:
+    """``rate`` as seconds (a string is converted, as upstream does); an
+    unusable one is already reported by the schema."""
+    try:
+        return schema.Rate(prov.get("rate", 1.0))
+    except voluptuous.Invalid:
+        return 1.0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _warn_upstream_off_values(data: dict, problems: Problems) -> None:
+    """Values upstream accepts and treats as "off" or as the least it does;
+    they work the same here, and the warning says what to write instead."""
+    for j, lab in enumerate(data.get("labels") or []):
+        if not isinstance(lab, dict):
+            continue
+        for key in ("min-ready", "max-ready-age"):
+            if _is_int(lab.get(key)) and lab[key] < 0:
+                problems.warning(["labels", j, key],
+                                 f"{lab[key]} is treated as 0 (off), as upstream Nodepool "
+                                 "does; write 0 or leave the key out")
+    for i, prov in enumerate(data.get("providers") or []):
+        if not isinstance(prov, dict) or prov.get("driver", "openstack") != "openstack":
+            continue
+        retries = prov.get("launch-retries")
+        if _is_int(retries) and retries < 1:
+            problems.warning(["providers", i, "launch-retries"],
+                             f"{retries} means one attempt per node, as upstream Nodepool "
+                             "treats it; write 1")
+        for j, pool in enumerate(prov.get("pools") or []):
+            if not isinstance(pool, dict):
+                continue
+            value = pool.get("max-servers")
+            if _is_int(value) and value < 0:
+                problems.warning(["providers", i, "pools", j, "max-servers"],
+                                 f"{value} disables the pool (it declines every request), "
+                                 "as upstream Nodepool treats any value of 0 or less; write "
+                                 "0 to disable it, or leave max-servers out for no limit")
 
 
 def _valid_items(items: Any, item_schema) -> list[dict]:
@@ -247,14 +317,17 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
             auto_floating_ip=pool.get("auto-floating-ip", True), host_key_checking=pool_hkc,
             ignore_provider_quota=pool.get("ignore-provider-quota", False),
             node_attributes=pool.get("node-attributes"), labels=plabels)
+    hostname_format = prov.get("hostname-format", Provider.hostname_format)
+    _check_windows_names(hostname_format, prov["name"], pools, base + ["hostname-format"],
+                         problems)
     return Provider(
         name=prov["name"], cloud=prov["cloud"], cloud_settings=cloud_settings,
         region_name=prov.get("region-name"), driver="openstack",
         priority=prov.get("priority"), max_concurrency=prov.get("max-concurrency", -1),
-        rate=float(prov.get("rate", 1.0)), boot_timeout=prov.get("boot-timeout", 60),
+        rate=_rate_of(prov), boot_timeout=prov.get("boot-timeout", 60),
         launch_timeout=prov.get("launch-timeout", 3600),
         launch_retries=prov.get("launch-retries", 3),
-        hostname_format=prov.get("hostname-format", Provider.hostname_format),
+        hostname_format=hostname_format,
         clean_floating_ips=prov.get("clean-floating-ips", False),
         port_cleanup_interval=prov.get("port-cleanup-interval", 600),
         cloud_images=images, pools=pools)
@@ -335,6 +408,7 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
 
     for p, msg in schema.voluptuous_problems(schema.top_level_schema, data):
         problems.error(p, msg)
+    _warn_upstream_off_values(data, problems)
     for key in schema.BUILDER_TOP_LEVEL_KEYS:
         if key in data:
             problems.warning(key, "belongs to upstream's nodepool-builder, which this "

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 
 from nodepool.zk.client import ZooKeeperSettings
 
-DEFAULT_HOSTNAME_FORMAT = "{label.name}-{provider.name}-{node.id}"
+# Upstream's server name: "np" and the node id (12 characters, within the
+# 15 a Windows computer name allows).  hostname-format can change it.
+DEFAULT_HOSTNAME_FORMAT = "np{node.id}"
+# Windows (NetBIOS) computer names are at most this long.
+WINDOWS_NAME_MAX = 15
 DEFAULT_CONNECTION_PORTS = {"ssh": 22, "winrm": 5986}
 
 

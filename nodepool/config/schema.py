@@ -5,9 +5,14 @@ operator's existing file loads unchanged.  Keys that only upstream's builder or
 other drivers use are accepted here and reported by the loader as "not served
 by this launcher" rather than rejected as typos.
 
-Type checks are strict (``true`` is not an integer, ``"10"`` is not a number)
-and the messages are written for people; ``voluptuous_problems`` turns
-voluptuous' errors into ``path: message`` pairs.
+Type checks are as strict as upstream's (``true`` is not an integer, ``"10"``
+is not an integer) and lenient where upstream is: ``rate`` may be a number in a
+string (upstream converts it), and the values upstream accepts and treats as
+"off" (``max-servers: -1``, a negative ``min-ready``) load, with a warning
+from the loader.  Where upstream accepts a value that cannot work (a timeout
+of 0), the message says so and what to write instead.  The messages are
+written for people; ``voluptuous_problems`` turns voluptuous' errors into
+``path: message`` pairs.
 """
 
 from __future__ import annotations
@@ -30,14 +35,44 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def Int(minimum: int | None = None) -> Callable[[Any], int]:
+def Int(minimum: int | None = None, why: str = "") -> Callable[[Any], int]:
+    """An integer; ``why`` is added to the "at least" message (what upstream
+    did with such a value and what to write instead)."""
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise v.Invalid(f"expected an integer, got {_type_name(value)} {_shown(value)}")
         if minimum is not None and value < minimum:
-            raise v.Invalid(f"must be at least {minimum}, got {value}")
+            raise v.Invalid(f"must be at least {minimum}, got {value}" + (f"; {why}" if why
+                                                                           else ""))
         return value
     return check
+
+
+def Seconds(example: int) -> Callable[[Any], int]:
+    """A timeout: upstream takes 0 or less, and then every launch times out."""
+    return Int(1, "upstream Nodepool accepts 0 or less, and then every launch times out "
+                  f"at once; write a number of seconds, e.g. {example}")
+
+
+def Rate(value: Any) -> float:
+    """``rate``: seconds between API calls.  Upstream converts it with float(),
+    so ``"0.5"`` works there and here; 0 means no spacing, as upstream."""
+    if isinstance(value, bool):
+        raise v.Invalid(f"expected a number of seconds, got a boolean {value}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise v.Invalid(f"expected a number of seconds such as 1.0, got {_shown(value)}; "
+                            "upstream Nodepool converts numbers given as strings, but this "
+                            "is not one") from None
+    if not isinstance(value, (int, float)):
+        raise v.Invalid(f"expected a number of seconds, got {_type_name(value)} "
+                        f"{_shown(value)}")
+    if value < 0 or value != value:  # NaN too
+        raise v.Invalid(f"must not be negative, got {value}; write the seconds between two "
+                        "API calls, e.g. 1.0 (0: no spacing)")
+    return float(value)
 
 
 def Number(positive: bool = False) -> Callable[[Any], float]:
@@ -116,10 +151,15 @@ def Port(value: Any) -> int:
 
 # -- nodepool.yaml -----------------------------------------------------------
 
+# A negative pool limit: upstream accepts it, and no server ever fits.
+NEGATIVE_LIMIT = ("upstream Nodepool accepts a negative limit, and then no server ever "
+                  "fits; leave the key out for no limit")
+
 label_schema = Dict({
     v.Required("name"): NonEmptyStr,
-    "min-ready": Int(0),
-    "max-ready-age": Int(0),
+    # Upstream takes 0 or less as "off"; so do we (the loader warns).
+    "min-ready": Int(),
+    "max-ready-age": Int(),
 })
 
 webapp_schema = Dict({
@@ -141,13 +181,13 @@ zookeeper_tls_schema = Dict({
 
 tenant_limit_schema = Dict({
     v.Required("tenant-name"): NonEmptyStr,
-    "max-servers": Int(0),
-    "max-cores": Int(0),
-    "max-ram": Int(0),
-    "max-volumes": Int(0),
-    "max-volume-gb": Int(0),
+    "max-servers": Int(0, NEGATIVE_LIMIT),
+    "max-cores": Int(0, NEGATIVE_LIMIT),
+    "max-ram": Int(0, NEGATIVE_LIMIT),
+    "max-volumes": Int(0, NEGATIVE_LIMIT),
+    "max-volume-gb": Int(0, NEGATIVE_LIMIT),
     # Upstream accepts arbitrary extra resource limits as integers.
-    Str: Int(0),
+    Str: Int(0, NEGATIVE_LIMIT),
 })
 
 # Builder-only keys: the loader reports them as not served, they are not typos.
@@ -216,11 +256,13 @@ pool_label_schema = Dict({
 pool_schema = Dict({
     v.Required("name"): NonEmptyStr,
     "priority": Int(),
-    "max-servers": Int(0),
-    "max-cores": Int(0),
-    "max-ram": Int(0),
-    "max-volumes": Int(0),
-    "max-volume-gb": Int(0),
+    # Upstream: 0 or less disables the pool (it declines every request); a
+    # negative value loads with a warning and does the same here.
+    "max-servers": Int(),
+    "max-cores": Int(0, NEGATIVE_LIMIT),
+    "max-ram": Int(0, NEGATIVE_LIMIT),
+    "max-volumes": Int(0, NEGATIVE_LIMIT),
+    "max-volume-gb": Int(0, NEGATIVE_LIMIT),
     "networks": ListOf(NonEmptyStr),
     "security-groups": ListOf(NonEmptyStr),
     "availability-zones": ListOf(NonEmptyStr),
@@ -238,10 +280,11 @@ openstack_provider_schema = Dict({
     "region-name": NonEmptyStr,
     "priority": Int(),
     "max-concurrency": Int(),
-    "rate": Number(positive=True),
-    "boot-timeout": Int(1),
-    "launch-timeout": Int(1),
-    "launch-retries": Int(1),
+    "rate": Rate,
+    "boot-timeout": Seconds(60),
+    "launch-timeout": Seconds(3600),
+    # Upstream makes one attempt with 0 or less; so do we (the loader warns).
+    "launch-retries": Int(),
     "hostname-format": NonEmptyStr,
     "clean-floating-ips": Bool,
     "port-cleanup-interval": Int(0),

@@ -129,7 +129,8 @@ class PoolWorker:
         self.settings = PoolSettings(
             pool_id=pool_id, provider_name=provider.name, pool_name=pool.name,
             labels=frozenset(pool.labels), priority=provider.pool_priority(pool),
-            max_servers=pool.max_servers, node_attributes=pool.node_attributes)
+            max_servers=pool.max_servers, node_attributes=pool.node_attributes,
+            availability_zones=pool.availability_zones)
         component = PoolComponent(
             hostname=launcher.hostname, state="running", version=__version__,
             id=pool_id, name=pool.name, provider_name=provider.name,
@@ -153,7 +154,8 @@ class PoolWorker:
             pool_id=self.settings.pool_id, provider_name=provider.name,
             pool_name=pool.name, labels=frozenset(pool.labels),
             priority=provider.pool_priority(pool), max_servers=pool.max_servers,
-            node_attributes=pool.node_attributes)
+            node_attributes=pool.node_attributes,
+            availability_zones=pool.availability_zones)
         if settings == self.settings:
             return
         self.settings = settings
@@ -188,7 +190,6 @@ class PoolWorker:
                 ok = not self.last_report.errors or bool(
                     self.last_report.fulfilled or self.last_report.accepted
                     or self.last_report.nodes_ready)
-                self.launcher.stats.pool_pass(self.provider_name, self.last_report)
             except Exception:  # noqa: BLE001 - a pass must never kill the worker
                 ok = False
                 log.exception("pool %s: pass failed", self.name)
@@ -414,6 +415,7 @@ class Launcher:
                                      known_nodes=self._known_nodes,
                                      node_claims_server=self._node_claims_server,
                                      tenant_usage=self._tenant_usage_elsewhere,
+                                     launch_observer=self.stats.launch,
                                      **self.provider_options)
 
     def _retire_drained_pools(self) -> None:
@@ -537,8 +539,18 @@ class Launcher:
     def _emit_stats(self) -> None:
         paused = {(w.provider_name, w.pool_name): w.handler.paused
                   for w in list(self.pool_workers.values())}
-        self.stats.gauges(self.store.list_nodes(cached=True), self.providers, self.ledger,
-                          paused)
+        if self.stats.client is None:
+            return
+        store = self.store
+        # Upstream names these after socket.gethostname(), unchanged.
+        root = f"nodepool.launcher.{socket.gethostname()}"
+        self.stats.gauges(
+            store.list_nodes(cached=True), self.providers, self.ledger, paused,
+            registered_pools=store.registered_pools(cached=True),
+            requests=store.list_requests(cached=True),
+            provider_configs=self.config.providers,
+            tenant_limits=self.config.tenant_limits,
+            zk_queues={f"{root}.{k}": v for k, v in store.queue_sizes().items()})
 
     # -- for the providers and operators --------------------------------------------
 

@@ -8,6 +8,10 @@ importing the ZooKeeper layer; a test double implements it in the tests.
 
 Exceptions from ``start_*``/``poll_*`` count as a failed build or delete;
 from ``capacity`` as "no headroom now".
+
+A builder may also offer ``availability_zones() -> list[str]``, the zones
+the cloud lists: the handler picks one of them for a request whose pool
+names none (as upstream does), and passes it in ``BuildSpec.az``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class BuildSpec:
     attributes: Mapping[str, Any] | None = None
     # The node request's fields a label's dynamic-instance-properties may use.
     request: Mapping[str, Any] | None = None
+    # The availability zone every node of the request is built in (None: the
+    # cloud chooses).
+    az: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
@@ -65,6 +66,11 @@ class _Active:
     slots: list[_Slot]
     waiting: bool = False          # no headroom now: the pool is paused
     nodes_released: bool = False   # fulfilling: node locks already let go
+    # Every node of the request in one availability zone, as upstream: the
+    # zone of the first ready node reused, else one chosen at the first build
+    # (None when there is nothing to choose from: the cloud places them).
+    az: str | None = None
+    az_chosen: bool = False
 
 
 @dataclass
@@ -348,12 +354,15 @@ class NodeRequestHandler:
             self.store.store_locked_node(building, slot.lock)
             slot.node = building
         if not slot.building:
+            if active.az is None and not active.az_chosen:
+                active.az = self._choose_az()
+            active.az_chosen = True
             spec = BuildSpec(node_id=slot.node.id, label=slot.label,
                              provider_name=self.pool.provider_name,
                              pool_name=self.pool.pool_name, request_id=request.id,
                              tenant_name=request.tenant_name,
                              attributes=self.pool.node_attributes,
-                             request=protocol.template_fields(request))
+                             request=protocol.template_fields(request), az=active.az)
             try:
                 slot.handle = self.builder.start_build(spec)
             except Exception as e:
@@ -362,6 +371,20 @@ class NodeRequestHandler:
                 return False  # the request will be declined; start nothing more
             slot.building = True
         return True
+
+    def _choose_az(self) -> str | None:
+        """Upstream's choice: a random one of the pool's availability-zones,
+        else of the zones the cloud lists (None: the cloud places the server)."""
+        zones = list(self.pool.availability_zones)
+        if not zones:
+            listed = getattr(self.builder, "availability_zones", None)
+            try:
+                zones = list(listed() or []) if callable(listed) else []
+            except Exception:  # noqa: BLE001 - without a list the cloud chooses
+                log.debug("pool %s: reading availability zones failed", self.pool.pool_id,
+                          exc_info=True)
+                zones = []
+        return random.choice(zones) if zones else None
 
     def _launch_verdict(self, active: _Active, label: str) -> Capacity:
         ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
@@ -380,7 +403,8 @@ class NodeRequestHandler:
         # Without a cache, the lock attempt itself tells.
         locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
         taken = {s.node.id for a in self._active.values() for s in a.slots if s.node}
-        for candidate in protocol.reusable_nodes(nodes, slot.label, self.pool, locked, taken):
+        for candidate in protocol.reusable_nodes(nodes, slot.label, self.pool, locked, taken,
+                                                 az=active.az):
             try:
                 got = self.store.lock_and_read_node(candidate.id)
             except MalformedRecord:
@@ -388,7 +412,7 @@ class NodeRequestHandler:
             if got is None:
                 continue
             node, lock = got
-            if not protocol.can_reuse(node, slot.label, self.pool):
+            if not protocol.can_reuse(node, slot.label, self.pool, az=active.az):
                 lock.release()
                 continue
             node.allocated_to = active.request.id
@@ -400,6 +424,7 @@ class NodeRequestHandler:
                 lock.release()
                 continue
             slot.node, slot.lock, slot.ready = node, lock, True
+            active.az = active.az or node.az
             log.info("request %s: reusing ready node %s", active.request.id, node.id)
             return True
         return False

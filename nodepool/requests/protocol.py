@@ -35,6 +35,8 @@ class PoolSettings:
     max_servers: float = math.inf
     reuse_ready_nodes: bool = True
     node_attributes: Mapping | None = None
+    # A request's nodes all go to one of these zones (none: one the cloud lists).
+    availability_zones: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "labels", frozenset(self.labels))
@@ -137,20 +139,24 @@ def apply_reset_lost(request: NodeRequest, now: float) -> None:
 # -- nodes ---------------------------------------------------------------------------
 
 def reusable_nodes(nodes: Iterable[Node], label: str, pool: PoolSettings,
-                   locked: Collection[str], taken: Collection[str] = ()) -> list[Node]:
+                   locked: Collection[str], taken: Collection[str] = (),
+                   az: str | None = None) -> list[Node]:
     """Unallocated, apparently unlocked ``ready`` nodes of this pool with
-    ``label``, oldest first; the caller still locks and re-checks."""
+    ``label`` (in zone ``az`` when the request has one already), oldest
+    first; the caller still locks and re-checks."""
     found = [n for n in nodes
              if n.state == READY and n.allocated_to is None and n.has_label(label)
              and n.provider == pool.provider_name and n.pool == pool.pool_name
-             and n.id not in locked and n.id not in taken]
+             and n.id not in locked and n.id not in taken
+             and (az is None or n.az == az)]
     return sorted(found, key=lambda n: (n.state_time or 0, n.id or ""))
 
 
-def can_reuse(node: Node, label: str, pool: PoolSettings) -> bool:
+def can_reuse(node: Node, label: str, pool: PoolSettings, az: str | None = None) -> bool:
     """The re-check after locking a node for reuse."""
     return (node.state == READY and node.allocated_to is None and node.has_label(label)
-            and node.provider == pool.provider_name and node.pool == pool.pool_name)
+            and node.provider == pool.provider_name and node.pool == pool.pool_name
+            and (az is None or node.az == az))
 
 
 def pool_node_count(nodes: Iterable[Node], pool: PoolSettings) -> int:

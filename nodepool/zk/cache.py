@@ -112,6 +112,20 @@ class RecordCache(Generic[T]):
         with self._lock:
             return name in self._records or name in self._malformed
 
+    def queue_sizes(self) -> dict[str, int]:
+        """Work the cache has not applied yet, for the statsd queue gauges:
+        ``event_queue``, the ZooKeeper events waiting for the cache's thread;
+        ``playback_queue``, the reads it sent and awaits (kazoo's TreeCache
+        fetches a znode's data after each event before applying it)."""
+        tree = self._tree
+        if tree is None:
+            return {"event_queue": 0, "playback_queue": 0}
+        # kazoo keeps no public counters for these; read its attributes
+        # defensively so a kazoo upgrade cannot break the stats loop.
+        queue = getattr(tree, "_task_queue", None)
+        return {"event_queue": queue.qsize() if hasattr(queue, "qsize") else 0,
+                "playback_queue": int(getattr(tree, "_outstanding_ops", 0) or 0)}
+
     def malformed(self) -> dict[str, str]:
         """Children whose content could not be parsed: name -> reason."""
         with self._lock:

@@ -111,6 +111,22 @@ class ZooKeeperStore:
     def synced(self) -> bool:
         return all(c.synced for c in self._caches())
 
+    def queue_sizes(self) -> dict[str, int]:
+        """Upstream's ZooKeeper queue gauges, relative to
+        ``nodepool.launcher.<hostname>``: the client's outgoing request queue
+        and each cache's queues.  This launcher keeps no image cache (it
+        builds no images), so ``image_cache`` is always 0."""
+        queue = getattr(self.client, "_queue", None)
+        out = {"zk.client.connection_queue": len(queue) if queue is not None else 0}
+        for name, cache in (("node_cache", self.nodes_cache),
+                            ("request_cache", self.requests_cache)):
+            sizes = cache.queue_sizes() if cache is not None else {}
+            for kind in ("event_queue", "playback_queue"):
+                out[f"zk.{name}.{kind}"] = sizes.get(kind, 0)
+        out["zk.image_cache.event_queue"] = 0
+        out["zk.image_cache.playback_queue"] = 0
+        return out
+
     def wait_for_change(self, timeout: float) -> bool:
         """Sleep until a cache sees a change or ``timeout`` passes."""
         changed = self._changed.wait(timeout)

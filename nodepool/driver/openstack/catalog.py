@@ -14,13 +14,44 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from nodepool.driver.gate import ApiCall, ApiGate
 
 log = logging.getLogger("nodepool.catalog")
 
 KINDS = ("flavors", "images", "networks")
+
+
+def pick_flavor(flavors: Iterable[Mapping[str, Any]], *, name: str | None,
+                min_ram: int) -> Mapping[str, Any] | None:
+    """A label's flavor, chosen as upstream Nodepool chooses it.
+
+    Flavors are considered smallest first (by RAM, then by name).  With
+    ``min-ram``, the first with at least that much RAM whose name contains
+    ``flavor-name`` (when given: a substring filter, so ``Performance``
+    matches ``Performance 8GB``).  Without ``min-ram``, the first whose name
+    or id is ``flavor-name``.  Disabled flavors are never chosen.
+    """
+    ordered = sorted((f for f in flavors if not f.get("OS-FLV-DISABLED:disabled")),
+                     key=lambda f: (f.get("ram") or 0, str(f.get("name"))))
+    if min_ram:
+        return next((f for f in ordered if (f.get("ram") or 0) >= min_ram
+                     and (not name or name in str(f.get("name")))), None)
+    if not name:
+        # config-validate requires flavor-name or min-ram; min-ram: 0 alone
+        # takes the smallest flavor.
+        return ordered[0] if ordered else None
+    return next((f for f in ordered if name in (f.get("name"), f.get("id"))), None)
+
+
+def describe_flavor_choice(name: str | None, min_ram: int) -> str:
+    """What a label asks for, in words, for a "no such flavor" message."""
+    if min_ram and name:
+        return f"flavor whose name contains {name!r} with at least {min_ram} MB RAM"
+    if min_ram:
+        return f"flavor with at least {min_ram} MB RAM"
+    return f"flavor {name!r}"
 
 
 @dataclass

@@ -21,11 +21,30 @@ catalog's early re-read when an image is missing.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Mapping
 
 from openstack import exceptions as sdk_exc
 
 log = logging.getLogger("nodepool.openstack")
+
+
+def statsd_settings(env: Mapping[str, str] | None = None) -> dict | None:
+    """openstacksdk's statsd settings from ``STATSD_HOST``/``PORT``/``PREFIX``.
+
+    Upstream Nodepool lets openstacksdk read these itself, so every API call
+    is also reported as ``openstack.api.<service>.<method>.<path>.<status>``
+    (``STATSD_PREFIX``, when set, replaces ``openstack.api``).  We read
+    clouds.yaml without openstacksdk's environment variables (``OS_*`` must
+    not change which cloud a provider uses), so we hand these three over.
+    """
+    env = os.environ if env is None else env
+    host = env.get("STATSD_HOST")
+    if not host:
+        return None
+    port = env.get("STATSD_PORT")
+    return {"host": host, "port": int(port) if port else None,
+            "prefix": env.get("STATSD_PREFIX") or None}
 
 
 def connect(cloud: str, clouds_file: str, region_name: str | None = None):
@@ -33,7 +52,17 @@ def connect(cloud: str, clouds_file: str, region_name: str | None = None):
     from openstack import connection
     from openstack.config import OpenStackConfig
 
-    config = OpenStackConfig(config_files=[clouds_file], load_envvars=False)
+    statsd = statsd_settings()
+    if statsd is None:
+        config = OpenStackConfig(config_files=[clouds_file], load_envvars=False)
+    else:
+        try:
+            config = OpenStackConfig(config_files=[clouds_file], load_envvars=False,
+                                     statsd_config=statsd)
+        except TypeError:  # openstacksdk before statsd_config (early 4.x)
+            config = OpenStackConfig(config_files=[clouds_file], load_envvars=False,
+                                     statsd_host=statsd["host"], statsd_port=statsd["port"],
+                                     statsd_prefix=statsd["prefix"])
     region = config.get_one(cloud=cloud, region_name=region_name)
     return connection.Connection(config=region)
 
@@ -113,6 +142,17 @@ class OpenStackCloud:
     def list_flavors(self) -> list[dict]:
         body = _get(self.conn.compute, "/flavors/detail", "listing flavors")
         return body.get("flavors", [])
+
+    def list_availability_zones(self) -> list[str]:
+        """Names of the zones nova reports available (``GET /os-availability-zone``);
+        empty when policy forbids the call (then nova places servers)."""
+        try:
+            body = _get(self.conn.compute, "/os-availability-zone",
+                        "listing availability zones")
+        except (sdk_exc.ForbiddenException, sdk_exc.NotFoundException):
+            return []
+        return [z.get("zoneName") for z in body.get("availabilityZoneInfo", [])
+                if (z.get("zoneState") or {}).get("available") and z.get("zoneName")]
 
     # -- image ------------------------------------------------------------
 

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nodepool.driver import errors
+from nodepool.driver import outcomes
 from nodepool.driver.gate import ApiCall
-from nodepool.driver.keyscan import HostKeyScan
+from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
+                                     ReadinessCheck)
 from nodepool.driver.openstack import servers as srv
 from nodepool.quota import Resources
 
@@ -44,7 +46,7 @@ class Step(str, enum.Enum):
     LOOKUP = "lookup"            # POST timed out: is the server there anyway?
     BOOTING = "booting"          # nova has it; waiting for ACTIVE
     FLOATING_IP = "floating-ip"  # attaching a floating IP
-    KEYSCAN = "keyscan"          # waiting for SSH host keys
+    KEYSCAN = "keyscan"          # waiting for SSH host keys (or the port, not SSH)
     READY = "ready"
     FAILED = "failed"
 
@@ -78,11 +80,12 @@ class CreateMachine:
         self.active_at: float | None = None
         self.not_before = 0.0
         self.reason: str | None = None    # why it waits or failed
-        self.scan: HostKeyScan | None = None
+        self.scan: ReadinessCheck | None = None
         self.fip_address: str | None = None
         self.fip_port: str | None = None
         self.resolve_misses = 0
         self.cancelled = False
+        self.started_at = ctx.clock()
 
     # -- status for the request handler ------------------------------------
 
@@ -109,7 +112,7 @@ class CreateMachine:
             out.update({k: v for k, v in addrs.items() if v})
             out["hostname"] = s.get("name")
             out["host_id"] = s.get("hostId") or None
-            out["az"] = s.get("OS-EXT-AZ:availability_zone") or None
+            out["az"] = s.get("OS-EXT-AZ:availability_zone") or self.spec.az or None
         image = self.label.cloud_image
         out.update(cloud=self.ctx.cloud_name, region=self.ctx.region_name,
                    image_id=image.name, username=image.username or "zuul",
@@ -191,6 +194,7 @@ class CreateMachine:
             self.ctx.count_create_error(err)
             if err.kind == errors.QUOTA:
                 self.ctx.ledger.create_rejected(self.key, quota_error=True)
+                self._report(outcomes.ERROR_QUOTA)
                 self._wait_for_quota(f"cloud refused: {err.message}")
             elif err.kind == errors.UNAVAILABLE or err.status_code is None:
                 # The server may exist even though we got no usable answer
@@ -244,7 +248,8 @@ class CreateMachine:
             if snap.requested_at > self.call_done_at and now - self.call_done_at > 1.0:
                 self._failed("the server disappeared while building")
             elif now - self.create_started_at > self.ctx.launch_timeout:
-                self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed")
+                self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed",
+                             outcomes.ERROR_CREATE_TIMEOUT)
             return
         self.server = server
         self.ctx.ledger.server_seen(self.key, self.server_id)
@@ -265,13 +270,15 @@ class CreateMachine:
             fault = srv.fault_message(server)
             if errors.looks_like_quota(fault):
                 self.ctx.ledger.report_quota_error(self.ctx.name, self.key)
+                self._report(outcomes.ERROR_QUOTA)
                 self._abandon_server()
                 self._wait_for_quota(f"server went ERROR over quota: {fault}")
             else:
-                self._failed(f"server went ERROR: {fault}")
+                self._failed(f"server went ERROR: {fault}", outcomes.ERROR_STATUS)
             return
         if now - self.create_started_at > self.ctx.launch_timeout:
-            self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed in {status}")
+            self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed in {status}",
+                         outcomes.ERROR_CREATE_TIMEOUT)
         else:
             self.ctx.servers.want_fresh()
 
@@ -281,7 +288,8 @@ class CreateMachine:
 
     def _step_floating_ip(self, now: float) -> None:
         if now - self.create_started_at > self.ctx.launch_timeout:
-            self._failed("launch-timeout passed while attaching a floating IP")
+            self._failed("launch-timeout passed while attaching a floating IP",
+                         outcomes.ERROR_CREATE_TIMEOUT)
             return
         if self.call is not None:
             if not self.call.done():
@@ -326,33 +334,36 @@ class CreateMachine:
                                          network["id"], self.fip_port)
 
     def _after_network(self, now: float) -> None:
+        addr = self.info().get("interface_ip")
+        if not addr:
+            self._failed("the server is ACTIVE without any address", outcomes.ERROR_NETWORK)
+            return
         if self.label.host_key_checking:
-            addr = self.info().get("interface_ip")
-            if not addr:
-                self._failed("the server is ACTIVE without any address")
-                return
-            self.scan = HostKeyScan(addr, self.label.cloud_image.connection_port,
-                                    now + self.ctx.boot_timeout, self.ctx.clock)
+            image = self.label.cloud_image
+            # SSH-based connections have host keys to collect; for the others
+            # (winrm, ...) the check is that the port takes connections.
+            check = HostKeyScan if image.connection_type in SSH_CONNECTION_TYPES else PortCheck
+            self.scan = check(addr, image.connection_port, now + self.ctx.boot_timeout,
+                              self.ctx.clock)
             self.step = Step.KEYSCAN
             self._step_keyscan(now)
             return
-        if not self.info().get("interface_ip"):
-            self._failed("the server is ACTIVE without any address")
-            return
-        self.step = Step.READY
-        self.reason = None
+        self._ready()
 
     def _step_keyscan(self, now: float) -> None:
-        keys = self.scan.poll()
-        if keys is None:
+        if self.scan.poll() is None:
             return
-        if not keys:
+        if not self.scan.ok:
             if self.label.console_log and self.server_id:
                 self.ctx.log_console(self.server_id, self.spec.node_id)
-            self._failed(self.scan.error or "no host keys")
+            self._failed(self.scan.error or "no host keys", outcomes.ERROR_KEYSCAN)
             return
+        self._ready()
+
+    def _ready(self) -> None:
         self.step = Step.READY
         self.reason = None
+        self._report(outcomes.READY)
 
     # -- outcomes ----------------------------------------------------------
 
@@ -383,8 +394,20 @@ class CreateMachine:
         self.server_id = None
         self.step = Step.WAIT_QUOTA
 
-    def _failed(self, reason: str) -> None:
+    def _report(self, outcome: str) -> None:
+        """One launch outcome for the statsd ``nodepool.launch.*`` timers,
+        timed from this attempt's create call (or from the build's start)."""
+        started = self.create_started_at if self.create_started_at is not None \
+            else self.started_at
+        az = (self.server or {}).get("OS-EXT-AZ:availability_zone") or self.spec.az
+        self.ctx.report_launch(outcomes.LaunchOutcome(
+            provider=self.ctx.name, outcome=outcome,
+            milliseconds=int(max(0.0, self.ctx.clock() - started) * 1000), az=az or None,
+            requestor=(self.spec.request or {}).get("requestor")))
+
+    def _failed(self, reason: str, outcome: str = outcomes.ERROR_UNKNOWN) -> None:
         log.warning("node %s attempt %d: %s", self.spec.node_id, self.attempt, reason)
+        self._report(outcome)
         self._abandon_server()
         self.failures += 1
         self.ctx.count_launch_failure()

@@ -19,12 +19,14 @@ from typing import Any, Callable, Hashable, Sequence
 from nodepool.driver import errors
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.openstack import servers as srv
-from nodepool.driver.openstack.catalog import CloudCatalog
+from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
+                                               pick_flavor)
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect
 from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
                                                 ServerDeletion, Step)
 from nodepool.driver.openstack.network_cleanup import (LeakSweep, orphan_port_judge,
                                                        unattached_floating_ips)
+from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.driver.server_list import ServerListCache
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
@@ -93,8 +95,12 @@ class OpenStackProvider:
                  cloud: OpenStackCloud | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  server_list_interval: float = SERVER_LIST_INTERVAL,
-                 leak_interval: float = LEAK_INTERVAL):
+                 leak_interval: float = LEAK_INTERVAL,
+                 launch_observer: Callable[[LaunchOutcome], None] | None = None):
         self.config = config                   # config.model.Provider
+        # Told how each launch attempt ended (the statsd launch timers).
+        self.launch_observer = launch_observer
+        self._unservable_logged: set[tuple[str, str, str]] = set()
         self.name = config.name
         self.ledger = ledger
         self.clock = clock
@@ -122,6 +128,7 @@ class OpenStackProvider:
             "flavors": lambda: self.cloud.list_flavors(),
             "images": lambda: self.cloud.list_images(),
             "networks": lambda: self.cloud.list_networks(),
+            "availability_zones": lambda: self.cloud.list_availability_zones(),
         }, clock=clock)
         self.leak_interval = leak_interval
         self._lock = threading.RLock()
@@ -364,8 +371,8 @@ class OpenStackProvider:
         if not self.catalog.loaded("flavors", "images", "networks"):
             return None, "reading flavors, images and networks", False
         image_cfg = label.cloud_image
-        flavor = srv.pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
-                                 min_ram=label.min_ram)
+        flavor = pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
+                             min_ram=label.min_ram)
         image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
                                image_name=image_cfg.image_name, fallback_name=image_cfg.name)
         nets = []
@@ -382,8 +389,7 @@ class OpenStackProvider:
         if len(nets) < len(label.networks):
             settled = self.catalog.missed("networks") and settled
         if flavor is None:
-            missing.append(f"flavor {label.flavor_name!r}" if label.flavor_name
-                           else f"a flavor with at least {label.min_ram} MB RAM")
+            missing.append(describe_flavor_choice(label.flavor_name, label.min_ram))
             settled = self.catalog.missed("flavors") and settled
         if image is None:
             missing.append(f"image {image_cfg.reference!r}")
@@ -391,11 +397,25 @@ class OpenStackProvider:
         if missing:
             if not settled:
                 return None, f"cloud has no {', '.join(missing)} (re-reading)", False
-            return None, f"cloud {self.cloud_name} has no {', '.join(missing)}", True
+            problem = f"cloud {self.cloud_name} has no {', '.join(missing)}"
+            self._log_unservable(label, pool, problem)
+            return None, problem, True
         cost = label_cost(int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0),
                           boot_from_volume=label.boot_from_volume,
                           volume_size_gb=label.volume_size if label.boot_from_volume else 0)
         return LabelPlan(dict(flavor), dict(image), nets, cost), None, False
+
+    def _log_unservable(self, label: Any, pool: Any, problem: str) -> None:
+        """config-validate cannot see the cloud's catalog, so this is where a
+        label that names no existing flavor, image or network is reported:
+        once per label and problem, not on every capacity check."""
+        key = (pool.name, label.name, problem)
+        if key in self._unservable_logged:
+            return
+        self._unservable_logged.add(key)
+        log.error("%s: pool %s: label %s cannot be served: %s; fix the label in "
+                  "nodepool.yaml (flavor-name, min-ram, cloud-image, networks)", self.name,
+                  pool.name, label.name, problem)
 
     def reserve(self, key: str, spec: BuildSpec, cost: Resources) -> QuotaDecision:
         elsewhere = ZERO
@@ -422,9 +442,8 @@ class OpenStackProvider:
                                    node_id=machine.spec.node_id, label=machine.spec.label,
                                    image=image_cfg.name, attempt=machine.attempt,
                                    tenant=machine.spec.tenant_name)
-        azs = pool.availability_zones
-        az = azs[(int(machine.spec.node_id) if machine.spec.node_id.isdigit() else 0)
-                 % len(azs)] if azs else None
+        # The request handler chose the zone for all of the request's nodes.
+        az = machine.spec.az
         return srv.create_request(
             name=name, flavor_id=plan.flavor["id"], image_id=plan.image["id"], metadata=meta,
             network_ids=plan.network_ids, key_name=label.key_name, userdata=label.userdata,
@@ -469,6 +488,14 @@ class OpenStackProvider:
 
     def count_launch_failure(self) -> None:
         self.counters["launch_failures"] += 1
+
+    def report_launch(self, outcome: LaunchOutcome) -> None:
+        if self.launch_observer is None:
+            return
+        try:
+            self.launch_observer(outcome)
+        except Exception:  # noqa: BLE001 - metrics must never fail a launch
+            log.debug("%s: reporting a launch outcome failed", self.name, exc_info=True)
 
     def note_delete_completed(self) -> None:
         self.counters["deletes_completed"] += 1
@@ -622,6 +649,11 @@ class OpenStackProvider:
                                after_call=after_call)
             self._server_deletions.append(d)
             return d
+
+    def availability_zones(self) -> list[str]:
+        """The zones nova lists as available (empty until read, or when the
+        cloud does not let us list them)."""
+        return [z for z in self.catalog.items("availability_zones") or [] if z]
 
     def external_network(self) -> dict | None:
         nets = self.catalog.items("networks") or []

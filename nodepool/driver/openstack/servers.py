@@ -141,27 +141,6 @@ def is_deleting(server: Mapping[str, Any]) -> bool:
         str(server.get("status", "")).upper() in ("DELETED", "SOFT_DELETED")
 
 
-def pick_flavor(flavors: Iterable[Mapping[str, Any]], *, name: str | None,
-                min_ram: int) -> Mapping[str, Any] | None:
-    """By name (or id) when given, else the smallest flavor with enough RAM
-    (fewest vCPUs, then name, to be stable)."""
-    flavors = list(flavors)
-    if name:
-        for f in flavors:
-            if f.get("name") == name:
-                return f
-        for f in flavors:
-            if f.get("id") == name:
-                return f
-        return None
-    fitting = [f for f in flavors if (f.get("ram") or 0) >= min_ram
-               and not f.get("OS-FLV-DISABLED:disabled")]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda f: (f.get("ram") or 0, f.get("vcpus") or 0,
-                                       str(f.get("name"))))
-
-
 def pick_image(images: Iterable[Mapping[str, Any]], *, image_id: str | None,
                image_name: str | None, fallback_name: str) -> Mapping[str, Any] | None:
     images = list(images)
