@@ -131,13 +131,18 @@ def run(config, args) -> int:
     launcher = Launcher(config, webapp=not args.no_webapp)
     stop = threading.Event()
     reload_wanted = threading.Event()
+    dump_wanted = threading.Event()
+    stop_signal: list[str] = []
 
+    # Signal handlers run on the main thread between two bytecodes, perhaps
+    # while it holds the ledger's or the logging module's lock (in a
+    # reload): they only set a flag, and the loop below does the work.
     def on_stop(signum, frame):
-        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop_signal.append(signal.Signals(signum).name)
         stop.set()
 
     def on_dump(signum, frame):
-        log.warning("SIGUSR2 state dump:\n%s", dump_state(launcher))
+        dump_wanted.set()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -152,7 +157,10 @@ def run(config, args) -> int:
         return 1
     watched = [args.config, args.secure, config.clouds_file]
     seen = _mtimes(watched)
-    while not stop.wait(1.0):
+    while not stop.wait(0.5):
+        if dump_wanted.is_set():
+            dump_wanted.clear()
+            log.warning("SIGUSR2 state dump:\n%s", dump_state(launcher))
         now = _mtimes(watched)
         if now != seen:
             log.info("configuration file changed; reloading")
@@ -164,6 +172,7 @@ def run(config, args) -> int:
                 reload_config(launcher, args)
             except Exception:  # noqa: BLE001 - a bad reload must not stop the service
                 log.exception("configuration reload failed; the previous one stays")
+    log.info("signal %s: stopping", stop_signal[0] if stop_signal else "?")
     launcher.stop(wait=STOP_TIMEOUT)
     return 0
 
