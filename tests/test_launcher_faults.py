@@ -169,3 +169,27 @@ def test_reload_while_zookeeper_is_unreachable_waits_for_it(tmp_path, make_fakec
         launcher.stop(wait=10)
     finally:
         proxy.close()
+
+
+def test_launcher_registration_removed_is_made_again(tmp_path, make_fakecloud, zk_settings,
+                                                     store, run_launcher):
+    launcher = run_launcher(write_config(tmp_path, make_fakecloud(), zk_settings))
+    (first,) = [c.path for c in store.registered_launchers()]
+    store.client.delete(first)
+    wait_for(lambda: [c.path for c in store.registered_launchers()], 20,
+             what="the launcher registration to be made again")
+    assert launcher.health_problems() == []
+
+
+def test_loop_health_reports_loops_that_never_pass_or_always_fail():
+    from nodepool.launcher.launcher import LoopHealth
+    health = LoopHealth()
+    health.start("pool a")
+    health.start("pool b")
+    health.beat("pool b", ok=False)
+    problems = health.problems(deadline=-1)
+    assert any("pool a loop has not finished a pass since it started" in p for p in problems)
+    assert any("every pass of the pool b loop has failed" in p for p in problems)
+    health.beat("pool a")
+    health.beat("pool b", ok=True)
+    assert health.problems(deadline=60) == []
