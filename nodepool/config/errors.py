@@ -65,3 +65,17 @@ class Problems:
     @property
     def has_errors(self) -> bool:
         return any(p.severity == ERROR for p in self.items)
+
+
+def check_unique(items: list, key: str, path: list, problems: Problems, what: str) -> None:
+    """An error for each item whose ``key`` repeats an earlier one's."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get(key), str):
+            continue
+        name = item[key]
+        if name in seen:
+            problems.error(path + [i, key], f"duplicate {what} {name!r} (first defined at "
+                                            f"index {seen[name]}); names must be unique")
+        else:
+            seen[name] = i

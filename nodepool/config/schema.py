@@ -23,6 +23,10 @@ from typing import Any, Callable
 import voluptuous as v
 
 
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
