@@ -2,8 +2,9 @@
 
 The provider loop calls ``advance()`` on every machine each pass.  A machine
 never waits: it submits calls to the gate and looks at them, and at the
-shared server list, on later passes.  All I/O goes through ``ProviderContext``
-(the provider), which keeps these classes free of threads and sockets.
+shared server list, on later passes.  All I/O goes through ``MachineContext``
+(``context.py``; the provider implements it), which keeps these classes
+free of threads and sockets.
 
 Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
 create call of the attempt (waiting for quota is not launch time), and a
@@ -28,7 +29,7 @@ from nodepool.driver.openstack import servers as srv
 from nodepool.quota import Resources
 
 if TYPE_CHECKING:
-    from nodepool.driver.openstack.provider import OpenStackProvider
+    from nodepool.driver.openstack.context import MachineContext
 
 log = logging.getLogger("nodepool.openstack.machines")
 
@@ -62,7 +63,7 @@ class LabelPlan:
 
 
 class CreateMachine:
-    def __init__(self, ctx: "OpenStackProvider", spec: Any, pool: Any, label: Any):
+    def __init__(self, ctx: "MachineContext", spec: Any, pool: Any, label: Any):
         self.ctx = ctx
         self.spec = spec                  # requests.builder.BuildSpec
         self.pool = pool                  # config.model.Pool
@@ -452,7 +453,7 @@ class ServerDeletion:
     """Delete one server (or the server an attempt may have made) and wait
     until nova no longer lists it; never gives up, backs off on errors."""
 
-    ctx: "OpenStackProvider"
+    ctx: "MachineContext"
     server_id: str | None
     key: str | None
     node_id: str | None
