@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.driver import errors
+from nodepool.driver.base import ProviderMetrics
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
@@ -819,6 +820,15 @@ class OpenStackProvider:
         self._leak_suspects = suspects
 
     # -- for operators -----------------------------------------------------------------
+
+    def metrics(self) -> ProviderMetrics:
+        fip, port = self.fip_sweep, self.port_sweep
+        return ProviderMetrics(
+            quota_errors=self.counters.get("quota_errors", 0),
+            leaks_deleted={"instances": self.counters.get("leaks_deleted", 0),
+                           "floatingips": fip.deleted if fip is not None else 0,
+                           "ports": port.deleted if port is not None else 0},
+            api_calls=self.gate.stats())
 
     def status(self) -> dict:
         with self._lock:
