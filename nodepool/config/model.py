@@ -19,6 +19,14 @@ WINDOWS_NAME_MAX = 15
 DEFAULT_CONNECTION_PORTS = {"ssh": 22, "winrm": 5986}
 
 
+def pool_priority(pool: int | None, provider: int | None) -> int:
+    """Upstream: the pool's priority, else the provider's, else 100."""
+    for p in (pool, provider):
+        if p is not None:
+            return p
+    return 100
+
+
 @dataclass(frozen=True)
 class Label:
     name: str
@@ -116,11 +124,7 @@ class Provider:
     pools: dict[str, Pool] = field(default_factory=dict)
 
     def pool_priority(self, pool: Pool) -> int:
-        """Upstream: the pool's priority, else the provider's, else 100."""
-        for p in (pool.priority, self.priority):
-            if p is not None:
-                return p
-        return 100
+        return pool_priority(pool.priority, self.priority)
 
 
 @dataclass(frozen=True)

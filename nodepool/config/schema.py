@@ -305,7 +305,7 @@ openstack_provider_schema = Dict({
 # Upstream's other drivers, recognised so their providers are reported as
 # "not served" rather than as unknown drivers.
 OTHER_DRIVERS = ("aws", "azure", "gce", "ibmvpc", "kubernetes", "openshift",
-                 "openshiftpods", "metastatic", "static", "fake", "test")
+                 "openshiftpods", "metastatic", "fake", "test")
 
 
 def _known_keys(schema: Callable) -> list[str]:

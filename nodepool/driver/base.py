@@ -27,6 +27,14 @@ Required (the launcher, stats or the status API fail without them)
 Optional (looked up with ``getattr``; leave them out when they mean nothing)
   * ``availability_zones() -> list[str]``: the zones the provider offers; the
     request handler picks one for a request whose pool names none.
+  * ``standing_nodes() -> list[StandingNode] | None``: nodes that exist
+    without being built (static hosts).  The launcher keeps one ``ready``
+    node registered per entry, re-registers it after a ``used`` node is
+    deleted, and retires unallocated ready nodes of the provider that match
+    no entry (a host that stopped answering or left the config); None means
+    "not known yet": nothing is registered or retired.  Such a provider
+    answers ``capacity`` WAIT (a node comes back) or NEVER, and its deletes
+    remove nothing but the record.
 
 Constructor: ``cls(config, ledger, *, known_nodes=None,
 node_claims_server=None, tenant_usage=None, launch_observer=None,
@@ -47,7 +55,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.quota import Resources
-from nodepool.requests.builder import NodeBuilder
+from nodepool.requests.builder import NodeBuilder, NodeInfo
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,28 @@ class ProviderMetrics:
     leaks_deleted: Mapping[str, int] = field(default_factory=dict)
     # API call name -> {"count": n, "total_seconds": s, ...} (the gate's stats).
     api_calls: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StandingNode:
+    """One slot of a host that is always there: a node with ``labels`` in
+    ``pool``, described by ``info`` (``external_id`` names the host)."""
+
+    pool: str
+    labels: tuple[str, ...]
+    slot: int
+    info: NodeInfo
+
+    @property
+    def key(self) -> tuple:
+        """What a registered node must carry to be this slot."""
+        return standing_key(self.pool, self.info.external_id, self.info.username,
+                            self.info.connection_port, self.slot)
+
+
+def standing_key(pool: str | None, external_id: str | None, username: str | None,
+                 port: Any, slot: int | None) -> tuple:
+    return (pool, external_id, username, port, slot)
 
 
 @runtime_checkable

@@ -56,6 +56,7 @@ class Driver:
 # One line per driver: the package whose ``DRIVER`` describes it.
 DRIVER_PACKAGES = (
     "nodepool.driver.openstack",
+    "nodepool.driver.static",
 )
 
 

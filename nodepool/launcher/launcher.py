@@ -3,7 +3,8 @@
 Threads, each a level-triggered loop that reads current state and moves it a
 step (so a restart or a lost session resumes instead of breaking):
 
-* one per provider (``OpenStackProvider``): server list, limits, machines;
+* one per provider (its driver's ``LaunchProvider``, found through
+  ``nodepool.driver.registry``): e.g. server list, limits, machines;
 * one per pool (``PoolWorker``): the request handler's passes;
 * one maintenance loop: the reaper, min-ready, max-ready-age and housekeeping.
 
@@ -23,21 +24,23 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from nodepool.config.model import NodepoolConfig, Pool, Provider
-from nodepool.driver.openstack.provider import OpenStackProvider
+from nodepool.driver import registry
+from nodepool.driver.base import LaunchProvider, LauncherViews
 from nodepool.launcher.stats import Stats
 from nodepool.launcher.webapp import StatusServer
 from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
-from nodepool.requests import minready
+from nodepool.requests import minready, protocol
 from nodepool.requests.handler import NodeRequestHandler
 from nodepool.requests.protocol import PoolSettings
 from nodepool.requests.reaper import NodeReaper
+from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
 from nodepool.zk import housekeeping
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.components import (make_pool_id, register_launcher,
                                     register_pool)
 from nodepool.zk import paths
-from nodepool.zk.records import (DELETING, READY, MalformedRecord, Node,
+from nodepool.zk.records import (READY, MalformedRecord, Node,
                                  PoolComponent)
 from nodepool.zk.store import ZooKeeperStore
 
@@ -101,14 +104,6 @@ class LoopHealth:
                 found.append(f"every pass of the {name} loop has failed for "
                              f"{now - since:.0f}s")
         return found
-
-
-def _retire_ready(node: Node, now: float) -> bool:
-    """Still ready and unallocated after locking: mark it for deletion."""
-    if node.state != READY or node.allocated_to:
-        return False
-    node.set_state(DELETING, now)
-    return True
 
 
 class LauncherStartError(Exception):
@@ -217,11 +212,12 @@ class PoolWorker:
 
 class Launcher:
     def __init__(self, config: NodepoolConfig, hostname: str | None = None,
-                 provider_factory: Callable[..., OpenStackProvider] = OpenStackProvider,
+                 provider_factory: Callable[..., LaunchProvider] | None = None,
                  provider_options: dict | None = None, webapp: bool = True):
         self.config = config
         self.serve_webapp = webapp  # False: nodepool-launcher --no-webapp
         self.hostname = hostname or socket.getfqdn()
+        # None: each provider's class comes from the driver registry.
         self.provider_factory = provider_factory
         self.provider_options = provider_options or {}
         self.health = LoopHealth()
@@ -229,7 +225,7 @@ class Launcher:
         self.client = None
         self.store: ZooKeeperStore | None = None
         self.ledger: QuotaLedger | None = None
-        self.providers: dict[str, OpenStackProvider] = {}
+        self.providers: dict[str, LaunchProvider] = {}
         self.pool_workers: dict[str, PoolWorker] = {}
         self.reaper: NodeReaper | None = None
         self._launcher_registration = None
@@ -240,6 +236,7 @@ class Launcher:
         self._reload_lock = threading.RLock()
         self._pending_reload: NodepoolConfig | None = None
         self._seen_pools: set[str | None] = set()
+        self._standing: dict[str, StandingNodes] = {}
         self.webapp: StatusServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -360,10 +357,10 @@ class Launcher:
             return True
 
     def _prepare_reload(self, config: NodepoolConfig
-                        ) -> tuple[dict[str, OpenStackProvider], dict[str, "PoolWorker"]]:
+                        ) -> tuple[dict[str, LaunchProvider], dict[str, "PoolWorker"]]:
         """New providers (not started) and new pool workers (registered, not
         started); undone if any of them fails."""
-        new_providers: dict[str, OpenStackProvider] = {}
+        new_providers: dict[str, LaunchProvider] = {}
         new_workers: dict[str, PoolWorker] = {}
         try:
             for name, provider_cfg in config.providers.items():
@@ -410,13 +407,14 @@ class Launcher:
             worker.start()
             log.info("pool %s added", name)
 
-    def _make_provider(self, provider_cfg: Provider) -> OpenStackProvider:
-        return self.provider_factory(provider_cfg, self.ledger,
-                                     known_nodes=self._known_nodes,
-                                     node_claims_server=self._node_claims_server,
-                                     tenant_usage=self._tenant_usage_elsewhere,
-                                     launch_observer=self.stats.launch,
-                                     **self.provider_options)
+    def _make_provider(self, provider_cfg: Provider) -> LaunchProvider:
+        factory = self.provider_factory or registry.provider_class(provider_cfg)
+        views = LauncherViews(known_nodes=self._known_nodes,
+                              node_claims_server=self._node_claims_server,
+                              tenant_usage=self._tenant_usage_elsewhere,
+                              launch_observer=self.stats.launch)
+        return factory(provider_cfg, self.ledger, **views.as_kwargs(),
+                       **self.provider_options)
 
     def _retire_drained_pools(self) -> None:
         for name, worker in list(self.pool_workers.items()):
@@ -449,6 +447,7 @@ class Launcher:
                     ("session", 0, self._session_upkeep),
                     ("lost requests", 0, self._reset_lost_requests),
                     ("reaper", 0, self._reap),
+                    ("standing nodes", 0, self._standing_nodes),
                     ("drained pools", 0, self._retire_drained_pools),
                     ("min-ready", MIN_READY_INTERVAL, self._min_ready),
                     ("max-ready-age", MAX_READY_AGE_INTERVAL, self._max_ready_age),
@@ -498,6 +497,21 @@ class Launcher:
         for node_id in report.deleted:
             log.info("node %s deleted", node_id)
 
+    def _standing_nodes(self) -> None:
+        """Providers whose nodes are always there (static hosts): one ready
+        node per slot, registered for the pool worker serving it."""
+        for name, provider in list(self.providers.items()):
+            offered = getattr(provider, "standing_nodes", None)
+            slots = offered() if callable(offered) else None
+            if slots is None:
+                continue
+            workers = [w for w in list(self.pool_workers.values())
+                       if w.provider_name == name and not w.handler.draining]
+            sync = self._standing.setdefault(name, StandingNodes(name))
+            sync.sync(self.store, slots,
+                      launcher_ids={w.pool_name: w.settings.pool_id for w in workers},
+                      attributes={w.pool_name: w.settings.node_attributes for w in workers})
+
     def _min_ready(self) -> None:
         minready.finish_min_ready(self.store)
         wanted = {name: label.min_ready for name, label in self.config.labels.items()
@@ -522,7 +536,7 @@ class Launcher:
                 continue
             if cache is not None and cache.is_locked(node.id):
                 continue
-            if self.store.update_unlocked_node(node.id, lambda fresh: _retire_ready(fresh, now),
+            if self.store.update_unlocked_node(node.id, lambda fresh: protocol.retire_ready(fresh, now),
                                                "retire"):
                 log.info("node %s was ready for longer than max-ready-age", node.id)
 

@@ -18,6 +18,7 @@ import os
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
+from nodepool.driver.base import LaunchProvider
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.zk.records import NODE_STATES
 
@@ -107,15 +108,6 @@ def tenant_limit_gauges(tenant_limits: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def leak_counts(provider: Any) -> dict[str, int]:
-    """Leaked resources this provider deleted so far, by upstream's kind."""
-    fip = getattr(provider, "fip_sweep", None)
-    port = getattr(provider, "port_sweep", None)
-    return {"instances": provider.counters.get("leaks_deleted", 0),
-            "floatingips": fip.deleted if fip is not None else 0,
-            "ports": port.deleted if port is not None else 0}
-
-
 class Stats:
     def __init__(self, client: Any | None):
         self.client = client
@@ -181,7 +173,7 @@ class Stats:
                        1 if paused else 0)
         pipe.send()
 
-    def _provider(self, pipe: Any, name: str, provider: Any, ledger: Any) -> None:
+    def _provider(self, pipe: Any, name: str, provider: LaunchProvider, ledger: Any) -> None:
         p = clean(name)
         est = ledger.estimate(name)
         if est.effective_headroom is not None:
@@ -190,17 +182,18 @@ class Stats:
                 if not math.isinf(value):
                     pipe.gauge(f"nodepool.provider.{p}.quota.headroom.{res}", value)
         pipe.gauge(f"nodepool.provider.{p}.backoff", 1 if est.backoff.in_backoff else 0)
-        quota_errors = provider.counters.get("quota_errors", 0)
+        metrics = provider.metrics()
+        quota_errors = metrics.quota_errors
         delta = quota_errors - self._quota_seen.get(name, 0)
         if delta > 0:
             pipe.incr(f"nodepool.provider.{p}.quota.403", delta)
         self._quota_seen[name] = quota_errors
-        for kind, count in leak_counts(provider).items():
+        for kind, count in metrics.leaks_deleted.items():
             delta = count - self._leaks_seen.get((name, kind), 0)
             if delta > 0:
                 pipe.incr(f"nodepool.provider.{p}.leaked.{kind}", delta)
             self._leaks_seen[(name, kind)] = count
-        for call, st in provider.gate.stats().items():
+        for call, st in metrics.api_calls.items():
             key = (name, call)
             seen_count, seen_seconds = self._api_seen.get(key, (0, 0.0))
             delta = st["count"] - seen_count
