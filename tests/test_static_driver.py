@@ -13,10 +13,12 @@ import threading
 import pytest
 import yaml
 
+from nodepool import tables
 from nodepool.config import load_config, validate
 from nodepool.driver.base import StandingNode
 from nodepool.driver.static import provider as static_provider
 from nodepool.requests import standing
+from nodepool.launcher.webapp import quota_view
 from nodepool.requests.builder import NodeInfo
 from nodepool.zk.records import Node
 from tests.fixtures.fakecloud import wait_for
@@ -202,7 +204,7 @@ def test_slots_registered_used_node_re_registered_max_parallel_jobs(
     host = hosts()
     config = write_static(tmp_path, zk_settings, [static_entry(
         host_node(host, **{"max-parallel-jobs": 2}))])
-    run_launcher(config)
+    launcher = run_launcher(config)
     first = wait_for(lambda: len(ready_nodes(store)) == 2 and ready_nodes(store), 20,
                      what="one ready node per slot")
     assert sorted(n.slot for n in first) == [0, 1]
@@ -220,6 +222,12 @@ def test_slots_registered_used_node_re_registered_max_parallel_jobs(
     assert len({store.get_node(s.nodes[0]).slot for s in served}) == 2
     assert not finished(store, waiting[0].id)
     assert len([n for n in store.list_nodes() if n.provider == "lab"]) == 2
+    # The quota views count slots: both of the pool's two are used.
+    slots = wait_for(lambda: (q := quota_view(launcher, "lab")["lab"]["pools"]["main"]
+                              ["resources"]["instances"])["used"] == 2 and q, 10,
+                     what="the ledger to count the slots in use")
+    assert (slots["limit"], slots["headroom"]) == (2, 0)
+    assert "pool main" in tables.format_quota(quota_view(launcher, "lab"))
 
     # Returned used: the record goes, the slot is registered again and the
     # waiting request gets it.

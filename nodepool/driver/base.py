@@ -35,6 +35,9 @@ Optional (looked up with ``getattr``; leave them out when they mean nothing)
     "not known yet": nothing is registered or retired.  Such a provider
     answers ``capacity`` WAIT (a node comes back) or NEVER, and its deletes
     remove nothing but the record.
+  * ``slots_in_use(keys)``: with ``standing_nodes``, the ``StandingNode.key``
+    of every slot a node holds now (allocated, in use, used, deleting), so
+    the quota views count slots.
 
 Constructor: ``cls(config, ledger, *, known_nodes=None,
 node_claims_server=None, tenant_usage=None, launch_observer=None,

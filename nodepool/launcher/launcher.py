@@ -508,9 +508,13 @@ class Launcher:
             workers = [w for w in list(self.pool_workers.values())
                        if w.provider_name == name and not w.handler.draining]
             sync = self._standing.setdefault(name, StandingNodes(name))
-            sync.sync(self.store, slots,
-                      launcher_ids={w.pool_name: w.settings.pool_id for w in workers},
-                      attributes={w.pool_name: w.settings.node_attributes for w in workers})
+            plan = sync.sync(self.store, slots,
+                             launcher_ids={w.pool_name: w.settings.pool_id for w in workers},
+                             attributes={w.pool_name: w.settings.node_attributes
+                                         for w in workers})
+            in_use = getattr(provider, "slots_in_use", None)
+            if callable(in_use):
+                in_use(plan.in_use)
 
     def _min_ready(self) -> None:
         minready.finish_min_ready(self.store)

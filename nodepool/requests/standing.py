@@ -51,6 +51,8 @@ def _matches(node: Node, slot: StandingNode) -> bool:
 class Plan:
     create: list[StandingNode] = field(default_factory=list)
     retire: list[Node] = field(default_factory=list)
+    # Slots held by a node that is allocated, in use, used or being deleted.
+    in_use: set[tuple] = field(default_factory=set)
 
 
 def plan(offered: Sequence[StandingNode], nodes: Iterable[Node], provider: str,
@@ -67,6 +69,7 @@ def plan(offered: Sequence[StandingNode], nodes: Iterable[Node], provider: str,
         idle = node.state == READY and node.allocated_to is None
         if not idle:
             held.add(key)
+            out.in_use.add(key)
             continue
         slot = wanted.get(key)
         if slot is None or key in held or not _matches(node, slot):

@@ -19,13 +19,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Collection, Hashable, Sequence
 
 from nodepool.driver.base import ProviderMetrics, StandingNode
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
                                      ReadinessCheck)
 from nodepool.driver.static.config import StaticNode, StaticProviderConfig
-from nodepool.quota import PoolQuota, QuotaLedger
+from nodepool.quota import PoolQuota, QuotaLedger, Resources
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus, Capacity,
                                        DeleteSpec, DeleteState, DeleteStatus, NodeInfo)
 
@@ -34,6 +34,8 @@ log = logging.getLogger("nodepool.static.provider")
 LOOP_INTERVAL = 0.25
 # Seconds between two checks of a host (in service or not).
 CHECK_INTERVAL = 10.0
+# What a node holds of its pool's capacity: one slot (counted as an instance).
+SLOT = Resources(instances=1)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class StaticProvider:
         self.config = config
         self._apply(config)
         self._deletes_done = 0
+        self._in_use: set[tuple] = set()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_tick: float | None = None
@@ -196,6 +199,17 @@ class StaticProvider:
             out += [StandingNode(host.pool, node.labels, slot, info)
                     for slot in range(node.max_parallel_jobs)]
         return out
+
+    def slots_in_use(self, keys: Collection[tuple]) -> None:
+        """The quota ledger counts one instance per slot held by a node, so
+        ``nodepool quota`` shows slots: the pool limit is the pool's slots."""
+        keys = set(keys)
+        for key in keys - self._in_use:
+            self.ledger.adopt(key, provider=self.name, pool=key[0], cost=SLOT)
+        for key in self._in_use - keys:
+            self.ledger.delete_issued(key)
+            self.ledger.server_gone(key)
+        self._in_use = keys
 
     # -- NodeBuilder -------------------------------------------------------------------
 
