@@ -26,7 +26,7 @@ from nodepool.driver.gate import ApiCall
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
                                      ReadinessCheck)
 from nodepool.driver.openstack import servers as srv
-from nodepool.quota import Resources
+from nodepool.quota import Resources, is_quota_fault
 
 if TYPE_CHECKING:
     from nodepool.driver.openstack.context import MachineContext
@@ -269,7 +269,7 @@ class CreateMachine:
             return
         if status == "ERROR":
             fault = srv.fault_message(server)
-            if errors.looks_like_quota(fault):
+            if is_quota_fault(server.get("fault") or fault):
                 self.ctx.ledger.report_quota_error(self.ctx.name, self.key)
                 self._report(outcomes.ERROR_QUOTA)
                 self._abandon_server()
