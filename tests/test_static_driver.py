@@ -15,11 +15,10 @@ import yaml
 
 from nodepool import tables
 from nodepool.config import load_config, validate
-from nodepool.driver.base import StandingNode
 from nodepool.driver.static import provider as static_provider
 from nodepool.requests import standing
 from nodepool.launcher.webapp import quota_view
-from nodepool.requests.builder import NodeInfo
+from nodepool.requests.builder import NodeInfo, StandingNode
 from nodepool.zk.records import Node
 from tests.fixtures.fakecloud import wait_for
 from tests.test_launcher import (finished, run_launcher, store,  # noqa: F401

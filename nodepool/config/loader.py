@@ -22,7 +22,7 @@ from nodepool.config.errors import ConfigError, ConfigProblem, Problems, check_u
 from nodepool.config.model import (CloudSettings, Label, NodepoolConfig,
                                    TenantLimits, WebApp)
 from nodepool.driver import registry
-from nodepool.zk.client import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
+from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
                                 ZooKeeperSettings, ZooKeeperTLS)
 
 DEFAULT_CONFIG = "/etc/nodepool/nodepool.yaml"

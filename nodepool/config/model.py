@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nodepool.zk.client import ZooKeeperSettings
+from nodepool.config.zookeeper import ZooKeeperSettings
 
 # Upstream's server name: "np" and the node id (12 characters, within the
 # 15 a Windows computer name allows).  hostname-format can change it.

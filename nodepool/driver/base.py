@@ -58,7 +58,8 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.quota import Resources
-from nodepool.requests.builder import NodeBuilder, NodeInfo
+from nodepool.requests.builder import (NodeBuilder, StandingNode,  # noqa: F401 - part of the contract
+                                       standing_key)
 
 
 @dataclass(frozen=True)
@@ -71,28 +72,6 @@ class ProviderMetrics:
     leaks_deleted: Mapping[str, int] = field(default_factory=dict)
     # API call name -> {"count": n, "total_seconds": s, ...} (the gate's stats).
     api_calls: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StandingNode:
-    """One slot of a host that is always there: a node with ``labels`` in
-    ``pool``, described by ``info`` (``external_id`` names the host)."""
-
-    pool: str
-    labels: tuple[str, ...]
-    slot: int
-    info: NodeInfo
-
-    @property
-    def key(self) -> tuple:
-        """What a registered node must carry to be this slot."""
-        return standing_key(self.pool, self.info.external_id, self.info.username,
-                            self.info.connection_port, self.slot)
-
-
-def standing_key(pool: str | None, external_id: str | None, username: str | None,
-                 port: Any, slot: int | None) -> tuple:
-    return (pool, external_id, username, port, slot)
 
 
 @runtime_checkable

@@ -35,7 +35,7 @@ from nodepool.requests.protocol import PoolSettings
 from nodepool.requests.reaper import NodeReaper
 from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
-from nodepool.zk import housekeeping
+from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.components import (make_pool_id, register_launcher,
                                     register_pool)

@@ -28,7 +28,7 @@ from nodepool.zk.records import (DELETING, INIT, PENDING, READY,
                                  MalformedRecord, Node)
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
-log = logging.getLogger("nodepool.zk.housekeeping")
+log = logging.getLogger("nodepool.requests.housekeeping")
 
 # Upstream removes a request's lock znode 8 hours after the request is gone,
 # so that a lock taken just before the request vanished is never pulled

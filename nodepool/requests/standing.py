@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from nodepool.driver.base import StandingNode, standing_key
+from nodepool.requests.builder import StandingNode, standing_key
 from nodepool.requests.protocol import retire_ready
 from nodepool.zk.records import DELETED, READY, Node
 from nodepool.zk.store import ZooKeeperStore

@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Hashable, Sequence
 
-from nodepool.driver.base import ProviderMetrics, StandingNode
+from nodepool.driver.base import ProviderMetrics
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
                                      ReadinessCheck)
 from nodepool.driver.static.config import StaticNode, StaticProviderConfig
 from nodepool.quota import PoolQuota, QuotaLedger, Resources
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus, Capacity,
-                                       DeleteSpec, DeleteState, DeleteStatus, NodeInfo)
+                                       DeleteSpec, DeleteState, DeleteStatus, NodeInfo,
+                                       StandingNode)
 
 log = logging.getLogger("nodepool.static.provider")
 
