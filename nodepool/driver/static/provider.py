@@ -24,6 +24,7 @@ from typing import Any, Callable, Collection, Hashable, Sequence
 from nodepool.driver.base import ProviderMetrics
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
                                      ReadinessCheck)
+from nodepool.driver.loop import LoopedProvider, ProviderLoop
 from nodepool.driver.static.config import StaticNode, StaticProviderConfig
 from nodepool.quota import PoolQuota, QuotaLedger, Resources
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus, Capacity,
@@ -60,7 +61,7 @@ class _Host:
                 "checking": self.check is not None, "error": self.error}
 
 
-class StaticProvider:
+class StaticProvider(LoopedProvider):
     """A ``LaunchProvider`` whose nodes are the hosts of its config.
 
     The launcher's views of ZooKeeper (``known_nodes``, ...) are not needed:
@@ -79,9 +80,7 @@ class StaticProvider:
         self._apply(config)
         self._deletes_done = 0
         self._in_use: set[tuple] = set()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._last_tick: float | None = None
+        self._loop = ProviderLoop(self.name, self._tick, lambda: LOOP_INTERVAL, clock)
 
     # -- configuration -----------------------------------------------------------
 
@@ -111,40 +110,18 @@ class StaticProvider:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"provider-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
     def stop(self, wait: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(wait)
+        self._loop.stop(wait)
         with self._lock:
             for host in self._hosts.values():
                 host.cancel()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("%s: provider loop pass failed", self.name)
-            self._stop.wait(LOOP_INTERVAL)
-
-    def tick_age(self) -> float | None:
-        return None if self._last_tick is None else self.clock() - self._last_tick
-
-    def tick(self) -> None:
+    def _tick(self) -> None:
         """One pass: start the checks that are due, look at those running."""
-        try:
-            # Polls never block, so the lock is held briefly.
-            with self._lock:
-                for host in self._hosts.values():
-                    self._check(host)
-        finally:
-            self._last_tick = self.clock()
+        # Polls never block, so the lock is held briefly.
+        with self._lock:
+            for host in self._hosts.values():
+                self._check(host)
 
     def _check(self, host: _Host) -> None:
         now = self.clock()
