@@ -9,7 +9,7 @@ ERROR = "error"
 WARNING = "warning"
 
 
-def format_path(path: Sequence[str | int]) -> str:
+def format_path(path: Sequence[object]) -> str:
     """``['providers', 0, 'pools', 1, 'name']`` -> ``providers[0].pools[1].name``."""
     out = ""
     for part in path:
@@ -52,10 +52,10 @@ class Problems:
         self.file = file
         self.items: list[ConfigProblem] = []
 
-    def error(self, path: Sequence[str | int] | str, message: str) -> None:
+    def error(self, path: Sequence[object] | str, message: str) -> None:
         self._add(path, message, ERROR)
 
-    def warning(self, path: Sequence[str | int] | str, message: str) -> None:
+    def warning(self, path: Sequence[object] | str, message: str) -> None:
         self._add(path, message, WARNING)
 
     def _add(self, path, message: str, severity: str) -> None:

@@ -261,10 +261,10 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
             continue
         if i not in broken:
             providers[built.name] = built
-    served = {name for p in providers.values() for pool in p.pools.values()
-              for name in pool.labels}
+    offered = {name for p in providers.values() for pool in p.pools.values()
+               for name in pool.labels}
     for j, lab in enumerate(labels_cfg if structure_ok else []):
-        if lab.get("min-ready", 0) > 0 and lab["name"] not in served:
+        if lab.get("min-ready", 0) > 0 and lab["name"] not in offered:
             problems.warning(["labels", j, "min-ready"],
                              f"label {lab['name']!r} wants {lab['min-ready']} ready nodes "
                              "but no pool of this launcher offers it")
@@ -283,7 +283,8 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
 
 
 def load_config(path: str, clouds_path: str | None = None, secure_path: str | None = None,
-                env: MappingT[str, str] | None = None) -> tuple[NodepoolConfig, list[ConfigProblem]]:
+                env: MappingT[str, str] | None = None
+                ) -> tuple[NodepoolConfig, list[ConfigProblem]]:
     """The config and its warnings; ``ConfigError`` listing everything if invalid."""
     config, problems = validate(path, clouds_path, secure_path, env)
     if config is None:

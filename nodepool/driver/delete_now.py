@@ -1,10 +1,11 @@
 """Delete one node's servers in the foreground (``nodepool delete --now``).
 
-A provider of its own (its driver's class, from the registry), with its own gate and ledger, runs until the
-deletion is done or the deadline passes: the same deletion the launcher's
-reaper runs (the node's server, and any other server carrying its node id),
-without a launcher.  Nothing here touches ZooKeeper; the caller holds the
-node's lock and removes the record when this reports done.
+A provider of its own (its driver's class, from the registry), with its own
+gate and ledger, runs until the deletion is done or the deadline passes: the
+same deletion the launcher's reaper runs (the node's server, and any other
+server carrying its node id), without a launcher.  Nothing here touches
+ZooKeeper; the caller holds the node's lock and removes the record when this
+reports done.
 """
 
 from __future__ import annotations

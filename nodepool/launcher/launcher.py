@@ -30,15 +30,15 @@ from nodepool.launcher.stats import Stats
 from nodepool.launcher.webapp import StatusServer
 from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
 from nodepool.requests import minready, protocol
-from nodepool.requests.handler import NodeRequestHandler
+from nodepool.requests.handler import NodeRequestHandler, PassReport
 from nodepool.requests.protocol import PoolSettings
 from nodepool.requests.reaper import NodeReaper
 from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
 from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
-from nodepool.zk.components import (make_pool_id, register_launcher,
-                                    register_pool)
+from nodepool.zk.components import (ComponentRegistration, make_pool_id,
+                                    register_launcher, register_pool)
 from nodepool.zk import paths
 from nodepool.zk.records import (READY, MalformedRecord, Node,
                                  PoolComponent)
@@ -137,7 +137,7 @@ class PoolWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
                                         daemon=True)
-        self.last_report = None
+        self.last_report: PassReport | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -168,7 +168,7 @@ class PoolWorker:
         self.handler.draining = True
         try:
             self.registration.unregister()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("pool %s: unregister failed", self.name, exc_info=True)
 
     @property
@@ -185,7 +185,7 @@ class PoolWorker:
                 ok = not self.last_report.errors or bool(
                     self.last_report.fulfilled or self.last_report.accepted
                     or self.last_report.nodes_ready)
-            except Exception:  # noqa: BLE001 - a pass must never kill the worker
+            except Exception:  # a pass must never kill the worker
                 ok = False
                 log.exception("pool %s: pass failed", self.name)
             self.launcher.health.beat(f"pool {self.name}", ok)
@@ -206,7 +206,7 @@ class PoolWorker:
         finally:
             try:
                 self.registration.unregister()
-            except Exception:  # noqa: BLE001 - the session may be gone already
+            except Exception:  # the session may be gone already
                 log.debug("pool %s: unregister failed", self.name, exc_info=True)
 
 
@@ -228,7 +228,7 @@ class Launcher:
         self.providers: dict[str, LaunchProvider] = {}
         self.pool_workers: dict[str, PoolWorker] = {}
         self.reaper: NodeReaper | None = None
-        self._launcher_registration = None
+        self._launcher_registration: ComponentRegistration | None = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._last: dict[str, float] = {}
@@ -302,7 +302,7 @@ class Launcher:
         if self._launcher_registration is not None:
             try:
                 self._launcher_registration.unregister()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("unregistering the launcher failed", exc_info=True)
         for provider in self.providers.values():
             provider.stop(wait=max(0.5, deadline - time.monotonic()))
@@ -460,7 +460,7 @@ class Launcher:
                 try:
                     task()
                     self.health.errors.pop(name, None)
-                except Exception as e:  # noqa: BLE001 - a task must never kill the loop
+                except Exception as e:  # a task must never kill the loop
                     self.health.errors[name] = str(e)
                     log.exception("maintenance task %s failed", name)
             self.health.beat("maintenance")
@@ -540,7 +540,8 @@ class Launcher:
                 continue
             if cache is not None and cache.is_locked(node.id):
                 continue
-            if self.store.update_unlocked_node(node.id, lambda fresh: protocol.retire_ready(fresh, now),
+            if self.store.update_unlocked_node(node.id,
+                                               lambda fresh: protocol.retire_ready(fresh, now),
                                                "retire"):
                 log.info("node %s was ready for longer than max-ready-age", node.id)
 
@@ -598,7 +599,7 @@ class Launcher:
             return False
         try:
             raw = store.raw_node(node_id)
-        except Exception:  # noqa: BLE001 - e.g. a connection loss, or a junk id
+        except Exception:  # e.g. a connection loss, or a junk id
             log.debug("could not read node %s", node_id, exc_info=True)
             return None
         if not raw:

@@ -157,15 +157,15 @@ class Stats:
         pipe = self.client.pipeline()
         known_providers = set(providers) | {p.provider_name for p in pools if p.provider_name}
         known_labels = {label for p in pools for label in p.supported_labels or ()}
-        gauges = node_state_gauges(nodes, known_providers, known_labels)
+        gauges: dict[str, float] = dict(node_state_gauges(nodes, known_providers,
+                                                          known_labels))
         gauges.update(addressable_request_gauges(pools, requests))
         for name, cfg in (provider_configs or {}).items():
             gauges[f"nodepool.provider.{clean(name)}.max_servers"] = max_servers_gauge(cfg)
         gauges.update(tenant_limit_gauges(tenant_limits or {}))
-        for name, value in (zk_queues or {}).items():
-            gauges[name] = value
-        for name, value in gauges.items():
-            pipe.gauge(name, value)
+        gauges.update(zk_queues or {})
+        for name, gauge in gauges.items():
+            pipe.gauge(name, gauge)
         for name, provider in providers.items():
             self._provider(pipe, name, provider, ledger)
         for (provider_name, pool), paused in (paused_pools or {}).items():

@@ -144,7 +144,7 @@ class NodeReaper:
             return
         try:
             status = self.builders[item.node.provider].poll_delete(item.handle)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed delete
             status = DeleteStatus(DeleteState.FAILED, f"poll failed: {e}")
         if status.state is DeleteState.DELETING:
             return

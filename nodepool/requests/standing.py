@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from nodepool.requests.builder import StandingNode, standing_key
 from nodepool.requests.protocol import retire_ready
@@ -81,7 +81,7 @@ def plan(offered: Sequence[StandingNode], nodes: Iterable[Node], provider: str,
 
 
 def new_node(slot: StandingNode, provider: str, launcher_id: str | None,
-             attributes: dict | None) -> Node:
+             attributes: Mapping | None) -> Node:
     info = slot.info
     return Node(state=READY, type=list(slot.labels), provider=provider, pool=slot.pool,
                 launcher=launcher_id, external_id=info.external_id, hostname=info.hostname,
@@ -100,7 +100,8 @@ class StandingNodes:
         self._pending: dict[tuple, tuple[str, float]] = {}   # key -> (node id, created)
 
     def sync(self, store: ZooKeeperStore, offered: Sequence[StandingNode],
-             launcher_ids: dict[str, str], attributes: dict[str, dict | None]) -> Plan:
+             launcher_ids: Mapping[str, str],
+             attributes: Mapping[str, Mapping | None]) -> Plan:
         """``launcher_ids``/``attributes``: pool name -> the pool's registered
         id / node-attributes.  Slots of pools not running here wait."""
         now = time.monotonic()
