@@ -24,6 +24,7 @@ from tests.fixtures.fakecloud import wait_for
 from tests.test_launcher import (finished, run_launcher, store,  # noqa: F401
                                  use_and_return, write_config, zuul_request)
 from tests.test_request_zuul_e2e import HAVE_ZUUL, zuul_side  # noqa: F401
+from tests.test_stats import statsd  # noqa: F401
 
 if HAVE_ZUUL:
     import zuul.model
@@ -271,6 +272,17 @@ def test_served_to_zuuls_client_returned_used_and_registered_again(
                      what="the slot registered again")
     assert store.get_node(first.id) is None
     assert (again[0].slot, again[0].connection_port) == (first.slot, host.port)
+
+
+def test_statsd_counts_slots_and_nodes(tmp_path, zk_settings, store, run_launcher, hosts,
+                                       statsd):
+    host = hosts()
+    run_launcher(write_static(tmp_path, zk_settings, [static_entry(
+        host_node(host, **{"max-parallel-jobs": 2}))]))
+    wait_for(lambda: 2.0 in statsd.values("nodepool.provider.lab.nodes.ready", "g"), 20,
+             what="the ready gauge of the static provider")
+    assert statsd.values("nodepool.provider.lab.max_servers", "g")[-1] == 2.0
+    assert 2.0 in statsd.values("nodepool.label.metal.nodes.ready", "g")
 
 
 def test_host_that_stops_answering_leaves_service_and_comes_back(
