@@ -10,6 +10,7 @@ is the point.  Every wait has a deadline; no test asserts elapsed time.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -65,10 +66,10 @@ class Harness:
 
     def __init__(self, cloud, tmp_path, config: dict, *, api_timeout: float = 5,
                  server_list_interval: float = 0.1, leak_interval: float = 3600.0,
-                 ledger: QuotaLedger | None = None):
+                 ledger: QuotaLedger | None = None, clouds_extra: dict | None = None):
         self.cloud = cloud
         clouds = cloud.write_clouds_yaml(os.path.join(tmp_path, "clouds.yaml"),
-                                         api_timeout=api_timeout)
+                                         api_timeout=api_timeout, extra=clouds_extra)
         path = os.path.join(tmp_path, "nodepool.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
@@ -581,19 +582,32 @@ def test_listing_makes_no_per_server_calls(harness):
     assert "network.list_ports" not in calls and "network.list_floating_ips" not in calls
 
 
-def test_floating_ips_cost_one_port_lookup_per_server_that_needs_one(harness):
-    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3),
+def _request_paths(log_path: str, route: str) -> list[str]:
+    with open(log_path) as f:
+        return [e["path"] for e in map(json.loads, f) if e["route"] == route]
+
+
+def test_floating_ips_for_private_network_servers_from_a_shared_port_list(harness, tmp_path):
+    log_path = str(tmp_path / "requests.log")
+    h = harness(dict(limited(boot_seconds=0.2, delete_seconds=0.3), request_log=log_path),
                 provider_config(pool={"auto-floating-ip": True}))
     h.wait_available()
     nodes = h.start(3)
     done = h.finish_builds(nodes)
     assert all(st.state is BuildState.READY for st in done.values())
-    assert h.cloud.request_count(PORTS_ROUTE) == 3
+    # One floating IP per node, its port found in project-wide port lists
+    # (at most one per node, never a per-server ``ports?device_id=`` lookup).
     assert h.cloud.request_count("POST /network/v2.0/floatingips", 201) == 3
+    assert h.cloud.request_count("POST /network/v2.0/floatingips") == 3
+    port_gets = _request_paths(log_path, PORTS_ROUTE)
+    assert 1 <= len(port_gets) <= 3
+    assert not any("device_id" in path for path in port_gets), port_gets
     for route in PER_SERVER_ROUTES:
         assert h.cloud.request_count(route) == 0, route
     fips = {st.info.interface_ip for st in done.values()}
     assert len(fips) == 3 and all(ip.startswith("172.24.4.") for ip in fips)
+    assert all(st.info.public_ipv4 == st.info.interface_ip
+               and st.info.private_ipv4.startswith("10.0.") for st in done.values())
     h.cloud.reset_counters()
     wait_for(lambda: h.cloud.request_count(LIST_ROUTE, 200) >= 5, timeout=10)
     assert h.cloud.request_count(PORTS_ROUTE) == 0
@@ -606,6 +620,42 @@ def test_floating_ips_cost_one_port_lookup_per_server_that_needs_one(harness):
              what="floating IPs deleted")
     assert h.cloud.request_count("DELETE /network/v2.0/floatingips/{floatingip_id}") == 3
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_server_on_a_provider_network_gets_no_floating_ip(harness):
+    # The first port is on the external network, in 172.24.4.0/24: private
+    # by its range, public by the network's role (router:external).
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3, ports_per_server=2,
+                        network_layout="provider"),
+                provider_config(pool={"auto-floating-ip": True}))
+    h.wait_available()
+    done = h.finish_builds(h.start(3))
+    assert all(st.state is BuildState.READY for st in done.values())
+    for st in done.values():
+        assert st.info.interface_ip.startswith("172.24.4.")
+        assert st.info.public_ipv4 == st.info.interface_ip
+        assert st.info.private_ipv4.startswith("10.0.")
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    routes = h.cloud.counters()["requests"]
+    assert not [r for r in routes if "/network/v2.0/floatingips" in r
+                or r.startswith(PORTS_ROUTE)], routes
+    assert "network.list_ports" not in h.provider.status()["api_calls"]
+
+
+def test_floating_ip_source_none_is_honoured(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3),
+                provider_config(pool={"auto-floating-ip": True}),
+                clouds_extra={"floating_ip_source": "None"})
+    h.wait_available()
+    done = h.finish_builds(h.start(2))
+    assert all(st.state is BuildState.READY for st in done.values())
+    # No public address and no floating IP: the node is reached privately.
+    assert all(st.info.interface_ip.startswith("10.0.") for st in done.values())
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    routes = h.cloud.counters()["requests"]
+    assert not [r for r in routes if "/network/v2.0/floatingips" in r
+                or r.startswith(PORTS_ROUTE)], routes
 
 
 def test_floating_ip_released_even_if_no_list_showed_it(harness):

@@ -19,7 +19,7 @@ from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems
 from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, CloudImage,
-                                   CloudSettings, Label, NodepoolConfig, Pool,
+                                   AddressPolicy, CloudSettings, Label, NodepoolConfig, Pool,
                                    PoolLabel, Provider, TenantLimits, WebApp)
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 from nodepool.zk.client import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
@@ -276,6 +276,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         return cf.problems.items, settings
     clouds_policy.check_cache(cf)
     checked: set[str] = set()
+    policies: dict[str, AddressPolicy] = {}
     for i, prov in providers:
         name = prov["cloud"]
         if name not in cf.clouds:
@@ -286,6 +287,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         if name not in checked:
             checked.add(name)
             clouds_policy.check_cloud(cf, name)
+            policies[name] = clouds_policy.address_policy_of(cf, name)
         cloud = cf.clouds[name]
         if not isinstance(cloud, dict):
             cf.problems.error(["clouds", name], "expected a mapping of settings")
@@ -294,7 +296,8 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
             region = cloud.get("region_name") or cloud.get("region-name")
             settings[name] = CloudSettings(name, float(timeout),
-                                           region if isinstance(region, str) else None, path)
+                                           region if isinstance(region, str) else None, path,
+                                           policies[name])
     return cf.problems.items, settings
 
 

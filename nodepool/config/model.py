@@ -79,6 +79,31 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class CloudNetwork:
+    """One entry of a cloud's ``networks`` list in clouds.yaml: how
+    openstacksdk is told what a network is for."""
+
+    name: str
+    routes_ipv4_externally: bool = False
+    routes_ipv6_externally: bool = False
+    nat_source: bool = False
+    nat_destination: bool = False
+    default_interface: bool = False
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """clouds.yaml's settings that decide which of a server's addresses are
+    public and whether it gets a floating IP (openstacksdk's meaning)."""
+
+    networks: tuple[CloudNetwork, ...] = ()
+    # ``floating_ip_source: None`` in clouds.yaml: never make floating IPs.
+    floating_ips: bool = True
+    # ``private: true``: the launcher reaches servers on their private address.
+    private: bool = False
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     """What the launcher needs from this provider's clouds.yaml entry."""
 
@@ -86,6 +111,7 @@ class CloudSettings:
     api_timeout: float
     region_name: str | None
     clouds_file: str
+    addresses: AddressPolicy = AddressPolicy()
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,15 @@ class ServerSnapshot:
 
 
 class ServerListCache:
+    """The shared list; also used for neutron's ports (``kind`` names the
+    gate's call; ``idle_refresh=False`` lists only when someone asked)."""
+
     def __init__(self, gate: ApiGate, fetch: Callable[[], list[dict]], interval: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *,
+                 kind: str = "compute.list_servers", idle_refresh: bool = True):
         self.gate = gate
+        self.kind = kind
+        self.idle_refresh = idle_refresh
         self.fetch = fetch
         self.interval = interval
         self.clock = clock
@@ -77,7 +83,7 @@ class ServerListCache:
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.last_error_at = now
-                log.warning("%s: listing servers failed: %s", self.gate.name, self.last_error)
+                log.warning("%s: %s failed: %s", self.gate.name, self.kind, self.last_error)
             else:
                 self.snapshot = ServerSnapshot({s["id"]: s for s in servers if "id" in s},
                                                call.started_at or call.submitted_at, now)
@@ -85,16 +91,18 @@ class ServerListCache:
                 self.last_error = None
                 arrived = True
         if self._call is None and self._due(now):
-            self._call = self.gate.submit("compute.list_servers", self.fetch)
+            self._call = self.gate.submit(self.kind, self.fetch)
         return arrived
 
     def _due(self, now: float) -> bool:
         last = max(self.snapshot.requested_at, self.last_error_at or float("-inf"))
         if now - last < self.interval:
             return False
-        if self.snapshot.received_at == float("-inf"):
-            return True
         if self._wanted_after is not None and self.snapshot.requested_at <= self._wanted_after:
+            return True
+        if not self.idle_refresh:
+            return False
+        if self.snapshot.received_at == float("-inf"):
             return True
         # Even with nothing pending, keep the view (and quota) current.
         return now - self.snapshot.requested_at >= self.interval * 4

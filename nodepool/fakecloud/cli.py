@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neutron ports per server (at least one per requested network)")
     g.add_argument("--floating-ip", action="store_true", default=None,
                    help="give each server a floating IP when it becomes ACTIVE")
+    g.add_argument("--network-layout", choices=("private", "provider"),
+                   help="private (default): servers get a private network and need "
+                        "floating IPs; provider: their first port is on the external "
+                        "network")
     g.add_argument("--leak-port-share", type=float, metavar="F",
                    help="share (0-1) of deleted servers whose ports stay behind DOWN "
                         "(a neutron port leak, for port-cleanup-interval)")
@@ -139,7 +143,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("boot_seconds", args.boot_seconds), ("delete_seconds", args.delete_seconds),
         ("error_boot_share", args.error_boot_share),
         ("ports_per_server", args.ports_per_server), ("floating_ip", args.floating_ip),
-        ("leak_port_share", args.leak_port_share))
+        ("leak_port_share", args.leak_port_share), ("network_layout", args.network_layout))
         if v is not None}
     faults = {k: v for k, v in (
         ("latency_seconds", args.latency), ("error_500_rate", args.error_500_rate),

@@ -248,7 +248,7 @@ class FakeCloud:
     def set_server_behaviour(self, **changes: Any) -> dict:
         """Change boot_seconds, delete_seconds (number or [low, high]),
         error_boot_share, error_boot_fault, ports_per_server, floating_ip,
-        leak_port_share.
+        leak_port_share, network_layout.
 
         Applies to servers created (or deleted) from now on.
         """

@@ -109,6 +109,11 @@ class ServerBehaviour:
     # Share of deleted servers whose ports neutron fails to remove: they stay
     # behind DOWN, as after a lost port-unbind in a real cloud.
     leak_port_share: float = 0.0
+    # "private": servers without requested networks get ports on the first
+    # non-external network (they need floating IPs to be reached).
+    # "provider": their first port is on the external network (a provider
+    # network: already public), further ports on the private one.
+    network_layout: str = "private"
 
     def as_dict(self) -> dict:
         return {"boot_seconds": self.boot_seconds.as_yaml(),
@@ -117,7 +122,8 @@ class ServerBehaviour:
                 "error_boot_fault": self.error_boot_fault,
                 "ports_per_server": self.ports_per_server,
                 "floating_ip": self.floating_ip,
-                "leak_port_share": self.leak_port_share}
+                "leak_port_share": self.leak_port_share,
+                "network_layout": self.network_layout}
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,7 @@ def check_limits(data: Any, base: dict[str, int], source: str = "limits") -> dic
     return out
 
 
+NETWORK_LAYOUTS = ("private", "provider")
 _SERVER_KEYS = [f.name for f in dataclasses.fields(ServerBehaviour)]
 _FAULT_KEYS = [f.name for f in dataclasses.fields(Faults)]
 
@@ -291,6 +298,13 @@ def _check_servers(c: _Checker, data: Any, where: str, base: ServerBehaviour) ->
     if "leak_port_share" in data:
         changes["leak_port_share"] = c.number(data["leak_port_share"],
                                               f"{where}.leak_port_share", maximum=1.0)
+    if "network_layout" in data:
+        layout = data["network_layout"]
+        if layout not in NETWORK_LAYOUTS:
+            c.error(f"{where}.network_layout",
+                    f"must be one of {', '.join(NETWORK_LAYOUTS)}, got {layout!r}")
+        else:
+            changes["network_layout"] = layout
     return dataclasses.replace(base, **changes)
 
 

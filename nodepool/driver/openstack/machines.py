@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nodepool.driver import errors
 from nodepool.driver.gate import ApiCall
 from nodepool.driver.keyscan import HostKeyScan
+from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.quota import Resources
 
@@ -102,7 +103,7 @@ class CreateMachine:
                 out["resources"].update(volumes=cost.volumes, volume_gb=cost.volume_gb)
         if self.server:
             s = self.server
-            addrs = srv.addresses_of(s)
+            addrs = addressing.addresses_of(s, self.ctx.network_layout)
             if self.fip_address:
                 addrs["public_ipv4"] = self.fip_address
                 addrs["interface_ip"] = self.fip_address
@@ -276,8 +277,8 @@ class CreateMachine:
             self.ctx.servers.want_fresh()
 
     def _needs_floating_ip(self, server: dict) -> bool:
-        return bool(self.pool.auto_floating_ip and self.ctx.uses_floating_ips
-                    and not srv.has_public_address(server))
+        return bool(self.pool.auto_floating_ip
+                    and addressing.needs_floating_ip(server, self.ctx.network_layout))
 
     def _step_floating_ip(self, now: float) -> None:
         if now - self.create_started_at > self.ctx.launch_timeout:
@@ -297,27 +298,30 @@ class CreateMachine:
                     self.reason = f"floating IP step failed: {err}; retrying"
                     self.not_before = now + RETRY_DELAY
                 return
-            if self.fip_port is None:
-                ports = [p for p in answer if p.get("device_id") == self.server_id]
-                if not ports:
-                    self.reason = "server has no port yet"
-                    self.not_before = now + RETRY_DELAY
-                    return
-                self.fip_port = ports[0]["id"]
-            else:
-                self.fip_address = answer.get("floating_ip_address")
-                # Remembered by the provider: the node may be deleted before
-                # any server list shows the address in nova's ``addresses``.
-                self.ctx.note_floating_ip(self.server_id, self.fip_address)
-                self._after_network(now)
-                return
+            self.fip_address = answer.get("floating_ip_address")
+            # Remembered by the provider: the node may be deleted before
+            # any server list shows the address in nova's ``addresses``.
+            self.ctx.note_floating_ip(self.server_id, self.fip_address)
+            self._after_network(now)
+            return
         if now < self.not_before:
             return
+        layout = self.ctx.network_layout
         if self.fip_port is None:
-            self.call = self.ctx.gate.submit("network.list_ports", self.ctx.cloud.list_ports,
-                                             device_id=self.server_id)
-            return
-        network = self.ctx.external_network()
+            # The shared port list, requested after the server went ACTIVE
+            # (its ports exist by then), serves every server waiting here.
+            ports = self.ctx.ports.snapshot
+            asked_at = max(self.active_at or now, self.not_before)
+            if ports.requested_at <= asked_at:
+                self.ctx.ports.want_fresh(asked_at)
+                return
+            port = addressing.floating_ip_port(ports.servers.values(), self.server, layout)
+            if port is None:
+                self.reason = "server has no port for a floating IP yet"
+                self.not_before = now + RETRY_DELAY
+                return
+            self.fip_port = port["id"]
+        network = layout.floating_source
         if network is None:
             self._failed("auto-floating-ip is on but the cloud has no external network")
             return

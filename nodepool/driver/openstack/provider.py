@@ -18,6 +18,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.driver import errors
 from nodepool.driver.gate import ApiCall, ApiGate
+from nodepool.config.model import AddressPolicy
+from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import CloudCatalog
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect
@@ -39,6 +41,9 @@ LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
 FIP_LIST_INTERVAL = 10.0
 FIP_RETRY = 5.0
+# Ports are listed only while a server waits for its floating IP: one list
+# for all of them, at most this often.
+PORT_LIST_INTERVAL = 1.0
 
 
 class NodeDeletion:
@@ -112,6 +117,12 @@ class OpenStackProvider:
         self._connect_call: ApiCall | None = None
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
                                        clock)
+        # One project-wide port list for the servers that wait for a
+        # floating IP, instead of a ``ports?device_id=`` lookup per server.
+        self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
+                                     PORT_LIST_INTERVAL, clock, kind="network.list_ports",
+                                     idle_refresh=False)
+        self._layout: tuple[Any, AddressPolicy, addressing.NetworkLayout] | None = None
         self.catalog = CloudCatalog(self.gate, {
             "flavors": lambda: self.cloud.list_flavors(),
             "images": lambda: self.cloud.list_images(),
@@ -168,9 +179,16 @@ class OpenStackProvider:
         return max(1, self.config.launch_retries)
 
     @property
-    def uses_floating_ips(self) -> bool:
+    def network_layout(self) -> addressing.NetworkLayout:
+        """The cloud's networks by role, per clouds.yaml (see addressing)."""
         nets = self.catalog.items("networks") or []
-        return any(n.get("router:external") for n in nets)
+        settings = self.config.cloud_settings
+        policy = settings.addresses if settings else AddressPolicy()
+        cached = self._layout
+        if cached is None or cached[0] is not nets or cached[1] != policy:
+            cached = (nets, policy, addressing.layout(nets, policy))
+            self._layout = cached
+        return cached[2]
 
     @property
     def cloud(self) -> OpenStackCloud:
@@ -256,6 +274,7 @@ class OpenStackProvider:
                     return
             if self.servers.tick():
                 self._reconcile()
+            self.ports.tick()
             self.catalog.tick()
             self._refresh_limits()
             self._refresh_floating_ips()
@@ -571,10 +590,6 @@ class OpenStackProvider:
                                after_call=after_call)
             self._server_deletions.append(d)
             return d
-
-    def external_network(self) -> dict | None:
-        nets = self.catalog.items("networks") or []
-        return next((n for n in nets if n.get("router:external")), None)
 
     def _refresh_floating_ips(self) -> None:
         """Delete the floating IPs of servers that are gone: one list call
