@@ -832,3 +832,36 @@ def test_server_list_follows_nova_pages(make_fakecloud, fakecloud_connect, tmp_p
         api.close()
     assert sorted(s["name"] for s in servers) == [f"s{i}" for i in range(5)]
     assert cloud.request_count(LIST_ROUTE, 200) == 3   # pages of 2, 2 and 1
+
+
+# ---------------------------------------------------------------------------
+# 11. The API budget
+
+
+MUTATING = ("POST /compute/v2.1/servers", "DELETE /compute/v2.1/servers/{server_id}",
+            "POST /network/v2.0/floatingips",
+            "DELETE /network/v2.0/floatingips/{floatingip_id}")
+
+
+def test_with_rate_set_mutating_calls_never_exceed_it(harness, tmp_path):
+    log_path = str(tmp_path / "requests.log")
+    rate = 0.2  # a create, delete or floating-IP call every 0.2 s on average
+    h = harness(dict(limited(boot_seconds=0.1, delete_seconds=0.1), request_log=log_path),
+                provider_config(rate=rate, pool={"auto-floating-ip": True}))
+    h.wait_available()
+    done = h.finish_builds(h.start(8))
+    assert all(st.state is BuildState.READY for st in done.values())
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["floating_ips"] == 0, timeout=20,
+             what="floating IPs deleted")
+    with open(log_path) as f:
+        entries = [json.loads(line) for line in f]
+    starts = sorted(e["started"] for e in entries if e["route"] in MUTATING)
+    assert len(starts) == 8 * 4
+    # Over any window: at most the burst (2) plus one per ``rate`` seconds
+    # (plus 50 ms for the time a request takes to reach the cloud).
+    for i, t0 in enumerate(starts):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= 2 + (starts[j] - t0 + 0.05) / rate, (i, j, starts)
+    budget = h.provider.status()["api_budget"]
+    assert budget["mode"] == "rate" and budget["read_rate"] == rate / 5

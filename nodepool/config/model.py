@@ -124,7 +124,11 @@ class Provider:
     priority: int | None = None
     # Upstream: -1 means unlimited concurrent launches.
     max_concurrency: int = -1
-    rate: float = 1.0  # seconds between API calls
+    # Seconds between mutating API calls (creates, deletes) on average; None
+    # (the key absent): no fixed ceiling, the gate adapts its concurrency.
+    rate: float | None = None
+    # Seconds between read calls; None: rate / 5 when rate is set, else none.
+    read_rate: float | None = None
     boot_timeout: int = 60
     launch_timeout: int = 3600
     launch_retries: int = 3

@@ -239,6 +239,7 @@ openstack_provider_schema = Dict({
     "priority": Int(),
     "max-concurrency": Int(),
     "rate": Number(positive=True),
+    "read-rate": Number(positive=True),
     "boot-timeout": Int(1),
     "launch-timeout": Int(1),
     "launch-retries": Int(1),

@@ -36,6 +36,7 @@ class Stats:
     def __init__(self, client: Any | None):
         self.client = client
         self._api_seen: dict[tuple[str, str], tuple[int, float]] = {}
+        self._api_wait_seen: dict[tuple[str, str], tuple[int, float]] = {}
         self._quota_seen: dict[str, int] = {}
 
     @classmethod
@@ -95,15 +96,26 @@ class Stats:
             if delta > 0:
                 pipe.incr(f"nodepool.provider.{p}.quota.403", delta)
             self._quota_seen[name] = quota_errors
+            budget = provider.gate.budget()
+            pipe.gauge(f"nodepool.provider.{p}.api.concurrency_limit",
+                       budget["concurrency_limit"])
+            pipe.gauge(f"nodepool.provider.{p}.api.in_flight", budget["in_flight"])
             for call, st in provider.gate.stats().items():
                 key = (name, call)
                 seen_count, seen_seconds = self._api_seen.get(key, (0, 0.0))
+                seen_started, seen_wait = self._api_wait_seen.get(key, (0, 0.0))
                 delta = st["count"] - seen_count
+                metric = f"nodepool.task.{p}.{_clean(call)}"
                 if delta > 0:
-                    metric = f"nodepool.task.{p}.{_clean(call)}"
                     pipe.incr(metric, delta)
                     pipe.timing(metric, (st["total_seconds"] - seen_seconds) / delta * 1000)
+                started = st.get("started", 0) - seen_started
+                if started > 0:
+                    pipe.timing(f"{metric}.queue_wait",
+                                (st["wait_seconds"] - seen_wait) / started * 1000)
+                pipe.gauge(f"{metric}.in_flight", st["in_flight"])
                 self._api_seen[key] = (st["count"], st["total_seconds"])
+                self._api_wait_seen[key] = (st.get("started", 0), st["wait_seconds"])
         for (provider_name, pool), paused in (paused_pools or {}).items():
             pipe.gauge(f"nodepool.provider.{_clean(provider_name)}.pool.{_clean(pool)}.paused",
                        1 if paused else 0)

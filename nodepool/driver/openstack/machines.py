@@ -193,6 +193,12 @@ class CreateMachine:
             if err.kind == errors.QUOTA:
                 self.ctx.ledger.create_rejected(self.key, quota_error=True)
                 self._wait_for_quota(f"cloud refused: {err.message}")
+            elif err.status_code == 429:
+                # Rate limited: nothing was made and nothing is wrong with
+                # the node; the gate holds calls back, the create is resent.
+                self.ctx.ledger.create_rejected(self.key)
+                self._wait_for_quota(f"cloud rate limited the create: {err.message}")
+                self.not_before = now + RETRY_DELAY
             elif err.kind == errors.UNAVAILABLE or err.status_code is None:
                 # The server may exist even though we got no usable answer
                 # (a timeout, or a 202 whose body we could not read).

@@ -111,8 +111,8 @@ class OpenStackProvider:
         api_timeout = settings.api_timeout if settings else 60.0
         # keystoneauth's timeout applies per connect and per read; a slow
         # drip could exceed it, so the gate's deadline has a margin.
-        self.gate = ApiGate(self.name, interval=config.rate, deadline=api_timeout * 2 + 1,
-                            workers=4, clock=clock)
+        self.gate = ApiGate(self.name, deadline=api_timeout * 2 + 1, rate=config.rate,
+                            read_rate=config.read_rate, clock=clock)
         self._cloud = cloud
         self._connect_call: ApiCall | None = None
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
@@ -201,7 +201,7 @@ class OpenStackProvider:
         machines in flight keep the settings they started with."""
         with self._lock:
             self.config = config
-            self.gate.interval = config.rate
+            self.gate.set_rates(config.rate, config.read_rate)
             self._configure_sweeps(config)
             self.ledger.configure_provider(self.name, {
                 name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
@@ -751,6 +751,7 @@ class OpenStackProvider:
                 "catalog": self.catalog.status(),
                 "api_calls": self.gate.stats(),
                 "api_in_flight": self.gate.in_flight(),
+                "api_budget": self.gate.budget(),
                 "builds": [m.describe() for m in self._builds.values()],
                 "deletes": [d.describe() for d in self._server_deletions],
                 "counters": dict(self.counters),
