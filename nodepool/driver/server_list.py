@@ -62,13 +62,17 @@ class ServerListCache:
         self.failures = 0
         self._call: ApiCall | None = None
         self._wanted_after: float | None = None
+        self._soon: float | None = None   # a shorter spacing for the pending want
 
-    def want_fresh(self, after: float | None = None) -> None:
+    def want_fresh(self, after: float | None = None, *, within: float | None = None) -> None:
         """Ask for a list requested after ``after`` (default: now), e.g.
-        once a delete call has returned; still at most one per interval."""
+        once a delete call has returned; still at most one per interval, or
+        per ``within`` seconds when given (a request waits for quota)."""
         t = self.clock() if after is None else after
         if self._wanted_after is None or t > self._wanted_after:
             self._wanted_after = t
+        if within is not None:
+            self._soon = within if self._soon is None else min(self._soon, within)
 
     def tick(self) -> bool:
         """Collect a finished refresh and start one if due; True if a new
@@ -91,14 +95,19 @@ class ServerListCache:
                 self.last_error = None
                 arrived = True
         if self._call is None and self._due(now):
+            self._soon = None
             self._call = self.gate.submit(self.kind, self.fetch)
         return arrived
 
     def _due(self, now: float) -> bool:
         last = max(self.snapshot.requested_at, self.last_error_at or float("-inf"))
-        if now - last < self.interval:
+        wanted = self._wanted_after is not None and \
+            self.snapshot.requested_at <= self._wanted_after
+        spacing = min(self.interval, self._soon) if wanted and self._soon is not None \
+            else self.interval
+        if now - last < spacing:
             return False
-        if self._wanted_after is not None and self.snapshot.requested_at <= self._wanted_after:
+        if wanted:
             return True
         if not self.idle_refresh:
             return False

@@ -453,6 +453,8 @@ class ServerDeletion:
     errors: int = 0
     reason: str | None = None
     floating_ips: list[str] = field(default_factory=list)
+    # The last list (its request time) that still showed the deleted server.
+    still_listed_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.server_id is None:
@@ -555,11 +557,20 @@ class ServerDeletion:
                 return
             server = snap.get(self.server_id)
             if server is None:
+                self.ctx.delete_durations.record(
+                    (self.still_listed_at or self.sent_at) - self.sent_at,
+                    snap.requested_at - self.sent_at)
                 self._gone()
                 return
+            self.still_listed_at = snap.requested_at
             if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
+            elif self.ctx.quota_waiting() and \
+                    self.ctx.delete_durations.likely_gone(now - self.sent_at):
+                # A request waits for the quota this server holds, and it
+                # has likely gone by now: look sooner than usual.
+                self.ctx.servers.want_fresh(within=self.ctx.gone_check_interval)
             else:
                 self.ctx.servers.want_fresh()
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.driver import errors
+from nodepool.driver.delete_timing import DeleteDurations
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.config.model import AddressPolicy
 from nodepool.driver.openstack import addressing
@@ -44,6 +45,11 @@ FIP_RETRY = 5.0
 # Ports are listed only while a server waits for its floating IP: one list
 # for all of them, at most this often.
 PORT_LIST_INTERVAL = 1.0
+# While requests wait for quota and a deleted server has likely gone, the
+# server list is read this often (instead of every SERVER_LIST_INTERVAL).
+GONE_CHECK_INTERVAL = 0.5
+# A capacity check that found no headroom counts as "requests wait" this long.
+QUOTA_WAIT_MEMORY = 2.0
 
 
 class NodeDeletion:
@@ -129,6 +135,9 @@ class OpenStackProvider:
             "networks": lambda: self.cloud.list_networks(),
         }, clock=clock)
         self.leak_interval = leak_interval
+        self.delete_durations = DeleteDurations()
+        self.gone_check_interval = GONE_CHECK_INTERVAL
+        self._quota_wait_seen_at = float("-inf")
         self._lock = threading.RLock()
         self._builds: dict[str, CreateMachine] = {}
         self._deletes: dict[str, NodeDeletion] = {}
@@ -396,6 +405,13 @@ class OpenStackProvider:
                                        cost=cost, tenant=spec.tenant_name,
                                        tenant_usage_elsewhere=elsewhere)
 
+    def quota_waiting(self) -> bool:
+        """Does a request (or a build) wait for headroom right now?"""
+        if self.clock() - self._quota_wait_seen_at < QUOTA_WAIT_MEMORY:
+            return True
+        return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
+                   for m in self._builds.values())
+
     def may_start_create(self) -> bool:
         limit = self.config.max_concurrency
         if limit is None or limit <= 0:
@@ -492,6 +508,7 @@ class OpenStackProvider:
                     key = ("capacity-probe", id(self), i)
                     if not self.ledger.try_reserve(key, provider=self.name, pool=p.name,
                                                    cost=plan.cost):
+                        self._quota_wait_seen_at = self.clock()
                         return Capacity.WAIT
                     probes.append(key)
                 return Capacity.AVAILABLE
@@ -752,6 +769,7 @@ class OpenStackProvider:
                 "api_calls": self.gate.stats(),
                 "api_in_flight": self.gate.in_flight(),
                 "api_budget": self.gate.budget(),
+                "delete_durations": self.delete_durations.describe(),
                 "builds": [m.describe() for m in self._builds.values()],
                 "deletes": [d.describe() for d in self._server_deletions],
                 "counters": dict(self.counters),
