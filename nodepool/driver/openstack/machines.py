@@ -563,6 +563,8 @@ class ServerDeletion:
                 self._gone()
                 return
             self.still_listed_at = snap.requested_at
+            if self.key:
+                self.ctx.ledger.note_listed(self.key, snap.requested_at)
             if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
