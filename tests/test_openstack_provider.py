@@ -619,6 +619,8 @@ def test_floating_ips_for_private_network_servers_from_a_shared_port_list(harnes
     wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["floating_ips"] == 0, timeout=15,
              what="floating IPs deleted")
     assert h.cloud.request_count("DELETE /network/v2.0/floatingips/{floatingip_id}") == 3
+    # Deleted by the ids we got when we made them: no floating-IP listing.
+    assert h.cloud.request_count(FIPS_ROUTE) == 0
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
 
 

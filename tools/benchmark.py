@@ -125,6 +125,20 @@ def start_zookeeper(state: str) -> ZooKeeperSettings:
     return ZooKeeperSettings(parse_hosts(env["NODEPOOL_ZK_HOSTS"]))
 
 
+def _schedule_hang(cloud, spec: dict) -> threading.Timer | None:
+    """Hang the API ``hang_for`` seconds, ``hang_at`` seconds from now."""
+    if "hang_at" not in spec:
+        return None
+
+    def hang():
+        cloud.set_faults(hang=True)
+        time.sleep(spec["hang_for"])
+        cloud.set_faults(hang=False)
+    timer = threading.Timer(spec["hang_at"], hang)
+    timer.start()
+    return timer
+
+
 def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -145,14 +159,7 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
     submitted: dict[str, float] = {}
     latencies: list[float] = []
     fulfilled = failed = 0
-    hang_timer = None
-    if "hang_at" in spec:
-        def hang():
-            cloud.set_faults(hang=True)
-            time.sleep(spec["hang_for"])
-            cloud.set_faults(hang=False)
-        hang_timer = threading.Timer(spec["hang_at"], hang)
-        hang_timer.start()
+    hang_timer = _schedule_hang(cloud, spec)
     t0 = time.monotonic()
     for i in range(n):
         req = NodeRequest(state="requested", node_types=["small"], requestor="benchmark",
@@ -277,14 +284,7 @@ def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
     latencies: list[float] = []
     fulfilled = failed = 0
     waiting_time = full_while_waiting = 0.0
-    hang_timer = None
-    if "hang_at" in spec:
-        def hang():
-            cloud.set_faults(hang=True)
-            time.sleep(spec["hang_for"])
-            cloud.set_faults(hang=False)
-        hang_timer = threading.Timer(spec["hang_at"], hang)
-        hang_timer.start()
+    hang_timer = _schedule_hang(cloud, spec)
     t0 = time.monotonic()
     end = t0 + minutes * 60
     seq = 0

@@ -307,7 +307,7 @@ class CreateMachine:
             self.fip_address = answer.get("floating_ip_address")
             # Remembered by the provider: the node may be deleted before
             # any server list shows the address in nova's ``addresses``.
-            self.ctx.note_floating_ip(self.server_id, self.fip_address)
+            self.ctx.note_floating_ip(self.server_id, self.fip_address, answer.get("id"))
             self._after_network(now)
             return
         if now < self.not_before:

@@ -150,6 +150,7 @@ class OpenStackProvider:
         self._fip_delete_calls: dict[str, ApiCall] = {}
         self._fips_retry_at = float("-inf")
         self._fips_created: dict[str, set[str]] = {}   # server id -> addresses we attached
+        self._fip_ids: dict[str, str] = {}   # address -> id, of those we made
         self._leak_suspects: set[str] = set()
         self._last_leak_pass: float | None = None
         self._adopted: dict[str, str] = {}     # ledger key -> server id
@@ -609,11 +610,17 @@ class OpenStackProvider:
             return d
 
     def _refresh_floating_ips(self) -> None:
-        """Delete the floating IPs of servers that are gone: one list call
-        to map addresses to ids, then a delete each; a delete that fails is
-        tried again (after a new list), a failed list is retried after
-        ``FIP_RETRY`` seconds, never every pass."""
+        """Delete the floating IPs of servers that are gone: by the id we
+        got when we made it, else after one list call to map addresses to
+        ids; a delete that fails is tried again (after a new list), a failed
+        list is retried after ``FIP_RETRY`` seconds, never every pass."""
         now = self.clock()
+        for addr in sorted(self._fip_deletes):
+            fip_id = self._fip_ids.pop(addr, None)
+            if fip_id is not None and addr not in self._fip_delete_calls:
+                self._fip_deletes.discard(addr)
+                self._fip_delete_calls[addr] = self.gate.submit(
+                    "network.delete_floating_ip", self.cloud.delete_floating_ip, fip_id)
         for addr, call in list(self._fip_delete_calls.items()):
             if not call.done():
                 continue
@@ -658,9 +665,12 @@ class OpenStackProvider:
         mine = {f.get("id") for f in items if f.get("floating_ip_address") in ours}
         return unattached_floating_ips(items, listed_at) - mine
 
-    def note_floating_ip(self, server_id: str | None, address: str | None) -> None:
+    def note_floating_ip(self, server_id: str | None, address: str | None,
+                         fip_id: str | None = None) -> None:
         if server_id and address:
             self._fips_created.setdefault(server_id, set()).add(address)
+            if fip_id:
+                self._fip_ids[address] = fip_id
 
     def floating_ips_created_for(self, server_id: str | None) -> list[str]:
         """Addresses we attached to the server (forgotten once asked: the
