@@ -163,7 +163,6 @@ class ApiGate:
         self._running: dict[int, ApiCall] = {}  # thread ident -> call
         self._threads: list[threading.Thread] = []
         self._healthy = 0   # worker threads not written off
-        self._idle = 0
         self._closed = False
         self._seq = 0
         self._hold_until = float("-inf")
@@ -200,8 +199,7 @@ class ApiGate:
         self._replace_hung_workers()
         with self._cond:
             self._pending[call.priority].append(call)
-            if self._idle == 0 and self._healthy < self.limit.limit:
-                self._spawn_locked()
+            self._ensure_workers_locked()
             self._cond.notify_all()
         return call
 
@@ -275,6 +273,13 @@ class ApiGate:
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
 
+    def _ensure_workers_locked(self) -> None:
+        """Enough threads for the calls that may run now (never more than
+        the limit): threads are started as demand needs them."""
+        wanted = min(self.limit.limit, self._busy_locked() + self._pending_count_locked())
+        while self._healthy < wanted:
+            self._spawn_locked()
+
     def _busy_locked(self) -> int:
         return sum(1 for c in self._running.values() if not c._abandoned)
 
@@ -298,8 +303,7 @@ class ApiGate:
                                                "deadline")
                     log.warning("%s: %s passed its %gs deadline; its worker is written off",
                                 self.name, call.kind, call.deadline)
-                    if self._pending_count_locked():
-                        self._spawn_locked()
+            self._ensure_workers_locked()
             self._cond.notify_all()
 
     def _pending_count_locked(self) -> int:
@@ -344,9 +348,7 @@ class ApiGate:
                     call, wait = self._pick_locked(self.clock())
                     if call is not None:
                         break
-                    self._idle += 1
                     self._cond.wait(min(wait, 1.0) if wait is not None else 1.0)
-                    self._idle -= 1
                 call.started_at = self.clock()
                 self._running[me] = call
                 st = self._stats.setdefault(call.kind, CallStats())
@@ -398,6 +400,7 @@ class ApiGate:
                 self._overload_locked(now, f"{call.kind} answers slower than usual")
             else:
                 self.limit.on_success(busy)
+            self._ensure_workers_locked()
             self._cond.notify_all()
         call._event.set()
         return False
