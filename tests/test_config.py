@@ -59,7 +59,9 @@ def test_minimal_config_gets_upstream_defaults(tmp_path):
     config, problems, _ = run(tmp_path, MINIMAL)
     assert errors(problems) == []
     p = config.providers["p1"]
-    assert (p.rate, p.boot_timeout, p.launch_timeout, p.launch_retries) == (1.0, 60, 3600, 3)
+    # rate absent is not rate 1.0: no fixed ceiling, adaptive concurrency.
+    assert (p.rate, p.read_rate) == (None, None)
+    assert (p.boot_timeout, p.launch_timeout, p.launch_retries) == (60, 3600, 3)
     assert p.max_concurrency == -1 and p.port_cleanup_interval == 600
     assert p.clean_floating_ips is False
     pool = p.pools["main"]
@@ -91,7 +93,8 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
                                     "max-gpus": 1}],
         "providers": [{
             "name": "p1", "driver": "openstack", "cloud": "fakecloud",
-            "region-name": "RegionOne", "priority": 50, "rate": 0.5, "boot-timeout": 120,
+            "region-name": "RegionOne", "priority": 50, "rate": 0.5, "read-rate": 0.05,
+            "boot-timeout": 120,
             "launch-timeout": 600, "launch-retries": 2, "max-concurrency": 10,
             "hostname-format": "{label.name}-{provider.name}-{node.id}",
             "clean-floating-ips": True, "port-cleanup-interval": 300,
@@ -125,6 +128,7 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
     config, problems, _ = run(tmp_path, data)
     assert errors(problems) == []
     p = config.providers["p1"]
+    assert (p.rate, p.read_rate) == (0.5, 0.05)
     assert p.cloud_images["win"].connection_port == 5986
     pool = p.pools["main"]
     assert p.pool_priority(pool) == 10

@@ -22,7 +22,7 @@ from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems
 from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, WINDOWS_NAME_MAX,
-                                   CloudImage, CloudSettings, Label,
+                                   AddressPolicy, CloudImage, CloudSettings, Label,
                                    NodepoolConfig, Pool, PoolLabel, Provider,
                                    TenantLimits, WebApp)
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
@@ -127,13 +127,17 @@ def _check_windows_names(fmt: str, provider: str, pools: dict, path: list,
                 return
 
 
-def _rate_of(prov: dict) -> float:
-    """``rate`` as seconds (a string is converted, as upstream does); an
-    unusable one is already reported by the schema."""
+def _rate_of(prov: dict, key: str) -> float | None:
+    """``rate`` or ``read-rate`` as seconds (a string is converted, as
+    upstream does).  None when absent or 0 (upstream's "no spacing"): no
+    fixed ceiling, the gate's adaptive concurrency applies.  An unusable
+    value is already reported by the schema."""
+    if key not in prov:
+        return None
     try:
-        return schema.Rate(prov.get("rate", 1.0))
+        return schema.Rate(prov[key]) or None
     except voluptuous.Invalid:
-        return 1.0
+        return None
 
 
 def _is_int(value: Any) -> bool:
@@ -324,7 +328,8 @@ def _build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Prob
         name=prov["name"], cloud=prov["cloud"], cloud_settings=cloud_settings,
         region_name=prov.get("region-name"), driver="openstack",
         priority=prov.get("priority"), max_concurrency=prov.get("max-concurrency", -1),
-        rate=_rate_of(prov), boot_timeout=prov.get("boot-timeout", 60),
+        rate=_rate_of(prov, "rate"), read_rate=_rate_of(prov, "read-rate"),
+        boot_timeout=prov.get("boot-timeout", 60),
         launch_timeout=prov.get("launch-timeout", 3600),
         launch_retries=prov.get("launch-retries", 3),
         hostname_format=hostname_format,
@@ -351,6 +356,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         return cf.problems.items, settings
     clouds_policy.check_cache(cf)
     checked: set[str] = set()
+    policies: dict[str, AddressPolicy] = {}
     for i, prov in providers:
         name = prov["cloud"]
         if name not in cf.clouds:
@@ -361,6 +367,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         if name not in checked:
             checked.add(name)
             clouds_policy.check_cloud(cf, name)
+            policies[name] = clouds_policy.address_policy_of(cf, name)
         cloud = cf.clouds[name]
         if not isinstance(cloud, dict):
             cf.problems.error(["clouds", name], "expected a mapping of settings")
@@ -370,6 +377,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
             region = cloud.get("region_name") or cloud.get("region-name")
             settings[name] = CloudSettings(name, float(timeout),
                                            region if isinstance(region, str) else None, path,
+                                           addresses=policies[name],
                                            fingerprint=_fingerprint(cloud))
     return cf.problems.items, settings
 
