@@ -388,9 +388,13 @@ def test_values_upstream_accepts_load_as_upstream_treats_them(tmp_path):
     assert any("labels[0].min-ready" in w and "treated as 0" in w for w in found), found
     assert any("labels[0].max-ready-age" in w for w in found), found
     assert any("launch-retries" in w and "one attempt" in w for w in found), found
+    # rate: 0 is upstream's "no spacing": here, no fixed ceiling (as absent).
     data["providers"][0]["rate"] = 0
     config, problems, _ = run(tmp_path, data)
-    assert config.providers[data["providers"][0]["name"]].rate == 0.0
+    assert config.providers[data["providers"][0]["name"]].rate is None
+    data["providers"][0]["rate"] = "0.5"
+    config, problems, _ = run(tmp_path, data)
+    assert config.providers[data["providers"][0]["name"]].rate == 0.5
 
 
 def test_a_pool_with_negative_max_servers_declines_as_upstream():

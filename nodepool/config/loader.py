@@ -144,10 +144,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _as_list(value: Any) -> list:
+    """A list from the file, or nothing (the schema reports other types)."""
+    return value if isinstance(value, list) else []
+
+
 def _warn_upstream_off_values(data: dict, problems: Problems) -> None:
     """Values upstream accepts and treats as "off" or as the least it does;
     they work the same here, and the warning says what to write instead."""
-    for j, lab in enumerate(data.get("labels") or []):
+    for j, lab in enumerate(_as_list(data.get("labels"))):
         if not isinstance(lab, dict):
             continue
         for key in ("min-ready", "max-ready-age"):
@@ -155,7 +160,7 @@ def _warn_upstream_off_values(data: dict, problems: Problems) -> None:
                 problems.warning(["labels", j, key],
                                  f"{lab[key]} is treated as 0 (off), as upstream Nodepool "
                                  "does; write 0 or leave the key out")
-    for i, prov in enumerate(data.get("providers") or []):
+    for i, prov in enumerate(_as_list(data.get("providers"))):
         if not isinstance(prov, dict) or prov.get("driver", "openstack") != "openstack":
             continue
         retries = prov.get("launch-retries")
@@ -163,7 +168,7 @@ def _warn_upstream_off_values(data: dict, problems: Problems) -> None:
             problems.warning(["providers", i, "launch-retries"],
                              f"{retries} means one attempt per node, as upstream Nodepool "
                              "treats it; write 1")
-        for j, pool in enumerate(prov.get("pools") or []):
+        for j, pool in enumerate(_as_list(prov.get("pools"))):
             if not isinstance(pool, dict):
                 continue
             value = pool.get("max-servers")
