@@ -192,3 +192,38 @@ def test_openstacksdk_accepts_a_policy_compliant_file(tmp_path):
     assert float(region.config["api_timeout"]) == 30
     assert region.get_cache_class() == "dogpile.cache.memory"
     assert region.get_cache_expirations()["compute.servers.detail"] == "5"
+
+
+def test_network_roles_are_read_as_openstacksdk_reads_them(tmp_path):
+    def change(d):
+        d["clouds"]["fakecloud"].update({
+            "floating_ip_source": "None", "private": "True",
+            "networks": [{"name": "provider", "routes_externally": True},
+                         {"name": "tenant", "routes_externally": False,
+                          "nat_destination": True},
+                         {"name": "v4only", "routes_externally": True,
+                          "routes_ipv6_externally": False}]})
+    cfg, errs, _ = check(tmp_path, mutated(change))
+    assert errs == []
+    policy = next(iter(cfg.providers.values())).cloud_settings.addresses
+    assert not policy.floating_ips and policy.private
+    roles = {n.name: n for n in policy.networks}
+    assert roles["provider"].routes_ipv4_externally and roles["provider"].routes_ipv6_externally
+    assert not roles["tenant"].routes_ipv4_externally and roles["tenant"].nat_destination
+    assert roles["v4only"].routes_ipv4_externally and not roles["v4only"].routes_ipv6_externally
+    cfg, _, _ = check(tmp_path, GOOD)  # no network roles in the example
+    policy = next(iter(cfg.providers.values())).cloud_settings.addresses
+    assert policy.floating_ips and not policy.private and policy.networks == ()
+
+
+def test_network_entry_without_name_and_two_nat_destinations(tmp_path):
+    def change(d):
+        d["clouds"]["fakecloud"]["networks"] = [
+            {"routes_externally": True},
+            {"name": "a", "nat_destination": True}, {"name": "b", "nat_destination": True}]
+    cfg, errs, path = check(tmp_path, mutated(change))
+    assert cfg is None
+    assert f"{path}: clouds.fakecloud.networks[0].name: every network entry needs a 'name' " \
+           "(the network's name or id)" in errs
+    assert any(e.startswith(f"{path}: clouds.fakecloud.networks: nat_destination is set on "
+                            "several networks (a, b)") for e in errs), errs

@@ -59,7 +59,9 @@ def test_minimal_config_gets_upstream_defaults(tmp_path):
     config, problems, _ = run(tmp_path, MINIMAL)
     assert errors(problems) == []
     p = config.providers["p1"]
-    assert (p.rate, p.boot_timeout, p.launch_timeout, p.launch_retries) == (1.0, 60, 3600, 3)
+    # rate absent is not rate 1.0: no fixed ceiling, adaptive concurrency.
+    assert (p.rate, p.read_rate) == (None, None)
+    assert (p.boot_timeout, p.launch_timeout, p.launch_retries) == (60, 3600, 3)
     assert p.max_concurrency == -1 and p.port_cleanup_interval == 600
     assert p.clean_floating_ips is False
     pool = p.pools["main"]
@@ -91,7 +93,8 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
                                     "max-gpus": 1}],
         "providers": [{
             "name": "p1", "driver": "openstack", "cloud": "fakecloud",
-            "region-name": "RegionOne", "priority": 50, "rate": 0.5, "boot-timeout": 120,
+            "region-name": "RegionOne", "priority": 50, "rate": 0.5, "read-rate": 0.05,
+            "boot-timeout": 120,
             "launch-timeout": 600, "launch-retries": 2, "max-concurrency": 10,
             "hostname-format": "{label.name}-{provider.name}-{node.id}",
             "clean-floating-ips": True, "port-cleanup-interval": 300,
@@ -125,6 +128,7 @@ def test_upstream_full_openstack_provider_loads_unchanged(tmp_path):
     config, problems, _ = run(tmp_path, data)
     assert errors(problems) == []
     p = config.providers["p1"]
+    assert (p.rate, p.read_rate) == (0.5, 0.05)
     assert p.cloud_images["win"].connection_port == 5986
     pool = p.pools["main"]
     assert p.pool_priority(pool) == 10
@@ -384,9 +388,13 @@ def test_values_upstream_accepts_load_as_upstream_treats_them(tmp_path):
     assert any("labels[0].min-ready" in w and "treated as 0" in w for w in found), found
     assert any("labels[0].max-ready-age" in w for w in found), found
     assert any("launch-retries" in w and "one attempt" in w for w in found), found
+    # rate: 0 is upstream's "no spacing": here, no fixed ceiling (as absent).
     data["providers"][0]["rate"] = 0
     config, problems, _ = run(tmp_path, data)
-    assert config.providers[data["providers"][0]["name"]].rate == 0.0
+    assert config.providers[data["providers"][0]["name"]].rate is None
+    data["providers"][0]["rate"] = "0.5"
+    config, problems, _ = run(tmp_path, data)
+    assert config.providers[data["providers"][0]["name"]].rate == 0.5
 
 
 def test_a_pool_with_negative_max_servers_declines_as_upstream():

@@ -154,3 +154,48 @@ def test_slow_create_share_picks_some_creates(fakecloud, fakecloud_connect):
         conn.create_server(f"n{i}", image="cirros", flavor="1", wait=False)
     slow = fakecloud.counters()["faults"].get("slow_create", 0)
     assert 0 < slow < 10  # the seed makes the draw the same on every run
+
+
+def test_429_carries_retry_after(fakecloud, fakecloud_connect):
+    conn = fakecloud_connect(fakecloud)
+    assert conn.list_servers(bare=True) == []
+    fakecloud.set_faults(error_429_rate=1.0, retry_after_seconds=2.5)
+    with pytest.raises(os_exc.HttpException) as e:
+        conn.list_servers(bare=True)
+    assert e.value.status_code == 429
+    assert e.value.response.headers["Retry-After"] == "2.5"
+    fakecloud.set_faults(error_429_rate=0.0)
+    assert conn.list_servers(bare=True) == []
+    assert fakecloud.counters()["faults"] == {"error_429": 1}
+
+
+def test_capacity_model_slows_then_refuses_concurrent_requests(fakecloud, fakecloud_connect):
+    conns = [fakecloud_connect(fakecloud) for _ in range(6)]
+    for conn in conns:
+        conn.list_servers(bare=True)
+    fakecloud.reset_counters()
+    # Two at full speed, up to four slower, beyond that 503; requests are
+    # held long enough (latency) that they overlap.
+    fakecloud.set_faults(capacity=2, overload_503_factor=2.0, overload_seconds=0.1,
+                         latency_seconds=0.3, match="servers/detail")
+    outcomes: list = []
+    start = threading.Barrier(6)
+
+    def one(conn):
+        start.wait()
+        try:
+            conn.list_servers(bare=True)
+            outcomes.append("ok")
+        except os_exc.HttpException as err:
+            outcomes.append(err.status_code)
+    threads = [threading.Thread(target=one, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    faults = fakecloud.counters()["faults"]
+    assert outcomes.count("ok") >= 2 and 503 in outcomes, outcomes
+    assert faults.get("overload_503", 0) == outcomes.count(503)
+    assert faults.get("overload_latency", 0) >= 1
+    fakecloud.set_faults(capacity=0, latency_seconds=0)
+    assert conns[0].list_servers(bare=True) == []

@@ -96,11 +96,13 @@ def test_launcher_killed_while_building_and_restarted(tmp_path, make_fakecloud):
 @pytest.mark.slow
 def test_zookeeper_frozen_past_the_session(tmp_path, make_fakecloud):
     """The session expires while frozen: locks are gone, work is redone."""
-    def fault(zk, cloud, **_):
+    def fault(zk, cloud, launcher, **_):
         building(cloud)
         zk.freeze()
         time.sleep(16)
         zk.thaw()
+        wait_for(lambda: "session expired" in open(launcher.log_path).read(), 60,
+                 what="the launcher to see its session expire")
     run_case("zookeeper frozen 16 s (session expires)", tmp_path, make_fakecloud, fault)
 
 

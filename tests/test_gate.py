@@ -1,12 +1,18 @@
-"""The per-provider API gate: rate, deadline, counters (real threads, fake clock)."""
+"""The per-provider API gate: priorities, budget, deadline, counters (real threads)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
+from nodepool.driver.budget import AdaptiveLimit, Priority
 from nodepool.driver.gate import ApiGate, ApiTimeout, GateClosed
+
+
+def one_at_a_time() -> AdaptiveLimit:
+    return AdaptiveLimit(floor=1, ceiling=1, value=1)
 
 
 class FakeClock:
@@ -37,23 +43,8 @@ def wait_until(cond, timeout=10.0):
     raise AssertionError("condition not met within deadline")
 
 
-def test_calls_are_spaced_by_the_rate():
-    clock = FakeClock()
-    gate = ApiGate("p", interval=2.0, deadline=30, workers=3, clock=clock, sleep=clock.sleep)
-    starts = []
-    calls = [gate.submit("list", lambda: starts.append(clock())) for _ in range(6)]
-    for c in calls:
-        assert c.wait(10)
-        c.result()
-    starts.sort()
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert all(g >= 2.0 - 1e-9 for g in gaps), gaps
-    assert gate.stats()["list"]["count"] == 6
-    gate.shutdown()
-
-
 def test_results_and_errors_reach_the_poller():
-    gate = ApiGate("p", interval=0, deadline=30, workers=2)
+    gate = ApiGate("p", deadline=30)
     ok = gate.submit("get", lambda x: x * 2, 21)
     bad = gate.submit("get", lambda: 1 / 0)
     assert ok.wait(5) and bad.wait(5)
@@ -68,7 +59,7 @@ def test_results_and_errors_reach_the_poller():
 
 def test_hung_call_times_out_and_does_not_starve_the_gate():
     clock = FakeClock()
-    gate = ApiGate("p", interval=0, deadline=5, workers=1, clock=clock, sleep=clock.sleep)
+    gate = ApiGate("p", deadline=5, limit=one_at_a_time(), clock=clock)
     release = threading.Event()
     hung = gate.submit("create", release.wait)
     wait_until(lambda: hung.started_at is not None)
@@ -91,7 +82,7 @@ def test_hung_call_times_out_and_does_not_starve_the_gate():
 
 def test_shutdown_fails_queued_calls_cleanly():
     clock = FakeClock()
-    gate = ApiGate("p", interval=0, deadline=5, workers=1, clock=clock, sleep=clock.sleep)
+    gate = ApiGate("p", deadline=5, limit=one_at_a_time(), clock=clock)
     block = threading.Event()
     first = gate.submit("a", block.wait)
     wait_until(lambda: first.started_at is not None)
@@ -104,3 +95,140 @@ def test_shutdown_fails_queued_calls_cleanly():
     with pytest.raises(GateClosed):
         after.result()
     block.set()
+
+
+def test_a_create_is_never_queued_behind_status_lists():
+    gate = ApiGate("p", deadline=30, limit=one_at_a_time())
+    block = threading.Event()
+    order = []
+    first = gate.submit("compute.get_limits", block.wait)
+    wait_until(lambda: first.started_at is not None)
+    lists = [gate.submit("compute.list_servers", order.append, "list") for _ in range(5)]
+    sweep = gate.submit("network.list_ports", order.append, "sweep", priority=Priority.SWEEP)
+    limits = gate.submit("compute.get_limits", order.append, "limits")
+    create = gate.submit("compute.create_server", order.append, "create")
+    delete = gate.submit("compute.delete_server", order.append, "delete")
+    assert gate.budget()["queued"] == {"node": 2, "status": 5, "background": 1, "sweep": 1}
+    block.set()
+    for c in lists + [sweep, limits, create, delete]:
+        assert c.wait(5)
+    assert order == ["create", "delete"] + ["list"] * 5 + ["limits", "sweep"]
+    st = gate.stats()
+    assert st["compute.list_servers"]["max_wait_seconds"] >= \
+        st["compute.create_server"]["max_wait_seconds"]
+    assert st["compute.list_servers"]["in_flight"] == 0
+    gate.shutdown()
+
+
+def test_lower_classes_leave_the_last_slot_to_a_waiting_create():
+    # Creates wait for their token (rate); reads may use every slot but one.
+    gate = ApiGate("p", deadline=30, rate=3600, limit=AdaptiveLimit(floor=3, ceiling=3,
+                                                                      value=3))
+    burst = [gate.submit("compute.create_server", lambda: None) for _ in range(2)]
+    for c in burst:
+        assert c.wait(5)
+    release = threading.Event()
+    waiting_create = gate.submit("compute.create_server", lambda: None)
+    reads = [gate.submit("compute.list_servers", release.wait) for _ in range(4)]
+    wait_until(lambda: gate.budget()["in_flight"] == 2)
+    assert gate.budget()["queued"] == {"node": 1, "status": 2, "background": 0, "sweep": 0}
+    assert not waiting_create.done()
+    release.set()
+    for c in reads:
+        assert c.wait(5)
+    gate.shutdown(wait=0)
+
+
+def test_mutating_calls_follow_the_rate_reads_their_own_budget():
+    gate = ApiGate("p", deadline=30, rate=0.05)
+    assert gate.read_rate == 0.05 / 5
+    creates = [gate.submit("compute.create_server", lambda: None) for _ in range(12)]
+    reads = [gate.submit("compute.list_servers", lambda: None) for _ in range(12)]
+    for c in creates + reads:
+        assert c.wait(10)
+    starts = sorted(c.started_at for c in creates)
+    # At most the burst (2) at once, then one per 0.05 s on average.
+    for i, t0 in enumerate(starts):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= 2 + (starts[j] - t0) / 0.05 + 1e-6
+    # Reads did not wait for creates' tokens.
+    assert max(c.started_at for c in reads) < max(starts)
+    gate.shutdown()
+
+
+class _Http429(Exception):
+    status_code = 429
+
+    class response:
+        headers = {"Retry-After": "0.3"}
+
+
+def test_429_halves_the_concurrency_and_holds_calls_for_retry_after():
+    gate = ApiGate("p", deadline=30, limit=AdaptiveLimit(floor=2, ceiling=16, value=16))
+
+    def refused():
+        raise _Http429("Too Many Requests")
+    c = gate.submit("compute.list_servers", refused)
+    assert c.wait(5)
+    b = gate.budget()
+    assert b["concurrency_limit"] == 8 and b["overloads"] == 1
+    assert 0 < b["held_for"] <= 0.3
+    nxt = gate.submit("compute.list_servers", lambda: "ok")
+    assert nxt.wait(5) and nxt.result() == "ok"
+    assert nxt.started_at - c.finished_at >= 0.3 - 0.01
+    gate.shutdown()
+
+
+# -- against the fakecloud, through openstacksdk -------------------------------
+
+
+def _run_batch(gate, fn, n=24, timeout=30):
+    calls = [gate.submit("compute.list_servers", fn) for _ in range(n)]
+    for c in calls:
+        assert c.wait(timeout)
+    return calls
+
+
+def test_adaptive_concurrency_backs_off_on_503_and_recovers(fakecloud, fakecloud_connect):
+    from nodepool.driver.openstack.cloud import OpenStackCloud
+    cloud = OpenStackCloud(fakecloud_connect(fakecloud, api_timeout=10))
+    cloud.list_servers()
+    gate = ApiGate("p", deadline=30, limit=AdaptiveLimit(floor=2, ceiling=16, value=16))
+    # An API with room for 3 concurrent requests, refusing beyond 4.
+    fakecloud.set_faults(capacity=3, overload_503_factor=1.5, overload_seconds=0.05,
+                         latency_seconds=0.05, match="servers/detail")
+    _run_batch(gate, cloud.list_servers)
+    b = gate.budget()
+    assert fakecloud.counters()["faults"].get("overload_503", 0) >= 1
+    assert b["decreases"] >= 1 and b["concurrency_limit"] < 16
+    low = b["concurrency_limit"]
+    # Healthy again: the limit climbs back while calls keep it busy.
+    fakecloud.set_faults(capacity=0, latency_seconds=0.02)
+    deadline = time.monotonic() + 30
+    while gate.budget()["concurrency_limit"] <= low + 2:
+        assert time.monotonic() < deadline, gate.budget()
+        calls = _run_batch(gate, cloud.list_servers)
+        assert all(c.result() == [] for c in calls)
+    gate.shutdown()
+    cloud.close()
+
+
+def test_429_from_the_cloud_holds_the_gate_for_retry_after(fakecloud, fakecloud_connect):
+    from nodepool.driver.openstack.cloud import OpenStackCloud
+    cloud = OpenStackCloud(fakecloud_connect(fakecloud, api_timeout=10))
+    cloud.list_servers()
+    gate = ApiGate("p", deadline=30)
+    fakecloud.set_faults(error_429_rate=1.0, retry_after_seconds=0.5)
+    refused = gate.submit("compute.list_servers", cloud.list_servers)
+    assert refused.wait(10)
+    with pytest.raises(Exception) as e:
+        refused.result()
+    assert getattr(e.value, "status_code", None) == 429
+    fakecloud.set_faults(error_429_rate=0.0)
+    b = gate.budget()
+    assert b["overloads"] == 1 and b["concurrency_limit"] == 4 and b["held_for"] > 0
+    after = gate.submit("compute.list_servers", cloud.list_servers)
+    assert after.wait(10) and after.result() == []
+    assert after.started_at - refused.finished_at >= 0.5 - 0.01
+    gate.shutdown()
+    cloud.close()

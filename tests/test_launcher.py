@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -288,3 +289,48 @@ def test_restart_cleans_up_nodes_left_building(tmp_path, make_fakecloud, zk_sett
     assert done.state == "fulfilled"
     use_and_return(store, done)
     wait_for(lambda: not cloud.servers() and not store.list_nodes(), 60, what="no leaks")
+
+
+def test_freed_instance_is_reused_soon_after_the_server_disappears(
+        tmp_path, make_fakecloud, zk_settings, store):
+    # One instance of quota; the deleted server lingers 3 s in nova.  The
+    # launcher runs with the production server-list interval (2 s), so only
+    # the early look for gone servers (and waking the pool on the ledger
+    # change) makes the reuse prompt.
+    log_path = str(tmp_path / "requests.log")
+    delete_seconds = 3.0
+    cloud = make_fakecloud({"projects": [{"name": "ci",
+                                          "users": [{"name": "nodepool", "password": "pw"}],
+                                          "limits": {"instances": 1, "cores": 100,
+                                                     "ram": 1000000}}],
+                            "servers": {"boot_seconds": 0.3,
+                                        "delete_seconds": delete_seconds},
+                            "request_log": log_path})
+    launcher = Launcher(write_config(tmp_path, cloud, zk_settings),
+                        provider_options={"leak_interval": 3600.0})
+    launcher.start()
+    try:
+        first = zuul_request(store, ["small"])
+        done = wait_for(lambda: finished(store, first.id), 30, what="first fulfilment")
+        second = zuul_request(store, ["small"])
+        # The second request waits for the only instance.
+        wait_for(lambda: any(p.last_report and p.last_report.paused
+                             for p in launcher.pool_workers.values()), 15,
+                 what="pool paused for quota")
+        use_and_return(store, done)
+        assert wait_for(lambda: finished(store, second.id), 30,
+                        what="second fulfilment").state == "fulfilled"
+    finally:
+        launcher.stop(wait=10)
+    with open(log_path) as f:
+        entries = [json.loads(line) for line in f]
+    deletes = [e for e in entries if e["route"] == "DELETE /compute/v2.1/servers/{server_id}"
+               and e["status"] == 204]
+    creates = [e for e in entries if e["route"] == "POST /compute/v2.1/servers"
+               and e["status"] == 202]
+    assert len(deletes) == 1 and len(creates) == 2
+    # The cloud dropped the server delete_seconds after the DELETE; the next
+    # create came within about a second of that (generous bound: 1.5 s).
+    gone_at = deletes[0]["finished"] + delete_seconds
+    assert creates[1]["started"] - gone_at <= 1.5, (creates[1]["started"] - gone_at)
+    assert cloud.counters()["quota_403"] == 0

@@ -10,6 +10,7 @@ is the point.  Every wait has a deadline; no test asserts elapsed time.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -65,10 +66,10 @@ class Harness:
 
     def __init__(self, cloud, tmp_path, config: dict, *, api_timeout: float = 5,
                  server_list_interval: float = 0.1, leak_interval: float = 3600.0,
-                 ledger: QuotaLedger | None = None):
+                 ledger: QuotaLedger | None = None, clouds_extra: dict | None = None):
         self.cloud = cloud
         clouds = cloud.write_clouds_yaml(os.path.join(tmp_path, "clouds.yaml"),
-                                         api_timeout=api_timeout)
+                                         api_timeout=api_timeout, extra=clouds_extra)
         path = os.path.join(tmp_path, "nodepool.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
@@ -589,19 +590,32 @@ def test_listing_makes_no_per_server_calls(harness):
     assert "network.list_ports" not in calls and "network.list_floating_ips" not in calls
 
 
-def test_floating_ips_cost_one_port_lookup_per_server_that_needs_one(harness):
-    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3),
+def _request_paths(log_path: str, route: str) -> list[str]:
+    with open(log_path) as f:
+        return [e["path"] for e in map(json.loads, f) if e["route"] == route]
+
+
+def test_floating_ips_for_private_network_servers_from_a_shared_port_list(harness, tmp_path):
+    log_path = str(tmp_path / "requests.log")
+    h = harness(dict(limited(boot_seconds=0.2, delete_seconds=0.3), request_log=log_path),
                 provider_config(pool={"auto-floating-ip": True}))
     h.wait_available()
     nodes = h.start(3)
     done = h.finish_builds(nodes)
     assert all(st.state is BuildState.READY for st in done.values())
-    assert h.cloud.request_count(PORTS_ROUTE) == 3
+    # One floating IP per node, its port found in project-wide port lists
+    # (at most one per node, never a per-server ``ports?device_id=`` lookup).
     assert h.cloud.request_count("POST /network/v2.0/floatingips", 201) == 3
+    assert h.cloud.request_count("POST /network/v2.0/floatingips") == 3
+    port_gets = _request_paths(log_path, PORTS_ROUTE)
+    assert 1 <= len(port_gets) <= 3
+    assert not any("device_id" in path for path in port_gets), port_gets
     for route in PER_SERVER_ROUTES:
         assert h.cloud.request_count(route) == 0, route
     fips = {st.info.interface_ip for st in done.values()}
     assert len(fips) == 3 and all(ip.startswith("172.24.4.") for ip in fips)
+    assert all(st.info.public_ipv4 == st.info.interface_ip
+               and st.info.private_ipv4.startswith("10.0.") for st in done.values())
     h.cloud.reset_counters()
     wait_for(lambda: h.cloud.request_count(LIST_ROUTE, 200) >= 5, timeout=10)
     assert h.cloud.request_count(PORTS_ROUTE) == 0
@@ -613,7 +627,45 @@ def test_floating_ips_cost_one_port_lookup_per_server_that_needs_one(harness):
     wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["floating_ips"] == 0, timeout=15,
              what="floating IPs deleted")
     assert h.cloud.request_count("DELETE /network/v2.0/floatingips/{floatingip_id}") == 3
+    # Deleted by the ids we got when we made them: no floating-IP listing.
+    assert h.cloud.request_count(FIPS_ROUTE) == 0
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
+def test_server_on_a_provider_network_gets_no_floating_ip(harness):
+    # The first port is on the external network, in 172.24.4.0/24: private
+    # by its range, public by the network's role (router:external).
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3, ports_per_server=2,
+                        network_layout="provider"),
+                provider_config(pool={"auto-floating-ip": True}))
+    h.wait_available()
+    done = h.finish_builds(h.start(3))
+    assert all(st.state is BuildState.READY for st in done.values())
+    for st in done.values():
+        assert st.info.interface_ip.startswith("172.24.4.")
+        assert st.info.public_ipv4 == st.info.interface_ip
+        assert st.info.private_ipv4.startswith("10.0.")
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+    routes = h.cloud.counters()["requests"]
+    assert not [r for r in routes if "/network/v2.0/floatingips" in r
+                or r.startswith(PORTS_ROUTE)], routes
+    assert "network.list_ports" not in h.provider.status()["api_calls"]
+
+
+def test_floating_ip_source_none_is_honoured(harness):
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3),
+                provider_config(pool={"auto-floating-ip": True}),
+                clouds_extra={"floating_ip_source": "None"})
+    h.wait_available()
+    done = h.finish_builds(h.start(2))
+    assert all(st.state is BuildState.READY for st in done.values())
+    # No public address and no floating IP: the node is reached privately.
+    assert all(st.info.interface_ip.startswith("10.0.") for st in done.values())
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    routes = h.cloud.counters()["requests"]
+    assert not [r for r in routes if "/network/v2.0/floatingips" in r
+                or r.startswith(PORTS_ROUTE)], routes
 
 
 def test_floating_ip_released_even_if_no_list_showed_it(harness):
@@ -795,3 +847,36 @@ def test_server_list_follows_nova_pages(make_fakecloud, fakecloud_connect, tmp_p
         api.close()
     assert sorted(s["name"] for s in servers) == [f"s{i}" for i in range(5)]
     assert cloud.request_count(LIST_ROUTE, 200) == 3   # pages of 2, 2 and 1
+
+
+# ---------------------------------------------------------------------------
+# 11. The API budget
+
+
+MUTATING = ("POST /compute/v2.1/servers", "DELETE /compute/v2.1/servers/{server_id}",
+            "POST /network/v2.0/floatingips",
+            "DELETE /network/v2.0/floatingips/{floatingip_id}")
+
+
+def test_with_rate_set_mutating_calls_never_exceed_it(harness, tmp_path):
+    log_path = str(tmp_path / "requests.log")
+    rate = 0.2  # a create, delete or floating-IP call every 0.2 s on average
+    h = harness(dict(limited(boot_seconds=0.1, delete_seconds=0.1), request_log=log_path),
+                provider_config(rate=rate, pool={"auto-floating-ip": True}))
+    h.wait_available()
+    done = h.finish_builds(h.start(8))
+    assert all(st.state is BuildState.READY for st in done.values())
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    wait_for(lambda: h.cloud.usage()["ci"]["in_use"]["floating_ips"] == 0, timeout=20,
+             what="floating IPs deleted")
+    with open(log_path) as f:
+        entries = [json.loads(line) for line in f]
+    starts = sorted(e["started"] for e in entries if e["route"] in MUTATING)
+    assert len(starts) == 8 * 4
+    # Over any window: at most the burst (2) plus one per ``rate`` seconds
+    # (plus 50 ms for the time a request takes to reach the cloud).
+    for i, t0 in enumerate(starts):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= 2 + (starts[j] - t0 + 0.05) / rate, (i, j, starts)
+    budget = h.provider.status()["api_budget"]
+    assert budget["mode"] == "rate" and budget["read_rate"] == rate / 5

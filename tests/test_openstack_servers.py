@@ -85,50 +85,6 @@ def test_create_request_boot_from_volume():
         "destination_type": "volume", "volume_size": 80, "delete_on_termination": True}]
 
 
-# -- addresses -------------------------------------------------------------------------
-
-
-def _addr(addr, kind="fixed", version=None):
-    entry = {"addr": addr, "OS-EXT-IPS:type": kind}
-    if version is not None:
-        entry["version"] = version
-    return entry
-
-
-def test_addresses_private_only():
-    server = {"addresses": {"private": [_addr("10.0.0.5", version=4)]}}
-    assert srv.addresses_of(server) == {"public_ipv4": None, "private_ipv4": "10.0.0.5",
-                                        "public_ipv6": None, "interface_ip": "10.0.0.5"}
-    assert not srv.has_public_address(server)
-
-
-def test_addresses_floating_wins_over_fixed_and_public():
-    server = {"addresses": {"private": [_addr("10.0.0.5", version=4),
-                                        _addr("172.24.4.7", "floating", 4)],
-                            "other": [_addr("104.130.1.9", version=4)]}}
-    a = srv.addresses_of(server)
-    assert a["public_ipv4"] == a["interface_ip"] == "172.24.4.7"
-    assert a["private_ipv4"] == "10.0.0.5"
-    assert srv.has_public_address(server)
-
-
-def test_addresses_public_v4_and_v6():
-    server = {"addresses": {"public": [_addr("104.130.1.9"), _addr("fe80::1"),
-                                       _addr("2001:db8::5")]}}
-    a = srv.addresses_of(server)
-    assert a == {"public_ipv4": "104.130.1.9", "private_ipv4": "104.130.1.9",
-                 "public_ipv6": "2001:db8::5", "interface_ip": "104.130.1.9"}
-
-
-def test_addresses_ipv6_only_and_access_ips():
-    a = srv.addresses_of({"addresses": {"v6": [_addr("2001:db8::5", version=6)]}})
-    assert a["interface_ip"] == "2001:db8::5" and a["public_ipv4"] is None
-    a = srv.addresses_of({"addresses": {}, "accessIPv4": "198.51.100.3"})
-    assert a["interface_ip"] == "198.51.100.3"
-    assert srv.addresses_of({"addresses": None})["interface_ip"] is None
-    assert srv.addresses_of({})["interface_ip"] is None
-
-
 # -- server state ---------------------------------------------------------------------
 
 

@@ -122,6 +122,10 @@ def test_status_api_endpoints(setup):
     status, body = get(port, "/providers.json")
     calls = json.loads(body)["fake"]["api_calls"]
     assert calls["compute.create_server"]["count"] >= 1
+    assert {"wait_seconds", "max_wait_seconds", "in_flight"} <= set(
+        calls["compute.create_server"])
+    budget = json.loads(body)["fake"]["api_budget"]
+    assert budget["mode"] == "rate" and budget["concurrency_limit"] >= budget["concurrency_floor"]
     status, body = get(port, "/nothing-here")
     assert status == 404 and "endpoints" in json.loads(body)
     # No output carries the cloud's password.
@@ -160,6 +164,10 @@ def test_quota_command_shows_the_figures(setup):
                           capture_output=True, text=True, timeout=60)
     assert info.returncode == 0, info.stderr
     assert "compute.create_server" in info.stdout and "server list:" in info.stdout
+    # The budget: this provider sets rate, so creates and reads have ceilings.
+    assert "API budget: rate: a create or delete every 0.01s, a read every 0.002s" \
+        in info.stdout
+    assert "max wait s" in info.stdout
 
 
 def test_quota_command_without_a_launcher(tmp_path, zk_settings):

@@ -93,6 +93,10 @@ def test_launcher_reports_nodes_launches_api_calls_and_pauses(
              15, what="two creates counted")
     assert statsd.values("nodepool.task.fake.compute_create_server", "ms")
     assert statsd.values("nodepool.task.fake.compute_list_servers", "c")
+    # The API budget: queue wait per call kind, concurrency now.
+    assert statsd.values("nodepool.task.fake.compute_create_server.queue_wait", "ms")
+    assert statsd.values("nodepool.task.fake.compute_list_servers.in_flight", "g")
+    assert statsd.values("nodepool.provider.fake.api.concurrency_limit", "g")
     assert statsd.values("nodepool.provider.fake.quota.headroom.instances", "g")
     # No headroom for a second node: the pool is reported paused...
     second = zuul_request(store, ["small"])

@@ -13,11 +13,25 @@ Zuul's executor would, drains, and prints:
 * request latency (submitted -> fulfilled) p50 / p95;
 * servers left in the cloud after draining (leaks).
 
-Scenarios:
+Scenarios (a batch of requests at once):
   contention   instance quota 4, 24 requests, slow boots, slower deletes
   hang         the API hangs for 8 s in the middle of the run
   many-ports   4 ports per server and floating IPs on (auto-floating-ip)
   error-boots  30% of boots end in ERROR
+
+Job scenarios (shaped as issue 10's table: N concurrent jobs, each asks for
+a node, holds it for the job's duration, returns it and asks again, for
+--minutes; upstream defaults: no ``rate`` key, auto-floating-ip on):
+  jobs-provider-net   quota 40, 30 jobs of 10-30 s, boots 5-15 s, 6 ports
+                      per server, servers on an external provider network
+  jobs-rate-fip       the same with ``rate: 0.05`` and servers on a private
+                      network that need floating IPs
+  jobs-quota-bound    quota 10, 25 jobs, deletes 5-20 s
+  jobs-hang           8 jobs, the API hangs for 60 s after 30 s
+
+For job scenarios it prints requests fulfilled per minute, latency p50/p95,
+API calls per fulfilled node, and (quota-bound) the share of the time the
+instance quota was fully used while requests waited.
 """
 
 from __future__ import annotations
@@ -74,12 +88,55 @@ SCENARIOS = {
 }
 
 
+JOB_CLOUD_SERVERS = {"boot_seconds": [5.0, 15.0], "delete_seconds": [1.0, 3.0],
+                     "ports_per_server": 6}
+JOB_SCENARIOS = {
+    "jobs-provider-net": {
+        "cloud": {"limits": {"instances": 40, "cores": 400, "ram": 10000000},
+                  "servers": dict(JOB_CLOUD_SERVERS, network_layout="provider")},
+        "jobs": 30, "job_seconds": (10.0, 30.0), "provider": {}, "pool": {},
+    },
+    "jobs-rate-fip": {
+        "cloud": {"limits": {"instances": 40, "cores": 400, "ram": 10000000},
+                  "servers": dict(JOB_CLOUD_SERVERS, network_layout="private")},
+        "jobs": 30, "job_seconds": (10.0, 30.0), "provider": {"rate": 0.05}, "pool": {},
+    },
+    "jobs-quota-bound": {
+        "cloud": {"limits": {"instances": 10, "cores": 400, "ram": 10000000},
+                  "servers": {"boot_seconds": [5.0, 15.0], "delete_seconds": [5.0, 20.0],
+                              "network_layout": "provider"}},
+        "jobs": 25, "job_seconds": (10.0, 30.0), "provider": {}, "pool": {},
+    },
+    "jobs-hang": {
+        "cloud": {"limits": {"instances": 40, "cores": 400, "ram": 10000000},
+                  "servers": {"boot_seconds": [5.0, 15.0], "delete_seconds": [1.0, 3.0],
+                              "network_layout": "provider"}},
+        "jobs": 8, "job_seconds": (10.0, 30.0), "provider": {}, "pool": {},
+        "hang_at": 30.0, "hang_for": 60.0,
+    },
+}
+
+
 def start_zookeeper(state: str) -> ZooKeeperSettings:
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "zookeeper.py"),
                           "start", "--dir", state], capture_output=True, text=True,
                          check=True)
     env = dict(pair.split("=", 1) for pair in out.stdout.split())
     return ZooKeeperSettings(parse_hosts(env["NODEPOOL_ZK_HOSTS"]))
+
+
+def _schedule_hang(cloud, spec: dict) -> threading.Timer | None:
+    """Hang the API ``hang_for`` seconds, ``hang_at`` seconds from now."""
+    if "hang_at" not in spec:
+        return None
+
+    def hang():
+        cloud.set_faults(hang=True)
+        time.sleep(spec["hang_for"])
+        cloud.set_faults(hang=False)
+    timer = threading.Timer(spec["hang_at"], hang)
+    timer.start()
+    return timer
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -93,45 +150,16 @@ def percentile(values: list[float], p: float) -> float | None:
 def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
                  n_requests: int | None) -> dict:
     n = n_requests or spec["requests"]
-    cloud_cfg = {"seed": 7, "servers": spec["cloud"]["servers"],
-                 "projects": [{"name": "ci",
-                               "users": [{"name": "nodepool", "password": "pw"}],
-                               "limits": spec["cloud"]["limits"]}]}
-    cloud = FakeCloud(cloud_cfg).start()
-    clouds = cloud.write_clouds_yaml(os.path.join(workdir, f"{name}-clouds.yaml"),
+    cloud, launcher, config = _start(name, spec["cloud"],
+                                     {"rate": 0.05, "launch-retries": 3},
+                                     dict(spec["pool"], **{"max-servers": 50}), zk, workdir,
                                      api_timeout=2)
-    chroot = f"/benchmark-{name}-{uuid.uuid4().hex[:6]}"
-    server = zk.servers[0]
-    pool = {"name": "main", "max-servers": 50, "host-key-checking": False,
-            "labels": [{"name": "small", "cloud-image": "img", "flavor-name": "m1.small"}]}
-    pool.update(spec["pool"])
-    config_data = {
-        "zookeeper-servers": [{"host": server.host, "port": server.port, "chroot": chroot}],
-        "webapp": {"port": 0},
-        "labels": [{"name": "small"}],
-        "providers": [{"name": "fake", "cloud": "fakecloud", "rate": 0.05,
-                       "launch-retries": 3,
-                       "cloud-images": [{"name": "img", "image-name": "cirros"}],
-                       "pools": [pool]}]}
-    path = os.path.join(workdir, f"{name}-nodepool.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(config_data, f)
-    config, _ = load_config(path, clouds)
-    launcher = Launcher(config)
-    launcher.start()
     client = connect(config.zookeeper)
     store = ZooKeeperStore(client)
     submitted: dict[str, float] = {}
     latencies: list[float] = []
     fulfilled = failed = 0
-    hang_timer = None
-    if "hang_at" in spec:
-        def hang():
-            cloud.set_faults(hang=True)
-            time.sleep(spec["hang_for"])
-            cloud.set_faults(hang=False)
-        hang_timer = threading.Timer(spec["hang_at"], hang)
-        hang_timer.start()
+    hang_timer = _schedule_hang(cloud, spec)
     t0 = time.monotonic()
     for i in range(n):
         req = NodeRequest(state="requested", node_types=["small"], requestor="benchmark",
@@ -202,11 +230,168 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
     }
 
 
+def _start(name: str, cloud_spec: dict, provider_extra: dict, pool_extra: dict,
+           zk: ZooKeeperSettings, workdir: str, api_timeout: float = 10):
+    """A fakecloud and a launcher on it, as an operator would configure them."""
+    cloud_cfg = {"seed": 7, "servers": cloud_spec["servers"],
+                 "projects": [{"name": "ci",
+                               "users": [{"name": "nodepool", "password": "pw"}],
+                               "limits": cloud_spec["limits"]}]}
+    cloud = FakeCloud(cloud_cfg).start()
+    clouds = cloud.write_clouds_yaml(os.path.join(workdir, f"{name}-clouds.yaml"),
+                                     api_timeout=api_timeout)
+    server = zk.servers[0]
+    # host-key-checking needs SSH on the fake addresses: off in every scenario.
+    pool = {"name": "main", "max-servers": 100, "host-key-checking": False,
+            "labels": [{"name": "small", "cloud-image": "img", "flavor-name": "m1.small"}]}
+    pool.update(pool_extra)
+    provider = {"name": "fake", "cloud": "fakecloud",
+                "cloud-images": [{"name": "img", "image-name": "cirros"}], "pools": [pool]}
+    provider.update(provider_extra)
+    config_data = {
+        "zookeeper-servers": [{"host": server.host, "port": server.port,
+                               "chroot": f"/benchmark-{name}-{uuid.uuid4().hex[:6]}"}],
+        "webapp": {"port": 0}, "labels": [{"name": "small"}], "providers": [provider]}
+    path = os.path.join(workdir, f"{name}-nodepool.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config_data, f)
+    config, _ = load_config(path, clouds)
+    launcher = Launcher(config)
+    launcher.start()
+    return cloud, launcher, config
+
+
+class _Job:
+    """One CI job slot: asks for a node, holds it, returns it, asks again."""
+
+    def __init__(self):
+        self.request_id: str | None = None
+        self.submitted = 0.0
+        self.held: list = []       # (node, lock) while the job runs
+        self.until = 0.0
+
+
+def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
+             minutes: float) -> dict:
+    import random
+    rng = random.Random(11)
+    cloud, launcher, config = _start(name, spec["cloud"], spec["provider"], spec["pool"],
+                                     zk, workdir)
+    client = connect(config.zookeeper)
+    store = ZooKeeperStore(client)
+    limit = spec["cloud"]["limits"]["instances"]
+    jobs = [_Job() for _ in range(spec["jobs"])]
+    latencies: list[float] = []
+    fulfilled = failed = 0
+    waiting_time = full_while_waiting = 0.0
+    hang_timer = _schedule_hang(cloud, spec)
+    t0 = time.monotonic()
+    end = t0 + minutes * 60
+    seq = 0
+    last = t0
+    while time.monotonic() < end:
+        now = time.monotonic()
+        for job in jobs:
+            if job.held and now >= job.until:
+                for node, lock in job.held:
+                    node.state = "used"
+                    store.store_node(node, lock)
+                    lock.release()
+                job.held = []
+            if not job.held and job.request_id is None:
+                seq += 1
+                req = NodeRequest(state="requested", node_types=["small"],
+                                  requestor="benchmark", requestor_data={"i": seq},
+                                  event_id=f"bench-{seq}", tenant_name="bench")
+                job.request_id = store.create_request(req, 200).id
+                job.submitted = now
+            elif job.request_id is not None:
+                req = store.get_request(job.request_id)
+                if req is None or req.state not in ("fulfilled", "failed"):
+                    continue
+                if req.state == "fulfilled":
+                    fulfilled += 1
+                    latencies.append(now - job.submitted)
+                    for node_id in req.nodes:
+                        got = store.lock_and_read_node(node_id, timeout=30)
+                        if got is not None:
+                            node, lock = got
+                            node.state = "in-use"
+                            store.store_node(node, lock)
+                            job.held.append((node, lock))
+                    job.until = now + rng.uniform(*spec["job_seconds"])
+                else:
+                    failed += 1
+                client.delete(f"/nodepool/requests/{job.request_id}")
+                job.request_id = None
+        # Quota use while requests wait (sampled each pass, weighted by time).
+        now = time.monotonic()
+        if any(j.request_id is not None for j in jobs):
+            waiting_time += now - last
+            in_use = next(iter(cloud.usage().values()))["in_use"]["instances"]
+            if in_use >= limit:
+                full_while_waiting += now - last
+        last = now
+        time.sleep(0.1)
+    counters = cloud.counters()   # the window's API calls
+    # Wind down: return held nodes, withdraw waiting requests, drain.
+    for job in jobs:
+        for node, lock in job.held:
+            node.state = "used"
+            store.store_node(node, lock)
+            lock.release()
+        if job.request_id is not None:
+            client.delete(f"/nodepool/requests/{job.request_id}")
+    if hang_timer:
+        hang_timer.join()
+    drain_deadline = time.monotonic() + 180
+    while time.monotonic() < drain_deadline and (cloud.servers() or store.list_nodes()):
+        # Nodes built for withdrawn requests stay READY for reuse, as in
+        # upstream: hand them back so that the launcher deletes them.
+        for node in store.list_nodes():
+            if node.state == "ready" and not node.allocated_to:
+                got = store.lock_and_read_node(node.id, timeout=1)
+                if got is not None:
+                    node, lock = got
+                    node.state = "used"
+                    store.store_node(node, lock)
+                    lock.release()
+        time.sleep(0.5)
+    leaked = len(cloud.servers())
+    launcher.stop(wait=10)
+    disconnect(client)
+    cloud.stop()
+    calls = {route: sum(by_status.values())
+             for route, by_status in counters.get("requests", {}).items()}
+    total_calls = sum(calls.values())
+    return {
+        "scenario": name, "minutes": minutes, "jobs": spec["jobs"],
+        "fulfilled": fulfilled, "failed": failed,
+        "fulfilled_per_minute": round(fulfilled / minutes, 1),
+        "failed_per_minute": round(failed / minutes, 1),
+        "latency_p50_s": round(percentile(latencies, 50), 1) if latencies else None,
+        "latency_p95_s": round(percentile(latencies, 95), 1) if latencies else None,
+        "api_calls_per_fulfilled_node": round(total_calls / fulfilled, 2) if fulfilled
+        else None,
+        "api_calls_per_node_by_route": {k: round(v / fulfilled, 2)
+                                        for k, v in sorted(calls.items())} if fulfilled
+        else {},
+        "quota_full_while_waiting": round(full_while_waiting / waiting_time, 2)
+        if waiting_time else None,
+        "quota_403": counters.get("quota_403", 0),
+        "peak_instances": cloud.peak_usage().get("instances"),
+        "leaked_servers": leaked,
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+    p.add_argument("--scenario", action="append",
+                   choices=sorted(SCENARIOS) + sorted(JOB_SCENARIOS),
                    help="run only these (repeatable); default: all")
     p.add_argument("--requests", type=int, help="requests per scenario (default: per scenario)")
+    p.add_argument("--minutes", type=float, default=3.0,
+                   help="how long each job scenario runs (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-v", "--verbose", action="store_true", help="launcher logs to stderr")
     args = p.parse_args()
@@ -219,7 +404,12 @@ def main() -> int:
         zk = start_zookeeper(zk_state)
         try:
             for name in names:
-                results.append(run_scenario(name, SCENARIOS[name], zk, workdir, args.requests))
+                if name in JOB_SCENARIOS:
+                    results.append(run_jobs(name, JOB_SCENARIOS[name], zk, workdir,
+                                            args.minutes))
+                else:
+                    results.append(run_scenario(name, SCENARIOS[name], zk, workdir,
+                                                args.requests))
         finally:
             subprocess.run([sys.executable, os.path.join(ROOT, "tools", "zookeeper.py"),
                             "stop", "--dir", zk_state], capture_output=True)
@@ -230,12 +420,17 @@ def main() -> int:
         return 0
     print(f"machine: {machine['cpus']} CPUs, Python {machine['python']}, "
           f"{machine['platform']}")
+    batch_keys = ("requests", "fulfilled", "failed", "unanswered", "quota_403",
+                  "api_calls_total", "api_calls_per_fulfilled_node", "latency_p50_s",
+                  "latency_p95_s", "leaked_servers", "leaked_floating_ips", "leaked_ports",
+                  "peak_instances", "elapsed_s")
+    job_keys = ("minutes", "jobs", "fulfilled", "failed", "fulfilled_per_minute",
+                "failed_per_minute", "latency_p50_s", "latency_p95_s",
+                "api_calls_per_fulfilled_node", "quota_full_while_waiting", "quota_403",
+                "peak_instances", "leaked_servers")
     for r in results:
         print(f"\n== {r['scenario']} ==")
-        for key in ("requests", "fulfilled", "failed", "unanswered", "quota_403",
-                    "api_calls_total", "api_calls_per_fulfilled_node", "latency_p50_s",
-                    "latency_p95_s", "leaked_servers", "leaked_floating_ips", "leaked_ports",
-                    "peak_instances", "elapsed_s"):
+        for key in (job_keys if r["scenario"] in JOB_SCENARIOS else batch_keys):
             print(f"  {key:30} {r[key]}")
         print("  API calls per fulfilled node, by route:")
         for route, v in r["api_calls_per_node_by_route"].items():

@@ -2,7 +2,7 @@
 """Run the fault-injection suite and print a table of cases and invariants.
 
     tools/faults.py            the fast cases (the ones CI runs)
-    tools/faults.py --all      every case, the slow ones too (about 10 minutes)
+    tools/faults.py --all      every case, the slow ones too (about 6 minutes)
     tools/faults.py -k frozen  only cases whose name matches (pytest's -k)
 
 Each case runs the real ``nodepool-launcher`` process against its own

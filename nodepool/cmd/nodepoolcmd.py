@@ -235,6 +235,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                    "external_id": n.external_id, "pool": n.pool} for n in nodes],
         "launcher": None if live is None else {
             "api_calls": live.get("api_calls"), "api_in_flight": live.get("api_in_flight"),
+            "api_budget": live.get("api_budget"),
             "server_list": live.get("server_list"), "catalog": live.get("catalog"),
             "counters": live.get("counters")},
         "launcher_error": live_error,
@@ -260,13 +261,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(tables.render(["cache", "items", "age", "error"], [
         [k, v.get("items"), tables.fmt_age(v.get("age")), v.get("error") or ""]
         for k, v in sorted((live["catalog"] or {}).items())]))
-    print(tables.render(["API call", "count", "errors", "timeouts", "total s", "max s"], [
-        [k, v["count"], v["errors"], v["timeouts"], v["total_seconds"], v["max_seconds"]]
+    budget = live.get("api_budget")
+    if budget:
+        print(_budget_line(budget))
+    print(tables.render(["API call", "count", "errors", "timeouts", "total s", "max s",
+                         "wait s", "max wait s", "in flight"], [
+        [k, v["count"], v["errors"], v["timeouts"], v["total_seconds"], v["max_seconds"],
+         v.get("wait_seconds", ""), v.get("max_wait_seconds", ""), v.get("in_flight", "")]
         for k, v in sorted((live["api_calls"] or {}).items())]))
     for call in live["api_in_flight"] or []:
         print(f"in flight: {call['kind']} for {call['age']}s"
               + (" (past its deadline)" if call.get("expired") else ""))
     return 0
+
+
+def _budget_line(b: dict) -> str:
+    """The API budget in one line: mode, concurrency, queue, hold."""
+    if b.get("mode") == "rate":
+        mode = f"rate: a create or delete every {b['rate']:g}s, a read every " \
+               f"{b['read_rate']:g}s"
+    else:
+        mode = "adaptive (no rate set)"
+    queued = ", ".join(f"{k} {v}" for k, v in (b.get("queued") or {}).items() if v) or "none"
+    line = (f"API budget: {mode}; {b['in_flight']} of at most {b['concurrency_limit']} "
+            f"calls in flight (floor {b['concurrency_floor']}, ceiling "
+            f"{b['concurrency_ceiling']}); queued: {queued}; overload signals: "
+            f"{b['overloads']}")
+    if b.get("held_for"):
+        line += f"; held {b['held_for']:g}s for the cloud's Retry-After"
+    return line
 
 
 def fetch_status(config, path: str) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from nodepool.config.errors import Problems
+from nodepool.config.model import AddressPolicy, CloudNetwork
 
 # Shade-era resource names that openstacksdk 4.x no longer looks up.
 LEGACY_CACHE_KEYS = {"server", "servers", "port", "ports", "floating-ip", "floating_ip",
@@ -207,3 +208,55 @@ def check_cache(clouds: CloudsFile) -> None:
                 f"legacy keys {keys} are accepted by openstacksdk 4.x but cache nothing: it "
                 "only looks up dotted per-resource keys. Use instead, e.g. "
                 f"{_example_expiration()}")
+
+
+def _flag(value: Any) -> bool:
+    """A clouds.yaml boolean as openstacksdk reads it ("true" in any case)."""
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True
+
+
+def address_policy_of(clouds: CloudsFile, name: str) -> AddressPolicy:
+    """The cloud's ``networks``, ``floating_ip_source`` and ``private``
+    settings; entries openstacksdk would refuse are reported, not guessed."""
+    p = clouds.problems
+    cloud = clouds.clouds.get(name)
+    if not isinstance(cloud, dict):
+        return AddressPolicy()
+    networks: list[CloudNetwork] = []
+    entries = cloud.get("networks") or []
+    if not isinstance(entries, list):
+        p.error(["clouds", name, "networks"], "expected a list of {name: ..., "
+                "routes_externally: true|false, ...} entries")
+        entries = []
+    for j, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("name"):
+            p.error(["clouds", name, "networks", j, "name"],
+                    "every network entry needs a 'name' (the network's name or id)")
+            continue
+        external = _flag(entry.get("routes_externally"))
+        networks.append(CloudNetwork(
+            name=str(entry["name"]),
+            routes_ipv4_externally=_flag(entry.get("routes_ipv4_externally", external)),
+            routes_ipv6_externally=_flag(entry.get("routes_ipv6_externally", external)),
+            nat_source=_flag(entry.get("nat_source")),
+            nat_destination=_flag(entry.get("nat_destination")),
+            default_interface=_flag(entry.get("default_interface"))))
+    # The older single-network keys, as openstacksdk still maps them.
+    for key, external in (("external_network", True), ("internal_network", False)):
+        if key in cloud:
+            networks.append(CloudNetwork(name=str(cloud[key]), routes_ipv4_externally=external,
+                                         routes_ipv6_externally=external,
+                                         nat_destination=not external,
+                                         default_interface=external))
+    for role in ("nat_source", "nat_destination", "default_interface"):
+        marked = [n.name for n in networks if getattr(n, role)]
+        if len(marked) > 1:
+            p.error(["clouds", name, "networks"],
+                    f"{role} is set on several networks ({', '.join(marked)}); "
+                    "openstacksdk allows it on one only")
+    source = cloud.get("floating_ip_source", cloud.get("floating-ip-source", "neutron"))
+    floating_ips = not (source is None or str(source).strip().lower() == "none")
+    return AddressPolicy(networks=tuple(networks), floating_ips=floating_ips,
+                         private=_flag(cloud.get("private")))

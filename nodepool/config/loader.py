@@ -19,7 +19,7 @@ import yaml
 from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems, check_unique
-from nodepool.config.model import (CloudSettings, Label, NodepoolConfig,
+from nodepool.config.model import (AddressPolicy, CloudSettings, Label, NodepoolConfig,
                                    TenantLimits, WebApp)
 from nodepool.driver import registry
 from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
@@ -60,7 +60,7 @@ def read_yaml(path: str, problems: Problems, env: MappingT[str, str]) -> Any:
 def _warn_upstream_off_values(data: dict, problems: Problems) -> None:
     """Values upstream accepts and treats as "off" or as the least it does;
     they work the same here, and the warning says what to write instead."""
-    for j, lab in enumerate(data.get("labels") or []):
+    for j, lab in enumerate(schema.as_list(data.get("labels"))):
         if not isinstance(lab, dict):
             continue
         for key in ("min-ready", "max-ready-age"):
@@ -124,6 +124,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         return cf.problems.items, settings
     clouds_policy.check_cache(cf)
     checked: set[str] = set()
+    policies: dict[str, AddressPolicy] = {}
     for i, prov in providers:
         name = prov["cloud"]
         if name not in cf.clouds:
@@ -134,6 +135,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
         if name not in checked:
             checked.add(name)
             clouds_policy.check_cloud(cf, name)
+            policies[name] = clouds_policy.address_policy_of(cf, name)
         cloud = cf.clouds[name]
         if not isinstance(cloud, dict):
             cf.problems.error(["clouds", name], "expected a mapping of settings")
@@ -143,6 +145,7 @@ def _check_clouds(providers: list[tuple[int, dict]], clouds_path: str | None,
             region = cloud.get("region_name") or cloud.get("region-name")
             settings[name] = CloudSettings(name, float(timeout),
                                            region if isinstance(region, str) else None, path,
+                                           addresses=policies[name],
                                            fingerprint=_fingerprint(cloud))
     return cf.problems.items, settings
 

@@ -91,6 +91,31 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class CloudNetwork:
+    """One entry of a cloud's ``networks`` list in clouds.yaml: how
+    openstacksdk is told what a network is for."""
+
+    name: str
+    routes_ipv4_externally: bool = False
+    routes_ipv6_externally: bool = False
+    nat_source: bool = False
+    nat_destination: bool = False
+    default_interface: bool = False
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """clouds.yaml's settings that decide which of a server's addresses are
+    public and whether it gets a floating IP (openstacksdk's meaning)."""
+
+    networks: tuple[CloudNetwork, ...] = ()
+    # ``floating_ip_source: None`` in clouds.yaml: never make floating IPs.
+    floating_ips: bool = True
+    # ``private: true``: the launcher reaches servers on their private address.
+    private: bool = False
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     """What the launcher needs from this provider's clouds.yaml entry."""
 
@@ -101,6 +126,7 @@ class CloudSettings:
     # A digest of the cloud's whole entry (auth included), so a reload can
     # tell that a password was rotated or an endpoint moved.
     fingerprint: str = ""
+    addresses: AddressPolicy = AddressPolicy()
 
 
 @dataclass(frozen=True)
@@ -113,7 +139,11 @@ class Provider:
     priority: int | None = None
     # Upstream: -1 means unlimited concurrent launches.
     max_concurrency: int = -1
-    rate: float = 1.0  # seconds between API calls
+    # Seconds between mutating API calls (creates, deletes) on average; None
+    # (the key absent): no fixed ceiling, the gate adapts its concurrency.
+    rate: float | None = None
+    # Seconds between read calls; None: rate / 5 when rate is set, else none.
+    read_rate: float | None = None
     boot_timeout: int = 60
     launch_timeout: int = 3600
     launch_retries: int = 3

@@ -27,6 +27,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def as_list(value: Any) -> list:
+    """A list from the file, or nothing (the schema reports other types)."""
+    return value if isinstance(value, list) else []
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -59,8 +64,9 @@ def Seconds(example: int) -> Callable[[Any], int]:
 
 
 def Rate(value: Any) -> float:
-    """``rate``: seconds between API calls.  Upstream converts it with float(),
-    so ``"0.5"`` works there and here; 0 means no spacing, as upstream."""
+    """``rate`` and ``read-rate``: seconds between API calls.  Upstream
+    converts it with float(), so ``"0.5"`` works there and here; 0 means no
+    fixed ceiling, as if the key were absent."""
     if isinstance(value, bool):
         raise v.Invalid(f"expected a number of seconds, got a boolean {value}")
     if isinstance(value, str):
@@ -75,7 +81,7 @@ def Rate(value: Any) -> float:
                         f"{_shown(value)}")
     if value < 0 or value != value:  # NaN too
         raise v.Invalid(f"must not be negative, got {value}; write the seconds between two "
-                        "API calls, e.g. 1.0 (0: no spacing)")
+                        "API calls, e.g. 1.0 (0 or no key: no fixed ceiling)")
     return float(value)
 
 
@@ -285,6 +291,7 @@ openstack_provider_schema = Dict({
     "priority": Int(),
     "max-concurrency": Int(),
     "rate": Rate,
+    "read-rate": Rate,
     "boot-timeout": Seconds(60),
     "launch-timeout": Seconds(3600),
     # Upstream makes one attempt with 0 or less; so do we (the loader warns).

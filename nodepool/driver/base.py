@@ -72,6 +72,9 @@ class ProviderMetrics:
     leaks_deleted: Mapping[str, int] = field(default_factory=dict)
     # API call name -> {"count": n, "total_seconds": s, ...} (the gate's stats).
     api_calls: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The API gate's budget now: {"concurrency_limit": n, "in_flight": m};
+    # None for a provider without one.
+    api_budget: Mapping[str, Any] | None = None
 
 
 @runtime_checkable

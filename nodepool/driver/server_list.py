@@ -43,9 +43,15 @@ class ServerSnapshot:
 
 
 class ServerListCache:
+    """The shared list; also used for neutron's ports (``kind`` names the
+    gate's call; ``idle_refresh=False`` lists only when someone asked)."""
+
     def __init__(self, gate: ApiGate, fetch: Callable[[], list[dict]], interval: float,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *,
+                 kind: str = "compute.list_servers", idle_refresh: bool = True):
         self.gate = gate
+        self.kind = kind
+        self.idle_refresh = idle_refresh
         self.fetch = fetch
         self.interval = interval
         self.clock = clock
@@ -56,13 +62,17 @@ class ServerListCache:
         self.failures = 0
         self._call: ApiCall | None = None
         self._wanted_after: float | None = None
+        self._soon: float | None = None   # a shorter spacing for the pending want
 
-    def want_fresh(self, after: float | None = None) -> None:
+    def want_fresh(self, after: float | None = None, *, within: float | None = None) -> None:
         """Ask for a list requested after ``after`` (default: now), e.g.
-        once a delete call has returned; still at most one per interval."""
+        once a delete call has returned; still at most one per interval, or
+        per ``within`` seconds when given (a request waits for quota)."""
         t = self.clock() if after is None else after
         if self._wanted_after is None or t > self._wanted_after:
             self._wanted_after = t
+        if within is not None:
+            self._soon = within if self._soon is None else min(self._soon, within)
 
     def tick(self) -> bool:
         """Collect a finished refresh and start one if due; True if a new
@@ -77,7 +87,7 @@ class ServerListCache:
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.last_error_at = now
-                log.warning("%s: listing servers failed: %s", self.gate.name, self.last_error)
+                log.warning("%s: %s failed: %s", self.gate.name, self.kind, self.last_error)
             else:
                 self.snapshot = ServerSnapshot({s["id"]: s for s in servers if "id" in s},
                                                call.started_at or call.submitted_at, now)
@@ -85,16 +95,23 @@ class ServerListCache:
                 self.last_error = None
                 arrived = True
         if self._call is None and self._due(now):
-            self._call = self.gate.submit("compute.list_servers", self.fetch)
+            self._soon = None
+            self._call = self.gate.submit(self.kind, self.fetch)
         return arrived
 
     def _due(self, now: float) -> bool:
         last = max(self.snapshot.requested_at, self.last_error_at or float("-inf"))
-        if now - last < self.interval:
+        wanted = self._wanted_after is not None and \
+            self.snapshot.requested_at <= self._wanted_after
+        spacing = min(self.interval, self._soon) if wanted and self._soon is not None \
+            else self.interval
+        if now - last < spacing:
+            return False
+        if wanted:
+            return True
+        if not self.idle_refresh:
             return False
         if self.snapshot.received_at == float("-inf"):
-            return True
-        if self._wanted_after is not None and self.snapshot.requested_at <= self._wanted_after:
             return True
         # Even with nothing pending, keep the view (and quota) current.
         return now - self.snapshot.requested_at >= self.interval * 4

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neutron ports per server (at least one per requested network)")
     g.add_argument("--floating-ip", action="store_true", default=None,
                    help="give each server a floating IP when it becomes ACTIVE")
+    g.add_argument("--network-layout", choices=("private", "provider"),
+                   help="private (default): servers get a private network and need "
+                        "floating IPs; provider: their first port is on the external "
+                        "network")
     g.add_argument("--leak-port-share", type=float, metavar="F",
                    help="share (0-1) of deleted servers whose ports stay behind DOWN "
                         "(a neutron port leak, for port-cleanup-interval)")
@@ -103,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share (0-1) of requests answered with HTTP 500")
     f.add_argument("--error-503-rate", type=float, metavar="F",
                    help="share (0-1) of requests answered with HTTP 503")
+    f.add_argument("--error-429-rate", type=float, metavar="F",
+                   help="share (0-1) of requests answered with HTTP 429 and Retry-After")
+    f.add_argument("--retry-after", type=float, metavar="S",
+                   help="Retry-After seconds of a 429 (default 1)")
+    f.add_argument("--capacity", type=int, metavar="N",
+                   help="concurrent requests served at full speed; beyond it answers "
+                        "slow down, and beyond twice it they fail with 503 (default 0: "
+                        "unlimited)")
     f.add_argument("--hang", action="store_true", default=None,
                    help="hang mode: requests block until released (POST "
                         "/_fakecloud/release) or for --hang-seconds")
@@ -139,11 +151,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("boot_seconds", args.boot_seconds), ("delete_seconds", args.delete_seconds),
         ("error_boot_share", args.error_boot_share),
         ("ports_per_server", args.ports_per_server), ("floating_ip", args.floating_ip),
-        ("leak_port_share", args.leak_port_share))
+        ("leak_port_share", args.leak_port_share), ("network_layout", args.network_layout))
         if v is not None}
     faults = {k: v for k, v in (
         ("latency_seconds", args.latency), ("error_500_rate", args.error_500_rate),
         ("error_503_rate", args.error_503_rate), ("hang", args.hang),
+        ("error_429_rate", args.error_429_rate), ("retry_after_seconds", args.retry_after),
+        ("capacity", args.capacity),
         ("hang_seconds", args.hang_seconds), ("slow_create_seconds", args.slow_create_seconds),
         ("match", args.fault_match)) if v is not None}
     if servers:

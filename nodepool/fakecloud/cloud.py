@@ -248,7 +248,7 @@ class FakeCloud:
     def set_server_behaviour(self, **changes: Any) -> dict:
         """Change boot_seconds, delete_seconds (number or [low, high]),
         error_boot_share, error_boot_fault, ports_per_server, floating_ip,
-        leak_port_share.
+        leak_port_share, network_layout.
 
         Applies to servers created (or deleted) from now on.
         """
@@ -298,16 +298,22 @@ class FakeCloud:
             self.stats.record(key, raw_path, response.status, time.monotonic() - started, None)
             return response
         req.params, req.route_key, req.service = params, route.key, route.service
-        decision = self.faults.before(route.key)
-        fault = "hang" if decision.hung else None
-        if decision.error_status is not None:
-            fault = f"error_{decision.error_status}"
-            response = error_response(route.service, decision.error_status,
-                                      "fakecloud injected fault: the service is "
-                                      + ("unavailable" if decision.error_status == 503
-                                         else "failing"))
-        else:
-            response = self._call(route, req)
+        self.faults.enter()
+        try:
+            decision = self.faults.before(route.key)
+            fault = "hang" if decision.hung else None
+            if decision.error_status is not None:
+                fault = f"error_{decision.error_status}"
+                response = error_response(route.service, decision.error_status,
+                                          "fakecloud injected fault: "
+                                          + _FAULT_TEXT.get(decision.error_status,
+                                                            "the service is failing"))
+                if decision.retry_after is not None:
+                    response.headers["Retry-After"] = f"{decision.retry_after:g}"
+            else:
+                response = self._call(route, req)
+        finally:
+            self.faults.leave()
         project = req.project.name if req.project is not None else None
         self.stats.record(route.key, raw_path, response.status, time.monotonic() - started,
                           project, response.quota, fault)
@@ -330,5 +336,7 @@ class FakeCloud:
         except NotFound as e:
             return error_response(route.service, 404, str(e))
 
+
+_FAULT_TEXT = {503: "the service is unavailable", 429: "rate limit exceeded, retry later"}
 
 __all__ = ["FakeCloud", "STATES"]

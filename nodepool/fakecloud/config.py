@@ -109,6 +109,11 @@ class ServerBehaviour:
     # Share of deleted servers whose ports neutron fails to remove: they stay
     # behind DOWN, as after a lost port-unbind in a real cloud.
     leak_port_share: float = 0.0
+    # "private": servers without requested networks get ports on the first
+    # non-external network (they need floating IPs to be reached).
+    # "provider": their first port is on the external network (a provider
+    # network: already public), further ports on the private one.
+    network_layout: str = "private"
 
     def as_dict(self) -> dict:
         return {"boot_seconds": self.boot_seconds.as_yaml(),
@@ -117,7 +122,8 @@ class ServerBehaviour:
                 "error_boot_fault": self.error_boot_fault,
                 "ports_per_server": self.ports_per_server,
                 "floating_ip": self.floating_ip,
-                "leak_port_share": self.leak_port_share}
+                "leak_port_share": self.leak_port_share,
+                "network_layout": self.network_layout}
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,17 @@ class Faults:
     slow_create_seconds: float = 0.0
     slow_create_share: float = 1.0
     match: str | None = None
+    # Rate limiting: this share of requests is answered 429 with a
+    # Retry-After header of retry_after_seconds.
+    error_429_rate: float = 0.0
+    retry_after_seconds: float = 1.0
+    # API capacity: up to ``capacity`` concurrent requests are served at full
+    # speed (0: unlimited); each request beyond it adds ``overload_seconds``
+    # to every answer, and beyond capacity * overload_503_factor requests are
+    # refused with 503.
+    capacity: int = 0
+    overload_seconds: float = 0.05
+    overload_503_factor: float = 2.0
 
     def as_dict(self) -> dict:
         return {"latency_seconds": self.latency_seconds.as_yaml(),
@@ -140,7 +157,11 @@ class Faults:
                 "hang": self.hang, "hang_seconds": self.hang_seconds,
                 "slow_create_seconds": self.slow_create_seconds,
                 "slow_create_share": self.slow_create_share,
-                "match": self.match}
+                "match": self.match,
+                "error_429_rate": self.error_429_rate,
+                "retry_after_seconds": self.retry_after_seconds,
+                "capacity": self.capacity, "overload_seconds": self.overload_seconds,
+                "overload_503_factor": self.overload_503_factor}
 
 
 @dataclass(frozen=True)
@@ -266,6 +287,7 @@ def check_limits(data: Any, base: dict[str, int], source: str = "limits") -> dic
     return out
 
 
+NETWORK_LAYOUTS = ("private", "provider")
 _SERVER_KEYS = [f.name for f in dataclasses.fields(ServerBehaviour)]
 _FAULT_KEYS = [f.name for f in dataclasses.fields(Faults)]
 
@@ -291,6 +313,13 @@ def _check_servers(c: _Checker, data: Any, where: str, base: ServerBehaviour) ->
     if "leak_port_share" in data:
         changes["leak_port_share"] = c.number(data["leak_port_share"],
                                               f"{where}.leak_port_share", maximum=1.0)
+    if "network_layout" in data:
+        layout = data["network_layout"]
+        if layout not in NETWORK_LAYOUTS:
+            c.error(f"{where}.network_layout",
+                    f"must be one of {', '.join(NETWORK_LAYOUTS)}, got {layout!r}")
+        else:
+            changes["network_layout"] = layout
     return dataclasses.replace(base, **changes)
 
 
@@ -309,9 +338,17 @@ def _check_faults(c: _Checker, data: Any, where: str, base: Faults) -> Faults:
         changes["latency_seconds"] = c.seconds_range(data["latency_seconds"],
                                                      f"{where}.latency_seconds",
                                                      base.latency_seconds)
-    for key in ("error_500_rate", "error_503_rate", "slow_create_share"):
+    for key in ("error_500_rate", "error_503_rate", "error_429_rate", "slow_create_share"):
         if key in data:
             changes[key] = c.number(data[key], f"{where}.{key}", maximum=1.0)
+    for key in ("retry_after_seconds", "overload_seconds"):
+        if key in data:
+            changes[key] = c.number(data[key], f"{where}.{key}")
+    if "overload_503_factor" in data:
+        changes["overload_503_factor"] = c.number(data["overload_503_factor"],
+                                                  f"{where}.overload_503_factor", minimum=1.0)
+    if "capacity" in data:
+        changes["capacity"] = c.integer(data["capacity"], f"{where}.capacity")
     if "hang" in data:
         changes["hang"] = c.boolean(data["hang"], f"{where}.hang")
     if "hang_seconds" in data:

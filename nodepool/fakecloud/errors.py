@@ -6,9 +6,10 @@ from nodepool.fakecloud.web import ApiError, Response, reason
 
 _NOVA_KEYS = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound",
               405: "badMethod", 406: "notAcceptable", 409: "conflictingRequest",
-              413: "overLimit", 500: "computeFault", 503: "serviceUnavailable"}
+              413: "overLimit", 429: "overLimit", 500: "computeFault", 503: "serviceUnavailable"}
 _NEUTRON_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
                   404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
+                  429: "HTTPTooManyRequests",
                   500: "HTTPInternalServerError", 503: "HTTPServiceUnavailable"}
 
 

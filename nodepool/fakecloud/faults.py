@@ -22,6 +22,7 @@ class FaultDecision:
     latency: float = 0.0
     hung: bool = False
     error_status: int | None = None
+    retry_after: float | None = None   # for a 429
 
 
 class FaultInjector:
@@ -37,6 +38,7 @@ class FaultInjector:
         self._stop = stop
         self._release = threading.Event()
         self._hung_now = 0
+        self._concurrent = 0
 
     @property
     def faults(self) -> Faults:
@@ -62,6 +64,15 @@ class FaultInjector:
             self._release = threading.Event()
         return n
 
+    def enter(self) -> None:
+        """A request arrived (for the capacity model)."""
+        with self._lock:
+            self._concurrent += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._concurrent -= 1
+
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             self._stop.wait(seconds)
@@ -78,12 +89,25 @@ class FaultInjector:
             release = self._release
             if hang:
                 self._hung_now += 1
-            roll = self._rng.random() if (f.error_500_rate or f.error_503_rate) else 1.0
+            roll = self._rng.random() \
+                if (f.error_500_rate or f.error_503_rate or f.error_429_rate) else 1.0
+            over = self._concurrent - f.capacity if f.capacity > 0 else 0
+            refused = f.capacity > 0 and self._concurrent > f.capacity * f.overload_503_factor
         status = None
+        retry_after = None
         if roll < f.error_500_rate:
             status = 500
         elif roll < f.error_500_rate + f.error_503_rate:
             status = 503
+        elif roll < f.error_500_rate + f.error_503_rate + f.error_429_rate:
+            status, retry_after = 429, f.retry_after_seconds
+        if refused and status is None:
+            status = 503
+            self._note("overload_503")
+        elif over > 0:
+            # Past its capacity the API answers slower the busier it is.
+            latency += f.overload_seconds * over
+            self._note("overload_latency")
         if latency:
             self._note("latency")
         if hang:
@@ -98,7 +122,7 @@ class FaultInjector:
             finally:
                 with self._lock:
                     self._hung_now -= 1
-        return FaultDecision(latency, hang, status)
+        return FaultDecision(latency, hang, status, retry_after)
 
     def slow_create_delay(self) -> float:
         with self._lock:

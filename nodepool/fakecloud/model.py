@@ -347,6 +347,9 @@ class CloudState:
         if req.networks == "none":
             return []
         if req.networks == "auto" or not req.networks:
+            ext = self._external_network()
+            if self.behaviour.network_layout == "provider" and ext is not None:
+                return [ext, self._default_network()]
             return [self._default_network()]
         out = []
         for item in cast(list, req.networks):  # not "none"/"auto": a list
@@ -448,8 +451,10 @@ class CloudState:
         self.servers[server.id] = server
         self.servers_created += 1
         try:
+            extra = networks[-1] if self.behaviour.network_layout == "provider" \
+                else networks[0] if networks else None
             for i in range(ports_each):
-                net = networks[i] if i < len(networks) else networks[0]
+                net = networks[i] if i < len(networks) else extra
                 port = Port(str(uuid.uuid4()), project.id, net.config.id, net.config.subnet_id,
                             net.allocate(), self._new_mac(), server.id, f"compute:{zone}",
                             "DOWN", now)
@@ -501,8 +506,9 @@ class CloudState:
             limit = self.projects[server.project_id].limits["floating_ips"]
             used = sum(1 for f in self.floating_ips.values()
                        if f.project_id == server.project_id)
-            if ext is not None and not quota.floating_ip_over(limit, used):
-                port = self.ports[server.port_ids[0]]
+            port = self.ports[server.port_ids[0]]
+            if ext is not None and port.network_id != ext.config.id \
+                    and not quota.floating_ip_over(limit, used):
                 try:
                     self._new_floating_ip(server.project_id, ext, port)
                 except Conflict:
@@ -628,6 +634,11 @@ class CloudState:
                 raise BadRequest(f"Bad floatingip request: Network {network_id} is not a "
                                  "valid external network.")
             port = self._port_for_fip(project_id, port_id)
+            if port is not None and self.networks[port.network_id].config.external:
+                # Like neutron: a port on an external network is reached
+                # directly; there is no router to NAT for it.
+                raise BadRequest(f"Bad floatingip request: port {port.id} is on external "
+                                 f"network {port.network_id}; it needs no floating IP.")
             project = self.projects[project_id]
             used = self.usage(project_id)["floating_ips"]
             if quota.floating_ip_over(project.limits["floating_ips"], used):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter, defaultdict
 from typing import IO
 
@@ -50,9 +51,13 @@ class Counters:
                 for resource in quota:
                     self._quota_refusals[resource] += 1
             if self._log is not None:
+                finished = time.time()
                 entry = {"time": iso(utcnow()), "route": route_key, "path": path,
                          "status": status, "ms": round(duration * 1000, 1),
-                         "project": project}
+                         "project": project,
+                         # Epoch seconds, for measuring rates and delays.
+                         "started": round(finished - duration, 4),
+                         "finished": round(finished, 4)}
                 if quota:
                     entry["quota"] = list(quota)
                 if fault:

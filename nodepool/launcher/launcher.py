@@ -47,6 +47,7 @@ from nodepool.zk.store import ZooKeeperStore
 log = logging.getLogger("nodepool.launcher")
 
 POOL_INTERVAL = 0.5          # a pool worker's pass when nothing changes
+PAUSED_MIN_PASS = 0.05       # a paused pool's shortest pause between passes
 MAINTENANCE_INTERVAL = 1.0
 MIN_READY_INTERVAL = 5.0
 HOUSEKEEPING_INTERVAL = 60.0
@@ -179,6 +180,9 @@ class PoolWorker:
         self.launcher.health.start(f"pool {self.name}")
         while not self._stop.is_set():
             ok = True
+            ledger = self.launcher.ledger
+            # Taken before the pass, so a change during it is not missed.
+            seen = ledger.generation if ledger is not None else None
             try:
                 self.last_report = self.handler.run_once()
                 # A pass whose every step failed made no progress.
@@ -189,7 +193,13 @@ class PoolWorker:
                 ok = False
                 log.exception("pool %s: pass failed", self.name)
             self.launcher.health.beat(f"pool {self.name}", ok)
-            self._stop.wait(POOL_INTERVAL)
+            if seen is not None and self.last_report is not None and self.last_report.paused:
+                # Waiting for quota: wake as soon as the ledger changes (a
+                # server gone, limits read), instead of polling.
+                ledger.wait_for_change(seen, POOL_INTERVAL)
+                self._stop.wait(PAUSED_MIN_PASS)  # never a tight loop
+            else:
+                self._stop.wait(POOL_INTERVAL)
 
     def stop(self, wait: float) -> None:
         """Stop taking requests, then let go of every lock (once the pass in

@@ -112,6 +112,7 @@ class Stats:
     def __init__(self, client: Any | None):
         self.client = client
         self._api_seen: dict[tuple[str, str], tuple[int, float]] = {}
+        self._api_wait_seen: dict[tuple[str, str], tuple[int, float]] = {}
         self._quota_seen: dict[str, int] = {}
         # (provider, kind) -> count already sent; per process, as counters are.
         self._leaks_seen: dict[tuple[str, str], int] = {}
@@ -193,12 +194,24 @@ class Stats:
             if delta > 0:
                 pipe.incr(f"nodepool.provider.{p}.leaked.{kind}", delta)
             self._leaks_seen[(name, kind)] = count
+        budget = metrics.api_budget
+        if budget is not None:
+            pipe.gauge(f"nodepool.provider.{p}.api.concurrency_limit",
+                       budget["concurrency_limit"])
+            pipe.gauge(f"nodepool.provider.{p}.api.in_flight", budget["in_flight"])
         for call, st in metrics.api_calls.items():
             key = (name, call)
             seen_count, seen_seconds = self._api_seen.get(key, (0, 0.0))
+            seen_started, seen_wait = self._api_wait_seen.get(key, (0, 0.0))
             delta = st["count"] - seen_count
+            metric = f"nodepool.task.{p}.{clean(call)}"
             if delta > 0:
-                metric = f"nodepool.task.{p}.{clean(call)}"
                 pipe.incr(metric, delta)
                 pipe.timing(metric, (st["total_seconds"] - seen_seconds) / delta * 1000)
+            started = st.get("started", 0) - seen_started
+            if started > 0:
+                pipe.timing(f"{metric}.queue_wait",
+                            (st["wait_seconds"] - seen_wait) / started * 1000)
+            pipe.gauge(f"{metric}.in_flight", st["in_flight"])
             self._api_seen[key] = (st["count"], st["total_seconds"])
+            self._api_wait_seen[key] = (st.get("started", 0), st["wait_seconds"])

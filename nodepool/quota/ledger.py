@@ -49,7 +49,7 @@ import enum
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from nodepool.quota.backoff import BackoffPolicy, BackoffState, QuotaBackoff
@@ -164,6 +164,8 @@ class _Entry:
     reserved_mark: int
     exists_mark: int | None = None   # when we first knew nova has the server
     server_id: str | None = None
+    # When the latest server list that still showed the server was requested.
+    listed_at: float | None = None
 
 
 @dataclass
@@ -179,6 +181,9 @@ class _Provider:
     limits_error: str | None = None
     stale_because: str | None = None
     keys: set = field(default_factory=set)
+    # Our servers that nova counted in the current reading and that are gone
+    # since: subtracted from its usage until the next reading.
+    freed: Resources = ZERO
 
 
 class QuotaLedger:
@@ -262,6 +267,7 @@ class QuotaLedger:
                 return False
             prov.limits = limits
             prov.limits_mark = token.mark
+            prov.freed = ZERO
             prov.last_success_at = token.started_at
             prov.limits_error = None
             covered, in_flight = self._split(prov)
@@ -323,7 +329,7 @@ class QuotaLedger:
                     reasons.append(f"provider {provider}: cloud limits not read yet")
                 else:
                     covered, in_flight = self._split(prov)
-                    used = prov.limits.used.maximum(covered) + in_flight
+                    used = self._limits(prov).used.maximum(covered) + in_flight
                     if _shortfalls(f"cloud {provider}", prov.limits.max, used, cost, reasons):
                         blocked.add(CLOUD)
 
@@ -459,8 +465,24 @@ class QuotaLedger:
             prov = self._provider(entry.provider)
             prov.backoff.note_delete_completed(self._next_mark())
             prov.stale_because = prov.stale_because or "delete completed"
+            if (prov.limits is not None and entry.exists_mark is not None
+                    and entry.exists_mark < prov.limits_mark
+                    and entry.listed_at is not None
+                    and entry.listed_at >= prov.limits.read_at):
+                # Created before the reading began and still listed after it
+                # began, so nova counted it; gone now: its quota is free
+                # before the next reading.
+                prov.freed = prov.freed + entry.cost
             self._remove(entry)
             return True
+
+    def note_listed(self, key: Hashable, requested_at: float) -> None:
+        """A server list requested at ``requested_at`` (the ledger's clock)
+        still showed the server (e.g. one being deleted)."""
+        with self._cond:
+            entry = self._entries.get(key)
+            if entry is not None and (entry.listed_at is None or requested_at > entry.listed_at):
+                entry.listed_at = requested_at
 
     def release(self, key: Hashable) -> bool:
         """Give back a reservation whose POST was never sent."""
@@ -510,7 +532,7 @@ class QuotaLedger:
             now = self._clock()
             covered, in_flight = self._split(prov)
             headroom = None if prov.limits is None else \
-                cloud_headroom(prov.limits, covered, in_flight)
+                cloud_headroom(self._limits(prov), covered, in_flight)
             age = None if prov.last_success_at is None else now - prov.last_success_at
             return ProviderEstimate(provider, prov.limits, covered, in_flight, headroom,
                                     age, prov.limits_error, prov.backoff.state(now))
@@ -566,7 +588,7 @@ class QuotaLedger:
         prov = self._provider(name)
         now = self._clock()
         covered, in_flight = self._split(prov)
-        limits = prov.limits
+        limits = self._limits(prov)
         headroom = None if limits is None else cloud_headroom(limits, covered, in_flight)
         backoff = prov.backoff.state(now)
         resources = {}
@@ -575,6 +597,7 @@ class QuotaLedger:
             resources[res] = {
                 "limit": None if limits is None else _safe(getattr(limits.max, res)),
                 "nova_used": None if limits is None else getattr(limits.used, res),
+                "freed_since_reading": getattr(prov.freed, res),
                 "ledger_used": getattr(covered, res) + getattr(in_flight, res),
                 "ledger_covered": getattr(covered, res),
                 "in_flight": getattr(in_flight, res),
@@ -633,6 +656,13 @@ class QuotaLedger:
     @staticmethod
     def _sum(entries: Iterable[_Entry]) -> Resources:
         return _total(e.cost for e in entries)
+
+    @staticmethod
+    def _limits(prov: _Provider) -> CloudLimits | None:
+        """The reading, with nova's usage less what we saw go since."""
+        if prov.limits is None or prov.freed == ZERO:
+            return prov.limits
+        return replace(prov.limits, used=(prov.limits.used - prov.freed).maximum(ZERO))
 
     def _split(self, prov: _Provider) -> tuple[Resources, Resources]:
         """(covered by the current limits reading, in flight relative to it)."""

@@ -97,15 +97,19 @@ class SessionTracker:
                              name="zk-deferred-deletes").start()
         if state == KazooState.LOST and getattr(self.client, "_stopped", None) is not None \
                 and self.client._stopped.is_set():
-            log.info("ZooKeeper session closed")
+            log.debug("ZooKeeper session closed")
             return
-        if state != previous:
-            log.log(logging.WARNING if state != KazooState.CONNECTED else logging.INFO,
-                    "ZooKeeper connection %s (session generation %d)",
-                    {KazooState.LOST: "lost: session expired",
-                     KazooState.SUSPENDED: "suspended: the session may survive",
-                     KazooState.CONNECTED: "connected"}.get(state, state),
+        if state == previous:
+            return
+        if state == KazooState.CONNECTED:
+            # The first connection is routine; a reconnect is worth a line.
+            level = logging.INFO if self.suspended_count or self.lost_count else logging.DEBUG
+            log.log(level, "ZooKeeper connection connected (session generation %d)",
                     self.generation)
+        else:
+            log.warning("ZooKeeper connection %s (session generation %d)",
+                        "lost: session expired" if state == KazooState.LOST
+                        else "suspended: the session may survive", self.generation)
 
     @property
     def connected(self) -> bool:

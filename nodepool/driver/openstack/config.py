@@ -18,7 +18,7 @@ from nodepool.config.errors import Problems, check_unique
 from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, WINDOWS_NAME_MAX,
                                    CloudImage, CloudSettings, Label, Pool, PoolLabel,
                                    Provider)
-from nodepool.config.schema import is_int
+from nodepool.config.schema import as_list, is_int
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 
 
@@ -75,13 +75,17 @@ def _check_windows_names(fmt: str, provider: str, pools: dict, path: list,
                 return
 
 
-def _rate_of(prov: dict) -> float:
-    """``rate`` as seconds (a string is converted, as upstream does); an
-    unusable one is already reported by the schema."""
+def _rate_of(prov: dict, key: str) -> float | None:
+    """``rate`` or ``read-rate`` as seconds (a string is converted, as
+    upstream does).  None when absent or 0 (upstream's "no spacing"): no
+    fixed ceiling, the gate's adaptive concurrency applies.  An unusable
+    value is already reported by the schema."""
+    if key not in prov:
+        return None
     try:
-        return schema.Rate(prov.get("rate", 1.0))
+        return schema.Rate(prov[key]) or None
     except voluptuous.Invalid:
-        return 1.0
+        return None
 
 
 def _build_cloud_image(img: dict) -> CloudImage:
@@ -206,7 +210,8 @@ def build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Probl
         name=prov["name"], cloud=prov["cloud"], cloud_settings=cloud_settings,
         region_name=prov.get("region-name"), driver="openstack",
         priority=prov.get("priority"), max_concurrency=prov.get("max-concurrency", -1),
-        rate=_rate_of(prov), boot_timeout=prov.get("boot-timeout", 60),
+        rate=_rate_of(prov, "rate"), read_rate=_rate_of(prov, "read-rate"),
+        boot_timeout=prov.get("boot-timeout", 60),
         launch_timeout=prov.get("launch-timeout", 3600),
         launch_retries=prov.get("launch-retries", 3),
         hostname_format=hostname_format,
@@ -223,7 +228,7 @@ def warn_off_values(i: int, prov: dict, problems: Problems) -> None:
         problems.warning(["providers", i, "launch-retries"],
                          f"{retries} means one attempt per node, as upstream Nodepool "
                          "treats it; write 1")
-    for j, pool in enumerate(prov.get("pools") or []):
+    for j, pool in enumerate(as_list(prov.get("pools"))):
         if not isinstance(pool, dict):
             continue
         value = pool.get("max-servers")

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from nodepool.driver import errors
+    from nodepool.driver.delete_timing import DeleteDurations
     from nodepool.driver.gate import ApiCall, ApiGate
+    from nodepool.driver.openstack.addressing import NetworkLayout
     from nodepool.driver.openstack.catalog import CloudCatalog
     from nodepool.driver.openstack.cloud import OpenStackCloud
     from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
@@ -43,14 +45,17 @@ class MachineContext(Protocol):
     # The cloud, and what is known of it without a call.
     gate: "ApiGate"
     servers: "ServerListCache"
+    ports: "ServerListCache"
     catalog: "CloudCatalog"
     ledger: "QuotaLedger"
+    delete_durations: "DeleteDurations"
+    gone_check_interval: float
 
     @property
     def cloud(self) -> "OpenStackCloud": ...
     @property
-    def uses_floating_ips(self) -> bool: ...
-    def external_network(self) -> dict | None: ...
+    def network_layout(self) -> "NetworkLayout": ...
+    def quota_waiting(self) -> bool: ...
 
     # Creating a server.
     def plan_label(self, label: Any, pool: Any) -> tuple["LabelPlan | None", str | None,
@@ -59,7 +64,8 @@ class MachineContext(Protocol):
     def may_start_create(self) -> bool: ...
     def create_body(self, machine: "CreateMachine", name: str) -> dict: ...
     def log_console(self, server_id: str, node_id: str) -> None: ...
-    def note_floating_ip(self, server_id: str | None, address: str | None) -> None: ...
+    def note_floating_ip(self, server_id: str | None, address: str | None,
+                         fip_id: str | None = None) -> None: ...
 
     # Deleting a server, and the ledger keys of servers in flight.
     def delete_server(self, server_id: str | None, *, key: str | None, node_id: str | None,

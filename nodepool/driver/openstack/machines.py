@@ -25,6 +25,7 @@ from nodepool.driver import outcomes
 from nodepool.driver.gate import ApiCall
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
                                      ReadinessCheck)
+from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.quota import Resources, is_quota_fault
 
@@ -106,7 +107,7 @@ class CreateMachine:
                 out["resources"].update(volumes=cost.volumes, volume_gb=cost.volume_gb)
         if self.server:
             s = self.server
-            addrs = srv.addresses_of(s)
+            addrs = addressing.addresses_of(s, self.ctx.network_layout)
             if self.fip_address:
                 addrs["public_ipv4"] = self.fip_address
                 addrs["interface_ip"] = self.fip_address
@@ -197,6 +198,12 @@ class CreateMachine:
                 self.ctx.ledger.create_rejected(self.key, quota_error=True)
                 self._report(outcomes.ERROR_QUOTA)
                 self._wait_for_quota(f"cloud refused: {err.message}")
+            elif err.status_code == 429:
+                # Rate limited: nothing was made and nothing is wrong with
+                # the node; the gate holds calls back, the create is resent.
+                self.ctx.ledger.create_rejected(self.key)
+                self._wait_for_quota(f"cloud rate limited the create: {err.message}")
+                self.not_before = now + RETRY_DELAY
             elif err.kind == errors.UNAVAILABLE or err.status_code is None:
                 # The server may exist even though we got no usable answer
                 # (a timeout, or a 202 whose body we could not read).
@@ -284,8 +291,8 @@ class CreateMachine:
             self.ctx.servers.want_fresh()
 
     def _needs_floating_ip(self, server: dict) -> bool:
-        return bool(self.pool.auto_floating_ip and self.ctx.uses_floating_ips
-                    and not srv.has_public_address(server))
+        return bool(self.pool.auto_floating_ip
+                    and addressing.needs_floating_ip(server, self.ctx.network_layout))
 
     def _step_floating_ip(self, now: float) -> None:
         if now - self.create_started_at > self.ctx.launch_timeout:
@@ -306,27 +313,30 @@ class CreateMachine:
                     self.reason = f"floating IP step failed: {err}; retrying"
                     self.not_before = now + RETRY_DELAY
                 return
-            if self.fip_port is None:
-                ports = [p for p in answer if p.get("device_id") == self.server_id]
-                if not ports:
-                    self.reason = "server has no port yet"
-                    self.not_before = now + RETRY_DELAY
-                    return
-                self.fip_port = ports[0]["id"]
-            else:
-                self.fip_address = answer.get("floating_ip_address")
-                # Remembered by the provider: the node may be deleted before
-                # any server list shows the address in nova's ``addresses``.
-                self.ctx.note_floating_ip(self.server_id, self.fip_address)
-                self._after_network(now)
-                return
+            self.fip_address = answer.get("floating_ip_address")
+            # Remembered by the provider: the node may be deleted before
+            # any server list shows the address in nova's ``addresses``.
+            self.ctx.note_floating_ip(self.server_id, self.fip_address, answer.get("id"))
+            self._after_network(now)
+            return
         if now < self.not_before:
             return
+        layout = self.ctx.network_layout
         if self.fip_port is None:
-            self.call = self.ctx.gate.submit("network.list_ports", self.ctx.cloud.list_ports,
-                                             device_id=self.server_id)
-            return
-        network = self.ctx.external_network()
+            # The shared port list, requested after the server went ACTIVE
+            # (its ports exist by then), serves every server waiting here.
+            ports = self.ctx.ports.snapshot
+            asked_at = max(self.active_at or now, self.not_before)
+            if ports.requested_at <= asked_at:
+                self.ctx.ports.want_fresh(asked_at)
+                return
+            port = addressing.floating_ip_port(ports.servers.values(), self.server, layout)
+            if port is None:
+                self.reason = "server has no port for a floating IP yet"
+                self.not_before = now + RETRY_DELAY
+                return
+            self.fip_port = port["id"]
+        network = layout.floating_source
         if network is None:
             self._failed("auto-floating-ip is on but the cloud has no external network")
             return
@@ -467,6 +477,8 @@ class ServerDeletion:
     errors: int = 0
     reason: str | None = None
     floating_ips: list[str] = field(default_factory=list)
+    # The last list (its request time) that still showed the deleted server.
+    still_listed_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.server_id is None:
@@ -569,11 +581,22 @@ class ServerDeletion:
                 return
             server = snap.get(self.server_id)
             if server is None:
+                self.ctx.delete_durations.record(
+                    (self.still_listed_at or self.sent_at) - self.sent_at,
+                    snap.requested_at - self.sent_at)
                 self._gone()
                 return
+            self.still_listed_at = snap.requested_at
+            if self.key:
+                self.ctx.ledger.note_listed(self.key, snap.requested_at)
             if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
+            elif self.ctx.quota_waiting() and \
+                    self.ctx.delete_durations.likely_gone(now - self.sent_at):
+                # A request waits for the quota this server holds, and it
+                # has likely gone by now: look sooner than usual.
+                self.ctx.servers.want_fresh(within=self.ctx.gone_check_interval)
             else:
                 self.ctx.servers.want_fresh()
 

@@ -20,6 +20,7 @@ import time
 from typing import Callable
 
 from nodepool.driver import errors
+from nodepool.driver.budget import Priority
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.server_list import ServerListCache
 
@@ -79,7 +80,8 @@ class LeakSweep:
             self.next_at = now + self.interval
             return
         if now >= self.next_at:
-            self._list = self.gate.submit(f"network.list_{self.what}s", self.list_fn)
+            self._list = self.gate.submit(f"network.list_{self.what}s", self.list_fn,
+                                          priority=Priority.SWEEP)
 
     def _act(self, leaked: set[str]) -> None:
         if self.previous is not None:
@@ -88,7 +90,8 @@ class LeakSweep:
                             self.provider_name, self.what.replace("_", " "), item_id,
                             self.interval)
                 self._deletes[item_id] = self.gate.submit(
-                    f"network.delete_{self.what}", self.delete_fn, item_id)
+                    f"network.delete_{self.what}", self.delete_fn, item_id,
+                    priority=Priority.SWEEP)
         self.previous = leaked
 
     def _collect_deletes(self) -> None:

@@ -17,9 +17,12 @@ from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.driver import errors
+from nodepool.config.model import AddressPolicy
 from nodepool.driver.base import ProviderMetrics
+from nodepool.driver.delete_timing import DeleteDurations
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.loop import LoopedProvider, ProviderLoop
+from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
                                                pick_flavor)
@@ -43,6 +46,14 @@ LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
 FIP_LIST_INTERVAL = 10.0
 FIP_RETRY = 5.0
+# Ports are listed only while a server waits for its floating IP: one list
+# for all of them, at most this often.
+PORT_LIST_INTERVAL = 1.0
+# While requests wait for quota and a deleted server has likely gone, the
+# server list is read this often (instead of every SERVER_LIST_INTERVAL).
+GONE_CHECK_INTERVAL = 0.5
+# A capacity check that found no headroom counts as "requests wait" this long.
+QUOTA_WAIT_MEMORY = 2.0
 
 
 class NodeDeletion:
@@ -118,14 +129,20 @@ class OpenStackProvider(LoopedProvider):
         api_timeout = settings.api_timeout if settings else 60.0
         # keystoneauth's timeout applies per connect and per read; a slow
         # drip could exceed it, so the gate's deadline has a margin.
-        self.gate = ApiGate(self.name, interval=config.rate, deadline=api_timeout * 2 + 1,
-                            workers=4, clock=clock)
+        self.gate = ApiGate(self.name, deadline=api_timeout * 2 + 1, rate=config.rate,
+                            read_rate=config.read_rate, clock=clock)
         self._cloud = cloud
         self._connect_call: ApiCall | None = None
         self._reconnect = False
         self._retired_clouds: list[OpenStackCloud] = []
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
                                        clock)
+        # One project-wide port list for the servers that wait for a
+        # floating IP, instead of a ``ports?device_id=`` lookup per server.
+        self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
+                                     PORT_LIST_INTERVAL, clock, kind="network.list_ports",
+                                     idle_refresh=False)
+        self._layout: tuple[Any, AddressPolicy, addressing.NetworkLayout] | None = None
         self.catalog = CloudCatalog(self.gate, {
             "flavors": lambda: self.cloud.list_flavors(),
             "images": lambda: self.cloud.list_images(),
@@ -133,6 +150,9 @@ class OpenStackProvider(LoopedProvider):
             "availability_zones": lambda: self.cloud.list_availability_zones(),
         }, clock=clock)
         self.leak_interval = leak_interval
+        self.delete_durations = DeleteDurations()
+        self.gone_check_interval = GONE_CHECK_INTERVAL
+        self._quota_wait_seen_at = float("-inf")
         self._lock = threading.RLock()
         self._builds: dict[Hashable, CreateMachine] = {}   # handle: the node id
         self._deletes: dict[Hashable, NodeDeletion] = {}
@@ -146,6 +166,7 @@ class OpenStackProvider(LoopedProvider):
         self._fip_delete_calls: dict[str, ApiCall] = {}
         self._fips_retry_at = float("-inf")
         self._fips_created: dict[str, set[str]] = {}   # server id -> addresses we attached
+        self._fip_ids: dict[str, str] = {}   # address -> id, of those we made
         self._leak_suspects: set[str] = set()
         self._last_leak_pass: float | None = None
         self._adopted: dict[str, str] = {}     # ledger key -> server id
@@ -182,9 +203,16 @@ class OpenStackProvider(LoopedProvider):
         return max(1, self.config.launch_retries)
 
     @property
-    def uses_floating_ips(self) -> bool:
+    def network_layout(self) -> addressing.NetworkLayout:
+        """The cloud's networks by role, per clouds.yaml (see addressing)."""
         nets = self.catalog.items("networks") or []
-        return any(n.get("router:external") for n in nets)
+        settings = self.config.cloud_settings
+        policy = settings.addresses if settings else AddressPolicy()
+        cached = self._layout
+        if cached is None or cached[0] is not nets or cached[1] != policy:
+            cached = (nets, policy, addressing.layout(nets, policy))
+            self._layout = cached
+        return cached[2]
 
     @property
     def cloud(self) -> OpenStackCloud:
@@ -207,7 +235,7 @@ class OpenStackProvider(LoopedProvider):
             self.cloud_name = config.cloud
             settings = config.cloud_settings
             self.region_name = config.region_name or (settings.region_name if settings else None)
-            self.gate.interval = config.rate
+            self.gate.set_rates(config.rate, config.read_rate)
             self._configure_sweeps(config)
             self.ledger.configure_provider(self.name, {
                 name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
@@ -255,6 +283,7 @@ class OpenStackProvider(LoopedProvider):
                     return
             if self.servers.tick():
                 self._reconcile()
+            self.ports.tick()
             self.catalog.tick()
             self._refresh_limits()
             self._refresh_floating_ips()
@@ -400,6 +429,13 @@ class OpenStackProvider(LoopedProvider):
                                        cost=cost, tenant=spec.tenant_name,
                                        tenant_usage_elsewhere=elsewhere)
 
+    def quota_waiting(self) -> bool:
+        """Does a request (or a build) wait for headroom right now?"""
+        if self.clock() - self._quota_wait_seen_at < QUOTA_WAIT_MEMORY:
+            return True
+        return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
+                   for m in self._builds.values())
+
     def may_start_create(self) -> bool:
         limit = self.config.max_concurrency
         if limit is None or limit <= 0:
@@ -505,6 +541,7 @@ class OpenStackProvider(LoopedProvider):
                     key = ("capacity-probe", id(self), i)
                     if not self.ledger.try_reserve(key, provider=self.name, pool=p.name,
                                                    cost=plan.cost):
+                        self._quota_wait_seen_at = self.clock()
                         return Capacity.WAIT
                     probes.append(key)
                 return Capacity.AVAILABLE
@@ -629,16 +666,18 @@ class OpenStackProvider(LoopedProvider):
         cloud does not let us list them)."""
         return [z for z in self.catalog.items("availability_zones") or [] if z]
 
-    def external_network(self) -> dict | None:
-        nets = self.catalog.items("networks") or []
-        return next((n for n in nets if n.get("router:external")), None)
-
     def _refresh_floating_ips(self) -> None:
-        """Delete the floating IPs of servers that are gone: one list call
-        to map addresses to ids, then a delete each; a delete that fails is
-        tried again (after a new list), a failed list is retried after
-        ``FIP_RETRY`` seconds, never every pass."""
+        """Delete the floating IPs of servers that are gone: by the id we
+        got when we made it, else after one list call to map addresses to
+        ids; a delete that fails is tried again (after a new list), a failed
+        list is retried after ``FIP_RETRY`` seconds, never every pass."""
         now = self.clock()
+        for addr in sorted(self._fip_deletes):
+            fip_id = self._fip_ids.pop(addr, None)
+            if fip_id is not None and addr not in self._fip_delete_calls:
+                self._fip_deletes.discard(addr)
+                self._fip_delete_calls[addr] = self.gate.submit(
+                    "network.delete_floating_ip", self.cloud.delete_floating_ip, fip_id)
         for addr, call in list(self._fip_delete_calls.items()):
             if not call.done():
                 continue
@@ -683,9 +722,12 @@ class OpenStackProvider(LoopedProvider):
         mine = {f.get("id") for f in items if f.get("floating_ip_address") in ours}
         return unattached_floating_ips(items, listed_at) - mine
 
-    def note_floating_ip(self, server_id: str | None, address: str | None) -> None:
+    def note_floating_ip(self, server_id: str | None, address: str | None,
+                         fip_id: str | None = None) -> None:
         if server_id and address:
             self._fips_created.setdefault(server_id, set()).add(address)
+            if fip_id:
+                self._fip_ids[address] = fip_id
 
     def floating_ips_created_for(self, server_id: str | None) -> list[str]:
         """Addresses we attached to the server (forgotten once asked: the
@@ -801,7 +843,7 @@ class OpenStackProvider(LoopedProvider):
             leaks_deleted={"instances": self.counters.get("leaks_deleted", 0),
                            "floatingips": fip.deleted if fip is not None else 0,
                            "ports": port.deleted if port is not None else 0},
-            api_calls=self.gate.stats())
+            api_calls=self.gate.stats(), api_budget=self.gate.budget())
 
     def status(self) -> dict:
         with self._lock:
@@ -813,6 +855,8 @@ class OpenStackProvider(LoopedProvider):
                 "catalog": self.catalog.status(),
                 "api_calls": self.gate.stats(),
                 "api_in_flight": self.gate.in_flight(),
+                "api_budget": self.gate.budget(),
+                "delete_durations": self.delete_durations.describe(),
                 "builds": [m.describe() for m in self._builds.values()],
                 "deletes": [d.describe() for d in self._server_deletions],
                 "counters": dict(self.counters),

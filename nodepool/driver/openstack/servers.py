@@ -10,7 +10,6 @@ ones upstream Nodepool writes (so servers it left behind are recognised) plus
 from __future__ import annotations
 
 import base64
-import ipaddress
 from typing import Any, Iterable, Mapping
 
 META_PROVIDER = "nodepool_provider_name"
@@ -90,45 +89,6 @@ def create_request(*, name: str, flavor_id: str, image_id: str, metadata: Mappin
     if config_drive is not None:
         body["config_drive"] = config_drive
     return body
-
-
-def _is_private(addr: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr).is_private
-    except ValueError:
-        return True
-
-
-def addresses_of(server: Mapping[str, Any]) -> dict[str, str | None]:
-    """public/private IPv4/IPv6 from nova's ``addresses`` (no extra calls)."""
-    public_v4 = private_v4 = public_v6 = None
-    floating_v4 = None
-    for entries in (server.get("addresses") or {}).values():
-        for entry in entries or []:
-            addr = entry.get("addr")
-            if not addr:
-                continue
-            version = entry.get("version", 6 if ":" in addr else 4)
-            kind = entry.get("OS-EXT-IPS:type")
-            if version == 4:
-                if kind == "floating":
-                    floating_v4 = floating_v4 or addr
-                elif _is_private(addr):
-                    private_v4 = private_v4 or addr
-                else:
-                    public_v4 = public_v4 or addr
-            elif version == 6 and not ipaddress.ip_address(addr).is_link_local:
-                public_v6 = public_v6 or addr
-    public_v4 = floating_v4 or public_v4 or server.get("accessIPv4") or None
-    public_v6 = public_v6 or server.get("accessIPv6") or None
-    interface = public_v4 or public_v6 or private_v4
-    return {"public_ipv4": public_v4, "private_ipv4": private_v4 or public_v4,
-            "public_ipv6": public_v6, "interface_ip": interface}
-
-
-def has_public_address(server: Mapping[str, Any]) -> bool:
-    a = addresses_of(server)
-    return bool(a["public_ipv4"] or a["public_ipv6"])
 
 
 def fault_message(server: Mapping[str, Any]) -> str:
