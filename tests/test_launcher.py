@@ -229,6 +229,9 @@ def test_tenant_limit_counts_other_launchers_nodes(tmp_path, make_fakecloud, zk_
     other = store.create_node(Node(state="in-use", provider="other-cloud", pool="p",
                                    type=["small"], tenant_name="tenant-one",
                                    resources={"instances": 1, "cores": 1, "ram": 512}))
+    # The launcher counts it from its cache: let the cache see it first.
+    wait_for(lambda: launcher.store.get_node(other.id, cached=True), 10,
+             what="the launcher's cache to see the other launcher's node")
     limited = zuul_request(store, ["small", "small"], tenant_name="tenant-one")
     free = zuul_request(store, ["small", "small"], tenant_name="tenant-two")
     assert wait_for(lambda: finished(store, free.id), 30, what="unlimited tenant").state \

@@ -19,9 +19,10 @@ Scenarios (a batch of requests at once):
   many-ports   4 ports per server and floating IPs on (auto-floating-ip)
   error-boots  30% of boots end in ERROR
 
-Job scenarios (shaped as issue 10's table: N concurrent jobs, each asks for
-a node, holds it for the job's duration, returns it and asks again, for
---minutes; upstream defaults: no ``rate`` key, auto-floating-ip on):
+Job scenarios (shaped as the throughput targets in doc/benchmark.rst: N
+concurrent jobs, each asks for a node, holds it for the job's duration,
+returns it and asks again, for --minutes; upstream defaults: no ``rate``
+key, auto-floating-ip on):
   jobs-provider-net   quota 40, 30 jobs of 10-30 s, boots 5-15 s, 6 ports
                       per server, servers on an external provider network
   jobs-rate-fip       the same with ``rate: 0.05`` and servers on a private

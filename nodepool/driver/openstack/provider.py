@@ -551,17 +551,24 @@ class OpenStackProvider(LoopedProvider):
 
     def tenant_capacity(self, tenant: str | None, labels: Sequence[str],
                         pool: str | None = None) -> Capacity:
-        """The tenant's limits, for a whole request at once (labels this
-        provider cannot plan yet are left to ``capacity``)."""
+        """The tenant's limits, for a whole request at once.  A label this
+        provider cannot plan yet (flavors not read) makes it WAIT: its cost
+        is unknown, and accepting the request now would bypass the limit;
+        labels it will never plan are left to ``capacity``."""
         if not tenant or not self.ledger.limits_tenant(tenant):
             return Capacity.AVAILABLE
         with self._lock:
             total = Resources()
             for name in labels:
                 found = self._find_label(name, pool)
-                plan = self.plan_label(found[1], found[0])[0] if found else None
-                if plan is not None:
-                    total = total + plan.cost
+                if found is None:
+                    continue
+                plan, _, final = self.plan_label(found[1], found[0])
+                if plan is None:
+                    if not final:
+                        return Capacity.WAIT
+                    continue
+                total = total + plan.cost
         if not self.ledger.tenant_fits(tenant, total, alone=True):
             return Capacity.NEVER
         elsewhere = self.tenant_usage(tenant) if self.tenant_usage is not None else ZERO
