@@ -294,7 +294,7 @@ def test_other_components_are_reported_as_not_served(tmp_path):
     data["elements-dir"] = "/etc/nodepool/elements"
     data["providers"].append({"name": "aws-east", "driver": "aws", "region-name": "x",
                               "pools": []})
-    data["providers"].append({"name": "static", "driver": "static", "pools": []})
+    data["providers"].append({"name": "k8s", "driver": "kubernetes", "pools": []})
     data["providers"][0]["diskimages"] = [{"name": "ubuntu"}]
     data["labels"].append({"name": "dib"})
     data["providers"][0]["pools"][0]["labels"].append(
@@ -305,7 +305,7 @@ def test_other_components_are_reported_as_not_served(tmp_path):
     assert "diskimages: belongs to upstream's nodepool-builder" in text
     assert "elements-dir: belongs to upstream's nodepool-builder" in text
     assert "providers[1].driver: driver 'aws'" in text and "'aws-east' is ignored" in text
-    assert "providers[2].driver: driver 'static'" in text
+    assert "providers[2].driver: driver 'kubernetes'" in text
     assert "providers[0].pools[0].labels[1].diskimage" in text
     assert list(config.providers) == ["p1"]
     assert list(config.providers["p1"].pools["main"].labels) == ["small"]

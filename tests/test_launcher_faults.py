@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from nodepool.driver import registry
 from nodepool.requests import protocol
 from nodepool.zk import paths
 from nodepool.zk.store import ZooKeeperStore
@@ -109,7 +110,7 @@ def test_reload_that_fails_half_way_changes_nothing(tmp_path, make_fakecloud, zk
     def failing(cfg, *args, **kwargs):
         if cfg.name == "broken":
             raise RuntimeError("cannot build provider broken")
-        return factory(cfg, *args, **kwargs)
+        return registry.provider_class(cfg)(cfg, *args, **kwargs)
 
     launcher.provider_factory = failing
     assert launcher.reload(new) is False

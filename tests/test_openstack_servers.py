@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import string
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nodepool.driver import errors
 from nodepool.driver.openstack import servers as srv
+from nodepool.quota import is_quota_fault
 
 FORMAT = "{label.name}-{provider.name}-{node.id}"
 
@@ -96,13 +98,44 @@ def test_fault_and_deleting():
 
 
 def test_quota_faults_are_recognised():
-    assert errors.looks_like_quota("Quota exceeded for instances: Requested 1, but "
-                                   "already used 10 of 10 instances")
-    assert errors.looks_like_quota("VolumeLimitExceeded: Maximum number of volumes "
-                                   "allowed (10) exceeded for quota 'volumes'.")
-    assert errors.looks_like_quota("Maximum number of ports exceeded")
-    assert not errors.looks_like_quota("No valid host was found.")
-    assert not errors.looks_like_quota(None)
+    # One classifier (nodepool.quota.errors) for refused creates and ERROR faults.
+    assert is_quota_fault("Quota exceeded for instances: Requested 1, but "
+                          "already used 10 of 10 instances")
+    assert is_quota_fault("VolumeLimitExceeded: Maximum number of volumes "
+                          "allowed (10) exceeded for quota 'volumes'.")
+    assert is_quota_fault("Maximum number of ports exceeded")
+    assert is_quota_fault({"code": 413, "message": "Maximum instances exceeded"})
+    assert not is_quota_fault({"code": 413, "message": "Rate limit exceeded"})
+    assert not is_quota_fault("No valid host was found.")
+    assert not is_quota_fault(None)
+
+
+def _http_error(status: int, message: str):
+    from openstack import exceptions as sdk
+
+    class _Response:
+        status_code = status
+        headers: dict = {}
+        reason = message
+
+        def json(self):
+            return {}
+
+    return sdk.HttpException(message, response=_Response())
+
+
+@pytest.mark.parametrize("status,message,kind", [
+    (403, "Quota exceeded for instances: Requested 1, but already used 10 of 10", "quota"),
+    (413, "Quota exceeded for ram", "quota"),
+    (413, "Maximum number of servers exceeded", "quota"),
+    (409, "Quota exceeded for resources: ['port']", "quota"),
+    # A rate limit is not quota: the call is tried again later.
+    (413, "Rate limit exceeded; retry after 30s", "unavailable"),
+    (429, "Rate limit exceeded", "unavailable"),
+    (403, "Policy does not allow compute:create to be performed", "other"),
+])
+def test_classify_uses_the_one_quota_classifier(status, message, kind):
+    assert errors.classify(_http_error(status, message)).kind == kind
 
 
 # -- catalog lookups ----------------------------------------------------------------------

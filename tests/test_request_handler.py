@@ -11,7 +11,7 @@ import threading
 from nodepool.requests.builder import BuildState, BuildStatus
 from nodepool.requests.minready import finish_min_ready, submit_min_ready
 from nodepool.requests.reaper import NodeReaper
-from nodepool.zk import housekeeping as hk
+from nodepool.requests import housekeeping as hk
 from nodepool.zk.records import Node
 from nodepool.zk.store import ZooKeeperStore
 from tests.fixtures.zk import (REQUESTOR_DATA, SYNC_TIMEOUT, FakeBuilder,

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from nodepool.requests.reaper import NodeReaper
-from nodepool.zk import housekeeping as hk
+from nodepool.requests import housekeeping as hk
 from tests.fixtures.zk import FakeBuilder, drive, start_pool, wait_for
 
 try:

@@ -131,7 +131,7 @@ def test_expired_session_drops_work_and_the_request_is_served_again(
     wait_for(lambda: proxied.connected, message="a new session")
     handler.run_once()
     assert handler.active_request_ids == []
-    from nodepool.zk.housekeeping import reset_lost_requests
+    from nodepool.requests.housekeeping import reset_lost_requests
     wait_for(lambda: reset_lost_requests(observer) == [rid] or
              state_of(observer, rid) == "requested", message="the request to be reset")
     builder.finish_builds()

@@ -8,7 +8,7 @@ import time
 
 from nodepool.requests.builder import DeleteState, DeleteStatus
 from nodepool.requests.reaper import NodeReaper
-from nodepool.zk import housekeeping as hk
+from nodepool.requests import housekeeping as hk
 from nodepool.zk.records import Node, NodeRequest
 from nodepool.zk.store import ZooKeeperStore
 from tests.fixtures.zk import FakeBuilder, wait_for

@@ -170,7 +170,7 @@ def run(config, args) -> int:
             reload_wanted.clear()
             try:
                 reload_config(launcher, args)
-            except Exception:  # noqa: BLE001 - a bad reload must not stop the service
+            except Exception:  # a bad reload must not stop the service
                 log.exception("configuration reload failed; the previous one stays")
     log.info("signal %s: stopping", stop_signal[0] if stop_signal else "?")
     launcher.stop(wait=STOP_TIMEOUT)

@@ -126,7 +126,7 @@ def operator_errors() -> Iterator[None]:
 def delete_now(config, store, node_id: str, timeout: float = DELETE_NOW_TIMEOUT) -> None:
     """Delete the node's servers in the foreground, holding its lock, then
     its record.  On a timeout the node stays ``deleting`` for a launcher."""
-    from nodepool.driver.openstack.delete_now import delete_node_servers
+    from nodepool.driver.delete_now import delete_node_servers
     from nodepool.requests.builder import DeleteSpec, DeleteState
     from nodepool.zk.records import DELETING
 

@@ -9,7 +9,7 @@ ERROR = "error"
 WARNING = "warning"
 
 
-def format_path(path: Sequence[str | int]) -> str:
+def format_path(path: Sequence[object]) -> str:
     """``['providers', 0, 'pools', 1, 'name']`` -> ``providers[0].pools[1].name``."""
     out = ""
     for part in path:
@@ -52,10 +52,10 @@ class Problems:
         self.file = file
         self.items: list[ConfigProblem] = []
 
-    def error(self, path: Sequence[str | int] | str, message: str) -> None:
+    def error(self, path: Sequence[object] | str, message: str) -> None:
         self._add(path, message, ERROR)
 
-    def warning(self, path: Sequence[str | int] | str, message: str) -> None:
+    def warning(self, path: Sequence[object] | str, message: str) -> None:
         self._add(path, message, WARNING)
 
     def _add(self, path, message: str, severity: str) -> None:
@@ -65,3 +65,17 @@ class Problems:
     @property
     def has_errors(self) -> bool:
         return any(p.severity == ERROR for p in self.items)
+
+
+def check_unique(items: list, key: str, path: list, problems: Problems, what: str) -> None:
+    """An error for each item whose ``key`` repeats an earlier one's."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get(key), str):
+            continue
+        name = item[key]
+        if name in seen:
+            problems.error(path + [i, key], f"duplicate {what} {name!r} (first defined at "
+                                            f"index {seen[name]}); names must be unique")
+        else:
+            seen[name] = i

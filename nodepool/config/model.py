@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nodepool.zk.client import ZooKeeperSettings
+from nodepool.config.zookeeper import ZooKeeperSettings
 
 # Upstream's server name: "np" and the node id (12 characters, within the
 # 15 a Windows computer name allows).  hostname-format can change it.
@@ -17,6 +17,14 @@ DEFAULT_HOSTNAME_FORMAT = "np{node.id}"
 # Windows (NetBIOS) computer names are at most this long.
 WINDOWS_NAME_MAX = 15
 DEFAULT_CONNECTION_PORTS = {"ssh": 22, "winrm": 5986}
+
+
+def pool_priority(pool: int | None, provider: int | None) -> int:
+    """Upstream: the pool's priority, else the provider's, else 100."""
+    for p in (pool, provider):
+        if p is not None:
+            return p
+    return 100
 
 
 @dataclass(frozen=True)
@@ -146,11 +154,7 @@ class Provider:
     pools: dict[str, Pool] = field(default_factory=dict)
 
     def pool_priority(self, pool: Pool) -> int:
-        """Upstream: the pool's priority, else the provider's, else 100."""
-        for p in (pool.priority, self.priority):
-            if p is not None:
-                return p
-        return 100
+        return pool_priority(pool.priority, self.priority)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,15 @@ from typing import Any, Callable
 import voluptuous as v
 
 
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def as_list(value: Any) -> list:
+    """A list from the file, or nothing (the schema reports other types)."""
+    return value if isinstance(value, list) else []
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -303,7 +312,7 @@ openstack_provider_schema = Dict({
 # Upstream's other drivers, recognised so their providers are reported as
 # "not served" rather than as unknown drivers.
 OTHER_DRIVERS = ("aws", "azure", "gce", "ibmvpc", "kubernetes", "openshift",
-                 "openshiftpods", "metastatic", "static", "fake", "test")
+                 "openshiftpods", "metastatic", "fake", "test")
 
 
 def _known_keys(schema: Callable) -> list[str]:

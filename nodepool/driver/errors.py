@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from nodepool.quota.errors import is_quota_exception
 
 QUOTA = "quota"              # nova refused: over quota (no retry count, back off)
 UNAVAILABLE = "unavailable"  # timeout, connection, 5xx, rate limited: try later
 NOT_FOUND = "not_found"
 BAD_REQUEST = "bad_request"  # our request is wrong: a config problem
 OTHER = "other"
-
-_QUOTA_TEXT = re.compile(r"quota|number of ports exceeded|limit exceeded", re.I)
 
 
 @dataclass
@@ -25,16 +24,13 @@ class CloudError(Exception):
         return f"{self.kind}{code}: {self.message}"
 
 
-def looks_like_quota(text: str | None) -> bool:
-    """nova's "Quota exceeded for instances: ..." and neutron's port limits."""
-    return bool(text and _QUOTA_TEXT.search(text))
-
-
 def classify(exc: BaseException) -> CloudError:
     """Map openstacksdk, keystoneauth and gate errors to a ``CloudError``.
 
     keystoneauth's connection errors (a timeout included) are not
-    ``SDKException``s, so they are matched by their own base class.
+    ``SDKException``s, so they are matched by their own base class.  What
+    counts as "refused for quota" is decided in one place,
+    ``nodepool.quota.errors`` (its rules are documented there).
     """
     if isinstance(exc, CloudError):
         return exc
@@ -49,7 +45,7 @@ def classify(exc: BaseException) -> CloudError:
         return CloudError(UNAVAILABLE, text)
     status = getattr(exc, "status_code", None)
     if isinstance(exc, sdk.HttpException) or status is not None:
-        if status == 403 and looks_like_quota(text):
+        if is_quota_exception(exc):
             return CloudError(QUOTA, text, status)
         if status == 404:
             return CloudError(NOT_FOUND, text, status)
@@ -61,5 +57,5 @@ def classify(exc: BaseException) -> CloudError:
     if isinstance(exc, ksa.ClientException):
         return CloudError(UNAVAILABLE, text)
     if isinstance(exc, sdk.SDKException):
-        return CloudError(QUOTA if looks_like_quota(text) else OTHER, text)
+        return CloudError(QUOTA if is_quota_exception(exc) else OTHER, text)
     return CloudError(OTHER, f"{type(exc).__name__}: {text}")

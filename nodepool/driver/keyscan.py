@@ -44,6 +44,18 @@ class ReadinessCheck:
         self._next_try = 0.0
 
 
+    @property
+    def ok(self) -> bool:
+        """The check succeeded."""
+        return False
+
+    def poll(self) -> list[str] | None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop a check in progress (a child process, a socket)."""
+
+
 class HostKeyScan(ReadinessCheck):
     """SSH host keys by ``ssh-keyscan``; ok when it returned some."""
 
@@ -121,10 +133,15 @@ class PortCheck(ReadinessCheck):
     def __init__(self, host: str, port: int, deadline: float,
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(host, port, deadline, clock)
-        self.ok = False
+        self._ok = False
         self.last_error: str | None = None
         self._sock: socket.socket | None = None
         self._started = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """A connection was accepted before the deadline."""
+        return self._ok
 
     def poll(self) -> list[str] | None:
         if self.keys is not None:
@@ -134,7 +151,7 @@ class PortCheck(ReadinessCheck):
             state = self._connect_state()
             if state == 0:
                 self._close()
-                self.ok = True
+                self._ok = True
                 self.keys = []
                 return self.keys
             if state is not None:

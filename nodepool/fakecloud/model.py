@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 from nodepool.fakecloud import quota
 from nodepool.fakecloud.config import (LIMIT_KEYS, FakeCloudConfig, FlavorConfig,
@@ -152,7 +152,7 @@ class Server:
 @dataclass
 class NetworkState:
     config: NetworkConfig
-    net: ipaddress.IPv4Network
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network
     gateway: str
     used: set[str] = field(default_factory=set)
     cursor: int = 9
@@ -352,7 +352,7 @@ class CloudState:
                 return [ext, self._default_network()]
             return [self._default_network()]
         out = []
-        for item in req.networks:  # type: ignore[union-attr]
+        for item in cast(list, req.networks):  # not "none"/"auto": a list
             if "port" in item and item["port"]:
                 raise BadRequest("Attaching pre-created ports is not simulated by fakecloud; "
                                  "pass a network uuid instead.")

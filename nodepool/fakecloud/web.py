@@ -185,17 +185,17 @@ class HttpServer(ThreadingHTTPServer):
         self.stopping = False
         super().__init__(address, _Handler)
 
-    def process_request(self, request, client_address):  # type: ignore[override]
+    def process_request(self, request, client_address):
         with self._conn_lock:
             self._connections.add(request)
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request):  # type: ignore[override]
+    def shutdown_request(self, request):
         with self._conn_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
 
-    def handle_error(self, request, client_address):  # type: ignore[override]
+    def handle_error(self, request, client_address):
         if not self.stopping:
             log.debug("fakecloud: connection error from %s", client_address, exc_info=True)
 

@@ -3,7 +3,8 @@
 Threads, each a level-triggered loop that reads current state and moves it a
 step (so a restart or a lost session resumes instead of breaking):
 
-* one per provider (``OpenStackProvider``): server list, limits, machines;
+* one per provider (its driver's ``LaunchProvider``, found through
+  ``nodepool.driver.registry``): e.g. server list, limits, machines;
 * one per pool (``PoolWorker``): the request handler's passes;
 * one maintenance loop: the reaper, min-ready, max-ready-age and housekeeping.
 
@@ -23,21 +24,23 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from nodepool.config.model import NodepoolConfig, Pool, Provider
-from nodepool.driver.openstack.provider import OpenStackProvider
+from nodepool.driver import registry
+from nodepool.driver.base import LaunchProvider, LauncherViews
 from nodepool.launcher.stats import Stats
 from nodepool.launcher.webapp import StatusServer
 from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
-from nodepool.requests import minready
-from nodepool.requests.handler import NodeRequestHandler
+from nodepool.requests import minready, protocol
+from nodepool.requests.handler import NodeRequestHandler, PassReport
 from nodepool.requests.protocol import PoolSettings
 from nodepool.requests.reaper import NodeReaper
+from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
-from nodepool.zk import housekeeping
+from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
-from nodepool.zk.components import (make_pool_id, register_launcher,
-                                    register_pool)
+from nodepool.zk.components import (ComponentRegistration, make_pool_id,
+                                    register_launcher, register_pool)
 from nodepool.zk import paths
-from nodepool.zk.records import (DELETING, READY, MalformedRecord, Node,
+from nodepool.zk.records import (READY, MalformedRecord, Node,
                                  PoolComponent)
 from nodepool.zk.store import ZooKeeperStore
 
@@ -104,14 +107,6 @@ class LoopHealth:
         return found
 
 
-def _retire_ready(node: Node, now: float) -> bool:
-    """Still ready and unallocated after locking: mark it for deletion."""
-    if node.state != READY or node.allocated_to:
-        return False
-    node.set_state(DELETING, now)
-    return True
-
-
 class LauncherStartError(Exception):
     """The launcher cannot start; the message says why and what to change."""
 
@@ -143,7 +138,7 @@ class PoolWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
                                         daemon=True)
-        self.last_report = None
+        self.last_report: PassReport | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -174,7 +169,7 @@ class PoolWorker:
         self.handler.draining = True
         try:
             self.registration.unregister()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("pool %s: unregister failed", self.name, exc_info=True)
 
     @property
@@ -194,7 +189,7 @@ class PoolWorker:
                 ok = not self.last_report.errors or bool(
                     self.last_report.fulfilled or self.last_report.accepted
                     or self.last_report.nodes_ready)
-            except Exception:  # noqa: BLE001 - a pass must never kill the worker
+            except Exception:  # a pass must never kill the worker
                 ok = False
                 log.exception("pool %s: pass failed", self.name)
             self.launcher.health.beat(f"pool {self.name}", ok)
@@ -221,17 +216,18 @@ class PoolWorker:
         finally:
             try:
                 self.registration.unregister()
-            except Exception:  # noqa: BLE001 - the session may be gone already
+            except Exception:  # the session may be gone already
                 log.debug("pool %s: unregister failed", self.name, exc_info=True)
 
 
 class Launcher:
     def __init__(self, config: NodepoolConfig, hostname: str | None = None,
-                 provider_factory: Callable[..., OpenStackProvider] = OpenStackProvider,
+                 provider_factory: Callable[..., LaunchProvider] | None = None,
                  provider_options: dict | None = None, webapp: bool = True):
         self.config = config
         self.serve_webapp = webapp  # False: nodepool-launcher --no-webapp
         self.hostname = hostname or socket.getfqdn()
+        # None: each provider's class comes from the driver registry.
         self.provider_factory = provider_factory
         self.provider_options = provider_options or {}
         self.health = LoopHealth()
@@ -239,10 +235,10 @@ class Launcher:
         self.client = None
         self.store: ZooKeeperStore | None = None
         self.ledger: QuotaLedger | None = None
-        self.providers: dict[str, OpenStackProvider] = {}
+        self.providers: dict[str, LaunchProvider] = {}
         self.pool_workers: dict[str, PoolWorker] = {}
         self.reaper: NodeReaper | None = None
-        self._launcher_registration = None
+        self._launcher_registration: ComponentRegistration | None = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._last: dict[str, float] = {}
@@ -250,6 +246,7 @@ class Launcher:
         self._reload_lock = threading.RLock()
         self._pending_reload: NodepoolConfig | None = None
         self._seen_pools: set[str | None] = set()
+        self._standing: dict[str, StandingNodes] = {}
         self.webapp: StatusServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -315,7 +312,7 @@ class Launcher:
         if self._launcher_registration is not None:
             try:
                 self._launcher_registration.unregister()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("unregistering the launcher failed", exc_info=True)
         for provider in self.providers.values():
             provider.stop(wait=max(0.5, deadline - time.monotonic()))
@@ -370,10 +367,10 @@ class Launcher:
             return True
 
     def _prepare_reload(self, config: NodepoolConfig
-                        ) -> tuple[dict[str, OpenStackProvider], dict[str, "PoolWorker"]]:
+                        ) -> tuple[dict[str, LaunchProvider], dict[str, "PoolWorker"]]:
         """New providers (not started) and new pool workers (registered, not
         started); undone if any of them fails."""
-        new_providers: dict[str, OpenStackProvider] = {}
+        new_providers: dict[str, LaunchProvider] = {}
         new_workers: dict[str, PoolWorker] = {}
         try:
             for name, provider_cfg in config.providers.items():
@@ -420,13 +417,14 @@ class Launcher:
             worker.start()
             log.info("pool %s added", name)
 
-    def _make_provider(self, provider_cfg: Provider) -> OpenStackProvider:
-        return self.provider_factory(provider_cfg, self.ledger,
-                                     known_nodes=self._known_nodes,
-                                     node_claims_server=self._node_claims_server,
-                                     tenant_usage=self._tenant_usage_elsewhere,
-                                     launch_observer=self.stats.launch,
-                                     **self.provider_options)
+    def _make_provider(self, provider_cfg: Provider) -> LaunchProvider:
+        factory = self.provider_factory or registry.provider_class(provider_cfg)
+        views = LauncherViews(known_nodes=self._known_nodes,
+                              node_claims_server=self._node_claims_server,
+                              tenant_usage=self._tenant_usage_elsewhere,
+                              launch_observer=self.stats.launch)
+        return factory(provider_cfg, self.ledger, **views.as_kwargs(),
+                       **self.provider_options)
 
     def _retire_drained_pools(self) -> None:
         for name, worker in list(self.pool_workers.items()):
@@ -459,6 +457,7 @@ class Launcher:
                     ("session", 0, self._session_upkeep),
                     ("lost requests", 0, self._reset_lost_requests),
                     ("reaper", 0, self._reap),
+                    ("standing nodes", 0, self._standing_nodes),
                     ("drained pools", 0, self._retire_drained_pools),
                     ("min-ready", MIN_READY_INTERVAL, self._min_ready),
                     ("max-ready-age", MAX_READY_AGE_INTERVAL, self._max_ready_age),
@@ -471,7 +470,7 @@ class Launcher:
                 try:
                     task()
                     self.health.errors.pop(name, None)
-                except Exception as e:  # noqa: BLE001 - a task must never kill the loop
+                except Exception as e:  # a task must never kill the loop
                     self.health.errors[name] = str(e)
                     log.exception("maintenance task %s failed", name)
             self.health.beat("maintenance")
@@ -508,6 +507,25 @@ class Launcher:
         for node_id in report.deleted:
             log.info("node %s deleted", node_id)
 
+    def _standing_nodes(self) -> None:
+        """Providers whose nodes are always there (static hosts): one ready
+        node per slot, registered for the pool worker serving it."""
+        for name, provider in list(self.providers.items()):
+            offered = getattr(provider, "standing_nodes", None)
+            slots = offered() if callable(offered) else None
+            if slots is None:
+                continue
+            workers = [w for w in list(self.pool_workers.values())
+                       if w.provider_name == name and not w.handler.draining]
+            sync = self._standing.setdefault(name, StandingNodes(name))
+            plan = sync.sync(self.store, slots,
+                             launcher_ids={w.pool_name: w.settings.pool_id for w in workers},
+                             attributes={w.pool_name: w.settings.node_attributes
+                                         for w in workers})
+            in_use = getattr(provider, "slots_in_use", None)
+            if callable(in_use):
+                in_use(plan.in_use)
+
     def _min_ready(self) -> None:
         minready.finish_min_ready(self.store)
         wanted = {name: label.min_ready for name, label in self.config.labels.items()
@@ -532,7 +550,8 @@ class Launcher:
                 continue
             if cache is not None and cache.is_locked(node.id):
                 continue
-            if self.store.update_unlocked_node(node.id, lambda fresh: _retire_ready(fresh, now),
+            if self.store.update_unlocked_node(node.id,
+                                               lambda fresh: protocol.retire_ready(fresh, now),
                                                "retire"):
                 log.info("node %s was ready for longer than max-ready-age", node.id)
 
@@ -590,7 +609,7 @@ class Launcher:
             return False
         try:
             raw = store.raw_node(node_id)
-        except Exception:  # noqa: BLE001 - e.g. a connection loss, or a junk id
+        except Exception:  # e.g. a connection loss, or a junk id
             log.debug("could not read node %s", node_id, exc_info=True)
             return None
         if not raw:

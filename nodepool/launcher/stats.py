@@ -18,6 +18,7 @@ import os
 from collections import Counter
 from typing import Any, Iterable, Mapping
 
+from nodepool.driver.base import LaunchProvider
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.zk.records import NODE_STATES
 
@@ -107,15 +108,6 @@ def tenant_limit_gauges(tenant_limits: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def leak_counts(provider: Any) -> dict[str, int]:
-    """Leaked resources this provider deleted so far, by upstream's kind."""
-    fip = getattr(provider, "fip_sweep", None)
-    port = getattr(provider, "port_sweep", None)
-    return {"instances": provider.counters.get("leaks_deleted", 0),
-            "floatingips": fip.deleted if fip is not None else 0,
-            "ports": port.deleted if port is not None else 0}
-
-
 class Stats:
     def __init__(self, client: Any | None):
         self.client = client
@@ -166,15 +158,15 @@ class Stats:
         pipe = self.client.pipeline()
         known_providers = set(providers) | {p.provider_name for p in pools if p.provider_name}
         known_labels = {label for p in pools for label in p.supported_labels or ()}
-        gauges = node_state_gauges(nodes, known_providers, known_labels)
+        gauges: dict[str, float] = dict(node_state_gauges(nodes, known_providers,
+                                                          known_labels))
         gauges.update(addressable_request_gauges(pools, requests))
         for name, cfg in (provider_configs or {}).items():
             gauges[f"nodepool.provider.{clean(name)}.max_servers"] = max_servers_gauge(cfg)
         gauges.update(tenant_limit_gauges(tenant_limits or {}))
-        for name, value in (zk_queues or {}).items():
-            gauges[name] = value
-        for name, value in gauges.items():
-            pipe.gauge(name, value)
+        gauges.update(zk_queues or {})
+        for name, gauge in gauges.items():
+            pipe.gauge(name, gauge)
         for name, provider in providers.items():
             self._provider(pipe, name, provider, ledger)
         for (provider_name, pool), paused in (paused_pools or {}).items():
@@ -182,7 +174,7 @@ class Stats:
                        1 if paused else 0)
         pipe.send()
 
-    def _provider(self, pipe: Any, name: str, provider: Any, ledger: Any) -> None:
+    def _provider(self, pipe: Any, name: str, provider: LaunchProvider, ledger: Any) -> None:
         p = clean(name)
         est = ledger.estimate(name)
         if est.effective_headroom is not None:
@@ -191,21 +183,23 @@ class Stats:
                 if not math.isinf(value):
                     pipe.gauge(f"nodepool.provider.{p}.quota.headroom.{res}", value)
         pipe.gauge(f"nodepool.provider.{p}.backoff", 1 if est.backoff.in_backoff else 0)
-        quota_errors = provider.counters.get("quota_errors", 0)
+        metrics = provider.metrics()
+        quota_errors = metrics.quota_errors
         delta = quota_errors - self._quota_seen.get(name, 0)
         if delta > 0:
             pipe.incr(f"nodepool.provider.{p}.quota.403", delta)
         self._quota_seen[name] = quota_errors
-        for kind, count in leak_counts(provider).items():
+        for kind, count in metrics.leaks_deleted.items():
             delta = count - self._leaks_seen.get((name, kind), 0)
             if delta > 0:
                 pipe.incr(f"nodepool.provider.{p}.leaked.{kind}", delta)
             self._leaks_seen[(name, kind)] = count
-        budget = provider.gate.budget()
-        pipe.gauge(f"nodepool.provider.{p}.api.concurrency_limit",
-                   budget["concurrency_limit"])
-        pipe.gauge(f"nodepool.provider.{p}.api.in_flight", budget["in_flight"])
-        for call, st in provider.gate.stats().items():
+        budget = metrics.api_budget
+        if budget is not None:
+            pipe.gauge(f"nodepool.provider.{p}.api.concurrency_limit",
+                       budget["concurrency_limit"])
+            pipe.gauge(f"nodepool.provider.{p}.api.in_flight", budget["in_flight"])
+        for call, st in metrics.api_calls.items():
             key = (name, call)
             seen_count, seen_seconds = self._api_seen.get(key, (0, 0.0))
             seen_started, seen_wait = self._api_wait_seen.get(key, (0, 0.0))

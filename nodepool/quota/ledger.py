@@ -706,7 +706,7 @@ class QuotaLedger:
 def _total(costs: Iterable[Resources]) -> Resources:
     # Plain float sums: this runs under the lock for every decision, and
     # building an intermediate Resources per entry would dominate it.
-    instances = cores = ram = volumes = volume_gb = 0
+    instances = cores = ram = volumes = volume_gb = 0.0
     for c in costs:
         instances += c.instances
         cores += c.cores

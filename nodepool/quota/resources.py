@@ -246,6 +246,7 @@ class CloudLimits:
         A missing maximum counts as unlimited, a missing counter as zero."""
         maxima: dict[str, float] = {}
         used: dict[str, float] = {}
+        keys: tuple[str, ...]
         for source, max_keys, used_keys in ((compute, _COMPUTE_MAX, _COMPUTE_USED),
                                             (volume or {}, _VOLUME_MAX, _VOLUME_USED)):
             for name, keys in max_keys.items():

@@ -122,6 +122,28 @@ class DeleteStatus:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class StandingNode:
+    """One slot of a host that is always there: a node with ``labels`` in
+    ``pool``, described by ``info`` (``external_id`` names the host)."""
+
+    pool: str
+    labels: tuple[str, ...]
+    slot: int
+    info: NodeInfo
+
+    @property
+    def key(self) -> tuple:
+        """What a registered node must carry to be this slot."""
+        return standing_key(self.pool, self.info.external_id, self.info.username,
+                            self.info.connection_port, self.slot)
+
+
+def standing_key(pool: str | None, external_id: str | None, username: str | None,
+                 port: Any, slot: int | None) -> tuple:
+    return (pool, external_id, username, port, slot)
+
+
 @runtime_checkable
 class NodeBuilder(Protocol):
     def capacity(self, labels: Sequence[str], pool: str | None = None) -> Capacity:

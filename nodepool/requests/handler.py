@@ -320,8 +320,10 @@ class NodeRequestHandler:
         filling of later slots (no headroom, or the request was declined)."""
         request = active.request
         if slot.node is None:
-            if request.reuse and self.pool.reuse_ready_nodes and self._reuse(active, slot):
-                report.nodes_reused.append(slot.node.id)
+            reused = (self._reuse(active, slot)
+                      if request.reuse and self.pool.reuse_ready_nodes else None)
+            if reused is not None:
+                report.nodes_reused.append(reused)
                 return True
             verdict = self._launch_verdict(active, slot.label)
             if verdict is Capacity.NEVER:
@@ -380,7 +382,7 @@ class NodeRequestHandler:
             listed = getattr(self.builder, "availability_zones", None)
             try:
                 zones = list(listed() or []) if callable(listed) else []
-            except Exception:  # noqa: BLE001 - without a list the cloud chooses
+            except Exception:  # without a list the cloud chooses
                 log.debug("pool %s: reading availability zones failed", self.pool.pool_id,
                           exc_info=True)
                 zones = []
@@ -397,7 +399,8 @@ class NodeRequestHandler:
             return Capacity.WAIT
         return self._capacity([label])
 
-    def _reuse(self, active: _Active, slot: _Slot) -> bool:
+    def _reuse(self, active: _Active, slot: _Slot) -> str | None:
+        """The id of a ready node now allocated to the request, or None."""
         nodes = self.store.list_nodes(cached=True)
         cache = self.store.nodes_cache
         # Without a cache, the lock attempt itself tells.
@@ -426,8 +429,8 @@ class NodeRequestHandler:
             slot.node, slot.lock, slot.ready = node, lock, True
             active.az = active.az or node.az
             log.info("request %s: reusing ready node %s", active.request.id, node.id)
-            return True
-        return False
+            return node.id
+        return None
 
     def _create_node(self, request: NodeRequest, label: str) -> Node:
         node = Node(state=INIT, type=[label], provider=self.pool.provider_name,
@@ -486,7 +489,7 @@ class NodeRequestHandler:
     def _forget_build(self, handle: Hashable) -> None:
         try:
             self.builder.forget_build(handle)
-        except Exception:  # noqa: BLE001 - bookkeeping only
+        except Exception:  # bookkeeping only
             log.exception("pool %s: forgetting build %s failed", self.pool.pool_id, handle)
 
     def _cancel_build(self, node: Node, handle: Hashable) -> None:
@@ -495,7 +498,7 @@ class NodeRequestHandler:
                           state=node.state)
         try:
             self.builder.cancel_build(handle, spec)
-        except Exception:  # noqa: BLE001 - the leak cleaner is the backstop
+        except Exception:  # the leak cleaner is the backstop
             log.exception("node %s: cancelling the build failed", node.id)
 
     def _apply_status(self, node: Node, lock: ZooKeeperLock, status: BuildStatus) -> Node:
@@ -663,7 +666,7 @@ class NodeRequestHandler:
             return
         try:
             status = self.builder.poll_build(orphan.handle)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed build
             status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
         draft = orphan.node
         if status.state is BuildState.READY:

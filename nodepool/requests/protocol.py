@@ -152,6 +152,14 @@ def reusable_nodes(nodes: Iterable[Node], label: str, pool: PoolSettings,
     return sorted(found, key=lambda n: (n.state_time or 0, n.id or ""))
 
 
+def retire_ready(node: Node, now: float) -> bool:
+    """Still ready and unallocated after locking: mark it for deletion."""
+    if node.state != READY or node.allocated_to:
+        return False
+    node.set_state(DELETING, now)
+    return True
+
+
 def can_reuse(node: Node, label: str, pool: PoolSettings, az: str | None = None) -> bool:
     """The re-check after locking a node for reuse."""
     return (node.state == READY and node.allocated_to is None and node.has_label(label)

@@ -19,7 +19,7 @@ from typing import Callable, Hashable, Mapping
 from nodepool.requests import protocol
 from nodepool.requests.builder import (DeleteSpec, DeleteState, DeleteStatus,
                                        NodeBuilder)
-from nodepool.zk.housekeeping import abandoned_init, reap_candidates
+from nodepool.requests.housekeeping import abandoned_init, reap_candidates
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.records import DELETED, DELETING, MalformedRecord, Node
@@ -144,7 +144,7 @@ class NodeReaper:
             return
         try:
             status = self.builders[item.node.provider].poll_delete(item.handle)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed delete
             status = DeleteStatus(DeleteState.FAILED, f"poll failed: {e}")
         if status.state is DeleteState.DELETING:
             return

@@ -120,7 +120,7 @@ def _state(path: str, d: dict, valid: frozenset[str]) -> str:
     return state
 
 
-def _str_list(path: str, d: dict, key: str) -> list[str]:
+def _str_list(path: str, d: Mapping[str, Any], key: str) -> list[str]:
     value = d.get(key)
     if value is None:
         return []
@@ -129,7 +129,7 @@ def _str_list(path: str, d: dict, key: str) -> list[str]:
     return list(value)
 
 
-def _opt_str(path: str, d: dict, key: str) -> str | None:
+def _opt_str(path: str, d: Mapping[str, Any], key: str) -> str | None:
     value = d.get(key)
     if value is not None and not isinstance(value, str):
         raise MalformedRecord(path, f"{key!r} must be a string or null, got {value!r}")
@@ -430,7 +430,8 @@ class Node:
         d = dict(d)
         labels = _as_list(d.get("type"))
         if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
-            raise MalformedRecord(path, f"'type' must be a label or a list of labels, got {labels!r}")
+            raise MalformedRecord(
+                path, f"'type' must be a label or a list of labels, got {labels!r}")
         host_keys = d.get("host_keys")
         if host_keys is None:
             host_keys = []
@@ -553,7 +554,7 @@ class PoolComponent(LauncherComponent):
     name: str | None = None
     provider_name: str | None = None
     supported_labels: list[str] = field(default_factory=list)
-    priority: int = DEFAULT_POOL_PRIORITY
+    priority: float = DEFAULT_POOL_PRIORITY  # upstream writes an int; a float is read
     paused: bool = False
 
     kind = "pool"

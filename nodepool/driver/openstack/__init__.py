@@ -1,1 +1,11 @@
 """The OpenStack driver: REST adapter, shared server list, state machines."""
+
+from nodepool.config.schema import openstack_provider_schema
+from nodepool.config.model import Provider
+from nodepool.driver.openstack.config import build_provider, warn_off_values
+from nodepool.driver.registry import Driver
+
+DRIVER = Driver(name="openstack", schema=openstack_provider_schema, model=Provider,
+                build=build_provider, warn=warn_off_values,
+                provider_class="nodepool.driver.openstack.provider:OpenStackProvider",
+                uses_clouds_yaml=True)

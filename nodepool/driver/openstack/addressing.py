@@ -85,7 +85,8 @@ def _entries(server: Mapping[str, Any], *, network: str | None = None,
              kind: str | None = None, version: int = 4,
              mac: str | None = None) -> list[str]:
     """Addresses in nova's order, floating ones first (as openstacksdk)."""
-    floating, fixed = [], []
+    floating: list[str] = []
+    fixed: list[str] = []
     for name, entries in (server.get("addresses") or {}).items():
         if network is not None and name != network:
             continue

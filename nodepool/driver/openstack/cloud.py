@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from openstack import exceptions as sdk_exc
+
+if TYPE_CHECKING:
+    from openstack.config.types import StatsdConfig
 
 log = logging.getLogger("nodepool.openstack")
 
 
-def statsd_settings(env: Mapping[str, str] | None = None) -> dict | None:
+def statsd_settings(env: Mapping[str, str] | None = None) -> "StatsdConfig | None":
     """openstacksdk's statsd settings from ``STATSD_HOST``/``PORT``/``PREFIX``.
 
     Upstream Nodepool lets openstacksdk read these itself, so every API call
@@ -60,9 +63,11 @@ def connect(cloud: str, clouds_file: str, region_name: str | None = None):
             config = OpenStackConfig(config_files=[clouds_file], load_envvars=False,
                                      statsd_config=statsd)
         except TypeError:  # openstacksdk before statsd_config (early 4.x)
+            port = statsd.get("port")
             config = OpenStackConfig(config_files=[clouds_file], load_envvars=False,
-                                     statsd_host=statsd["host"], statsd_port=statsd["port"],
-                                     statsd_prefix=statsd["prefix"])
+                                     statsd_host=statsd.get("host"),
+                                     statsd_port=None if port is None else int(port),
+                                     statsd_prefix=statsd.get("prefix"))
     region = config.get_one(cloud=cloud, region_name=region_name)
     return connection.Connection(config=region)
 
@@ -204,5 +209,5 @@ class OpenStackCloud:
     def close(self) -> None:
         try:
             self.conn.close()
-        except Exception:  # noqa: BLE001 - closing must never fail a shutdown
+        except Exception:  # closing must never fail a shutdown
             log.debug("closing the connection failed", exc_info=True)

@@ -2,8 +2,9 @@
 
 The provider loop calls ``advance()`` on every machine each pass.  A machine
 never waits: it submits calls to the gate and looks at them, and at the
-shared server list, on later passes.  All I/O goes through ``ProviderContext``
-(the provider), which keeps these classes free of threads and sockets.
+shared server list, on later passes.  All I/O goes through ``MachineContext``
+(``context.py``; the provider implements it), which keeps these classes
+free of threads and sockets.
 
 Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
 create call of the attempt (waiting for quota is not launch time), and a
@@ -26,10 +27,10 @@ from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortChec
                                      ReadinessCheck)
 from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
-from nodepool.quota import Resources
+from nodepool.quota import Resources, is_quota_fault
 
 if TYPE_CHECKING:
-    from nodepool.driver.openstack.provider import OpenStackProvider
+    from nodepool.driver.openstack.context import MachineContext
 
 log = logging.getLogger("nodepool.openstack.machines")
 
@@ -63,7 +64,7 @@ class LabelPlan:
 
 
 class CreateMachine:
-    def __init__(self, ctx: "OpenStackProvider", spec: Any, pool: Any, label: Any):
+    def __init__(self, ctx: "MachineContext", spec: Any, pool: Any, label: Any):
         self.ctx = ctx
         self.spec = spec                  # requests.builder.BuildSpec
         self.pool = pool                  # config.model.Pool
@@ -275,7 +276,7 @@ class CreateMachine:
             return
         if status == "ERROR":
             fault = srv.fault_message(server)
-            if errors.looks_like_quota(fault):
+            if is_quota_fault(server.get("fault") or fault):
                 self.ctx.ledger.report_quota_error(self.ctx.name, self.key)
                 self._report(outcomes.ERROR_QUOTA)
                 self._abandon_server()
@@ -462,7 +463,7 @@ class ServerDeletion:
     """Delete one server (or the server an attempt may have made) and wait
     until nova no longer lists it; never gives up, backs off on errors."""
 
-    ctx: "OpenStackProvider"
+    ctx: "MachineContext"
     server_id: str | None
     key: str | None
     node_id: str | None

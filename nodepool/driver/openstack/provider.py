@@ -17,9 +17,11 @@ from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.driver import errors
+from nodepool.config.model import AddressPolicy
+from nodepool.driver.base import ProviderMetrics
 from nodepool.driver.delete_timing import DeleteDurations
 from nodepool.driver.gate import ApiCall, ApiGate
-from nodepool.config.model import AddressPolicy
+from nodepool.driver.loop import LoopedProvider, ProviderLoop
 from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
@@ -96,7 +98,7 @@ class NodeDeletion:
         return DeleteStatus(DeleteState.DELETING, "; ".join(reasons) or None)
 
 
-class OpenStackProvider:
+class OpenStackProvider(LoopedProvider):
     """A ``NodeBuilder`` for one provider of nodepool.yaml."""
 
     def __init__(self, config: Any, ledger: QuotaLedger, *,
@@ -152,8 +154,8 @@ class OpenStackProvider:
         self.gone_check_interval = GONE_CHECK_INTERVAL
         self._quota_wait_seen_at = float("-inf")
         self._lock = threading.RLock()
-        self._builds: dict[str, CreateMachine] = {}
-        self._deletes: dict[str, NodeDeletion] = {}
+        self._builds: dict[Hashable, CreateMachine] = {}   # handle: the node id
+        self._deletes: dict[Hashable, NodeDeletion] = {}
         self._unattended_deletes: set[str] = set()   # node ids nobody polls
         self._server_deletions: list[ServerDeletion] = []
         self._limits_call: tuple[Any, ApiCall] | None = None
@@ -178,9 +180,7 @@ class OpenStackProvider:
         self.fip_sweep: LeakSweep | None = None
         self.port_sweep: LeakSweep | None = None
         self._configure_sweeps(config)
-        self._thread: threading.Thread | None = None
-        self._last_tick: float | None = None
-        self._stop = threading.Event()
+        self._loop = ProviderLoop(self.name, self._tick, lambda: LOOP_INTERVAL, clock)
         ledger.configure_provider(self.name, {
             name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
 
@@ -267,41 +267,15 @@ class OpenStackProvider:
 
     # -- the loop ----------------------------------------------------------------
 
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"provider-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-
     def stop(self, wait: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(wait)
+        self._loop.stop(wait)
         self.gate.shutdown(wait=1.0)
         for cloud in [self._cloud, *self._retired_clouds]:
             if cloud is not None:
                 cloud.close()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("%s: provider loop pass failed", self.name)
-            self._stop.wait(LOOP_INTERVAL)
-
-    def tick_age(self) -> float | None:
-        """Seconds since the loop last finished a pass (None before the first)."""
-        return None if self._last_tick is None else self.clock() - self._last_tick
-
-    def tick(self) -> None:
-        """One pass: never blocks, safe to repeat."""
-        try:
-            self._tick()
-        finally:
-            self._last_tick = self.clock()
-
     def _tick(self) -> None:
+        """One pass: never blocks, safe to repeat."""
         with self._lock:
             if self._cloud is None or self._reconnect:
                 self._connect()
@@ -316,13 +290,13 @@ class OpenStackProvider:
             for machine in list(self._builds.values()):
                 try:
                     machine.advance()
-                except Exception as e:  # noqa: BLE001 - one node must not stop the others
+                except Exception as e:  # one node must not stop the others
                     log.exception("%s: node %s: machine error", self.name, machine.spec.node_id)
                     machine._failed(f"internal error: {e}")
             for deletion in list(self._deletes.values()):
                 try:
                     deletion.advance()
-                except Exception:  # noqa: BLE001 - one node must not stop the others
+                except Exception:  # one node must not stop the others
                     log.exception("%s: node %s: deletion error", self.name,
                                   deletion.spec.node_id)
             for node_id in list(self._unattended_deletes):
@@ -333,7 +307,7 @@ class OpenStackProvider:
             for d in list(self._server_deletions):
                 try:
                     d.advance()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
             self._server_deletions = [d for d in self._server_deletions if not d.done]
             self._clean_leaks()
@@ -530,7 +504,7 @@ class OpenStackProvider:
             return
         try:
             self.launch_observer(outcome)
-        except Exception:  # noqa: BLE001 - metrics must never fail a launch
+        except Exception:  # metrics must never fail a launch
             log.debug("%s: reporting a launch outcome failed", self.name, exc_info=True)
 
     def note_delete_completed(self) -> None:
@@ -868,6 +842,15 @@ class OpenStackProvider:
         self._leak_suspects = suspects
 
     # -- for operators -----------------------------------------------------------------
+
+    def metrics(self) -> ProviderMetrics:
+        fip, port = self.fip_sweep, self.port_sweep
+        return ProviderMetrics(
+            quota_errors=self.counters.get("quota_errors", 0),
+            leaks_deleted={"instances": self.counters.get("leaks_deleted", 0),
+                           "floatingips": fip.deleted if fip is not None else 0,
+                           "ports": port.deleted if port is not None else 0},
+            api_calls=self.gate.stats(), api_budget=self.gate.budget())
 
     def status(self) -> dict:
         with self._lock:

@@ -1,10 +1,11 @@
 """Delete one node's servers in the foreground (``nodepool delete --now``).
 
-A provider of its own, with its own gate and ledger, runs until the
-deletion is done or the deadline passes: the same deletion the launcher's
-reaper runs (the node's server, and any other server carrying its node id),
-without a launcher.  Nothing here touches ZooKeeper; the caller holds the
-node's lock and removes the record when this reports done.
+A provider of its own (its driver's class, from the registry), with its own
+gate and ledger, runs until the deletion is done or the deadline passes: the
+same deletion the launcher's reaper runs (the node's server, and any other
+server carrying its node id), without a launcher.  Nothing here touches
+ZooKeeper; the caller holds the node's lock and removes the record when this
+reports done.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nodepool.driver.openstack.provider import OpenStackProvider
+from nodepool.driver import registry
 from nodepool.quota import QuotaLedger
 from nodepool.requests.builder import DeleteSpec, DeleteState, DeleteStatus
 
@@ -23,8 +24,8 @@ def delete_node_servers(provider_config: Any, spec: DeleteSpec, timeout: float,
                         server_list_interval: float = 1.0) -> DeleteStatus:
     """Run the deletion of ``spec``'s servers; DONE, or DELETING with the
     reason when ``timeout`` seconds passed first."""
-    provider = OpenStackProvider(provider_config, QuotaLedger(),
-                                 server_list_interval=server_list_interval)
+    provider = registry.provider_class(provider_config)(
+        provider_config, QuotaLedger(), server_list_interval=server_list_interval)
     provider.start()
     try:
         handle = provider.start_delete(spec)

@@ -28,7 +28,7 @@ from nodepool.zk.records import (DELETING, INIT, PENDING, READY,
                                  MalformedRecord, Node)
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
-log = logging.getLogger("nodepool.zk.housekeeping")
+log = logging.getLogger("nodepool.requests.housekeeping")
 
 # Upstream removes a request's lock znode 8 hours after the request is gone,
 # so that a lock taken just before the request vanished is never pulled
@@ -116,7 +116,7 @@ def remove_stale_request_locks(store: ZooKeeperStore, max_age: float = STALE_LOC
             removed.append(request_id)
         except (NoNodeError, NotEmptyError):
             continue
-        except Exception as e:  # e.g. BadVersion: it was touched; next pass
+        except Exception as e:  # noqa: BLE001 - e.g. BadVersion: it was touched; next pass
             log.debug("not removing %s: %s", path, e)
     if removed:
         log.info("removed %d stale request lock(s)", len(removed))
@@ -135,9 +135,10 @@ def deallocate_orphaned_nodes(store: ZooKeeperStore) -> list[str]:
         exists = store.request_exists(node.allocated_to, cached=True)
         if not protocol.needs_deallocation(node, locked, exists):
             continue
-        gone_request = []
+        gone_request: list[str] = []
 
-        def deallocate(fresh: Node) -> bool:
+        # Called at once, within this iteration; the default binds it anyway.
+        def deallocate(fresh: Node, gone_request: list = gone_request) -> bool:
             if (fresh.state != READY or fresh.allocated_to is None
                     or store.request_exists(fresh.allocated_to)):
                 return False
