@@ -159,7 +159,7 @@ class CreateMachine:
         if not self.ctx.may_start_create():
             self.reason = "max-concurrency reached"
             return
-        key = f"{self.spec.node_id}/{self.attempt + 1}"
+        key = srv.attempt_key(self.spec.node_id, self.attempt + 1)
         decision = self.ctx.reserve(key, self.spec, self.plan.cost)
         if not decision:
             self.reason = "; ".join(decision.reasons) or "no headroom"
@@ -496,7 +496,7 @@ class ServerDeletion:
             # names the ledger entry that must be released when it is gone.
             meta = (snap.get(self.server_id) or {}).get("metadata") or {}
             if meta.get(srv.META_PROVIDER) == self.ctx.name and meta.get(srv.META_NODE):
-                self.key = f"{meta[srv.META_NODE]}/{meta.get(srv.META_ATTEMPT, '0')}"
+                self.key = srv.ledger_key(meta)
             else:
                 # Not (or no longer) listed: nova may have dropped it already.
                 self.key = self.ctx.key_for_server(self.server_id)

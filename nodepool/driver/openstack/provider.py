@@ -27,10 +27,11 @@ from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
                                                pick_flavor)
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect
+from nodepool.driver.openstack.floating_ips import FloatingIpTracker
+from nodepool.driver.openstack.reconcile import ServerReconciler
 from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
                                                 ServerDeletion, Step)
-from nodepool.driver.openstack.network_cleanup import (LeakSweep, orphan_port_judge,
-                                                       unattached_floating_ips)
+from nodepool.driver.openstack.network_cleanup import LeakSweep, orphan_port_judge
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.driver.server_list import ServerListCache
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
@@ -44,8 +45,6 @@ log = logging.getLogger("nodepool.openstack.provider")
 SERVER_LIST_INTERVAL = 2.0
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
-FIP_LIST_INTERVAL = 10.0
-FIP_RETRY = 5.0
 # Ports are listed only while a server waits for its floating IP: one list
 # for all of them, at most this often.
 PORT_LIST_INTERVAL = 1.0
@@ -81,7 +80,7 @@ class NodeDeletion:
                                               srv.META_NODE: self.spec.node_id}):
                 if server["id"] not in self.deletions:
                     meta = server.get("metadata") or {}
-                    key = f"{self.spec.node_id}/{meta.get(srv.META_ATTEMPT)}"
+                    key = srv.ledger_key(meta, node_id=self.spec.node_id)
                     self.deletions[server["id"]] = self.provider.delete_server(
                         server["id"], key=key, node_id=self.spec.node_id, attempt=None,
                         since=self.started_at)
@@ -159,21 +158,8 @@ class OpenStackProvider(LoopedProvider):
         self._unattended_deletes: set[str] = set()   # node ids nobody polls
         self._server_deletions: list[ServerDeletion] = []
         self._limits_call: tuple[Any, ApiCall] | None = None
-        self._fip_call: ApiCall | None = None
-        self._fips: list[dict] | None = None
-        self._fips_at: float | None = None
-        self._fip_deletes: set[str] = set()
-        self._fip_delete_calls: dict[str, ApiCall] = {}
-        self._fips_retry_at = float("-inf")
-        self._fips_created: dict[str, set[str]] = {}   # server id -> addresses we attached
-        self._fip_ids: dict[str, str] = {}   # address -> id, of those we made
-        self._leak_suspects: set[str] = set()
-        self._last_leak_pass: float | None = None
-        self._adopted: dict[str, str] = {}     # ledger key -> server id
-        # server id -> ledger key, for every server of ours seen or created
-        # while its ledger entry lives: a delete by external id must release
-        # the entry even when nova has already dropped the server.
-        self._keys_by_server: dict[str, str] = {}
+        self.floating_ips = FloatingIpTracker(self.name, self.gate, lambda: self.cloud, clock)
+        self.reconciler = ServerReconciler(self)
         self._last_snapshot_seen = float("-inf")
         self.counters = {"launch_failures": 0, "quota_errors": 0, "create_errors": 0,
                          "deletes_completed": 0, "leaks_deleted": 0}
@@ -250,7 +236,7 @@ class OpenStackProvider(LoopedProvider):
                     self.name, "floating_ip", self.gate, self.leak_interval,
                     lambda: self.cloud.list_floating_ips(),
                     lambda fip_id: self.cloud.delete_floating_ip(fip_id),
-                    self._leaked_floating_ips, self.clock)
+                    self.floating_ips.leaked, self.clock)
         else:
             self.fip_sweep = None
         interval = getattr(config, "port_cleanup_interval", 0) or 0
@@ -282,11 +268,11 @@ class OpenStackProvider(LoopedProvider):
                 if self._cloud is None:
                     return
             if self.servers.tick():
-                self._reconcile()
+                self.reconciler.reconcile()
             self.ports.tick()
             self.catalog.tick()
             self._refresh_limits()
-            self._refresh_floating_ips()
+            self.floating_ips.tick()
             for machine in list(self._builds.values()):
                 try:
                     machine.advance()
@@ -310,7 +296,7 @@ class OpenStackProvider(LoopedProvider):
                 except Exception:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
             self._server_deletions = [d for d in self._server_deletions if not d.done]
-            self._clean_leaks()
+            self.reconciler.clean_leaks()
             for sweep in (self.fip_sweep, self.port_sweep):
                 if sweep is not None:
                     sweep.tick()
@@ -673,173 +659,38 @@ class OpenStackProvider(LoopedProvider):
         cloud does not let us list them)."""
         return [z for z in self.catalog.items("availability_zones") or [] if z]
 
-    def _refresh_floating_ips(self) -> None:
-        """Delete the floating IPs of servers that are gone: by the id we
-        got when we made it, else after one list call to map addresses to
-        ids; a delete that fails is tried again (after a new list), a failed
-        list is retried after ``FIP_RETRY`` seconds, never every pass."""
-        now = self.clock()
-        for addr in sorted(self._fip_deletes):
-            fip_id = self._fip_ids.pop(addr, None)
-            if fip_id is not None and addr not in self._fip_delete_calls:
-                self._fip_deletes.discard(addr)
-                self._fip_delete_calls[addr] = self.gate.submit(
-                    "network.delete_floating_ip", self.cloud.delete_floating_ip, fip_id)
-        for addr, call in list(self._fip_delete_calls.items()):
-            if not call.done():
-                continue
-            del self._fip_delete_calls[addr]
-            try:
-                call.result()
-            except Exception as e:  # noqa: BLE001 - retried below
-                err = errors.classify(e)
-                if err.kind != errors.NOT_FOUND:
-                    log.warning("%s: deleting floating IP %s failed: %s", self.name, addr, err)
-                    self._fip_deletes.add(addr)
-                    self._fips_at = None
-        if self._fip_call is not None:
-            if not self._fip_call.done():
-                return
-            call, self._fip_call = self._fip_call, None
-            try:
-                self._fips = call.result()
-                self._fips_at = now
-            except Exception as e:  # noqa: BLE001
-                log.warning("%s: listing floating IPs failed: %s", self.name,
-                            errors.classify(e))
-                self._fips_retry_at = now + FIP_RETRY
-        if not self._fip_deletes:
-            return
-        if self._fips_at is None or now - self._fips_at >= FIP_LIST_INTERVAL:
-            if now >= self._fips_retry_at:
-                self._fip_call = self.gate.submit("network.list_floating_ips",
-                                                  self.cloud.list_floating_ips)
-            return
-        for fip in self._fips or []:
-            addr = fip.get("floating_ip_address")
-            if addr in self._fip_deletes and addr not in self._fip_delete_calls:
-                self._fip_delete_calls[addr] = self.gate.submit(
-                    "network.delete_floating_ip", self.cloud.delete_floating_ip, fip["id"])
-        # Addresses the fresh list does not show are gone already.
-        self._fip_deletes.clear()
-
-    def _leaked_floating_ips(self, items: list[dict], listed_at: float) -> set[str]:
-        # Ours that are being deleted after their server went are not leaks.
-        ours = self._fip_deletes | set(self._fip_delete_calls)
-        mine = {f.get("id") for f in items if f.get("floating_ip_address") in ours}
-        return unattached_floating_ips(items, listed_at) - mine
+    # -- floating IPs we attached (floating_ips.py) -----------------------------
 
     def note_floating_ip(self, server_id: str | None, address: str | None,
                          fip_id: str | None = None) -> None:
-        if server_id and address:
-            self._fips_created.setdefault(server_id, set()).add(address)
-            if fip_id:
-                self._fip_ids[address] = fip_id
+        self.floating_ips.note(server_id, address, fip_id)
 
     def floating_ips_created_for(self, server_id: str | None) -> list[str]:
-        """Addresses we attached to the server (forgotten once asked: the
-        server is gone and its deletion takes them over)."""
-        return sorted(self._fips_created.pop(server_id, ())) if server_id else []
+        return self.floating_ips.created_for(server_id)
 
     def delete_floating_ip_by_address(self, address: str) -> None:
-        self._fip_deletes.add(address)
-        self._fips_at = None  # the list must be read after the server went
+        self.floating_ips.delete_by_address(address)
 
     # -- reconciling with the server list -------------------------------------------
 
-    def _reconcile(self) -> None:
-        """Keep the ledger level-triggered from the list: servers of ours the
-        ledger does not know (a restart, another process) are adopted, and
-        adopted ones that nova dropped are released."""
-        snap = self.servers.snapshot
-        known_keys = self.ledger.keys(self.name)
-        flavors = {f.get("id"): f for f in self.catalog.items("flavors") or []}
-        listed: set[str] = set()
-        for server in snap.servers.values():
-            meta = server.get("metadata") or {}
-            if meta.get(srv.META_PROVIDER) != self.name:
-                continue
-            key = f"{meta.get(srv.META_NODE)}/{meta.get(srv.META_ATTEMPT, '0')}"
-            listed.add(key)
-            self._keys_by_server[server["id"]] = key
-            if key in known_keys or meta.get(srv.META_POOL) not in self.config.pools:
-                continue
-            flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
-            cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
-            self.ledger.adopt(key, provider=self.name, pool=meta[srv.META_POOL], cost=cost,
-                              tenant=meta.get(srv.META_TENANT),
-                              server_id=server["id"], deleting=srv.is_deleting(server))
-            self._adopted[key] = server["id"]
-        for key in list(self._adopted):
-            if key not in listed:
-                self.ledger.server_gone(key)
-                del self._adopted[key]
-        live = self.ledger.keys(self.name)
-        for server_id, key in list(self._keys_by_server.items()):
-            if key not in live:
-                del self._keys_by_server[server_id]
+    # -- our servers against nova's list (reconcile.py) --------------------------
 
     def remember_server(self, server_id: str | None, key: str | None) -> None:
-        if server_id and key:
-            self._keys_by_server[server_id] = key
+        self.reconciler.remember_server(server_id, key)
 
     def key_for_server(self, server_id: str | None) -> str | None:
-        return self._keys_by_server.get(server_id) if server_id else None
+        return self.reconciler.key_for_server(server_id)
 
     def forget_server(self, server_id: str | None) -> None:
-        if server_id:
-            self._keys_by_server.pop(server_id, None)
+        self.reconciler.forget_server(server_id)
 
-    def _clean_leaks(self) -> None:
-        """Servers carrying this provider's metadata whose node is gone from
-        ZooKeeper (or that a node no longer owns) are deleted once they were
-        seen leaked on two passes in a row."""
-        if self.known_nodes is None:
-            return
-        now = self.clock()
-        if self._last_leak_pass is not None and now - self._last_leak_pass < self.leak_interval:
-            return
-        snap = self.servers.snapshot
-        if snap.received_at <= (self._last_leak_pass or float("-inf")):
-            return
-        nodes = self.known_nodes()
-        if nodes is None:
-            return  # ZooKeeper's view is not ready: never guess
-        self._last_leak_pass = now
-        tracked = {m.server_id for m in self._builds.values() if m.server_id}
-        tracked |= {d.server_id for d in self._server_deletions if d.server_id}
-        building_nodes = set(self._builds) | set(self._deletes)
-        suspects = set()
-        for server in snap.servers.values():
-            meta = server.get("metadata") or {}
-            if meta.get(srv.META_PROVIDER) != self.name or server["id"] in tracked:
-                continue
-            node_id = meta.get(srv.META_NODE)
-            if node_id in building_nodes:
-                continue
-            if node_id in nodes and nodes[node_id] in (None, server["id"]):
-                continue
-            suspects.add(server["id"])
-        for server_id in suspects & self._leak_suspects:
-            server = snap.get(server_id) or {}
-            meta = server.get("metadata") or {}
-            if self.node_claims_server is not None:
-                # The listing may be stale or may have left out a record it
-                # could not read; the server may be in use by a job.
-                claimed = self.node_claims_server(meta.get(srv.META_NODE), server_id)
-                if claimed is not False:
-                    if claimed:
-                        log.info("%s: server %s is not leaked: node %s still claims it",
-                                 self.name, server_id, meta.get(srv.META_NODE))
-                    suspects.discard(server_id)
-                    continue
-            log.warning("%s: deleting leaked server %s (node %s)", self.name, server_id,
-                        meta.get(srv.META_NODE))
-            self.counters["leaks_deleted"] += 1
-            key = f"{meta.get(srv.META_NODE)}/{meta.get(srv.META_ATTEMPT, '0')}"
-            self.delete_server(server_id, key=key, node_id=meta.get(srv.META_NODE),
-                               attempt=None, since=now)
-        self._leak_suspects = suspects
+    @property
+    def _last_leak_pass(self) -> float | None:
+        return self.reconciler.last_leak_pass
+
+    @property
+    def _leak_suspects(self) -> set[str]:
+        return self.reconciler.leak_suspects
 
     # -- for operators -----------------------------------------------------------------
 

@@ -42,6 +42,18 @@ def hostname(fmt: str, *, label: str, provider: str, pool: str, node_id: str) ->
 NOVA_METADATA_MAX = 255
 
 
+def attempt_key(node_id: Any, attempt: Any) -> str:
+    """The quota ledger's key of one create attempt: ``<node id>/<attempt>``."""
+    return f"{node_id}/{attempt}"
+
+
+def ledger_key(meta: Mapping[str, Any], node_id: str | None = None) -> str:
+    """``attempt_key`` from a server's metadata (``node_id`` when the caller
+    knows it)."""
+    node = node_id if node_id is not None else meta.get(META_NODE)
+    return attempt_key(node, meta.get(META_ATTEMPT, "0"))
+
+
 def server_metadata(*, provider: str, pool: str, node_id: str, label: str,
                     image: str, attempt: int, tenant: str | None = None) -> dict[str, str]:
     meta = {META_PROVIDER: provider, META_POOL: pool, META_NODE: node_id,

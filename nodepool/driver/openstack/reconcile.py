@@ -1,0 +1,134 @@
+"""The provider's view of its servers held against nova's list.
+
+``ServerReconciler`` does two things on the provider's loop:
+
+* ``reconcile()``, after every new server list: servers of ours the quota
+  ledger does not know (a restart, another process) are adopted, adopted
+  ones that nova dropped are released; it also keeps the map from server id
+  to ledger key that a delete by external id needs.
+* ``clean_leaks()``, every leak interval: servers carrying this provider's
+  metadata whose node is gone from ZooKeeper (or that a node no longer
+  owns) are deleted once seen leaked on two passes in a row and confirmed
+  by a fresh look at the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from nodepool.driver.openstack import servers as srv
+from nodepool.quota import Resources
+
+if TYPE_CHECKING:
+    from nodepool.driver.openstack.provider import OpenStackProvider
+
+log = logging.getLogger("nodepool.openstack.provider")
+
+
+class ServerReconciler:
+    def __init__(self, provider: "OpenStackProvider"):
+        self.provider = provider
+        self.leak_suspects: set[str] = set()
+        self.last_leak_pass: float | None = None
+        self._adopted: dict[str, str] = {}     # ledger key -> server id
+        # server id -> ledger key, for every server of ours seen or created
+        # while its ledger entry lives: a delete by external id must release
+        # the entry even when nova has already dropped the server.
+        self._keys_by_server: dict[str, str] = {}
+
+    # -- server id <-> ledger key ------------------------------------------------
+
+    def remember_server(self, server_id: str | None, key: str | None) -> None:
+        if server_id and key:
+            self._keys_by_server[server_id] = key
+
+    def key_for_server(self, server_id: str | None) -> str | None:
+        return self._keys_by_server.get(server_id) if server_id else None
+
+    def forget_server(self, server_id: str | None) -> None:
+        if server_id:
+            self._keys_by_server.pop(server_id, None)
+
+    # -- the ledger from the list -------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Keep the ledger level-triggered from the list."""
+        p = self.provider
+        snap = p.servers.snapshot
+        known_keys = p.ledger.keys(p.name)
+        flavors = {f.get("id"): f for f in p.catalog.items("flavors") or []}
+        listed: set[str] = set()
+        for server in snap.servers.values():
+            meta = server.get("metadata") or {}
+            if meta.get(srv.META_PROVIDER) != p.name:
+                continue
+            key = srv.ledger_key(meta)
+            listed.add(key)
+            self._keys_by_server[server["id"]] = key
+            if key in known_keys or meta.get(srv.META_POOL) not in p.config.pools:
+                continue
+            flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
+            cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
+            p.ledger.adopt(key, provider=p.name, pool=meta[srv.META_POOL], cost=cost,
+                           tenant=meta.get(srv.META_TENANT),
+                           server_id=server["id"], deleting=srv.is_deleting(server))
+            self._adopted[key] = server["id"]
+        for key in list(self._adopted):
+            if key not in listed:
+                p.ledger.server_gone(key)
+                del self._adopted[key]
+        live = p.ledger.keys(p.name)
+        for server_id, key in list(self._keys_by_server.items()):
+            if key not in live:
+                del self._keys_by_server[server_id]
+
+    # -- leaked servers ------------------------------------------------------------
+
+    def clean_leaks(self) -> None:
+        p = self.provider
+        if p.known_nodes is None:
+            return
+        now = p.clock()
+        if self.last_leak_pass is not None and now - self.last_leak_pass < p.leak_interval:
+            return
+        snap = p.servers.snapshot
+        if snap.received_at <= (self.last_leak_pass or float("-inf")):
+            return
+        nodes = p.known_nodes()
+        if nodes is None:
+            return  # ZooKeeper's view is not ready: never guess
+        self.last_leak_pass = now
+        tracked = {m.server_id for m in p._builds.values() if m.server_id}
+        tracked |= {d.server_id for d in p._server_deletions if d.server_id}
+        building_nodes = set(p._builds) | set(p._deletes)
+        suspects = set()
+        for server in snap.servers.values():
+            meta = server.get("metadata") or {}
+            if meta.get(srv.META_PROVIDER) != p.name or server["id"] in tracked:
+                continue
+            node_id = meta.get(srv.META_NODE)
+            if node_id in building_nodes:
+                continue
+            if node_id in nodes and nodes[node_id] in (None, server["id"]):
+                continue
+            suspects.add(server["id"])
+        for server_id in suspects & self.leak_suspects:
+            server = snap.get(server_id) or {}
+            meta = server.get("metadata") or {}
+            if p.node_claims_server is not None:
+                # The listing may be stale or may have left out a record it
+                # could not read; the server may be in use by a job.
+                claimed = p.node_claims_server(meta.get(srv.META_NODE), server_id)
+                if claimed is not False:
+                    if claimed:
+                        log.info("%s: server %s is not leaked: node %s still claims it",
+                                 p.name, server_id, meta.get(srv.META_NODE))
+                    suspects.discard(server_id)
+                    continue
+            log.warning("%s: deleting leaked server %s (node %s)", p.name, server_id,
+                        meta.get(srv.META_NODE))
+            p.counters["leaks_deleted"] += 1
+            p.delete_server(server_id, key=srv.ledger_key(meta),
+                            node_id=meta.get(srv.META_NODE), attempt=None, since=now)
+        self.leak_suspects = suspects
