@@ -232,3 +232,33 @@ def test_429_from_the_cloud_holds_the_gate_for_retry_after(fakecloud, fakecloud_
     assert after.started_at - refused.finished_at >= 0.5 - 0.01
     gate.shutdown()
     cloud.close()
+
+
+def test_written_off_workers_are_bounded():
+    """An API that never answers: each hung call's worker is written off and
+    replaced, but never more than MAX_WRITTEN_OFF at once; then calls wait
+    for a hung one to return instead of starting a thread each."""
+    from nodepool.driver import gate as gate_mod
+    clock = FakeClock()
+    gate = ApiGate("p", deadline=5, limit=one_at_a_time(), clock=clock)
+    release = threading.Event()
+    calls = []
+    for i in range(gate_mod.MAX_WRITTEN_OFF + 3):
+        calls.append(gate.submit("create", release.wait))
+        wait_until(lambda: gate.budget()["in_flight"] == 1 or
+                   gate.budget()["written_off"] >= gate_mod.MAX_WRITTEN_OFF)
+        clock.advance(6)  # the running call passes its deadline
+    budget = gate.budget()
+    assert budget["written_off"] == gate_mod.MAX_WRITTEN_OFF
+    alive = sum(1 for t in threading.enumerate() if t.name.startswith("api-p-"))
+    assert alive <= gate_mod.MAX_WRITTEN_OFF + 1
+    queued = [c for c in calls if c.started_at is None]
+    assert queued, "calls beyond the bound wait instead of getting a thread"
+    release.set()  # the API answers again: the hung workers return
+    # ... and the calls that waited run, without another submit to wake them.
+    wait_until(lambda: all(c.started_at is not None for c in queued))
+    wait_until(lambda: gate.budget()["written_off"] == 0)
+    late = gate.submit("list", lambda: "fresh")
+    wait_until(late.done)
+    assert late.result() == "fresh"
+    gate.shutdown()

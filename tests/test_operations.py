@@ -249,6 +249,11 @@ def test_health_reports_lost_zookeeper_and_stuck_loops():
         def tick_age(self):
             return 500.0
 
+        def metrics(self):
+            from nodepool.driver.base import ProviderMetrics
+            # As many hung API calls as the gate writes off.
+            return ProviderMetrics(api_budget={"written_off": 16, "written_off_max": 16})
+
     # A launcher that is not connected: what /health reports comes from the
     # launcher's own check.
     fake = SimpleNamespace(store=None, health=loops, providers={"p": StuckProvider()})
@@ -260,6 +265,7 @@ def test_health_reports_lost_zookeeper_and_stuck_loops():
     assert any("reaper loop has not finished a pass since it started 300s ago" in p
                for p in problems)
     assert "provider p loop has not finished a pass for 500s" in problems
+    assert any("provider p: 16 API calls hung past their deadline" in p for p in problems)
     assert not [p for p in problems if "pool x" in p]
 
 

@@ -146,6 +146,10 @@ def _overload_signal(exc: BaseException) -> tuple[bool, float | None]:
     return isinstance(exc, ApiTimeout) or "timeout" in type(exc).__name__.lower(), None
 
 
+# At most this many worker threads hung past their deadline at once; see
+# ApiGate._ensure_workers_locked.
+MAX_WRITTEN_OFF = 16
+
 class ApiGate:
     def __init__(self, name: str, deadline: float, *, rate: float | None = None,
                  read_rate: float | None = None, limit: AdaptiveLimit | None = None,
@@ -245,6 +249,8 @@ class ApiGate:
                 "held_for": round(max(0.0, self._hold_until - now), 3),
                 "overloads": self.overloads,
                 "decreases": self.limit.decreases,
+                "written_off": self._written_off_locked(),
+                "written_off_max": MAX_WRITTEN_OFF,
             }
 
     # -- lifecycle --------------------------------------------------------
@@ -275,10 +281,19 @@ class ApiGate:
 
     def _ensure_workers_locked(self) -> None:
         """Enough threads for the calls that may run now (never more than
-        the limit): threads are started as demand needs them."""
+        the limit): threads are started as demand needs them.  Threads
+        written off (their call hung past its deadline) are not replaced
+        beyond MAX_WRITTEN_OFF: an API that never answers must not make the
+        launcher start a thread per call; calls then wait for a hung one to
+        return, and /health says so."""
+        if self._written_off_locked() >= MAX_WRITTEN_OFF:
+            return
         wanted = min(self.limit.limit, self._busy_locked() + self._pending_count_locked())
         while self._healthy < wanted:
             self._spawn_locked()
+
+    def _written_off_locked(self) -> int:
+        return sum(1 for c in self._running.values() if c._abandoned)
 
     def _busy_locked(self) -> int:
         return sum(1 for c in self._running.values() if not c._abandoned)
@@ -379,8 +394,10 @@ class ApiGate:
                 st.errors += 1
             if call._abandoned:
                 # Counted as a timeout already, and a replacement worker
-                # runs; this thread retires.
+                # runs; this thread retires.  If replacements stopped at
+                # MAX_WRITTEN_OFF, its return makes room for one now.
                 call._event.set()
+                self._ensure_workers_locked()
                 self._cond.notify_all()
                 return True
             st.in_flight -= 1

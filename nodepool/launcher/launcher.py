@@ -656,6 +656,10 @@ class Launcher:
             age = provider.tick_age()
             if age is not None and age > LOOP_DEADLINE:
                 problems.append(f"provider {name} loop has not finished a pass for {age:.0f}s")
+            budget = provider.metrics().api_budget or {}
+            if budget.get("written_off", 0) >= budget.get("written_off_max", float("inf")):
+                problems.append(f"provider {name}: {budget['written_off']} API calls hung past "
+                                "their deadline; no more API workers start until one returns")
         return problems
 
     def status(self) -> dict:
