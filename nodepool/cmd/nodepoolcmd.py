@@ -365,7 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="log at DEBUG level to stderr (instead of -l)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
     def command(name: str, func, help_text: str, description: str | None = None,
                 json_option: bool = True) -> argparse.ArgumentParser:
@@ -419,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        # As upstream's CLI: the help, and a failure status scripts can test.
+        parser.print_help()
+        return 1
     try:
         setup_logging(args)
     except ValueError as e:

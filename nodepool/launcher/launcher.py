@@ -37,6 +37,7 @@ from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
 from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
+from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.components import (ComponentRegistration, make_pool_id,
                                     register_launcher, register_pool)
 from nodepool.zk import paths
@@ -470,6 +471,12 @@ class Launcher:
                 try:
                     task()
                     self.health.errors.pop(name, None)
+                except DISCONNECT_ERRORS as e:
+                    # ZooKeeper went away mid-task: expected, and the next pass
+                    # after the reconnect does the work; no traceback.
+                    self.health.errors[name] = f"ZooKeeper disconnected: {e!r}"
+                    log.warning("maintenance task %s interrupted: ZooKeeper "
+                                "disconnected (%r)", name, e)
                 except Exception as e:  # a task must never kill the loop
                     self.health.errors[name] = str(e)
                     log.exception("maintenance task %s failed", name)
