@@ -29,12 +29,14 @@ from kazoo.exceptions import (BadVersionError, NoNodeError, NodeExistsError,
                               NotEmptyError)
 
 from nodepool.zk import ids, locks, paths
-from nodepool.zk.cache import (RecordCache, component_cache, node_cache,
+from nodepool.zk.cache import (NodeCache, RecordCache, component_cache, node_cache,
                                request_cache, sorted_requests)
+from nodepool.quota.resources import Resources
 from nodepool.zk.components import read_components
 from nodepool.zk.locks import LockNotAcquired, ZooKeeperLock
+from nodepool.zk.node_index import NodeIndex
 from nodepool.zk.session import SessionTracker
-from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR,
+from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR, READY,
                                  REQUESTED, LauncherComponent,
                                  MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
@@ -73,7 +75,7 @@ class ZooKeeperStore:
         self.lock_deadline = lock_deadline
         self._changed = threading.Event()
         self.requests_cache: RecordCache[NodeRequest] | None = None
-        self.nodes_cache: RecordCache[Node] | None = None
+        self.nodes_cache: NodeCache | None = None
         self.pools_cache: RecordCache[PoolComponent] | None = None
 
     # -- caches -----------------------------------------------------------------
@@ -291,9 +293,35 @@ class ZooKeeperStore:
         return self._children(paths.NODE_ROOT)
 
     def list_nodes(self, cached: bool = False) -> list[Node]:
+        """Every node by id (cached: sorted once per change, not per call)."""
         if cached and self.nodes_cache is not None:
-            return sorted(self.nodes_cache.values(), key=lambda n: n.id or "")
+            return self.nodes_cache.sorted_values()
         return self._read_all(self.node_ids(), self.get_node, "node")
+
+    def pool_nodes(self, provider: str | None, pool: str | None) -> list[Node]:
+        """The pool's nodes that are not DELETED, from the cache's index
+        (a scan of the cached nodes without a cache)."""
+        if self.nodes_cache is not None:
+            return self.nodes_cache.pool_nodes(provider, pool)
+        return [n for n in self.list_nodes() if n.provider == provider and n.pool == pool
+                and n.state != DELETED]
+
+    def ready_unallocated_nodes(self, provider: str | None, pool: str | None) -> list[Node]:
+        """The pool's READY nodes allocated to nobody, as last seen."""
+        if self.nodes_cache is not None:
+            return self.nodes_cache.ready_unallocated(provider, pool)
+        return [n for n in self.list_nodes() if n.provider == provider and n.pool == pool
+                and n.state == READY and n.allocated_to is None]
+
+    def tenant_usage(self, tenant: str, exclude_providers=()) -> Resources:
+        """What the tenant's nodes use (their ``resources``) on every provider
+        but ``exclude_providers``, as last seen."""
+        if self.nodes_cache is not None:
+            return self.nodes_cache.tenant_usage(tenant, exclude_providers)
+        index = NodeIndex()
+        for node in self.list_nodes():
+            index.put(node.id or "", node)
+        return index.tenant_usage(tenant, exclude_providers)
 
     def create_node(self, node: Node, now: float | None = None) -> Node:
         """Create a new sequential node znode; sets ``id``, ``version`` and the
