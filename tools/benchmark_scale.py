@@ -29,7 +29,9 @@ for the steady phase (and the ramp where it says so):
 * request latency p50/p95 (submitted -> fulfilled, the request's own
   ``state_time``) and the latency the launcher adds: that minus the fixed
   boot time the fakecloud is configured with (``--boot-seconds``);
-* ``nodepool list`` and ``/node-list`` answer times with N nodes.
+* ``nodepool list`` and ``/node-list`` answer times with N nodes;
+* statsd metrics per second (the launcher sends them to a UDP port here, so
+  its gauges run as in production).
 
 Machine load matters: the launcher shares the cores with ZooKeeper, the
 fakecloud and this script; give ``uptime`` with every figure.
@@ -263,12 +265,43 @@ def write_configs(workdir: str, auth_url: str, zk_port: int, chroot: str, provid
     return path, clouds_path
 
 
-def start_launcher(config: str, clouds: str, workdir: str, profile: str | None
+class StatsdSink:
+    """A UDP port the launcher sends its statsd metrics to (so the gauges over
+    every node run, as in production); counts what arrives."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.packets = 0
+        self.metrics = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                continue
+            self.packets += 1
+            self.metrics += data.count(b"\n") + 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def start_launcher(config: str, clouds: str, workdir: str, statsd_port: int
                    ) -> subprocess.Popen:
     cmd = [os.path.join(BIN, "nodepool-launcher"), "-f", "-c", config, "--clouds", clouds,
            "-p", os.path.join(workdir, "launcher.pid")]
     log = open(os.path.join(workdir, "launcher.log"), "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = dict(os.environ, STATSD_HOST="127.0.0.1", STATSD_PORT=str(statsd_port))
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 # -- Zuul's side -----------------------------------------------------------------------
@@ -356,7 +389,8 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
     web_port = free_port()
     config, clouds = write_configs(size_dir, auth_url, zk_port, "/" + namespace,
                                    args.providers, nodes, web_port)
-    launcher = start_launcher(config, clouds, size_dir, args.profile)
+    statsd = StatsdSink()
+    launcher = start_launcher(config, clouds, size_dir, statsd.port)
     settings = ZooKeeperSettings(parse_hosts(f"127.0.0.1:{zk_port}/{namespace}"))
     client = connect(settings)
     own = count_client_ops(client)
@@ -391,6 +425,7 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
         # Steady: churn.
         http_json(f"{admin_url}/counters/reset", "POST")
         zk0, own0 = zk_namespace_ops(zk_port, namespace), dict(own)
+        metrics0 = statsd.metrics
         steady_start = time.time()
         sampler.window()
         t1 = time.monotonic()
@@ -403,7 +438,8 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
         elapsed = time.monotonic() - t1
         zk1 = zk_namespace_ops(zk_port, namespace)
         counters = http_json(f"{admin_url}/counters")
-        result.update(steady_seconds=round(elapsed, 1))
+        result.update(steady_seconds=round(elapsed, 1),
+                      statsd_metrics_per_s=round((statsd.metrics - metrics0) / elapsed, 1))
         result["launcher"] = sampler.summary("launcher")
         result["fakecloud"] = sampler.summary("fakecloud")
         steady = [s for at, s in zuul.latencies if at >= steady_start]
@@ -437,6 +473,7 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
                                                  zuul)
     finally:
         sampler.stop()
+        statsd.stop()
         for job in jobs:
             try:
                 zuul.release(job)
