@@ -328,6 +328,8 @@ class Zuul:
         self.cache.start()
         self.seq = 0
         self.latencies: list[tuple[float, float]] = []   # (submitted at, seconds)
+        # (submitted at, submitted -> node znode created, created -> fulfilled)
+        self.phases: list[tuple[float, float, float]] = []
         self.failed = 0
 
     def submit(self, job: Job) -> None:
@@ -368,6 +370,9 @@ class Zuul:
                 if got is None:
                     continue
                 node, lock = got
+                if node.created_time:
+                    self.phases.append((job.submitted, node.created_time - job.submitted,
+                                        done - node.created_time))
                 node.state = "in-use"
                 self.store.store_node(node, lock)
                 job.held.append((node, lock))
@@ -444,6 +449,14 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
         result["fakecloud"] = sampler.summary("fakecloud")
         steady = [s for at, s in zuul.latencies if at >= steady_start]
         added = [max(0.0, s - args.boot_seconds) for s in steady]
+        phases = [(a, b) for at, a, b in zuul.phases if at >= steady_start]
+        result["added_latency_parts"] = {
+            "to_node_created_p50_s": _r(percentile([a for a, _ in phases], 50)),
+            "to_node_created_p95_s": _r(percentile([a for a, _ in phases], 95)),
+            "created_to_fulfilled_less_boot_p50_s": _r(percentile(
+                [b - args.boot_seconds for _, b in phases], 50)),
+            "created_to_fulfilled_less_boot_p95_s": _r(percentile(
+                [b - args.boot_seconds for _, b in phases], 95))}
         result.update(
             requests_fulfilled=len(steady), failed=zuul.failed,
             latency_p50_s=_r(percentile(steady, 50)), latency_p95_s=_r(percentile(steady, 95)),
