@@ -509,7 +509,8 @@ def _r(v: float | None) -> float | None:
 
 
 def measure_list(config: str, clouds: str, web_port: int, nodes: int) -> dict:
-    """``nodepool list`` (a new process: includes Python's start-up) and /node-list."""
+    """``nodepool list`` (a new process: includes Python's start-up), by default
+    (the launcher's status API) and with ``--zookeeper``, and /node-list."""
     out: dict = {}
     t = time.monotonic()
     proc = subprocess.run([os.path.join(BIN, "nodepool"), "-c", config, "--clouds", clouds,
@@ -519,6 +520,12 @@ def measure_list(config: str, clouds: str, web_port: int, nodes: int) -> dict:
         out["nodepool_list_rows"] = len(json.loads(proc.stdout))
     except ValueError:
         out["nodepool_list_error"] = proc.stderr[-300:]
+    t = time.monotonic()
+    proc = subprocess.run([os.path.join(BIN, "nodepool"), "-c", config, "--clouds", clouds,
+                           "list", "--json", "--zookeeper"], capture_output=True, text=True)
+    out["nodepool_list_zookeeper_s"] = round(time.monotonic() - t, 2)
+    if proc.returncode != 0:
+        out["nodepool_list_zookeeper_error"] = proc.stderr[-300:]
     t = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", "import nodepool.cmd.nodepoolcmd"],
                           capture_output=True)
@@ -616,6 +623,7 @@ def print_table(machine: dict, results: list[dict]) -> None:
         ("added latency p50 s", lambda r: r["added_latency_p50_s"]),
         ("added latency p95 s", lambda r: r["added_latency_p95_s"]),
         ("nodepool list s", lambda r: r["list"]["nodepool_list_s"]),
+        ("nodepool list --zookeeper s", lambda r: r["list"]["nodepool_list_zookeeper_s"]),
         ("/node-list s (best)", lambda r: min(r["list"]["node_list_http_s"])),
         ("load avg (1 min) before", lambda r: r["loadavg_before"][0]),
     ]
