@@ -632,6 +632,13 @@ def print_comparison(table: dict[str, dict[str, dict]]) -> None:
                   f"{cell(row['ours']):>10}  {row['target']}")
 
 
+def _save(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(dict(result, load_average=[round(x, 2)
+                                                          for x in os.getloadavg()])) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", action="append",
@@ -648,6 +655,9 @@ def main() -> int:
                    help=f"the venv with upstream Nodepool (default {DEFAULT_UPSTREAM_VENV})")
     p.add_argument("--log-dir", help="keep the launchers' logs and configs here "
                                      "(default: a temporary directory, removed)")
+    p.add_argument("--save", metavar="PATH",
+                   help="append each scenario's result to PATH as one JSON line as soon "
+                        "as it is measured (long runs keep what they measured)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-v", "--verbose", action="store_true", help="launcher logs to stderr")
     args = p.parse_args()
@@ -671,6 +681,7 @@ def main() -> int:
                         results.append(run_jobs(name, JOB_SCENARIOS[name], zk_tls, workdir,
                                                 args.minutes, kind, args.upstream_venv,
                                                 args.log_dir))
+                        _save(args.save, results[-1])
                 else:
                     results.append(run_scenario(name, SCENARIOS[name], zk, workdir,
                                                 args.requests))
