@@ -653,7 +653,7 @@ def main() -> int:
                         "the other, printed side by side (default: ours)")
     p.add_argument("--upstream-venv", default=DEFAULT_UPSTREAM_VENV,
                    help=f"the venv with upstream Nodepool (default {DEFAULT_UPSTREAM_VENV})")
-    p.add_argument("--log-dir", help="keep the launchers' logs and configs here "
+    p.add_argument("--log-dir", help="keep the launchers' logs here "
                                      "(default: a temporary directory, removed)")
     p.add_argument("--save", metavar="PATH",
                    help="append each scenario's result to PATH as one JSON line as soon "
