@@ -142,7 +142,11 @@ def test_our_loader_reads_the_generated_config(tmp_path):
 @pytest.mark.skipif(not os.path.exists(os.path.join(UPSTREAM_VENV, "bin", "nodepool")),
                     reason="upstream Nodepool is not installed (tools/install-upstream.sh)")
 def test_upstreams_validator_accepts_the_generated_config(tmp_path):
+    # The scenarios' files differ only in the rate key and the chroot: one
+    # with and one without, as each validation starts upstream (seconds).
     for name, _, data in _job_configs(tmp_path):
+        if name not in ("jobs-provider-net", "jobs-rate-fip"):
+            continue
         path, clouds = _write(tmp_path, name, data)
         out = subprocess.run([os.path.join(UPSTREAM_VENV, "bin", "nodepool"), "-c", path,
                               "config-validate"], capture_output=True, text=True,
