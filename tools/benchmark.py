@@ -45,7 +45,6 @@ same TLS ZooKeeper, the same fakecloud configuration and the same job
 workload; ``both`` runs each scenario with upstream, then with ours, and
 prints the figures side by side with the target.
 
-
 The scale scenario (10 providers, 200 to 2,000 nodes, the launcher and the
 fakecloud in their own processes) is tools/benchmark_scale.py.
 """
