@@ -592,12 +592,9 @@ class ServerDeletion:
             if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
-            elif self.ctx.quota_waiting() and \
-                    self.ctx.delete_durations.likely_gone(now - self.sent_at):
-                # A request waits for the quota this server holds, and it
-                # has likely gone by now: look sooner than usual.
-                self.ctx.servers.want_fresh(within=self.ctx.gone_check_interval)
             else:
+                # At the usual pace; while requests wait for quota the
+                # provider looks sooner, when this server has likely gone.
                 self.ctx.servers.want_fresh()
 
     def _gone(self) -> None:
