@@ -275,6 +275,33 @@ def test_contention_never_draws_a_quota_403(harness):
     assert h.provider.counters["launch_failures"] == 0
 
 
+def test_a_freed_server_nova_surely_counted_needs_no_limits_read(harness):
+    # One instance of quota.  The server exists when a limits reading is
+    # taken; once it is deleted and gone, the ledger knows nova's figure
+    # counted it (listed, and its DELETE accepted, after the reading), so
+    # the instance is free again without reading the limits once more.
+    h = harness(limited(instances=1, boot_seconds=0.1, delete_seconds=0.3))
+    h.wait_available()
+    [node] = h.start(1)
+    done = h.finish_builds([node])
+    assert done[node].state is BuildState.READY
+    created_at = time.monotonic()
+    wait_for(lambda: (h.quota()["limits"]["read_at"] or 0) > created_at, timeout=10,
+             what="a limits reading taken while the server exists")
+    wait_for(lambda: h.quota()["resources"]["instances"]["nova_used"] == 1, timeout=10)
+    # From now on limits are read only when something makes the reading stale.
+    h.ledger.refresh_policy = RefreshPolicy(min_interval=0, max_age=3600)
+    reads = h.cloud.request_count("GET /compute/v2.1/limits")
+    h.finish_deletes([h.delete(node, done[node].info.external_id)])
+    assert h.provider.capacity(["small"]) is Capacity.AVAILABLE
+    # A forced read would start on the loop's next pass: let a few go by.
+    lists = h.cloud.request_count(LIST_ROUTE)
+    wait_for(lambda: h.cloud.request_count(LIST_ROUTE) >= lists + 3, timeout=10)
+    assert h.quota()["resources"]["instances"]["freed_since_reading"] == 1
+    assert h.cloud.request_count("GET /compute/v2.1/limits") == reads
+    assert h.cloud.counters()["quota_403"] == 0
+
+
 def test_boot_from_volume_respects_cinder_quota(harness):
     # Nova does not check cinder quota: an over-quota volume boot is accepted
     # and then goes ERROR.  The provider must not let that happen.

@@ -30,9 +30,10 @@ flight* relative to the reading and may be missing from ``N``.  Then
   accepted while the read was in progress may be in ``N`` and is still
   added as in flight, until the next reading covers it.  A server of ours
   that is gone stays in ``N`` until the next reading, unless nova surely
-  counted it in ``N`` (we knew it existed before the read started and a
-  server list requested after the reading arrived still showed it, so it
-  existed all the while nova answered the read): then its
+  counted it in ``N`` (we knew it existed before the read started, and a
+  server list requested after the reading arrived still showed it, or a
+  DELETE sent after then was accepted, so it existed all the while nova
+  answered the read): then its
   cost is subtracted from ``N`` at once (``freed``).  A gone server that
   was covered without that proof forces a refresh instead; one that was in
   flight needs neither (``N`` may lack it, and it no longer counts on top).
@@ -492,8 +493,9 @@ class QuotaLedger:
             return True
 
     def note_listed(self, key: Hashable, requested_at: float) -> None:
-        """A server list requested at ``requested_at`` (the ledger's clock)
-        still showed the server (any state, e.g. one being deleted)."""
+        """Nova still had the server at ``requested_at`` (the ledger's
+        clock): a server list requested then showed it (in any state, e.g.
+        being deleted), or a DELETE sent then was accepted."""
         with self._cond:
             entry = self._entries.get(key)
             if entry is not None and (entry.listed_at is None or requested_at > entry.listed_at):

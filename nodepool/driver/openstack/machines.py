@@ -558,6 +558,7 @@ class ServerDeletion:
             if not self.call.done():
                 return
             call, self.call = self.call, None
+            accepted = True
             try:
                 call.result()
             except Exception as e:  # noqa: BLE001
@@ -568,10 +569,15 @@ class ServerDeletion:
                     self.not_before = now + min(MAX_DELETE_BACKOFF, 2.0 ** self.errors)
                     self.step = DeleteStep.SEND
                     return
+                accepted = False
             self.sent_at = now
             self.reason = None
             if self.key:
                 self.ctx.ledger.delete_issued(self.key)
+                if accepted and call.started_at is not None:
+                    # Nova accepted the DELETE, so it still had the server
+                    # when the call started: as good as a list from then.
+                    self.ctx.ledger.note_listed(self.key, call.started_at)
             self.ctx.servers.want_fresh(now)
             self.step = DeleteStep.WAIT_GONE
             return
