@@ -9,7 +9,7 @@ it looks when the servers it waits for have likely gone: ``chance_gone``
 says how likely one still listed at one moment is gone by a later one, and
 the provider sums that over every pending delete (one list serves them
 all) and lists once the sum is high enough.  Past every duration seen so
-far, looks back off (the wait doubles with the delete's age).
+far, looks back off (the wait grows with how far past it the delete is).
 
 Pure logic: the provider passes in times it observed.
 """
@@ -31,8 +31,10 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[index]
 
 
-def _tail(listed_at: float, now: float) -> float:
-    return min(1.0, (now - listed_at) / max(listed_at, 1.0))
+def _tail(listed_at: float, now: float, longest: float) -> float:
+    # Past the longest duration seen, the wait between looks grows with how
+    # far past it the delete is (a doubling back-off).
+    return min(1.0, (now - listed_at) / max(listed_at - longest, 1.0))
 
 
 @dataclass
@@ -70,7 +72,8 @@ class DeleteDurations:
         From the observed durations; before MIN_SAMPLES, 1 inside
         DEFAULT_WINDOW (nothing learned yet: look as often as allowed).  A
         server older than every observed duration gets
-        ``(now - listed_at) / listed_at``: a look each time its age doubles.
+        ``(now - listed_at) / (listed_at - longest)`` (at least 1 s below):
+        the wait between looks grows as the delete outlives what was seen.
         """
         listed_at = max(0.0, listed_at)
         if now <= listed_at:
@@ -79,10 +82,10 @@ class DeleteDurations:
             start, end = DEFAULT_WINDOW
             if now < start:
                 return 0.0
-            return 1.0 if listed_at < end else _tail(listed_at, now)
+            return 1.0 if listed_at < end else _tail(listed_at, now, end)
         later = [x for x in self.samples if x > listed_at]
         if not later:
-            return _tail(listed_at, now)
+            return _tail(listed_at, now, max(self.samples))
         return sum(1 for x in later if x <= now) / len(later)
 
     def describe(self) -> dict:
