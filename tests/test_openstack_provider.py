@@ -292,8 +292,11 @@ def test_a_freed_server_nova_surely_counted_needs_no_limits_read(harness):
     # From now on limits are read only when something makes the reading stale.
     h.ledger.refresh_policy = RefreshPolicy(min_interval=0, max_age=3600)
     reads = h.cloud.request_count("GET /compute/v2.1/limits")
-    h.finish_deletes([h.delete(node, done[node].info.external_id)])
-    assert h.provider.capacity(["small"]) is Capacity.AVAILABLE
+    assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
+    deletion = h.delete(node, done[node].info.external_id)
+    wait_for(lambda: h.provider.capacity(["small"]) is Capacity.AVAILABLE, timeout=10,
+             what="the instance free again")
+    h.finish_deletes([deletion])
     # A forced read would start on the loop's next pass: let a few go by.
     lists = h.cloud.request_count(LIST_ROUTE)
     wait_for(lambda: h.cloud.request_count(LIST_ROUTE) >= lists + 3, timeout=10)

@@ -70,6 +70,11 @@ TENANT = "tenant"
 BACKOFF = "backoff"
 LIMITS_UNKNOWN = "limits-unknown"
 
+# Why a limits reading is stale (``limits_refresh_due``): one of our servers
+# went and the reading may still count it.  Over-counting is the safe side,
+# so a provider may wait with this read until requests need the headroom.
+STALE_AFTER_DELETE = "delete completed"
+
 
 class EntryState(str, enum.Enum):
     RESERVED = "reserved"    # headroom taken, POST not sent yet
@@ -485,10 +490,10 @@ class QuotaLedger:
                 prov.freed = prov.freed + entry.cost
             elif covered or prov.limits is None:
                 # The reading may or may not count it: read again.
-                prov.stale_because = prov.stale_because or "delete completed"
+                prov.stale_because = prov.stale_because or STALE_AFTER_DELETE
             if prov.backoff.active(self._clock()):
                 # Only a reading started after this delete ends a backoff early.
-                prov.stale_because = prov.stale_because or "delete completed"
+                prov.stale_because = prov.stale_because or STALE_AFTER_DELETE
             self._remove(entry)
             return True
 

@@ -36,6 +36,7 @@ from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.driver.server_list import ServerListCache
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
+from nodepool.quota.ledger import STALE_AFTER_DELETE
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
                                        DeleteStatus, NodeInfo)
@@ -345,7 +346,12 @@ class OpenStackProvider(LoopedProvider):
             except Exception as e:  # noqa: BLE001 - the previous reading stays
                 self.ledger.limits_read_failed(token, str(errors.classify(e)))
             return
-        if self.ledger.limits_refresh_due(self.name):
+        due = self.ledger.limits_refresh_due(self.name)
+        if due == STALE_AFTER_DELETE and not self.quota_waiting():
+            # The reading over-counts a gone server: harmless until a
+            # request needs the headroom (then it is read right away).
+            return
+        if due:
             token = self.ledger.begin_limits_read(self.name)
             self._limits_call = (token, self.gate.submit("compute.get_limits",
                                                          self._read_limits))
