@@ -55,7 +55,7 @@ PORT_LIST_INTERVAL = 1.0
 # delete_timing), and never more often than GONE_CHECK_INTERVAL.  Lower
 # finds freed quota sooner at the cost of more lists; see doc/quota.rst.
 GONE_LOOK_CHANCE = 0.3
-GONE_CHECK_INTERVAL = 0.25
+GONE_CHECK_INTERVAL = 0.5
 # A capacity check that found no headroom counts as "requests wait" this long.
 QUOTA_WAIT_MEMORY = 2.0
 
