@@ -558,9 +558,9 @@ class ServerDeletion:
             if not self.call.done():
                 return
             call, self.call = self.call, None
-            accepted = True
             try:
-                call.result()
+                # False (or NOT_FOUND below): nova no longer knew the server.
+                accepted = call.result() is not False
             except Exception as e:  # noqa: BLE001
                 err = errors.classify(e)
                 if err.kind != errors.NOT_FOUND:
