@@ -306,7 +306,7 @@ def test_a_freed_server_nova_surely_counted_needs_no_limits_read(harness):
 
 
 def test_a_freed_instance_is_found_when_learned_delete_times_say_it_is_gone(harness, tmp_path):
-    # Production list pace (every 2 s).  The provider has learned that its
+    # A list every 2 s at most otherwise.  The provider has learned that its
     # deletes take 2.5 s; while a build waits for the only instance, it
     # lists when the deleted server has likely gone instead of at its pace
     # (the lists 2 s and 4 s after the DELETE).

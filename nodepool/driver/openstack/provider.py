@@ -43,7 +43,9 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
 
 log = logging.getLogger("nodepool.openstack.provider")
 
-SERVER_LIST_INTERVAL = 2.0
+# The shared server list's pace while something waits for a fresher one
+# (builds, deletes): each list serves them all; idle, every 4 intervals.
+SERVER_LIST_INTERVAL = 2.5
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
 # Ports are listed only while a server waits for its floating IP: one list
