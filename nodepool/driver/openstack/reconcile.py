@@ -66,7 +66,12 @@ class ServerReconciler:
             key = srv.ledger_key(meta)
             listed.add(key)
             self._keys_by_server[server["id"]] = key
-            if key in known_keys or meta.get(srv.META_POOL) not in p.config.pools:
+            if key in known_keys:
+                # Still counted by nova when this list was requested: once
+                # it is gone, the ledger can free it without a limits read.
+                p.ledger.note_listed(key, snap.requested_at)
+                continue
+            if meta.get(srv.META_POOL) not in p.config.pools:
                 continue
             flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
             cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
