@@ -655,6 +655,10 @@ class NodeRequestHandler:
     def _poll_orphan(self, node_id: str) -> None:
         orphan = self._orphans[node_id]
         if not orphan.lock.held:
+            # Released elsewhere or lost with the session: the reaper owns
+            # the node now.  Said, because a build is left unpolled.
+            log.warning("node %s: lock of the orphan build no longer held; "
+                        "leaving the node to the reaper", node_id)
             del self._orphans[node_id]
             return
         if not self.store.node_exists(node_id, cached=True) \
