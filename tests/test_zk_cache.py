@@ -87,3 +87,23 @@ def test_wait_for_change_wakes_on_cache_events(zk_store, zk_connect):
     other = ZooKeeperStore(zk_connect())
     other.create_request(NodeRequest(node_types=["a"]), 200)
     assert zk_store.wait_for_change(SYNC_TIMEOUT)
+
+
+def test_on_added_tells_of_each_new_record_once(zk_store, zk_connect):
+    """The launcher wakes its pool workers on a new request: the cache tells
+    of new records only, not of updates to ones it holds."""
+    added = []
+    zk_store.requests_cache.on_added = added.append
+    other = ZooKeeperStore(zk_connect())
+    req = other.create_request(NodeRequest(node_types=["a"], requestor="zuul"), 200)
+    wait_for(lambda: [r.id for r in added] == [req.id], message="the new request told")
+    lock = other.try_lock_request(req.id)
+    req.set_state("pending")
+    other.store_request(req, lock)
+    wait_for(lambda: zk_store.get_request(req.id, cached=True).state == "pending",
+             message="the state change")
+    second = other.create_request(NodeRequest(node_types=["b"], requestor="zuul"), 100)
+    wait_for(lambda: len(added) == 2, message="the second request told")
+    assert [r.id for r in added] == [req.id, second.id]
+    assert added[1].node_types == ["b"]
+    lock.release()

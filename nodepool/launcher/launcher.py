@@ -41,13 +41,16 @@ from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.components import (ComponentRegistration, make_pool_id,
                                     register_launcher, register_pool)
 from nodepool.zk import paths
-from nodepool.zk.records import (READY, MalformedRecord, Node,
+from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
 from nodepool.zk.store import ZooKeeperStore
 
 log = logging.getLogger("nodepool.launcher")
 
 POOL_INTERVAL = 0.5          # a pool worker's pass when nothing changes
+# A woken pool worker (a new request for one of its labels) passes at once,
+# but never more often than this: bursts of requests share a pass.
+POOL_MIN_GAP = 0.05
 PAUSED_MIN_PASS = 0.05       # a paused pool's shortest pause between passes
 MAINTENANCE_INTERVAL = 1.0
 MIN_READY_INTERVAL = 5.0
@@ -137,9 +140,14 @@ class PoolWorker:
                                           builder or launcher.providers[provider.name],
                                           registration=self.registration)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
                                         daemon=True)
         self.last_report: PassReport | None = None
+
+    def wake(self) -> None:
+        """Pass now rather than at the end of the wait (a new request)."""
+        self._wake.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -200,12 +208,15 @@ class PoolWorker:
                 ledger.wait_for_change(seen, POOL_INTERVAL)
                 self._stop.wait(PAUSED_MIN_PASS)  # never a tight loop
             else:
-                self._stop.wait(POOL_INTERVAL)
+                self._wake.wait(POOL_INTERVAL)
+                self._wake.clear()
+                self._stop.wait(POOL_MIN_GAP)
 
     def stop(self, wait: float) -> None:
         """Stop taking requests, then let go of every lock (once the pass in
         progress is over: the handler is not safe to use from two threads)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(wait)
         if self._thread.is_alive():
@@ -269,6 +280,7 @@ class Launcher:
         self.store = ZooKeeperStore(self.client)
         self.store.ensure_roots()
         self.store.start_caches()
+        self.store.requests_cache.on_added = self._new_request
         if not self.store.wait_synced(cfg.zookeeper.session_timeout * 3):
             log.warning("ZooKeeper caches are not in sync yet; continuing")
         self.ledger = QuotaLedger(tenant_limits=tenant_limits_from_config(cfg.tenant_limits))
@@ -482,6 +494,14 @@ class Launcher:
                     log.exception("maintenance task %s failed", name)
             self.health.beat("maintenance")
             self._stop.wait(MAINTENANCE_INTERVAL)
+
+    def _new_request(self, request: NodeRequest) -> None:
+        """Wake the pool workers that serve one of its labels (ZooKeeper's
+        event thread: no work here beyond setting events)."""
+        wanted = set(request.node_types)
+        for worker in list(self.pool_workers.values()):
+            if wanted & worker.settings.labels:
+                worker.wake()
 
     def _session_upkeep(self) -> None:
         """Lock znodes whose delete failed during a disconnect, a launcher

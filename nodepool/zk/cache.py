@@ -45,6 +45,8 @@ class RecordCache(Generic[T]):
                  track_locks: bool = False,
                  on_change: Callable[[], None] | None = None):
         self.client = client
+        # Told of each record the cache had not held before (a new request).
+        self.on_added: Callable[[T], None] | None = None
         self.root = root.rstrip("/")
         self._parse = parse
         self._track_locks = track_locks
@@ -204,11 +206,17 @@ class RecordCache(Generic[T]):
             self._changed()
             return
         with self._lock:
+            added = name not in self._records
             self._records[name] = record
             if self._index is not None:
                 self._index.put(name, record)
             self._malformed.pop(name, None)
         self._changed()
+        if added and self.on_added is not None:
+            try:
+                self.on_added(record)
+            except Exception:  # a listener bug must not stop the cache
+                log.exception("cache added-record listener failed")
 
     def _forget(self, name: str) -> None:
         """Drop a record (caller holds _lock)."""
