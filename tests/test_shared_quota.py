@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodepool.quota import CloudLimits, PoolQuota, QuotaLedger, Resources, ZERO
-from nodepool.quota.shared import (Claim, ClaimState, launcher_share, others_usage,
-                                   parse_book, project_key, shared_headroom, shortfalls)
+from nodepool.quota.shared import (Claim, ClaimState, freed_usage, launcher_share,
+                                   others_usage, parse_book, project_key, shared_headroom,
+                                   shortfalls)
 
 finite = st.integers(min_value=0, max_value=10_000)
 costs = st.builds(Resources, finite, finite, finite, finite, finite)
@@ -74,17 +75,18 @@ def _ledger_with(limits_used: int, limit: int, own_covered: int, own_in_flight: 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 12), st.integers(1, 12), st.integers(0, 6), st.integers(0, 6),
-       st.integers(0, 6), st.integers(0, 6))
+       st.integers(0, 6), st.integers(0, 6), st.integers(0, 6))
 def test_the_headroom_from_the_estimate_is_the_rule_with_everyones_claims(
-        n, limit, own_covered, own_in_flight, co, io):
+        n, limit, own_covered, own_in_flight, co, io, fo):
     ledger = _ledger_with(n, limit, own_covered, own_in_flight)
     est = ledger.estimate("p")
     assert (est.ledger_covered.instances, est.in_flight.instances) == (own_covered,
                                                                        own_in_flight)
     others_c, others_i = Resources(co, 0, 0), Resources(io, 0, 0)
+    fo = min(fo, n)   # freed: servers nova counted, so never more than nova's count
     got = shared_headroom(est.limits.max, est.headroom, est.ledger_covered, est.in_flight,
-                          others_c, others_i)
-    expected = limit - max(n, own_covered + co) - own_in_flight - io
+                          others_c, others_i, Resources(fo, 0, 0))
+    expected = limit - max(n - fo, own_covered + co) - own_in_flight - io
     assert got.instances == expected
     assert got.cores == math.inf and got.ram == math.inf
 
@@ -118,3 +120,15 @@ def test_the_project_key_ignores_names_and_trailing_slashes_but_not_the_project(
 
 def test_the_budget_share_is_never_below_one():
     assert [launcher_share(n) for n in (0, 1, 3)] == [1, 1, 3]
+
+
+def test_freed_needs_a_list_after_the_reading_a_live_launcher_and_a_claim_gone():
+    gone = _claim(ClaimState.OWNED, "a/1", "alive")
+    still = _claim(ClaimState.OWNED, "b/1", "alive")
+    dead = _claim(ClaimState.OWNED, "c/1", "dead")
+    unseen = _claim(ClaimState.OWNED, "d/1", "alive")
+    listed = {"a/1": 10.0, "b/1": 10.0, "c/1": 10.0, "d/1": 4.0}
+    freed = freed_usage([gone, still, dead, unseen], present={still.name}, listed_at=listed,
+                        reading_started=5.0, live_launchers={"alive"})
+    assert freed == gone.cost
+    assert freed_usage([gone], set(), listed, None, {"alive"}) == ZERO

@@ -16,15 +16,16 @@ ONE = Resources(1, 1, 512)
 def _book(client, launcher, states=None, key="proj"):
     states = states if states is not None else {}
     book = ProjectBook(client, key, {"project": key}, launcher, states.get)
+    # (ProjectBook.start waits for nothing; the listings arrive by watch.)
     book.start()
     return book
 
 
-def _reserve(book, key, limit, covered=frozenset()):
+def _reserve(book, key, limit):
     """As a provider whose own ledger holds only this create (its estimate
     after reserving it locally)."""
     lim = Resources(limit, 100, 100000)
-    return book.reserve(key, ONE, lim - ONE, lim, ZERO, ONE, frozenset({key}), covered)
+    return ProviderShare(book).reserve(key, ONE, lim - ONE, lim, ZERO, ONE, frozenset({key}))
 
 
 def _children(client, book):
@@ -68,7 +69,12 @@ def test_a_dead_launchers_claims_vanish_with_its_session(zk_connect):
     a_client.stop()
     a_client.close()
     wait_for(lambda: not _children(b_client, b), message="a's claims gone")
-    assert _reserve(b, "b/1", 2) == []
+    share = ProviderShare(b)
+    # Once a limits reading started after they went (nova counts a's
+    # servers from then on, if they exist), the quota is b's.
+    share.reading_applied(share.reading_started())
+    lim = Resources(2, 100, 100000)
+    assert share.reserve("b/1", ONE, lim - ONE, lim, ZERO, ONE, frozenset({"b/1"})) == []
 
 
 def test_sync_follows_the_ledger_reserved_owned_gone(zk_connect):
@@ -121,6 +127,50 @@ def test_owned_claims_seen_before_a_reading_count_as_covered(zk_connect):
     assert share.reserve("b/1", ONE, nova_used_1, lim, ZERO, ONE, frozenset({"b/1"})) == []
 
 
+def test_a_covered_server_gone_is_freed_only_with_a_list_that_showed_it(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a_states = {"a/1": "created"}
+    a = _book(a_client, "a", a_states)
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    assert _reserve(a, "a/1", 1) == []
+    a.sync()
+    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    token = share.reading_started()
+    share.reading_applied(token)
+    lim = Resources(1, 100, 100000)
+    full = lim - Resources(1, 0, 0) - ONE    # nova said 1 of 1 used
+    args = (ONE, full, lim, ZERO, ONE, frozenset({"b/1"}))
+    assert share.check(*args)                # a's server holds the quota
+    # a's server goes; nova's reading still counts it.
+    del a_states["a/1"]
+    a.sync()
+    wait_for(lambda: not b.claims(), message="a's claim gone")
+    assert share.check(*args), "no list showed the server after the reading began"
+    share.listed(["a/1"], share._reading_started + 0.001)
+    assert share.check(*args) == []
+    assert share.reserve("b/1", *args) == []
+
+
+def test_a_dead_launchers_covered_claims_are_not_freed(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a = _book(a_client, "a", {"a/1": "created"})
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    assert _reserve(a, "a/1", 1) == []
+    a.sync()
+    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    share.reading_applied(share.reading_started())
+    share.listed(["a/1"], share._reading_started + 0.001)
+    a_client.stop()
+    a_client.close()
+    wait_for(lambda: not b.claims() and b.launcher_count() == 1, message="a gone")
+    lim = Resources(1, 100, 100000)
+    full = lim - Resources(1, 0, 0) - ONE
+    # Its server may well still exist: nova's 1 keeps counting it.
+    assert share.reserve("b/1", ONE, full, lim, ZERO, ONE, frozenset({"b/1"}))
+
+
 def test_one_leak_cleaner_per_project_and_the_next_takes_over(zk_connect):
     a_client, b_client = zk_connect(), zk_connect()
     a = _book(a_client, "a")
@@ -154,3 +204,24 @@ def test_claimed_elsewhere_only_for_another_launchers_claims(zk_connect):
     assert b.claimed_elsewhere("n/1") and not a.claimed_elsewhere("n/1")
     assert not b.claimed_elsewhere("n/2")
     assert Claim.parse(b.claims()[0].name).launcher == "a"
+
+
+def test_a_dead_launchers_claims_count_until_a_reading_that_started_after(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a = _book(a_client, "a")
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    share.reading_applied(share.reading_started())
+    assert _reserve(a, "a/1", 1) == []      # POST in flight when a dies
+    wait_for(lambda: b.claims() and b.launcher_count() == 2, message="b sees a")
+    a_client.stop()
+    a_client.close()
+    wait_for(lambda: not b.claims() and b.launcher_count() == 1, message="a gone")
+    lim = Resources(1, 100, 100000)
+    empty = lim - ONE                        # nova said 0 used (before a's POST)
+    args = (ONE, empty, lim, ZERO, ONE, frozenset({"b/1"}))
+    assert share.check(*args), "a's server may exist: nova's old reading missed it"
+    share.reading_applied(share.reading_started())
+    # A reading that started after a's claims went counts a's server if
+    # it exists; nova says 0 here, so there is room.
+    assert share.reserve("b/1", *args) == []

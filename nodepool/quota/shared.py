@@ -32,6 +32,16 @@ not ``N`` itself; ``u = max - h - il`` equals ``max(N, cl)``, and
 headroom above is computed from the estimate without looking inside the
 ledger.  A book listing that lags (a cached copy) only ever sees fewer
 covered claims, never more, so a lag errs towards counting twice.
+
+Servers of other launchers deleted since the reading are still in ``N``.
+The ledger frees its own with the rule of ``QuotaLedger.server_gone``; for
+a covered claim that left the book the same evidence is needed: a server
+list requested after the reading started still showed the server (so
+``N`` counted it), and its launcher is alive (so the claim left because
+nova no longer lists the server, not because its launcher died).  Their
+sum ``fo`` (``freed_usage``) is taken off ``N``::
+
+    headroom = max - max(N - fo, cl + co) - il - io
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import enum
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Mapping, Protocol
 from urllib.parse import quote, unquote
 
 from nodepool.quota.resources import RESOURCE_NAMES, ZERO, Resources
@@ -126,11 +136,27 @@ def others_usage(claims: Iterable[Claim], local_keys: frozenset | set,
     return _total(covered), _total(in_flight)
 
 
+def freed_usage(covered: Iterable[Claim], present: frozenset | set,
+                listed_at: Mapping[str, float], reading_started: float | None,
+                live_launchers: frozenset | set) -> Resources:
+    """What nova's reading still counts of other launchers' servers that are
+    gone since: covered claims (owned before the reading started) that left
+    the book, whose server a server list requested after the reading
+    started still showed (so nova counted it), and whose launcher is alive
+    (a dead launcher's claims leave the book with its servers still there)."""
+    if reading_started is None:
+        return ZERO
+    return _total(c.cost for c in covered
+                  if c.name not in present and c.launcher in live_launchers
+                  and listed_at.get(c.key, float("-inf")) >= reading_started)
+
+
 def shared_headroom(limit: Resources, local_headroom: Resources, local_covered: Resources,
                     local_in_flight: Resources, others_covered: Resources,
-                    others_in_flight: Resources) -> Resources:
-    """``max - max(N, cl + co) - il - io`` from the ledger's estimate (see
-    the module docstring).  Unlimited resources stay unlimited."""
+                    others_in_flight: Resources, others_freed: Resources = ZERO) -> Resources:
+    """``max - max(N - fo, cl + co) - il - io`` from the ledger's estimate
+    (see the module docstring; ``fo``: ``freed_usage``).  Unlimited
+    resources stay unlimited."""
     out = []
     for res in RESOURCE_NAMES:
         lim = getattr(limit, res)
@@ -139,7 +165,10 @@ def shared_headroom(limit: Resources, local_headroom: Resources, local_covered: 
             continue
         il = getattr(local_in_flight, res)
         u = lim - getattr(local_headroom, res) - il          # = max(N, cl)
-        used = max(u, getattr(local_covered, res) + getattr(others_covered, res))
+        # max(N - fo, cl + co) == max(u - fo, cl + co): if N < cl then
+        # u - fo = cl - fo <= cl + co.
+        used = max(u - getattr(others_freed, res),
+                   getattr(local_covered, res) + getattr(others_covered, res))
         out.append(lim - used - il - getattr(others_in_flight, res))
     return Resources(*out)
 
@@ -207,3 +236,16 @@ class SharedQuota(Protocol):
 
     def claimed_elsewhere(self, key: str) -> bool:
         """Does another launcher hold a claim for this ledger key?"""
+
+    def servers_gone(self, keys: frozenset) -> None:
+        """These ledger keys left the provider's ledger (nova no longer
+        lists their servers, or the POST never went out): any launcher's
+        claim for them is stale."""
+
+    def listed(self, keys: Iterable[str], requested_at: float) -> None:
+        """A server list requested at ``requested_at`` (the provider's
+        clock) showed servers of these ledger keys (any provider's)."""
+
+    def look_again(self) -> bool:
+        """True once after another launcher saw one of our servers gone
+        before we did: read the server list soon."""

@@ -35,17 +35,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from nodepool.quota.shared import (Claim, ClaimState, others_usage, parse_book,
-                                   shared_headroom, shortfalls)
+from nodepool.quota.shared import (Claim, ClaimState, freed_usage, others_usage,
+                                   parse_book, shared_headroom, shortfalls)
 from nodepool.quota import Resources
 from nodepool.zk import paths
 from nodepool.zk.session import SessionTracker
@@ -55,6 +56,8 @@ log = logging.getLogger("nodepool.zk.shared_quota")
 # A reservation reads the book and commits at most this many times before
 # it gives up for this pass (the machine tries again on its next pass).
 RESERVE_ATTEMPTS = 5
+# How long a key stays known as gone (its claims are ignored meanwhile).
+GONE_MEMORY = 120.0
 # Each ZooKeeper call of a reservation waits at most this long.
 CALL_TIMEOUT = 2.0
 LAYER = "shared quota"
@@ -100,6 +103,15 @@ class ProjectBook:
         self._member_generation: int | None = None
         self._watching = False
         self.conflicts = 0      # reservations that lost a race and read again
+        # Ledger keys whose servers nova no longer lists (told by a provider
+        # of ours): claims for them are stale, whoever holds them.
+        self._gone: dict[str, float] = {}
+        # Bumped when another launcher removed a claim of ours: it saw the
+        # server gone first; our providers should look at the list soon.
+        self.removed_by_others = 0
+        # Other launchers' claims that left the book lately, and when: if
+        # their launcher died, their servers may still exist.
+        self._vanished: dict[str, tuple[Claim, float]] = {}
         self.started = False
 
     # -- set-up ------------------------------------------------------------------
@@ -138,8 +150,29 @@ class ProjectBook:
                 pass
 
     def _on_claims(self, children: list[str]) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._names = frozenset(children)
+            before, self._names = self._names, frozenset(children)
+            for name in before - self._names:
+                claim = Claim.parse(name)
+                if claim is not None and claim.launcher != self.launcher_id:
+                    self._vanished[name] = (claim, now)
+            for name, (_, at) in list(self._vanished.items()):
+                if now - at > GONE_MEMORY:
+                    del self._vanished[name]
+            gen = self.session.generation
+            vanished = [key for key, held in self._mine.items()
+                        if held.generation == gen and held.claim.name in before
+                        and held.claim.name not in self._names]
+        if not vanished:
+            return
+        keys_now = {c.key for c in parse_book(children)}
+        for key in vanished:
+            # Not our own sync (it turns a claim owned in one transaction,
+            # and deletes one only after the ledger forgot the key): another
+            # launcher saw the server gone before we did.
+            if key not in keys_now and self.entry_state(key) in OWNED_STATES:
+                self.removed_by_others += 1
 
     def _on_members(self, children: list[str]) -> None:
         with self._lock:
@@ -160,7 +193,32 @@ class ProjectBook:
 
     def claims(self) -> list[Claim]:
         with self._lock:
-            return parse_book(self._names)
+            gone = self._gone
+            return [c for c in parse_book(self._names) if c.key not in gone]
+
+    def forget(self, keys: Iterable[str], now: float) -> None:
+        """Nova no longer lists these attempts' servers (a provider of ours
+        saw them go): drop every launcher's claim for them at once, rather
+        than wait for the owner's next server list.  The owner's sync does
+        not write them again (they are owned, nothing changes)."""
+        keys = set(keys)
+        if not keys:
+            return
+        with self._lock:
+            for key in keys:
+                self._gone[key] = now
+            for key, at in list(self._gone.items()):
+                if now - at > GONE_MEMORY:
+                    del self._gone[key]
+            stale = [n for n in self._names
+                     if (c := Claim.parse(n)) is not None and c.key in keys]
+        for name in stale:
+            # Asynchronous: a provider's loop never waits for it.  If it
+            # fails, the owner deletes its claim after its own server list.
+            try:
+                self.client.delete_async(f"{self.claims_path}/{name}")
+            except KazooException:
+                pass
 
     def owned_names(self) -> frozenset[str]:
         return frozenset(c.name for c in self.claims() if c.state is ClaimState.OWNED)
@@ -186,16 +244,31 @@ class ProjectBook:
 
     # -- reserving -----------------------------------------------------------------
 
-    def check(self, cost: Resources, headroom: Resources, limit: Resources,
-              local_covered: Resources, local_in_flight: Resources, local_keys: frozenset,
-              covered: frozenset) -> list[str]:
-        co, io = others_usage(self.claims(), local_keys, covered)
-        return shortfalls(shared_headroom(limit, headroom, local_covered, local_in_flight,
-                                          co, io), cost, LAYER)
+    def snapshot(self) -> tuple[frozenset[str], list[str]]:
+        """(claim names, launchers) from the cached listings."""
+        with self._lock:
+            return self._names, list(self._members)
 
-    def reserve(self, key: str, cost: Resources, headroom: Resources, limit: Resources,
-                local_covered: Resources, local_in_flight: Resources, local_keys: frozenset,
-                covered: frozenset) -> list[str]:
+    def gone_keys(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._gone)
+
+    def vanished(self, names: frozenset[str]) -> list[tuple[Claim, float]]:
+        """Other launchers' claims no longer in ``names`` (a fresh read) that
+        the cached book had, or that left it lately, with when they went."""
+        now = time.monotonic()
+        with self._lock:
+            found = dict(self._vanished)
+            for name in self._names - names:
+                claim = Claim.parse(name)
+                if claim is not None and claim.launcher != self.launcher_id:
+                    found.setdefault(name, (claim, now))
+        return [v for n, v in found.items() if n not in names]
+
+    def reserve(self, key: str, cost: Resources,
+                judge: Callable[[frozenset[str], list[str]], list[str]]) -> list[str]:
+        """Take a claim for ``key`` if ``judge`` finds no reason against it
+        in a fresh read of the book (claim names, launchers)."""
         with self._lock:
             if key in self._mine:
                 return []   # a loop repeating a step
@@ -205,13 +278,16 @@ class ProjectBook:
         generation = self.session.generation
         for _ in range(RESERVE_ATTEMPTS):
             try:
+                # Claims first: a launcher whose session ends between the
+                # two reads is then missing from both or only from members
+                # (its claims not freed as gone: the safe side).
                 children, stat = self.client.get_children_async(
                     self.claims_path, include_data=True).get(timeout=CALL_TIMEOUT)
+                members = self.client.get_children_async(
+                    self.members_path).get(timeout=CALL_TIMEOUT)
             except (KazooException, KazooTimeoutError) as e:
                 return [f"{LAYER}: cannot read the book ({type(e).__name__})"]
-            co, io = others_usage(parse_book(children), local_keys, covered)
-            reasons = shortfalls(shared_headroom(limit, headroom, local_covered,
-                                                 local_in_flight, co, io), cost, LAYER)
+            reasons = judge(frozenset(children), members)
             if reasons:
                 return reasons
             tx = self.client.transaction()
@@ -225,14 +301,13 @@ class ProjectBook:
                 with self._lock:
                     self._mine[key] = _Mine(claim, None)
                 return [f"{LAYER}: the reservation's answer was lost ({type(e).__name__})"]
-            if not any(isinstance(r, Exception) for r in results):
+            if not any(isinstance(r, Exception) for r in results) or \
+                    any(isinstance(r, NodeExistsError) for r in results):
+                # (NodeExists: our own earlier commit whose answer was lost.)
                 with self._lock:
                     self._mine[key] = _Mine(claim, generation)
-                return []
-            if any(isinstance(r, NodeExistsError) for r in results):
-                # Our own earlier commit whose answer was lost: it counted.
-                with self._lock:
-                    self._mine[key] = _Mine(claim, generation)
+                    # A key released after a refusal is reserved again.
+                    self._gone.pop(key, None)
                 return []
             if not any(isinstance(r, BadVersionError) for r in results):
                 return [f"{LAYER}: the reservation failed ({results})"]
@@ -273,6 +348,8 @@ class ProjectBook:
             want = claim.with_state(ClaimState.OWNED) if state in OWNED_STATES else claim
             if want == claim and held.generation == gen:
                 continue
+            if key in self._gone:
+                continue   # nova no longer lists it: nothing to write
             new_path = f"{self.claims_path}/{want.name}"
             if held.generation != gen:
                 # Written in a session that ended (or not known to exist):
@@ -311,39 +388,102 @@ class ProjectBook:
 
 class ProviderShare:
     """What one provider sees of its project's book (``SharedQuota``): the
-    book plus the claims covered by this provider's current limits reading."""
+    book, plus what this provider's current limits reading covers and what
+    its server lists showed since."""
 
-    def __init__(self, book: ProjectBook):
+    def __init__(self, book: ProjectBook, clock: Callable[[], float] = time.monotonic):
         self.book = book
+        self.clock = clock
+        self._lock = threading.Lock()
         self._covered: frozenset[str] = frozenset()
+        self._reading_started: float | None = None
+        self._listed_at: dict[str, float] = {}
+        # Keys this provider's ledger counted at some point: the ledger
+        # frees those itself, so they are never freed here as well.
+        self._local_seen: set[str] = set()
+        self._removed_seen = 0
+
+    def _reasons(self, names: frozenset[str], members: list[str], cost: Resources,
+                 headroom: Resources, limit: Resources, local_covered: Resources,
+                 local_in_flight: Resources, local_keys: frozenset) -> list[str]:
+        gone = self.book.gone_keys()
+        claims = parse_book(names)
+        present = frozenset(c.name for c in claims if c.key not in gone)
+        with self._lock:
+            self._local_seen.update(k for k in local_keys if isinstance(k, str))
+            covered = self._covered
+            candidates = [c for c in parse_book(covered)
+                          if c.launcher != self.book.launcher_id
+                          and c.key not in self._local_seen]
+            freed = freed_usage(candidates, present, self._listed_at,
+                                self._reading_started, {_launcher_of(m) for m in members})
+            # Claims of launchers that died: their servers may exist, and
+            # only a limits reading started after they went is sure to
+            # count them; until then they stay in flight (unless our
+            # ledger adopted them from the server list).
+            live = {_launcher_of(m) for m in members}
+            started = self._reading_started
+            orphans = [c for c, at in self.book.vanished(names)
+                       if c.launcher not in live and c.key not in local_keys
+                       and c.key not in gone and (started is None or at >= started)]
+        co, io = others_usage(claims, local_keys | gone, covered)
+        for orphan in orphans:
+            io = io + orphan.cost
+        return shortfalls(shared_headroom(limit, headroom, local_covered, local_in_flight,
+                                          co, io, freed), cost, LAYER)
 
     def reserve(self, key: str, cost: Resources, headroom: Resources, limit: Resources,
                 local_covered: Resources, local_in_flight: Resources,
                 local_keys: frozenset) -> list[str]:
         # The cached book first: a create that waits for quota costs no
         # round trip on every pass.
-        reasons = self.book.check(cost, headroom, limit, local_covered, local_in_flight,
-                                  local_keys, self._covered)
+        reasons = self.check(cost, headroom, limit, local_covered, local_in_flight,
+                             local_keys)
         if reasons:
             return reasons
-        return self.book.reserve(key, cost, headroom, limit, local_covered, local_in_flight,
-                                 local_keys, self._covered)
+        return self.book.reserve(key, cost, lambda names, members: self._reasons(
+            names, members, cost, headroom, limit, local_covered, local_in_flight,
+            local_keys))
 
     def check(self, cost: Resources, headroom: Resources, limit: Resources,
               local_covered: Resources, local_in_flight: Resources,
               local_keys: frozenset) -> list[str]:
-        return self.book.check(cost, headroom, limit, local_covered, local_in_flight,
-                               local_keys, self._covered)
+        names, members = self.book.snapshot()
+        return self._reasons(names, members, cost, headroom, limit, local_covered,
+                             local_in_flight, local_keys)
 
     def reading_started(self) -> object:
-        return self.book.owned_names()
+        return (self.book.owned_names(), self.clock())
 
     def reading_applied(self, token: object) -> None:
-        if isinstance(token, frozenset):
-            self._covered = token
+        if not isinstance(token, tuple):
+            return
+        names, started = token
+        with self._lock:
+            self._covered = names
+            self._reading_started = started
+            # Only lists requested after this reading started count now.
+            self._listed_at = {k: t for k, t in self._listed_at.items() if t >= started}
+            keys = {c.key for c in parse_book(names)}
+            self._local_seen &= keys
+
+    def listed(self, keys: Iterable[str], requested_at: float) -> None:
+        with self._lock:
+            for key in keys:
+                self._listed_at[key] = requested_at
 
     def claimed_elsewhere(self, key: str) -> bool:
         return self.book.claimed_elsewhere(key)
+
+    def servers_gone(self, keys: frozenset) -> None:
+        self.book.forget(keys, self.clock())
+
+    def look_again(self) -> bool:
+        removed = self.book.removed_by_others
+        if removed != self._removed_seen:
+            self._removed_seen = removed
+            return True
+        return False
 
 
 class SharedQuotaBooks:
@@ -418,6 +558,10 @@ class SharedQuotaBooks:
                       "cleaner": b.is_cleaner(), "claims": len(b.claims()),
                       "mine": b.mine(), "conflicts": b.conflicts}
                 for key, b in list(self.books.items())}
+
+
+def _launcher_of(member: str) -> str:
+    return member.rsplit("-", 1)[0]
 
 
 def _sequence(member: str) -> tuple[int, str]:

@@ -122,6 +122,7 @@ class OpenStackProvider(LoopedProvider):
         self.api_share = api_share
         self.is_leak_cleaner = is_leak_cleaner
         self._shared_reading: object = None
+        self._ledger_keys: frozenset = frozenset()
         # Told how each launch attempt ended (the statsd launch timers).
         self.launch_observer = launch_observer
         self._unservable_logged: set[tuple[str, str, str]] = set()
@@ -281,6 +282,8 @@ class OpenStackProvider(LoopedProvider):
                     return
             if self.api_share is not None:
                 self.gate.set_share(self.api_share())
+            if self.shared_quota is not None and self.shared_quota.look_again():
+                self.servers.want_fresh()
             if self.servers.tick():
                 self.reconciler.reconcile()
             self.ports.tick()
@@ -309,7 +312,9 @@ class OpenStackProvider(LoopedProvider):
                     d.advance()
                 except Exception:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
+            finished = [d.key for d in self._server_deletions if d.done and d.key]
             self._server_deletions = [d for d in self._server_deletions if not d.done]
+            self._tell_shared_quota(finished)
             self.reconciler.clean_leaks()
             for sweep in (self.fip_sweep, self.port_sweep):
                 if sweep is not None and self.leak_cleaner():
@@ -335,6 +340,18 @@ class OpenStackProvider(LoopedProvider):
             self._retired_clouds.append(self._cloud)
         self._cloud = cloud
         self._reconnect = False
+
+    def _tell_shared_quota(self, deleted: list[str]) -> None:
+        """Attempts that left the ledger this pass, and servers we saw gone
+        after deleting them (perhaps another launcher's): their claims are
+        stale."""
+        if self.shared_quota is None:
+            return
+        keys = self.ledger.keys(self.name)
+        gone = set(self._ledger_keys - keys) | set(deleted)
+        self._ledger_keys = keys
+        if gone:
+            self.shared_quota.servers_gone(frozenset(k for k in gone if isinstance(k, str)))
 
     def leak_cleaner(self) -> bool:
         """Only one launcher per cloud project looks for leaks (elected)."""

@@ -66,6 +66,13 @@ class ServerReconciler:
         known_keys = p.ledger.keys(p.name)
         flavors = {f.get("id"): f for f in p.catalog.items("flavors") or []}
         listed: set[str] = set()
+        shared = p.shared_quota
+        if shared is not None:
+            # Every nodepool server of the project, whichever launcher's:
+            # evidence for the shared book that nova still counted it.
+            shared.listed((srv.ledger_key(m) for s in snap.servers.values()
+                           if (m := s.get("metadata") or {}).get(srv.META_NODE)),
+                          snap.requested_at)
         for server in snap.servers.values():
             meta = server.get("metadata") or {}
             if meta.get(srv.META_PROVIDER) != p.name:
@@ -74,7 +81,17 @@ class ServerReconciler:
             listed.add(key)
             self._keys_by_server[server["id"]] = key
             self._known_since.setdefault(server["id"], snap.requested_at)
-            if key in known_keys or meta.get(srv.META_POOL) not in p.config.pools:
+            if key in known_keys:
+                # Still listed after a limits read started: once gone, its
+                # quota is free before the next reading (ledger.server_gone).
+                p.ledger.note_listed(key, snap.requested_at)
+                continue
+            if meta.get(srv.META_POOL) not in p.config.pools:
+                continue
+            if shared is not None and shared.claimed_elsewhere(key):
+                # Another live launcher's server: the shared book counts it
+                # (adopting it would count it as in flight until our next
+                # limits reading).  Adopted once its launcher is gone.
                 continue
             flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
             cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
