@@ -216,7 +216,7 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
             time.sleep(0.02)
         facts["survivor_most_claims"] = most
 
-    run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=3, total=8,
+    run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=3, total=10,
         concurrency=5, job_seconds=(0.2, 0.5), during=during)
     assert facts["claims_before"] >= 1
     (members,) = facts["survivor_members"].values()
