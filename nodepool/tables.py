@@ -89,10 +89,14 @@ def node_row(node: Any, locked: bool) -> dict[str, Any]:
     }
 
 
+def node_columns(detail: bool = True) -> Columns:
+    return NODE_COLUMNS + (NODE_DETAIL_COLUMNS if detail else [])
+
+
 def node_view(nodes: Iterable[Any], is_locked, detail: bool = True) -> View:
     """Nodes sorted by id; ``is_locked(node_id)`` says whether one is locked."""
     rows = [node_row(n, is_locked(n.id)) for n in sorted(nodes, key=lambda n: n.id or "")]
-    return rows, NODE_COLUMNS + (NODE_DETAIL_COLUMNS if detail else [])
+    return rows, node_columns(detail)
 
 
 def request_view(requests: Iterable[Any]) -> View:

@@ -84,6 +84,17 @@ def test_latency_watch_sees_rising_latency_not_jitter():
     assert rising[-1]
 
 
+def test_one_very_slow_answer_does_not_keep_latency_rising():
+    # The first answer after a hang took 10 s; the ones after it are fast
+    # again, and so is the cloud.
+    watch = LatencyWatch()
+    assert not any(watch.add(0.02) for _ in range(20))
+    watch.add(10.0)
+    assert [watch.add(0.02) for _ in range(3)][-1] is False
+    # Answers that stay slow still count as rising.
+    assert [watch.add(2.0) for _ in range(5)][-1] is True
+
+
 def test_call_classes():
     assert default_priority("compute.create_server") is Priority.NODE
     assert default_priority("compute.delete_server") is Priority.NODE

@@ -95,6 +95,17 @@ def test_help_explains_options():
     assert "api_timeout" in out.stdout
 
 
+def test_no_command_prints_help_and_exits_1():
+    # Upstream's CLI does the same; scripts test the status.
+    from nodepool.cmd import nodepoolcmd
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert nodepoolcmd.main([]) == 1
+    assert "COMMAND" in out.getvalue() and "config-validate" in out.getvalue()
+
+
 def test_version_flags():
     from nodepool.version import __version__
     for program in ("nodepool-launcher", "nodepool"):

@@ -14,6 +14,7 @@ import yaml
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.records import Node, NodeRequest
 from nodepool.zk.store import ZooKeeperStore
+from tests.fixtures.zk import wait_for
 
 BIN = os.path.dirname(sys.executable)
 
@@ -208,3 +209,94 @@ def test_debug_and_logging_file_options(tmp_path, zk_settings, populated):
                           "list"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "none.yaml: logging configuration file not found" in \
         out.stderr and "Traceback" not in out.stderr
+
+
+def test_list_reads_hundreds_of_nodes_and_their_locks(tmp_path, zk_settings):
+    """``nodepool list`` reads every node and lock with pipelined reads: each
+    row matches its znode, locked ones say so (correctness, not timed; the
+    timing is in tools/benchmark_scale.py)."""
+    client = connect(zk_settings)
+    store = ZooKeeperStore(client)
+    store.ensure_roots()
+    try:
+        nodes = [store.create_node(Node(state=("ready", "in-use", "building")[i % 3],
+                                        type=["small"], provider="p1", pool="main",
+                                        external_id=f"srv-{i}"))
+                 for i in range(300)]
+        locks = [store.try_lock_node(n.id) for n in nodes[::7]]
+        # A node znode without content (a late lock attempt) is not a row.
+        client.create("/nodepool/nodes/9999999999/lock", makepath=True)
+        config = write_config(tmp_path, zk_settings.servers, zk_settings.chroot)
+        out = nodepool(config, "list", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)
+        assert [r["id"] for r in rows] == [n.id for n in nodes]
+        by_id = {r["id"]: r for r in rows}
+        locked_ids = {n.id for n in nodes[::7]}
+        for n in nodes:
+            row = by_id[n.id]
+            assert (row["state"], row["server_id"]) == (n.state, n.external_id)
+            assert row["locked"] == ("locked" if n.id in locked_ids else "unlocked"), n.id
+        for lock in locks:
+            lock.release()
+    finally:
+        disconnect(client)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_list_uses_the_launchers_cache_only_for_the_same_zookeeper(tmp_path, zk_settings):
+    """With a launcher of this configuration running, ``nodepool list`` takes
+    its status API's node list (its cache); the rows are those read from
+    ZooKeeper.  A launcher of another chroot on the port is not used."""
+    from nodepool.config import load_config
+    from nodepool.launcher.launcher import Launcher
+
+    client = connect(zk_settings)
+    store = ZooKeeperStore(client)
+    store.ensure_roots()
+    port = _free_port()
+    data = yaml.safe_load(open(write_config(tmp_path, zk_settings.servers,
+                                            zk_settings.chroot)))
+    data["providers"] = []
+    data["webapp"] = {"port": port}
+    config_path = tmp_path / "with-webapp.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    config, _ = load_config(str(config_path))
+    launcher = Launcher(config)
+    launcher.start()
+    try:
+        nodes = [store.create_node(Node(state="ready", type=["small"], provider="p1",
+                                        pool="main", external_id=f"srv-{i}"))
+                 for i in range(20)]
+        lock = store.try_lock_node(nodes[3].id)
+        wait_for(lambda: len(launcher.store.list_nodes(cached=True)) == 20
+                 and launcher.store.node_locked(nodes[3].id, cached=True),
+                 message="the launcher's cache")
+        from nodepool.cmd.nodepoolcmd import launcher_node_rows
+        from_api = launcher_node_rows(config)
+        assert from_api is not None
+        out = nodepool(str(config_path), "list", "--json")
+        direct = nodepool(str(config_path), "list", "--json", "--zookeeper")
+        assert out.returncode == direct.returncode == 0, out.stderr + direct.stderr
+        key = ("id", "state", "server_id", "locked", "provider")
+
+        def rows(text):
+            return [tuple(r[k] for k in key) for r in json.loads(text)]
+        assert rows(out.stdout) == rows(direct.stdout)
+        assert [r["id"] for r in from_api] == [n.id for n in nodes]
+        assert {r["id"]: r["locked"] for r in from_api}[nodes[3].id] == "locked"
+        # The same port, another chroot: not this launcher's data.
+        data["zookeeper-servers"][0]["chroot"] = zk_settings.chroot + "-other"
+        other_path = tmp_path / "other.yaml"
+        other_path.write_text(yaml.safe_dump(data))
+        other, _ = load_config(str(other_path))
+        assert launcher_node_rows(other) is None
+        lock.release()
+    finally:
+        launcher.stop(wait=10)
+        disconnect(client)

@@ -30,3 +30,41 @@ def test_window_covers_what_was_seen(bounds):
     assert len(kept) == min(50, len(bounds))
     assert min(kept) <= start <= max(kept) < end
     assert all(x >= 0 for x in kept)
+
+
+def test_chance_gone_follows_the_observed_durations():
+    d = DeleteDurations()
+    # Before enough deletes: look as often as allowed inside the default window.
+    start, end = DEFAULT_WINDOW
+    assert d.chance_gone(0.0, start - 0.1) == 0.0
+    assert d.chance_gone(start, start + 0.1) == 1.0
+    assert d.chance_gone(end + 10, end + 15) == 0.5
+    for seconds in (5.0, 10.0, 15.0, 20.0):
+        d.record(seconds, seconds)
+    assert d.chance_gone(0.0, 4.0) == 0.0
+    assert d.chance_gone(0.0, 10.0) == 0.5
+    # Still listed at 10 s: only the longer durations are left.
+    assert d.chance_gone(10.0, 15.0) == 0.5
+    assert d.chance_gone(10.0, 20.0) == 1.0
+    assert d.chance_gone(12.0, 12.0) == 0.0
+
+
+def test_chance_gone_backs_off_past_every_observed_duration():
+    d = DeleteDurations()
+    for seconds in (5.0, 6.0, 7.0):
+        d.record(seconds, seconds)
+    # Just past the longest seen: still likely gone any moment.
+    assert d.chance_gone(7.5, 8.0) == 0.5
+    # Long past it: the wait between looks grows with the overrun.
+    assert d.chance_gone(17.0, 22.0) == 0.5
+    assert d.chance_gone(47.0, 67.0) == 0.5
+
+
+@given(samples=st.lists(st.floats(0, 60), max_size=60), listed=st.floats(0, 80),
+       later=st.floats(0, 80), more=st.floats(0, 80))
+def test_chance_gone_is_a_probability_that_grows_with_time(samples, listed, later, more):
+    d = DeleteDurations()
+    for s in samples:
+        d.record(s, s)
+    first = d.chance_gone(listed, listed + later)
+    assert 0.0 <= first <= d.chance_gone(listed, listed + later + more) <= 1.0

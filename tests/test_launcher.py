@@ -297,7 +297,7 @@ def test_restart_cleans_up_nodes_left_building(tmp_path, make_fakecloud, zk_sett
 def test_freed_instance_is_reused_soon_after_the_server_disappears(
         tmp_path, make_fakecloud, zk_settings, store):
     # One instance of quota; the deleted server lingers 3 s in nova.  The
-    # launcher runs with the production server-list interval (2 s), so only
+    # launcher runs with the production server-list interval (2.5 s), so only
     # the early look for gone servers (and waking the pool on the ledger
     # change) makes the reuse prompt.
     log_path = str(tmp_path / "requests.log")

@@ -275,6 +275,69 @@ def test_contention_never_draws_a_quota_403(harness):
     assert h.provider.counters["launch_failures"] == 0
 
 
+def test_a_freed_server_nova_surely_counted_needs_no_limits_read(harness):
+    # One instance of quota.  The server exists when a limits reading is
+    # taken; once it is deleted and gone, the ledger knows nova's figure
+    # counted it (listed, and its DELETE accepted, after the reading), so
+    # the instance is free again without reading the limits once more.
+    h = harness(limited(instances=1, boot_seconds=0.1, delete_seconds=0.3))
+    h.wait_available()
+    [node] = h.start(1)
+    done = h.finish_builds([node])
+    assert done[node].state is BuildState.READY
+    created_at = time.monotonic()
+    wait_for(lambda: (h.quota()["limits"]["read_at"] or 0) > created_at, timeout=10,
+             what="a limits reading taken while the server exists")
+    wait_for(lambda: h.quota()["resources"]["instances"]["nova_used"] == 1, timeout=10)
+    # From now on limits are read only when something makes the reading stale.
+    h.ledger.refresh_policy = RefreshPolicy(min_interval=0, max_age=3600)
+    reads = h.cloud.request_count("GET /compute/v2.1/limits")
+    assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
+    deletion = h.delete(node, done[node].info.external_id)
+    wait_for(lambda: h.provider.capacity(["small"]) is Capacity.AVAILABLE, timeout=10,
+             what="the instance free again")
+    h.finish_deletes([deletion])
+    # A forced read would start on the loop's next pass: let a few go by.
+    lists = h.cloud.request_count(LIST_ROUTE)
+    wait_for(lambda: h.cloud.request_count(LIST_ROUTE) >= lists + 3, timeout=10)
+    assert h.quota()["resources"]["instances"]["freed_since_reading"] == 1
+    assert h.cloud.request_count("GET /compute/v2.1/limits") == reads
+    assert h.cloud.counters()["quota_403"] == 0
+
+
+def test_a_freed_instance_is_found_when_learned_delete_times_say_it_is_gone(harness, tmp_path):
+    # A list every 2 s at most otherwise.  The provider has learned that its
+    # deletes take 2.5 s; while a build waits for the only instance, it
+    # lists when the deleted server has likely gone instead of at its pace
+    # (the lists 2 s and 4 s after the DELETE).
+    log_path = str(tmp_path / "requests.log")
+    delete_seconds = 2.5
+    h = harness(dict(limited(instances=1, boot_seconds=0.1, delete_seconds=delete_seconds),
+                     request_log=log_path), server_list_interval=2.0)
+    for _ in range(3):
+        h.provider.delete_durations.record(delete_seconds, delete_seconds)
+    h.wait_available()
+    [first] = h.start(1)
+    done = h.finish_builds([first])
+    assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
+    deletion = h.delete(first, done[first].info.external_id)
+    # The request handler asks on each of its passes, as a paused pool does.
+    wait_for(lambda: h.provider.capacity(["small"]) is Capacity.AVAILABLE, timeout=15,
+             what="the instance free again")
+    [second] = h.start(1)
+    assert h.finish_builds([second])[second].state is BuildState.READY
+    h.finish_deletes([deletion])
+    with open(log_path) as f:
+        entries = [json.loads(line) for line in f]
+    [deleted] = [e for e in entries if e["route"] == DELETE_ROUTE and e["status"] == 204]
+    creates = [e for e in entries if e["route"] == CREATE_ROUTE and e["status"] == 202]
+    assert len(creates) == 2
+    gone_at = deleted["finished"] + delete_seconds
+    # At the 2 s pace alone this takes about 1.5 s.
+    assert creates[1]["started"] - gone_at <= 1.0, creates[1]["started"] - gone_at
+    assert h.cloud.counters()["quota_403"] == 0
+
+
 def test_boot_from_volume_respects_cinder_quota(harness):
     # Nova does not check cinder quota: an over-quota volume boot is accepted
     # and then goes ERROR.  The provider must not let that happen.

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.quota.refresh import RefreshPolicy
 from nodepool.launcher.launcher import Launcher
 from nodepool.launcher.webapp import health
 from nodepool.zk.client import connect, disconnect
@@ -136,10 +137,12 @@ def test_status_api_endpoints(setup):
 
 def test_quota_command_shows_the_figures(setup):
     store, cloud = setup["store"], setup["cloud"]
+    launcher = setup["launcher"]
+    # Read limits often, so the reading that sees both servers comes soon.
+    launcher.ledger.refresh_policy = RefreshPolicy(min_interval=0.5, max_age=1.0)
     req = request(store, ["small", "small"])
     wait_for(lambda: store.get_request(req.id).state == "fulfilled", 30, what="fulfilment")
     # Nova reports two servers in use once the limits are read again.
-    launcher = setup["launcher"]
     wait_for(lambda: launcher.ledger.estimate("fake").limits is not None and
              launcher.ledger.estimate("fake").limits.used.instances == 2, 60,
              what="a limits reading that sees both servers")

@@ -793,6 +793,48 @@ class TestLifecycleApi:
         assert ledger.describe("p")["providers"]["p"]["resources"]["instances"][
             "freed_since_reading"] == 0
 
+    def test_a_gone_server_forces_a_limits_read_only_when_the_reading_may_count_it(self):
+        ledger, clock = make_ledger(refresh_policy=RefreshPolicy(min_interval=10, max_age=30))
+        read_limits(ledger, nova_limits(3))
+        create(ledger, "covered")
+        create(ledger, "listed")
+        clock.advance(1)
+        token = ledger.begin_limits_read("p")
+        ledger.apply_limits(token, nova_limits(3, used=(2, 2, 2048), read_at=token.started_at))
+        create(ledger, "in-flight")   # accepted after the reading began
+        clock.advance(1)
+        ledger.note_listed("listed", clock())
+        clock.advance(10)
+        assert ledger.limits_refresh_due("p") is None
+        # Not in the reading (or counted on top of it): nothing to read again.
+        ledger.server_gone("in-flight")
+        assert ledger.limits_refresh_due("p") is None
+        # Surely in the reading: subtracted at once, no read needed.
+        ledger.server_gone("listed")
+        assert ledger.limits_refresh_due("p") is None
+        assert headroom(ledger).instances == 2
+        # In the reading or gone before it began: only a new reading can say.
+        ledger.server_gone("covered")
+        assert ledger.limits_refresh_due("p") == "delete completed"
+        assert headroom(ledger).instances == 2   # never counted as free meanwhile
+
+    def test_a_list_from_before_nova_answered_the_reading_frees_nothing(self):
+        ledger, clock = make_ledger()
+        read_limits(ledger, nova_limits(3))
+        create(ledger, "a")
+        clock.advance(1)
+        token = ledger.begin_limits_read("p")
+        clock.advance(1)
+        # Listed while the read was under way: nova may have answered the
+        # read after the server went.
+        ledger.note_listed("a", clock())
+        clock.advance(1)
+        ledger.apply_limits(token, nova_limits(3, used=(1, 1, 1024), read_at=token.started_at))
+        ledger.server_gone("a")
+        assert headroom(ledger).instances == 2   # not counted as free
+        clock.advance(10)
+        assert ledger.limits_refresh_due("p") == "delete completed"
+
     def test_describe(self):
         ledger, clock = make_ledger({"main": PoolQuota(Resources(5, INF, INF, INF, INF))},
                                     tenant_limits={"t": Resources(3, INF, INF, INF, INF)})
@@ -913,8 +955,10 @@ class TestLedgerBackoffAndRefresh:
         assert ledger.limits_refresh_due("p") is None
         clock.advance(15)
         assert ledger.limits_refresh_due("p") == "max age"
-        read_limits(ledger, nova_limits(10))
         ledger.adopt("a", provider="p", pool="main", cost=SMALL)
+        read_limits(ledger, nova_limits(10))
+        # Covered by the reading, never listed after it began: the reading
+        # may or may not count it.
         ledger.server_gone("a")
         clock.advance(9)
         assert ledger.limits_refresh_due("p") is None  # never faster than min_interval

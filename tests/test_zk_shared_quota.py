@@ -69,6 +69,8 @@ def test_a_dead_launchers_claims_vanish_with_its_session(zk_connect):
     a_client.stop()
     a_client.close()
     wait_for(lambda: not _children(b_client, b), message="a's claims gone")
+    # b's watches saw it too (b notes when the claims went).
+    wait_for(lambda: not b.claims() and b.launcher_count() == 1, message="b sees a gone")
     share = ProviderShare(b)
     # Once a limits reading started after they went (nova counts a's
     # servers from then on, if they exist), the quota is b's.

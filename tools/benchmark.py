@@ -29,10 +29,24 @@ key, auto-floating-ip on):
                       network that need floating IPs
   jobs-quota-bound    quota 10, 25 jobs, deletes 5-20 s
   jobs-hang           8 jobs, the API hangs for 60 s after 30 s
+  jobs-three-launchers  three launcher processes with the same provider
+                        config, one project with an instance quota of 10,
+                        25 jobs, deletes 5-20 s (several launchers, one quota)
 
 For job scenarios it prints requests fulfilled per minute, latency p50/p95,
 API calls per fulfilled node, and (quota-bound) the share of the time the
 instance quota was fully used while requests waited.
+
+The reference column (``--launcher ours|upstream|both``, job scenarios
+only): the launcher runs as a process (``nodepool-launcher -f``), ours from
+this venv, upstream Nodepool 11 from its own venv (made by
+``tools/install-upstream.sh``, default ``.upstream-venv``), both against the
+same TLS ZooKeeper, the same fakecloud configuration and the same job
+workload; ``both`` runs each scenario with upstream, then with ours, and
+prints the figures side by side with the target.
+
+The scale scenario (10 providers, 200 to 2,000 nodes, the launcher and the
+fakecloud in their own processes) is tools/benchmark_scale.py.
 """
 
 from __future__ import annotations
@@ -42,6 +56,8 @@ import json
 import logging
 import os
 import platform
+import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,8 +73,8 @@ sys.path.insert(0, ROOT)
 from nodepool.config import load_config  # noqa: E402
 from nodepool.fakecloud import FakeCloud  # noqa: E402
 from nodepool.launcher.launcher import Launcher  # noqa: E402
-from nodepool.zk.client import (ZooKeeperSettings, connect, disconnect,  # noqa: E402
-                                parse_hosts)
+from nodepool.zk.client import (ZooKeeperSettings, ZooKeeperTLS,  # noqa: E402
+                                connect, disconnect, parse_hosts)
 from nodepool.zk.records import NodeRequest  # noqa: E402
 from nodepool.zk.store import ZooKeeperStore  # noqa: E402
 
@@ -115,15 +131,56 @@ JOB_SCENARIOS = {
         "jobs": 8, "job_seconds": (10.0, 30.0), "provider": {}, "pool": {},
         "hang_at": 30.0, "hang_for": 60.0,
     },
+    # Several launchers, one quota: three launcher processes with the same
+    # provider config against one project (quota-bound, as above).
+    "jobs-three-launchers": {
+        "cloud": {"limits": {"instances": 10, "cores": 400, "ram": 10000000},
+                  "servers": {"boot_seconds": [5.0, 15.0], "delete_seconds": [5.0, 20.0],
+                              "network_layout": "provider"}},
+        "jobs": 25, "job_seconds": (10.0, 30.0), "provider": {}, "pool": {},
+        "launchers": 3,
+    },
 }
 
+# The targets of the job scenarios (doc/benchmark.rst), figure by figure, as
+# printed beside the measured columns.  Text, because some are relative
+# ("<= boot + 5": boots take 5-15 s in these scenarios).
+JOB_TARGETS: dict[str, dict[str, str]] = {
+    "jobs-provider-net": {"fulfilled_per_minute": ">= 44", "latency_p50_s": "<= boot + 5",
+                          "api_calls_per_fulfilled_node": "<= 2.5", "quota_403": "0",
+                          "failed": "0", "leaked_servers": "0"},
+    "jobs-rate-fip": {"fulfilled_per_minute": ">= 44", "latency_p50_s": "<= boot + 5",
+                      "fip_creates_per_node": "<= 1", "quota_403": "0", "failed": "0",
+                      "leaked_servers": "0"},
+    "jobs-quota-bound": {"fulfilled_per_minute": ">= 12.5",
+                         "quota_full_while_waiting": ">= 0.85",
+                         "api_calls_per_fulfilled_node": "<= 3", "quota_403": "0",
+                         "failed": "0", "leaked_servers": "0"},
+    "jobs-hang": {"fulfilled_per_minute": ">= 10", "failed": "0", "quota_403": "0",
+                  "leaked_servers": "0"},
+    "jobs-three-launchers": {"quota_403": "0", "quota_full_while_waiting": ">= 0.85",
+                             "failed": "0", "leaked_servers": "0"},
+}
+# The rows of the side-by-side table, in order.
+COMPARED_FIGURES = ("fulfilled", "fulfilled_per_minute", "failed", "latency_p50_s",
+                    "latency_p95_s", "api_calls_per_fulfilled_node", "fip_creates_per_node",
+                    "quota_full_while_waiting", "quota_403", "peak_instances",
+                    "leaked_servers", "leaked_floating_ips")
 
-def start_zookeeper(state: str) -> ZooKeeperSettings:
+
+def start_zookeeper(state: str, tls: bool = False) -> ZooKeeperSettings:
+    """A ZooKeeper of our own; with ``tls`` the settings name its TLS port
+    and client certificate (upstream Nodepool 11 only speaks TLS)."""
     out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "zookeeper.py"),
-                          "start", "--dir", state], capture_output=True, text=True,
-                         check=True)
+                          "start", "--dir", state] + (["--tls"] if tls else []),
+                         capture_output=True, text=True, check=True)
     env = dict(pair.split("=", 1) for pair in out.stdout.split())
-    return ZooKeeperSettings(parse_hosts(env["NODEPOOL_ZK_HOSTS"]))
+    if not tls:
+        return ZooKeeperSettings(parse_hosts(env["NODEPOOL_ZK_HOSTS"]))
+    return ZooKeeperSettings(parse_hosts(env["NODEPOOL_ZK_TLS_HOSTS"]),
+                             ZooKeeperTLS(ca=env["NODEPOOL_ZK_TLS_CA"],
+                                          cert=env["NODEPOOL_ZK_TLS_CERT"],
+                                          key=env["NODEPOOL_ZK_TLS_KEY"]))
 
 
 def _schedule_hang(cloud, spec: dict) -> threading.Timer | None:
@@ -231,9 +288,8 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
     }
 
 
-def _start(name: str, cloud_spec: dict, provider_extra: dict, pool_extra: dict,
-           zk: ZooKeeperSettings, workdir: str, api_timeout: float = 10):
-    """A fakecloud and a launcher on it, as an operator would configure them."""
+def _start_cloud(name: str, cloud_spec: dict, workdir: str, api_timeout: float = 10):
+    """A fakecloud with one project, and the clouds.yaml that reaches it."""
     cloud_cfg = {"seed": 7, "servers": cloud_spec["servers"],
                  "projects": [{"name": "ci",
                                "users": [{"name": "nodepool", "password": "pw"}],
@@ -241,18 +297,43 @@ def _start(name: str, cloud_spec: dict, provider_extra: dict, pool_extra: dict,
     cloud = FakeCloud(cloud_cfg).start()
     clouds = cloud.write_clouds_yaml(os.path.join(workdir, f"{name}-clouds.yaml"),
                                      api_timeout=api_timeout)
-    server = zk.servers[0]
+    return cloud, clouds
+
+
+PROVIDER_NAME = "sim"
+
+
+def launcher_config(zk: ZooKeeperSettings, chroot: str, provider_extra: dict,
+                    pool_extra: dict) -> dict:
+    """The nodepool.yaml of a scenario, in upstream's schema (which this
+    launcher reads too): one provider ``sim`` on the cloud ``fakecloud``,
+    one pool, one label ``small`` booted from the cloud image ``cirros``.
+
+    The provider's name must not start with "fake": upstream then swaps in
+    its own in-memory test driver instead of talking to the cloud."""
     # host-key-checking needs SSH on the fake addresses: off in every scenario.
     pool = {"name": "main", "max-servers": 100, "host-key-checking": False,
             "labels": [{"name": "small", "cloud-image": "img", "flavor-name": "m1.small"}]}
     pool.update(pool_extra)
-    provider = {"name": "fake", "cloud": "fakecloud",
+    provider = {"name": PROVIDER_NAME, "cloud": "fakecloud",
                 "cloud-images": [{"name": "img", "image-name": "cirros"}], "pools": [pool]}
     provider.update(provider_extra)
-    config_data = {
-        "zookeeper-servers": [{"host": server.host, "port": server.port,
-                               "chroot": f"/benchmark-{name}-{uuid.uuid4().hex[:6]}"}],
-        "webapp": {"port": 0}, "labels": [{"name": "small"}], "providers": [provider]}
+    data: dict = {
+        "zookeeper-servers": [{"host": s.host, "port": s.port, "chroot": chroot}
+                              for s in zk.servers],
+        "labels": [{"name": "small"}], "providers": [provider]}
+    if zk.tls is not None:
+        data["zookeeper-tls"] = {"ca": zk.tls.ca, "cert": zk.tls.cert, "key": zk.tls.key}
+    return data
+
+
+def _start(name: str, cloud_spec: dict, provider_extra: dict, pool_extra: dict,
+           zk: ZooKeeperSettings, workdir: str, api_timeout: float = 10):
+    """A fakecloud and a launcher on it, as an operator would configure them."""
+    cloud, clouds = _start_cloud(name, cloud_spec, workdir, api_timeout)
+    config_data = launcher_config(zk, f"/benchmark-{name}-{uuid.uuid4().hex[:6]}",
+                                  provider_extra, pool_extra)
+    config_data["webapp"] = {"port": 0}
     path = os.path.join(workdir, f"{name}-nodepool.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config_data, f)
@@ -260,6 +341,118 @@ def _start(name: str, cloud_spec: dict, provider_extra: dict, pool_extra: dict,
     launcher = Launcher(config)
     launcher.start()
     return cloud, launcher, config
+
+
+UPSTREAM_VERSION = "11.0.0"
+DEFAULT_UPSTREAM_VENV = os.path.join(ROOT, ".upstream-venv")
+
+
+def launcher_command(kind: str, config_path: str, upstream_venv: str) -> list[str]:
+    """How to run one launcher of ``kind`` ("ours" or "upstream") in the
+    foreground, without its web server (the benchmark does not need it)."""
+    if kind == "upstream":
+        exe = os.path.join(upstream_venv, "bin", "nodepool-launcher")
+        if not os.access(exe, os.X_OK):
+            raise SystemExit(f"benchmark: upstream Nodepool is not installed in {upstream_venv}"
+                             f" (no {exe}); run tools/install-upstream.sh "
+                             f"[{upstream_venv}] first, or pass --upstream-venv")
+    elif kind == "ours":
+        exe = os.path.join(os.path.dirname(sys.executable), "nodepool-launcher")
+        if not os.access(exe, os.X_OK):
+            raise SystemExit(f"benchmark: {exe} is missing: run the benchmark with the "
+                             f"Python of a venv where this project is installed (.venv)")
+    else:
+        raise ValueError(f"unknown launcher kind {kind!r}")
+    return [exe, "-f", "-c", config_path, "--no-webapp"]
+
+
+class LauncherProcesses:
+    """``count`` launcher processes of one kind on one nodepool.yaml.
+
+    Each is a session leader, so that stopping it ends whatever it started;
+    its output goes to a log file next to the configuration."""
+
+    def __init__(self, kind: str, count: int, config_path: str, clouds_path: str,
+                 log_dir: str, upstream_venv: str):
+        self.kind = kind
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[str] = []
+        cmd = launcher_command(kind, config_path, upstream_venv)
+        env = dict(os.environ, OS_CLIENT_CONFIG_FILE=clouds_path, PYTHONUNBUFFERED="1")
+        base = os.path.splitext(os.path.basename(config_path))[0]
+        for i in range(count):
+            log_path = os.path.join(log_dir, f"{base}-{kind}-{i}.log")
+            self.logs.append(log_path)
+            with open(log_path, "ab") as logf:
+                self.procs.append(subprocess.Popen(
+                    cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, cwd=log_dir, start_new_session=True))
+
+    def exited(self) -> list[int]:
+        """Exit codes of the launchers that ended on their own."""
+        return [p.returncode for p in self.procs if p.poll() is not None]
+
+    def stop(self, wait: float = 15.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            # The whole process group, in case the leader left children behind.
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        out = []
+        for path in self.logs:
+            with open(path, errors="replace") as f:
+                out.append(f"--- {path}\n" + "".join(f.readlines()[-lines:]))
+        return "\n".join(out)
+
+
+def _wait_for_pools(client, count: int, procs: LauncherProcesses, timeout: float = 120):
+    """Until ``count`` pool workers registered (both launchers register their
+    pools under /nodepool/components/pool), so that start-up is not timed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if procs.exited():
+            raise RuntimeError(f"a {procs.kind} launcher exited at start-up:\n"
+                               + procs.tail())
+        try:
+            if len(client.get_children("/nodepool/components/pool")) >= count:
+                return
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{count} {procs.kind} pool(s) did not register within "
+                       f"{timeout:.0f}s:\n" + procs.tail())
+
+
+def _start_job_launchers(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
+                         kind: str, upstream_venv: str, log_dir: str | None):
+    """A fakecloud and ``spec['launchers']`` launcher processes of ``kind``
+    on one generated nodepool.yaml and clouds.yaml."""
+    tag = f"{name}-{kind}"
+    cloud, clouds = _start_cloud(tag, spec["cloud"], workdir)
+    config_data = launcher_config(zk, f"/benchmark-{tag}-{uuid.uuid4().hex[:6]}",
+                                  spec["provider"], spec["pool"])
+    path = os.path.join(workdir, f"{tag}-nodepool.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config_data, f)
+    # The workload reads the same file (our loader checks it on the way).
+    config, _ = load_config(path, clouds)
+    logs = log_dir or workdir
+    os.makedirs(logs, exist_ok=True)
+    procs = LauncherProcesses(kind, spec.get("launchers", 1), path, clouds, logs,
+                              upstream_venv)
+    return cloud, procs, config
 
 
 class _Job:
@@ -273,13 +466,32 @@ class _Job:
 
 
 def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
-             minutes: float) -> dict:
-    import random
+             minutes: float, launcher: str = "ours",
+             upstream_venv: str = DEFAULT_UPSTREAM_VENV, log_dir: str | None = None) -> dict:
+    """One job scenario with ``spec['launchers']`` (default 1) launcher
+    processes of kind ``launcher`` ("ours" or "upstream")."""
     rng = random.Random(11)
-    cloud, launcher, config = _start(name, spec["cloud"], spec["provider"], spec["pool"],
-                                     zk, workdir)
-    client = connect(config.zookeeper)
+    cloud, procs, config = _start_job_launchers(name, spec, zk, workdir, launcher,
+                                                upstream_venv, log_dir)
+    client = None
+    try:
+        client = connect(config.zookeeper)
+        _wait_for_pools(client, spec.get("launchers", 1), procs)
+        return _drive_jobs(name, spec, cloud, procs, client, minutes, rng)
+    finally:
+        # Nothing stays running, whatever happened above.
+        procs.stop()
+        if client is not None:
+            disconnect(client)
+        cloud.stop()
+
+
+def _drive_jobs(name: str, spec: dict, cloud, procs: LauncherProcesses, client,
+                minutes: float, rng: random.Random) -> dict:
+    """The job workload, as Zuul drives it, for ``minutes``; then drain."""
     store = ZooKeeperStore(client)
+    # The window starts with every launcher up: start-up calls do not count.
+    cloud.reset_counters()
     limit = spec["cloud"]["limits"]["instances"]
     jobs = [_Job() for _ in range(spec["jobs"])]
     latencies: list[float] = []
@@ -335,6 +547,7 @@ def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
         last = now
         time.sleep(0.1)
     counters = cloud.counters()   # the window's API calls
+    exits_in_window = procs.exited()
     # Wind down: return held nodes, withdraw waiting requests, drain.
     for job in jobs:
         for node, lock in job.held:
@@ -358,15 +571,15 @@ def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
                     store.store_node(node, lock)
                     lock.release()
         time.sleep(0.5)
-    leaked = len(cloud.servers())
-    launcher.stop(wait=10)
-    disconnect(client)
-    cloud.stop()
+    left = cloud.servers()
+    leaked = len(left)
+    in_use = next(iter(cloud.usage().values()))["in_use"]
     calls = {route: sum(by_status.values())
              for route, by_status in counters.get("requests", {}).items()}
     total_calls = sum(calls.values())
     return {
-        "scenario": name, "minutes": minutes, "jobs": spec["jobs"],
+        "scenario": name, "launcher": procs.kind, "launchers": len(procs.procs),
+        "minutes": minutes, "jobs": spec["jobs"],
         "fulfilled": fulfilled, "failed": failed,
         "fulfilled_per_minute": round(fulfilled / minutes, 1),
         "failed_per_minute": round(failed / minutes, 1),
@@ -379,10 +592,54 @@ def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
         else {},
         "quota_full_while_waiting": round(full_while_waiting / waiting_time, 2)
         if waiting_time else None,
+        "fip_creates_per_node": round(calls.get("POST /network/v2.0/floatingips", 0)
+                                      / fulfilled, 2) if fulfilled else None,
         "quota_403": counters.get("quota_403", 0),
         "peak_instances": cloud.peak_usage().get("instances"),
-        "leaked_servers": leaked,
+        "leaked_servers": leaked, "leaked_floating_ips": in_use.get("floating_ips", 0),
+        "launcher_exits": exits_in_window,
+        # Answers other than 2xx/3xx: a route the fakecloud does not serve
+        # shows here (404/405/501), as do the faults a scenario injects.
+        "api_errors": {f"{route} {status}": n
+                       for route, by_status in sorted(counters.get("requests", {}).items())
+                       for status, n in sorted(by_status.items()) if int(status) >= 400},
+        # What a leak was: enough to tell whose and in which state.
+        "leaked_server_details": [{"name": x["name"], "status": x["status"],
+                                   "metadata": x["metadata"]} for x in left],
     }
+
+
+def compare(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """Job results side by side: scenario -> figure -> {upstream, ours, target}."""
+    table: dict[str, dict[str, dict]] = {}
+    for r in results:
+        if r["scenario"] not in JOB_SCENARIOS or "launcher" not in r:
+            continue
+        rows = table.setdefault(r["scenario"], {})
+        targets = JOB_TARGETS.get(r["scenario"], {})
+        for figure in COMPARED_FIGURES:
+            row = rows.setdefault(figure, {"upstream": None, "ours": None,
+                                           "target": targets.get(figure, "")})
+            row[r["launcher"]] = r.get(figure)
+    return table
+
+
+def print_comparison(table: dict[str, dict[str, dict]]) -> None:
+    def cell(v) -> str:
+        return "-" if v is None else str(v)
+    print("\n== upstream Nodepool 11 | this launcher | target ==")
+    print(f"  {'scenario':22} {'figure':30} {'upstream':>10} {'ours':>10}  target")
+    for scenario, rows in table.items():
+        for figure, row in rows.items():
+            print(f"  {scenario:22} {figure:30} {cell(row['upstream']):>10} "
+                  f"{cell(row['ours']):>10}  {row['target']}")
+
+
+def _save(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(dict(result, load_average=[round(x, 2)
+                                                          for x in os.getloadavg()])) + "\n")
 
 
 def main() -> int:
@@ -393,6 +650,17 @@ def main() -> int:
     p.add_argument("--requests", type=int, help="requests per scenario (default: per scenario)")
     p.add_argument("--minutes", type=float, default=3.0,
                    help="how long each job scenario runs (default 3)")
+    p.add_argument("--launcher", choices=("ours", "upstream", "both"), default="ours",
+                   help="who serves the job scenarios: this launcher, upstream Nodepool "
+                        f"{UPSTREAM_VERSION} (tools/install-upstream.sh), or both one after "
+                        "the other, printed side by side (default: ours)")
+    p.add_argument("--upstream-venv", default=DEFAULT_UPSTREAM_VENV,
+                   help=f"the venv with upstream Nodepool (default {DEFAULT_UPSTREAM_VENV})")
+    p.add_argument("--log-dir", help="keep the launchers' logs here "
+                                     "(default: a temporary directory, removed)")
+    p.add_argument("--save", metavar="PATH",
+                   help="append each scenario's result to PATH as one JSON line as soon "
+                        "as it is measured (long runs keep what they measured)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-v", "--verbose", action="store_true", help="launcher logs to stderr")
     args = p.parse_args()
@@ -402,12 +670,21 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         zk_state = os.path.join(workdir, "zk")
+        # Upstream only speaks TLS to ZooKeeper: the job scenarios run both
+        # launchers on the TLS port; the batch scenarios keep the plain one.
+        zk_tls = start_zookeeper(zk_state, tls=True)
         zk = start_zookeeper(zk_state)
+        kinds = ["upstream", "ours"] if args.launcher == "both" else [args.launcher]
+        if "upstream" in kinds and any(n in JOB_SCENARIOS for n in names):
+            launcher_command("upstream", "-", args.upstream_venv)   # installed?
         try:
             for name in names:
                 if name in JOB_SCENARIOS:
-                    results.append(run_jobs(name, JOB_SCENARIOS[name], zk, workdir,
-                                            args.minutes))
+                    for kind in kinds:
+                        results.append(run_jobs(name, JOB_SCENARIOS[name], zk_tls, workdir,
+                                                args.minutes, kind, args.upstream_venv,
+                                                args.log_dir))
+                        _save(args.save, results[-1])
                 else:
                     results.append(run_scenario(name, SCENARIOS[name], zk, workdir,
                                                 args.requests))
@@ -416,26 +693,33 @@ def main() -> int:
                             "stop", "--dir", zk_state], capture_output=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
                "platform": platform.platform()}
+    machine["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    comparison = compare(results)
     if args.json:
-        print(json.dumps({"machine": machine, "results": results}, indent=2))
+        print(json.dumps({"machine": machine, "results": results,
+                          "comparison": comparison}, indent=2))
         return 0
     print(f"machine: {machine['cpus']} CPUs, Python {machine['python']}, "
-          f"{machine['platform']}")
+          f"{machine['platform']}, load average at the end {machine['load_average']}")
     batch_keys = ("requests", "fulfilled", "failed", "unanswered", "quota_403",
                   "api_calls_total", "api_calls_per_fulfilled_node", "latency_p50_s",
                   "latency_p95_s", "leaked_servers", "leaked_floating_ips", "leaked_ports",
                   "peak_instances", "elapsed_s")
-    job_keys = ("minutes", "jobs", "fulfilled", "failed", "fulfilled_per_minute",
-                "failed_per_minute", "latency_p50_s", "latency_p95_s",
-                "api_calls_per_fulfilled_node", "quota_full_while_waiting", "quota_403",
-                "peak_instances", "leaked_servers")
+    job_keys = ("launcher", "launchers", "minutes", "jobs", "fulfilled", "failed",
+                "fulfilled_per_minute", "failed_per_minute", "latency_p50_s", "latency_p95_s",
+                "api_calls_per_fulfilled_node", "fip_creates_per_node",
+                "quota_full_while_waiting", "quota_403", "peak_instances", "leaked_servers",
+                "leaked_floating_ips", "launcher_exits", "api_errors")
     for r in results:
-        print(f"\n== {r['scenario']} ==")
+        title = r["scenario"] + (f" ({r['launcher']})" if "launcher" in r else "")
+        print(f"\n== {title} ==")
         for key in (job_keys if r["scenario"] in JOB_SCENARIOS else batch_keys):
             print(f"  {key:30} {r[key]}")
         print("  API calls per fulfilled node, by route:")
         for route, v in r["api_calls_per_node_by_route"].items():
             print(f"    {route:55} {v}")
+    if comparison:
+        print_comparison(comparison)
     return 0
 
 

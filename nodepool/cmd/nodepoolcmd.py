@@ -77,15 +77,55 @@ def node_view(store, node_id: str | None = None, detail: bool = False) -> tables
         nodes = store.list_nodes()
     else:
         nodes = [n for n in [store.get_node(node_id)] if n is not None]
-    return tables.node_view(nodes, store.node_locked, detail)
+    # Pipelined reads: thousands of nodes in about one round trip, not one each.
+    locked = store.locked_nodes([n.id for n in nodes])
+    return tables.node_view(nodes, locked.__contains__, detail)
+
+
+def launcher_node_rows(config) -> list[dict] | None:
+    """The node rows of the local launcher's status API (``/node-list``), or
+    None when no launcher answers there.
+
+    The launcher answers from its watch-fed cache, so thousands of nodes
+    cost one HTTP request instead of two ZooKeeper reads per node (kazoo
+    spends about 0.3 ms of client time per read: 2,000 nodes took seconds
+    even pipelined)."""
+    import urllib.error
+    import urllib.request
+
+    port = config.webapp.port if config.webapp is not None else None
+    if not port:
+        return None
+    host = config.webapp.listen_address
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    try:
+        # A short deadline: when nothing answers, ZooKeeper is read instead.
+        with urllib.request.urlopen(f"http://{host}:{port}/node-list.json", timeout=2) as r:
+            # Only a launcher of the same ZooKeeper (hosts and chroot) whose
+            # cache is in step with it.
+            if config.zookeeper is None \
+                    or r.headers.get("X-Nodepool-ZooKeeper") != config.zookeeper.hosts \
+                    or r.headers.get("X-Nodepool-Cache-Synced") != "true":
+                return None
+            rows = json.load(r)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return None
+    return rows
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    _, store = open_store(args)
-    try:
-        view = node_view(store, detail=args.detail)
-    finally:
-        close_store(store)
+    rows = None if args.zookeeper else launcher_node_rows(load(args))
+    if rows is not None:
+        view: tables.View = (rows, tables.node_columns(args.detail))
+    else:
+        _, store = open_store(args)
+        try:
+            view = node_view(store, detail=args.detail)
+        finally:
+            close_store(store)
     emit(args, view)
     return 0
 
@@ -365,7 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="log at DEBUG level to stderr (instead of -l)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
     def command(name: str, func, help_text: str, description: str | None = None,
                 json_option: bool = True) -> argparse.ArgumentParser:
@@ -380,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", action="store_true",
                    help="also show pool, hostname, addresses, user, port, launcher, "
                         "allocation and hold details")
+    p.add_argument("--zookeeper", action="store_true",
+                   help="read ZooKeeper even when a launcher's status API answers on this "
+                        "configuration's webapp port (by default its cache is used: one "
+                        "request instead of two ZooKeeper reads per node)")
     command("request-list", cmd_request_list, "list node requests in priority order")
     command("label-list", cmd_label_list, "list the labels registered pools serve")
     p = command("delete", cmd_delete, "mark a node for deletion",
@@ -419,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        # As upstream's CLI: the help, and a failure status scripts can test.
+        parser.print_help()
+        return 1
     try:
         setup_logging(args)
     except ValueError as e:

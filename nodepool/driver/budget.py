@@ -130,7 +130,9 @@ class LatencyWatch:
     The usual time is the lowest of the last ``window`` answers; the current
     one an exponentially weighted average.  Rising means the average exceeds
     ``factor`` times the usual time plus ``slack`` seconds (so that jitter on
-    millisecond answers does not count).
+    millisecond answers does not count).  One answer counts at most twice
+    that bound: a single very slow answer (the first one after a hang) must
+    not keep the average up for the next dozens of calls.
     """
 
     window: int = 50
@@ -145,8 +147,10 @@ class LatencyWatch:
         self.samples.append(seconds)
         if len(self.samples) > self.window:
             self.samples.popleft()
-        self.average = seconds if self.average is None else \
-            self.alpha * seconds + (1 - self.alpha) * self.average
+        bound = self.factor * min(self.samples) + self.slack
+        counted = min(seconds, 2 * bound)
+        self.average = counted if self.average is None else \
+            self.alpha * counted + (1 - self.alpha) * self.average
         if len(self.samples) < 5:
             return False
-        return self.average > self.factor * min(self.samples) + self.slack
+        return self.average > bound

@@ -4,8 +4,12 @@ A deleted server counts against nova's quota until nova stops listing it,
 so a request waiting for quota waits for that moment.  Listing servers often
 all the time would waste the API budget; listing at the usual pace finds the
 server gone seconds late.  So each provider learns, from what it observes,
-the window in which its deleted servers usually go, and looks more often
-only inside that window, and only while requests wait for quota.
+how long its deleted servers take to go, and while requests wait for quota
+it looks when the servers it waits for have likely gone: ``chance_gone``
+says how likely one still listed at one moment is gone by a later one, and
+the provider sums that over every pending delete (one list serves them
+all) and lists once the sum is high enough.  Past every duration seen so
+far, looks back off (the wait grows with how far past it the delete is).
 
 Pure logic: the provider passes in times it observed.
 """
@@ -25,6 +29,12 @@ LATE_MARGIN = 2.0
 def _quantile(ordered: list[float], q: float) -> float:
     index = min(len(ordered) - 1, max(0, int(q * (len(ordered) - 1) + 0.5)))
     return ordered[index]
+
+
+def _tail(listed_at: float, now: float, longest: float) -> float:
+    # Past the longest duration seen, the wait between looks grows with how
+    # far past it the delete is (a doubling back-off).
+    return min(1.0, (now - listed_at) / max(listed_at - longest, 1.0))
 
 
 @dataclass
@@ -54,6 +64,29 @@ class DeleteDurations:
     def likely_gone(self, since_delete: float) -> bool:
         start, end = self.window()
         return start <= since_delete <= end
+
+    def chance_gone(self, listed_at: float, now: float) -> float:
+        """How likely a server still listed ``listed_at`` seconds after its
+        DELETE is gone ``now`` seconds after it (0..1).
+
+        From the observed durations; before MIN_SAMPLES, 1 inside
+        DEFAULT_WINDOW (nothing learned yet: look as often as allowed).  A
+        server older than every observed duration gets
+        ``(now - listed_at) / (listed_at - longest)`` (at least 1 s below):
+        the wait between looks grows as the delete outlives what was seen.
+        """
+        listed_at = max(0.0, listed_at)
+        if now <= listed_at:
+            return 0.0
+        if len(self.samples) < MIN_SAMPLES:
+            start, end = DEFAULT_WINDOW
+            if now < start:
+                return 0.0
+            return 1.0 if listed_at < end else _tail(listed_at, now, end)
+        later = [x for x in self.samples if x > listed_at]
+        if not later:
+            return _tail(listed_at, now, max(self.samples))
+        return sum(1 for x in later if x <= now) / len(later)
 
     def describe(self) -> dict:
         start, end = self.window()

@@ -432,7 +432,11 @@ class ApiGate:
             if call.expired(now):
                 st.timeouts += 1
                 overloaded = True
-            rising = self._latency.setdefault(call.kind, LatencyWatch()).add(took)
+            # Latency is judged on answers: a failure or a timeout is its own
+            # signal, and its duration (a client timeout) says nothing of
+            # how fast the cloud answers.
+            rising = not overloaded and call._error is None and \
+                self._latency.setdefault(call.kind, LatencyWatch()).add(took)
             if overloaded:
                 if retry_after:
                     self._hold_until = max(self._hold_until, now + min(retry_after, MAX_HOLD))

@@ -84,7 +84,9 @@ def render_flavor(req: Request, f: FlavorConfig, v: tuple[int, int], detail: boo
     return d
 
 
-def render_server(cloud: "FakeCloud", req: Request, s: Server, v: tuple[int, int]) -> dict:
+def render_server(cloud: "FakeCloud", req: Request, s: Server, v: tuple[int, int],
+                  fips: dict | None = None) -> dict:
+    """``fips``: the state's ``fips_by_port()``, when rendering many servers."""
     state = cloud.state
     if v >= (2, 47):
         flavor: dict = {"vcpus": s.flavor.vcpus, "ram": s.flavor.ram, "disk": s.flavor.disk,
@@ -106,7 +108,7 @@ def render_server(cloud: "FakeCloud", req: Request, s: Server, v: tuple[int, int
         "id": s.id, "name": s.name, "status": s.status, "tenant_id": s.project_id,
         "user_id": s.user_id, "metadata": dict(s.metadata), "hostId": s.host_id,
         "image": image, "flavor": flavor, "created": iso(s.created), "updated": iso(s.updated),
-        "addresses": state.server_addresses(s), "accessIPv4": "", "accessIPv6": "",
+        "addresses": state.server_addresses(s, fips), "accessIPv4": "", "accessIPv6": "",
         "links": _links(req, "servers", s.id), "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": s.availability_zone if s.status != "BUILD" else "",
         "config_drive": "True" if s.config_drive else "", "key_name": s.key_name,
@@ -307,7 +309,8 @@ def register(router: Router, cloud: "FakeCloud") -> None:
                 servers = servers[ids.index(marker) + 1:]
             page = servers[:page_size]
             if detail:
-                items = [render_server(cloud, req, s, v) for s in page]
+                fips = state.fips_by_port()
+                items = [render_server(cloud, req, s, v, fips) for s in page]
             else:
                 items = [{"id": s.id, "name": s.name, "links": _links(req, "servers", s.id)}
                          for s in page]

@@ -38,10 +38,12 @@ def _err(status: int, message: str, kind: str | None = None,
     return api_error("network", status, message, kind, q)
 
 
-def render_network(n: NetworkState) -> dict:
+def render_network(n: NetworkState, shared: bool | None = None) -> dict:
     c = n.config
+    if shared is None:
+        shared = not c.external
     return {"id": c.id, "name": c.name, "status": "ACTIVE", "admin_state_up": True,
-            "subnets": [c.subnet_id], "shared": not c.external, "router:external": c.external,
+            "subnets": [c.subnet_id], "shared": shared, "router:external": c.external,
             "provider:physical_network": None, "mtu": 1450, "project_id": ADMIN_PROJECT,
             "tenant_id": ADMIN_PROJECT, "port_security_enabled": True,
             "availability_zones": ["nova"], "availability_zone_hints": [],
@@ -152,11 +154,24 @@ def register(router: Router, cloud: "FakeCloud") -> None:
             return Response(200, page(req, filter_items(req, items, known), plural))
         return handler
 
+    def shared(n: NetworkState) -> bool:
+        """Every network belongs to the admin project.  Projects boot on the
+        internal ones, and on the external one in the provider layout: those
+        are shared.  The external network of the private layout only gives
+        floating IPs, as on most clouds: not shared."""
+        return not n.config.external or state.behaviour.network_layout == "provider"
+
+    def subnet_visible(n: NetworkState) -> bool:
+        # Neutron's default policy: a project reads its own subnets and those
+        # of shared networks.  Clients rely on it: openstacksdk takes a network
+        # with a visible subnet that has a gateway for the NAT destination.
+        return shared(n)
+
     def networks(req: Request) -> list[dict]:
-        return [render_network(n) for n in state.networks.values()]
+        return [render_network(n, shared(n)) for n in state.networks.values()]
 
     def subnets(req: Request) -> list[dict]:
-        return [render_subnet(n) for n in state.networks.values()]
+        return [render_subnet(n) for n in state.networks.values() if subnet_visible(n)]
 
     def ports(req: Request) -> list[dict]:
         return [render_port(p) for p in state.project_ports(req.project.id)]
@@ -169,11 +184,11 @@ def register(router: Router, cloud: "FakeCloud") -> None:
         if n is None:
             raise _err(404, f"Network {req.params['network_id']} could not be found.",
                        "NetworkNotFound")
-        return Response(200, {"network": render_network(n)})
+        return Response(200, {"network": render_network(n, shared(n))})
 
     def get_subnet(req: Request) -> Response:
         for n in state.networks.values():
-            if n.config.subnet_id == req.params["subnet_id"]:
+            if n.config.subnet_id == req.params["subnet_id"] and subnet_visible(n):
                 return Response(200, {"subnet": render_subnet(n)})
         raise _err(404, f"Subnet {req.params['subnet_id']} could not be found.",
                    "SubnetNotFound")

@@ -37,6 +37,10 @@ class Counters:
             self._quota_403 = 0
             self._quota_refusals: Counter[str] = Counter()
             self._faults: Counter[str] = Counter()
+            # Per project (the scale benchmark's API calls per provider) and
+            # time spent answering per route (is the cloud the bottleneck?).
+            self._by_project: Counter[str] = Counter()
+            self._seconds: dict[str, float] = defaultdict(float)
             self._since = iso(utcnow())
 
     def record(self, route_key: str, path: str, status: int, duration: float,
@@ -45,6 +49,9 @@ class Counters:
         with self._lock:
             self._requests[route_key][str(status)] += 1
             self._by_status[str(status)] += 1
+            self._seconds[route_key] += duration
+            if project is not None:
+                self._by_project[project] += 1
             if quota:
                 if status == 403:
                     self._quota_403 += 1
@@ -87,6 +94,8 @@ class Counters:
                 "quota_403": self._quota_403,
                 "quota_refusals": dict(sorted(self._quota_refusals.items())),
                 "faults": dict(sorted(self._faults.items())),
+                "by_project": dict(sorted(self._by_project.items())),
+                "seconds_by_route": {k: round(v, 4) for k, v in sorted(self._seconds.items())},
             }
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
 from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
+from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.components import (ComponentRegistration, make_pool_id,
                                     register_launcher, register_pool)
 from nodepool.zk import paths
@@ -493,6 +494,12 @@ class Launcher:
                 try:
                     task()
                     self.health.errors.pop(name, None)
+                except DISCONNECT_ERRORS as e:
+                    # ZooKeeper went away mid-task: expected, and the next pass
+                    # after the reconnect does the work; no traceback.
+                    self.health.errors[name] = f"ZooKeeper disconnected: {e!r}"
+                    log.warning("maintenance task %s interrupted: ZooKeeper "
+                                "disconnected (%r)", name, e)
                 except Exception as e:  # a task must never kill the loop
                     self.health.errors[name] = str(e)
                     log.exception("maintenance task %s failed", name)
@@ -648,23 +655,13 @@ class Launcher:
     def _tenant_usage_elsewhere(self, tenant: str) -> Resources:
         """What the tenant's nodes of other launchers' providers use, from
         ZooKeeper (``resources`` as upstream writes it).  Nodes of this
-        process's providers are left out: the quota ledger counts those."""
+        process's providers are left out: the quota ledger counts those.
+        The node cache keeps these sums per tenant and provider as nodes
+        change, so a request's tenant check does not scan every node."""
         store = self.store
-        total = ZERO
         if store is None:
-            return total
-        for node in store.list_nodes(cached=True):
-            if node.tenant_name != tenant or node.provider in self.providers:
-                continue
-            res = node.resources if isinstance(node.resources, dict) else {}
-            try:
-                total = total + Resources(
-                    *(float(res.get(k) or 0) for k in ("instances", "cores", "ram",
-                                                       "volumes", "volume_gb")))
-            except (TypeError, ValueError):
-                log.warning("node %s: unreadable resources %r; not counted for tenant %s",
-                            node.id, node.resources, tenant)
-        return total
+            return ZERO
+        return store.tenant_usage(tenant, exclude_providers=set(self.providers))
 
     def health_problems(self) -> list[str]:
         """What /health reports; empty when healthy."""

@@ -182,6 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
                    ("Cache-Control", f"max-age={self.cache.expiry:g}, public"),
                    ("Last-Modified", last_modified),
                    ("Expires", _http_date(made_at + self.cache.expiry))]
+        headers += self._source_headers()
         if status == 200:
             since = _parse_http_date(self.headers.get("If-Modified-Since"))
             # HTTP dates have whole seconds: compare what the client saw.
@@ -208,6 +209,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         self._start(status, [("Content-Type", content_type),
                              ("Content-Length", str(len(data)))] + headers, data)
+
+    def _source_headers(self) -> list[tuple[str, str]]:
+        """Which ZooKeeper (hosts and chroot) the answers come from and whether
+        the launcher's cache is in step with it: ``nodepool list`` uses this
+        API's node list only when both match its own configuration."""
+        launcher = self.launcher
+        config = getattr(launcher, "config", None)
+        zk = getattr(config, "zookeeper", None)
+        store = getattr(launcher, "store", None)
+        if zk is None or store is None:
+            return []
+        return [("X-Nodepool-ZooKeeper", zk.hosts),
+                ("X-Nodepool-Cache-Synced", "true" if store.synced else "false")]
 
     def _start(self, status: int, headers: list[tuple[str, str]], data: bytes = b"") -> None:
         self.send_response(status)

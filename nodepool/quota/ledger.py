@@ -29,8 +29,14 @@ flight* relative to the reading and may be missing from ``N``.  Then
 - Ambiguous cases err towards counting twice, never zero times: a create
   accepted while the read was in progress may be in ``N`` and is still
   added as in flight, until the next reading covers it.  A server of ours
-  that is gone stays in ``N`` until the next reading (a completed delete
-  therefore forces a refresh).
+  that is gone stays in ``N`` until the next reading, unless nova surely
+  counted it in ``N`` (we knew it existed before the read started, and a
+  server list requested after the reading arrived still showed it, or a
+  DELETE sent after then was accepted, so it existed all the while nova
+  answered the read): then its
+  cost is subtracted from ``N`` at once (``freed``).  A gone server that
+  was covered without that proof forces a refresh instead; one that was in
+  flight needs neither (``N`` may lack it, and it no longer counts on top).
 - Entries leave the ledger only when nova no longer lists the server, so a
   server can never be in neither term.
 
@@ -63,6 +69,11 @@ CLOUD = "cloud"
 TENANT = "tenant"
 BACKOFF = "backoff"
 LIMITS_UNKNOWN = "limits-unknown"
+
+# Why a limits reading is stale (``limits_refresh_due``): one of our servers
+# went and the reading may still count it.  Over-counting is the safe side,
+# so a provider may wait with this read until requests need the headroom.
+STALE_AFTER_DELETE = "delete completed"
 
 
 class EntryState(str, enum.Enum):
@@ -180,6 +191,8 @@ class _Provider:
     read_in_progress: LimitsToken | None = None
     limits_error: str | None = None
     stale_because: str | None = None
+    # When the current reading was applied: nova answered the read before.
+    limits_applied_at: float = float("-inf")
     keys: set = field(default_factory=set)
     # Our servers that nova counted in the current reading and that are gone
     # since: subtracted from its usage until the next reading.
@@ -267,6 +280,7 @@ class QuotaLedger:
                 return False
             prov.limits = limits
             prov.limits_mark = token.mark
+            prov.limits_applied_at = self._clock()
             prov.freed = ZERO
             prov.last_success_at = token.started_at
             prov.limits_error = None
@@ -457,28 +471,36 @@ class QuotaLedger:
     def server_gone(self, key: Hashable) -> bool:
         """Nova no longer lists the server (call only with a list that was
         requested after the POST returned or timed out).  Frees its quota,
-        forces a limits refresh, and may let a backoff end early."""
+        may let a backoff end early, and forces a limits refresh when the
+        reading may still count the server and the ledger cannot tell."""
         with self._cond:
             entry = self._entries.get(key)
             if entry is None:
                 return False
             prov = self._provider(entry.provider)
             prov.backoff.note_delete_completed(self._next_mark())
-            prov.stale_because = prov.stale_because or "delete completed"
-            if (prov.limits is not None and entry.exists_mark is not None
-                    and entry.exists_mark < prov.limits_mark
-                    and entry.listed_at is not None
-                    and entry.listed_at >= prov.limits.read_at):
-                # Created before the reading began and still listed after it
-                # began, so nova counted it; gone now: its quota is free
-                # before the next reading.
+            covered = (prov.limits is not None and entry.exists_mark is not None
+                       and prov.limits_mark is not None
+                       and entry.exists_mark < prov.limits_mark)
+            if covered and entry.listed_at is not None \
+                    and entry.listed_at >= max(prov.limits.read_at, prov.limits_applied_at):
+                # Created before the reading began and still listed after
+                # nova answered it, so nova counted it; gone now: its quota
+                # is free before the next reading.
                 prov.freed = prov.freed + entry.cost
+            elif covered or prov.limits is None:
+                # The reading may or may not count it: read again.
+                prov.stale_because = prov.stale_because or STALE_AFTER_DELETE
+            if prov.backoff.active(self._clock()):
+                # Only a reading started after this delete ends a backoff early.
+                prov.stale_because = prov.stale_because or STALE_AFTER_DELETE
             self._remove(entry)
             return True
 
     def note_listed(self, key: Hashable, requested_at: float) -> None:
-        """A server list requested at ``requested_at`` (the ledger's clock)
-        still showed the server (e.g. one being deleted)."""
+        """Nova still had the server at ``requested_at`` (the ledger's
+        clock): a server list requested then showed it (in any state, e.g.
+        being deleted), or a DELETE sent then was accepted."""
         with self._cond:
             entry = self._entries.get(key)
             if entry is not None and (entry.listed_at is None or requested_at > entry.listed_at):

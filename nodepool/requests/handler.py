@@ -36,7 +36,7 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.records import (ABORTED, BUILDING, DELETED, DELETING, FAILED,
+from nodepool.zk.records import (ABORTED, BUILDING, DELETING, FAILED,
                                  FULFILLED, INIT, NODE_FAILED, PENDING, READY,
                                  REQUESTED,
                                  MalformedRecord, Node, NodeRequest)
@@ -391,9 +391,8 @@ class NodeRequestHandler:
     def _launch_verdict(self, active: _Active, label: str) -> Capacity:
         ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
         ours |= set(self._orphans)
-        pool_nodes = [n for n in self.store.list_nodes(cached=True)
-                      if n.provider == self.pool.provider_name and n.pool == self.pool.pool_name
-                      and n.state != DELETED]
+        # The cache's per-pool index: O(pool's nodes), not a scan of every node.
+        pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
         if protocol.at_max_servers(pool_nodes, self.pool, launching):
             return Capacity.WAIT
@@ -401,7 +400,9 @@ class NodeRequestHandler:
 
     def _reuse(self, active: _Active, slot: _Slot) -> str | None:
         """The id of a ready node now allocated to the request, or None."""
-        nodes = self.store.list_nodes(cached=True)
+        # Only the pool's ready, unallocated nodes (the cache's index).
+        nodes = self.store.ready_unallocated_nodes(self.pool.provider_name,
+                                                   self.pool.pool_name)
         cache = self.store.nodes_cache
         # Without a cache, the lock attempt itself tells.
         locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
@@ -654,6 +655,10 @@ class NodeRequestHandler:
     def _poll_orphan(self, node_id: str) -> None:
         orphan = self._orphans[node_id]
         if not orphan.lock.held:
+            # Released elsewhere or lost with the session: the reaper owns
+            # the node now.  Said, because a build is left unpolled.
+            log.warning("node %s: lock of the orphan build no longer held; "
+                        "leaving the node to the reaper", node_id)
             del self._orphans[node_id]
             return
         if not self.store.node_exists(node_id, cached=True) \

@@ -23,8 +23,10 @@ from typing import Callable, Generic, Iterable, TypeVar
 from kazoo.client import KazooClient
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
+from nodepool.quota.resources import Resources
 from nodepool.zk import paths
 from nodepool.zk.locks import is_contender
+from nodepool.zk.node_index import NodeIndex
 from nodepool.zk.records import (MalformedRecord, Node, NodeRequest,
                                  component_from_json)
 
@@ -55,6 +57,8 @@ class RecordCache(Generic[T]):
         self._reported: set[tuple[str, int]] = set()
         self._synced = threading.Event()
         self._tree: TreeCache | None = None
+        # Kept in step with _records under _lock (see NodeCache).
+        self._index: NodeIndex | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -182,7 +186,7 @@ class RecordCache(Generic[T]):
             # A node znode recreated empty by a late lock attempt, or a
             # request being written: nothing usable, not an error.
             with self._lock:
-                self._records.pop(name, None)
+                self._forget(name)
                 self._malformed.pop(name, None)
             self._changed()
             return
@@ -191,7 +195,7 @@ class RecordCache(Generic[T]):
         except MalformedRecord as e:
             key = (name, getattr(stat, "mzxid", 0))
             with self._lock:
-                self._records.pop(name, None)
+                self._forget(name)
                 self._malformed[name] = e.reason
                 first = key not in self._reported
                 self._reported.add(key)
@@ -201,12 +205,20 @@ class RecordCache(Generic[T]):
             return
         with self._lock:
             self._records[name] = record
+            if self._index is not None:
+                self._index.put(name, record)
             self._malformed.pop(name, None)
         self._changed()
 
+    def _forget(self, name: str) -> None:
+        """Drop a record (caller holds _lock)."""
+        self._records.pop(name, None)
+        if self._index is not None:
+            self._index.discard(name)
+
     def _remove(self, name: str) -> None:
         with self._lock:
-            self._records.pop(name, None)
+            self._forget(name)
             self._malformed.pop(name, None)
             self._contenders.pop(name, None)
             self._reported = {k for k in self._reported if k[0] != name}
@@ -218,6 +230,37 @@ class RecordCache(Generic[T]):
                 self._on_change()
             except Exception:  # a listener bug must not stop the cache
                 log.exception("cache change listener failed")
+
+
+class NodeCache(RecordCache[Node]):
+    """The node cache, with indexes kept as nodes change (``NodeIndex``) so
+    that per-request questions cost O(answer), not O(every node)."""
+
+    def __init__(self, client: KazooClient, on_change=None):
+        super().__init__(client, paths.NODE_ROOT, _parse_node, track_locks=True,
+                         on_change=on_change)
+        self._nodes = self._index = NodeIndex()
+
+    def sorted_values(self) -> list[Node]:
+        """Every node by id (sorted once per change, copied per call)."""
+        with self._lock:
+            return list(self._nodes.sorted_nodes())
+
+    def pool_nodes(self, provider: str | None, pool: str | None) -> list[Node]:
+        """The pool's nodes not DELETED (what max-servers counts)."""
+        with self._lock:
+            return self._nodes.pool_nodes(provider, pool)
+
+    def ready_unallocated(self, provider: str | None, pool: str | None) -> list[Node]:
+        """The pool's READY nodes allocated to nobody (reuse candidates)."""
+        with self._lock:
+            return self._nodes.ready_unallocated(provider, pool)
+
+    def tenant_usage(self, tenant: str, exclude_providers=()) -> Resources:
+        """What the tenant's nodes use (their ``resources``), on every provider
+        but ``exclude_providers``."""
+        with self._lock:
+            return self._nodes.tenant_usage(tenant, exclude_providers)
 
 
 def _parse_request(name: str, path: str, data: bytes, stat) -> NodeRequest:
@@ -239,9 +282,8 @@ def request_cache(client: KazooClient, on_change=None) -> RecordCache[NodeReques
     return RecordCache(client, paths.REQUEST_ROOT, _parse_request, on_change=on_change)
 
 
-def node_cache(client: KazooClient, on_change=None) -> RecordCache[Node]:
-    return RecordCache(client, paths.NODE_ROOT, _parse_node, track_locks=True,
-                       on_change=on_change)
+def node_cache(client: KazooClient, on_change=None) -> NodeCache:
+    return NodeCache(client, on_change=on_change)
 
 
 def component_cache(client: KazooClient, kind: str, on_change=None) -> RecordCache:

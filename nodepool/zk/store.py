@@ -29,12 +29,14 @@ from kazoo.exceptions import (BadVersionError, NoNodeError, NodeExistsError,
                               NotEmptyError)
 
 from nodepool.zk import ids, locks, paths
-from nodepool.zk.cache import (RecordCache, component_cache, node_cache,
+from nodepool.zk.cache import (NodeCache, RecordCache, component_cache, node_cache,
                                request_cache, sorted_requests)
+from nodepool.quota.resources import Resources
 from nodepool.zk.components import read_components
 from nodepool.zk.locks import LockNotAcquired, ZooKeeperLock
+from nodepool.zk.node_index import NodeIndex
 from nodepool.zk.session import SessionTracker
-from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR,
+from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR, READY,
                                  REQUESTED, LauncherComponent,
                                  MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
@@ -67,13 +69,17 @@ class NotLocked(StoreError):
 
 
 class ZooKeeperStore:
+    # How long a pipelined read waits for its answer (a sync read waits as
+    # long, until the connection is lost).
+    read_timeout: float = 30.0
+
     def __init__(self, client: KazooClient,
                  lock_deadline: float = locks.DEFAULT_ATTEMPT_DEADLINE):
         self.client = client
         self.lock_deadline = lock_deadline
         self._changed = threading.Event()
         self.requests_cache: RecordCache[NodeRequest] | None = None
-        self.nodes_cache: RecordCache[Node] | None = None
+        self.nodes_cache: NodeCache | None = None
         self.pools_cache: RecordCache[PoolComponent] | None = None
 
     # -- caches -----------------------------------------------------------------
@@ -167,19 +173,45 @@ class ZooKeeperStore:
         except NoNodeError:
             return []
 
-    @staticmethod
-    def _read_all(record_ids: Iterable[str], get: Callable[[str], Any], kind: str) -> list:
-        """Every readable record; malformed ones are logged and skipped."""
+    def _read_all(self, record_ids: Iterable[str], path_of: Callable[[str], str],
+                  parse: Callable[[str, str, bytes, Any], Any], kind: str) -> list:
+        """Every readable record; malformed ones are logged and skipped.
+
+        The reads are pipelined (every ``get_async`` sent before the first
+        answer is awaited), so N records cost about one round trip plus the
+        server's time, not N round trips: ``nodepool list`` with thousands
+        of nodes."""
+        pending = [(rid, path_of(rid)) for rid in record_ids]
+        futures = [(rid, path, self.client.get_async(path)) for rid, path in pending]
         found = []
-        for record_id in record_ids:
+        for record_id, path, future in futures:
             try:
-                record = get(record_id)
+                data, stat = future.get(timeout=self.read_timeout)
+            except NoNodeError:
+                continue
+            if not data:
+                continue
+            try:
+                record = parse(record_id, path, data, stat)
             except MalformedRecord as e:
                 log.error("skipping malformed %s %s: %s", kind, e.path, e.reason)
                 continue
-            if record is not None:
-                found.append(record)
+            found.append(record)
         return found
+
+    def locked_nodes(self, node_ids: Iterable[str]) -> set[str]:
+        """Which of the nodes anyone contends to lock, read afresh with
+        pipelined reads (see ``_read_all``)."""
+        futures = [(nid, self.client.get_children_async(paths.node_lock_path(nid)))
+                   for nid in node_ids]
+        locked = set()
+        for node_id, future in futures:
+            try:
+                if locks.contenders(future.get(timeout=self.read_timeout)):
+                    locked.add(node_id)
+            except NoNodeError:
+                continue
+        return locked
 
     def _write(self, path: str, record: Any, kind: str) -> None:
         """Set the whole record with a version check; updates its version."""
@@ -216,7 +248,10 @@ class ZooKeeperStore:
         """Every readable request, in the order launchers serve them."""
         if cached and self.requests_cache is not None:
             return sorted_requests(self.requests_cache.values())
-        return sorted_requests(self._read_all(self.request_ids(), self.get_request, "request"))
+        return sorted_requests(self._read_all(
+            self.request_ids(), paths.request_path,
+            lambda rid, path, data, stat: NodeRequest.from_json(
+                data, rid, path, stat.version, stat.ephemeralOwner), "request"))
 
     def create_request(self, request: NodeRequest, priority: int | str,
                        ephemeral: bool = False) -> NodeRequest:
@@ -291,9 +326,38 @@ class ZooKeeperStore:
         return self._children(paths.NODE_ROOT)
 
     def list_nodes(self, cached: bool = False) -> list[Node]:
+        """Every node by id (cached: sorted once per change, not per call)."""
         if cached and self.nodes_cache is not None:
-            return sorted(self.nodes_cache.values(), key=lambda n: n.id or "")
-        return self._read_all(self.node_ids(), self.get_node, "node")
+            return self.nodes_cache.sorted_values()
+        return self._read_all(
+            self.node_ids(), paths.node_path,
+            lambda nid, path, data, stat: Node.from_json(data, nid, path, stat.version),
+            "node")
+
+    def pool_nodes(self, provider: str | None, pool: str | None) -> list[Node]:
+        """The pool's nodes that are not DELETED, from the cache's index
+        (a scan of the cached nodes without a cache)."""
+        if self.nodes_cache is not None:
+            return self.nodes_cache.pool_nodes(provider, pool)
+        return [n for n in self.list_nodes() if n.provider == provider and n.pool == pool
+                and n.state != DELETED]
+
+    def ready_unallocated_nodes(self, provider: str | None, pool: str | None) -> list[Node]:
+        """The pool's READY nodes allocated to nobody, as last seen."""
+        if self.nodes_cache is not None:
+            return self.nodes_cache.ready_unallocated(provider, pool)
+        return [n for n in self.list_nodes() if n.provider == provider and n.pool == pool
+                and n.state == READY and n.allocated_to is None]
+
+    def tenant_usage(self, tenant: str, exclude_providers=()) -> Resources:
+        """What the tenant's nodes use (their ``resources``) on every provider
+        but ``exclude_providers``, as last seen."""
+        if self.nodes_cache is not None:
+            return self.nodes_cache.tenant_usage(tenant, exclude_providers)
+        index = NodeIndex()
+        for node in self.list_nodes():
+            index.put(node.id or "", node)
+        return index.tenant_usage(tenant, exclude_providers)
 
     def create_node(self, node: Node, now: float | None = None) -> Node:
         """Create a new sequential node znode; sets ``id``, ``version`` and the

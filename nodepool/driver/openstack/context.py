@@ -49,13 +49,11 @@ class MachineContext(Protocol):
     catalog: "CloudCatalog"
     ledger: "QuotaLedger"
     delete_durations: "DeleteDurations"
-    gone_check_interval: float
 
     @property
     def cloud(self) -> "OpenStackCloud": ...
     @property
     def network_layout(self) -> "NetworkLayout": ...
-    def quota_waiting(self) -> bool: ...
 
     # Creating a server.
     def plan_label(self, label: Any, pool: Any) -> tuple["LabelPlan | None", str | None,

@@ -559,7 +559,8 @@ class ServerDeletion:
                 return
             call, self.call = self.call, None
             try:
-                call.result()
+                # False (or NOT_FOUND below): nova no longer knew the server.
+                accepted = call.result() is not False
             except Exception as e:  # noqa: BLE001
                 err = errors.classify(e)
                 if err.kind != errors.NOT_FOUND:
@@ -568,10 +569,15 @@ class ServerDeletion:
                     self.not_before = now + min(MAX_DELETE_BACKOFF, 2.0 ** self.errors)
                     self.step = DeleteStep.SEND
                     return
+                accepted = False
             self.sent_at = now
             self.reason = None
             if self.key:
                 self.ctx.ledger.delete_issued(self.key)
+                if accepted and call.started_at is not None:
+                    # Nova accepted the DELETE, so it still had the server
+                    # when the call started: as good as a list from then.
+                    self.ctx.ledger.note_listed(self.key, call.started_at)
             self.ctx.servers.want_fresh(now)
             self.step = DeleteStep.WAIT_GONE
             return
@@ -592,12 +598,9 @@ class ServerDeletion:
             if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
-            elif self.ctx.quota_waiting() and \
-                    self.ctx.delete_durations.likely_gone(now - self.sent_at):
-                # A request waits for the quota this server holds, and it
-                # has likely gone by now: look sooner than usual.
-                self.ctx.servers.want_fresh(within=self.ctx.gone_check_interval)
             else:
+                # At the usual pace; while requests wait for quota the
+                # provider looks sooner, when this server has likely gone.
                 self.ctx.servers.want_fresh()
 
     def _gone(self) -> None:

@@ -29,7 +29,7 @@ from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_cho
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect
 from nodepool.driver.openstack.floating_ips import FloatingIpTracker
 from nodepool.driver.openstack.reconcile import ServerReconciler
-from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
+from nodepool.driver.openstack.machines import (CreateMachine, DeleteStep, LabelPlan,
                                                 ServerDeletion, Step)
 from nodepool.driver.openstack.network_cleanup import LeakSweep, orphan_port_judge
 from nodepool.driver.outcomes import LaunchOutcome
@@ -37,6 +37,7 @@ from nodepool.driver.server_list import ServerListCache
 from nodepool.driver.shared_claims import reserve_shared, shared_reasons
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
+from nodepool.quota.ledger import STALE_AFTER_DELETE
 from nodepool.quota.shared import SharedQuota
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
@@ -44,14 +45,20 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
 
 log = logging.getLogger("nodepool.openstack.provider")
 
-SERVER_LIST_INTERVAL = 2.0
+# The shared server list's pace while something waits for a fresher one
+# (builds, deletes): each list serves them all; idle, every 4 intervals.
+SERVER_LIST_INTERVAL = 2.5
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
 # Ports are listed only while a server waits for its floating IP: one list
 # for all of them, at most this often.
 PORT_LIST_INTERVAL = 1.0
-# While requests wait for quota and a deleted server has likely gone, the
-# server list is read this often (instead of every SERVER_LIST_INTERVAL).
+# While requests wait for quota, the server list is read as soon as the
+# deleted servers still listed have, together, at least this chance of
+# having gone since the last list (learned delete durations, see
+# delete_timing), and never more often than GONE_CHECK_INTERVAL.  Lower
+# finds freed quota sooner at the cost of more lists; see doc/quota.rst.
+GONE_LOOK_CHANCE = 0.3
 GONE_CHECK_INTERVAL = 0.5
 # A capacity check that found no headroom counts as "requests wait" this long.
 QUOTA_WAIT_MEMORY = 2.0
@@ -284,6 +291,7 @@ class OpenStackProvider(LoopedProvider):
                 self.gate.set_share(self.api_share())
             if self.shared_quota is not None and self.shared_quota.look_again():
                 self.servers.want_fresh()
+            self._look_for_gone_servers()
             if self.servers.tick():
                 self.reconciler.reconcile()
             self.ports.tick()
@@ -377,7 +385,12 @@ class OpenStackProvider(LoopedProvider):
             except Exception as e:  # noqa: BLE001 - the previous reading stays
                 self.ledger.limits_read_failed(token, str(errors.classify(e)))
             return
-        if self.ledger.limits_refresh_due(self.name):
+        due = self.ledger.limits_refresh_due(self.name)
+        if due == STALE_AFTER_DELETE and not self.quota_waiting():
+            # The reading over-counts a gone server: harmless until a
+            # request needs the headroom (then it is read right away).
+            return
+        if due:
             token = self.ledger.begin_limits_read(self.name)
             if self.shared_quota is not None:
                 # The claims owned now are servers nova will count.
@@ -457,6 +470,21 @@ class OpenStackProvider(LoopedProvider):
         pool = self.config.pools.get(spec.pool_name)
         return reserve_shared(self.shared_quota, self.ledger, self.name, key, cost, decision,
                               bool(getattr(pool, "ignore_provider_quota", False)))
+
+    def _look_for_gone_servers(self) -> None:
+        """While requests wait for quota: ask for a list once the deleted
+        servers we wait for have likely gone (one list serves them all)."""
+        waiting = [d for d in self._server_deletions
+                   if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
+        if not waiting or not self.quota_waiting():
+            return
+        now = self.clock()
+        last = self.servers.snapshot.requested_at
+        chance = sum(self.delete_durations.chance_gone(max(last, d.sent_at) - d.sent_at,
+                                                       now - d.sent_at)
+                     for d in waiting)
+        if chance >= GONE_LOOK_CHANCE:
+            self.servers.want_fresh(within=self.gone_check_interval)
 
     def quota_waiting(self) -> bool:
         """Does a request (or a build) wait for headroom right now?"""
