@@ -27,5 +27,5 @@ def test_docs_build_without_warnings(tmp_path):
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
     for page in ("index", "installation", "configuration", "clouds-policy", "quota",
-                 "operations", "fakecloud", "migration", "benchmark"):
+                 "operations", "multiple-launchers", "fakecloud", "migration", "benchmark"):
         assert (tmp_path / "html" / f"{page}.html").is_file(), page

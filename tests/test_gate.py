@@ -262,3 +262,26 @@ def test_written_off_workers_are_bounded():
     wait_until(late.done)
     assert late.result() == "fresh"
     gate.shutdown()
+
+
+def test_the_budget_is_split_between_the_launchers_of_a_project():
+    gate = ApiGate("p", deadline=5, rate=0.5, read_rate=0.1)
+    try:
+        ceiling = gate.limit.ceiling
+        gate.set_share(3)
+        budget = gate.budget()
+        assert budget["share"] == 3
+        assert (budget["rate"], budget["read_rate"]) == (1.5, pytest.approx(0.3))
+        assert budget["concurrency_ceiling"] == max(gate.limit.floor, ceiling // 3)
+        assert gate.limit.limit <= budget["concurrency_ceiling"]
+        # A reload keeps the split; one launcher again restores the whole budget.
+        gate.set_rates(1.0, None)
+        assert gate.budget()["rate"] == 3.0
+        gate.set_share(1)
+        budget = gate.budget()
+        assert (budget["share"], budget["rate"], budget["concurrency_ceiling"]) == (1, 1.0,
+                                                                                    ceiling)
+        gate.set_share(0)   # never below one launcher
+        assert gate.budget()["share"] == 1
+    finally:
+        gate.shutdown(wait=1.0)

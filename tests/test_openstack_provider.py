@@ -252,6 +252,22 @@ def test_server_deleted_behind_our_back_is_released_with_its_node(harness, fakec
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
 
 
+def test_a_handed_over_server_deleted_elsewhere_frees_its_quota(harness, fakecloud_connect):
+    """Another launcher serving the same provider (or an operator) deleted
+    the server of a node we built and handed over: nova no longer lists it,
+    so the ledger lets it go without waiting for a node deletion of ours."""
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.2))
+    h.wait_available()
+    [node] = h.start(1)
+    st = h.finish_builds([node])[node]
+    assert st.state is BuildState.READY, st.reason
+    h.provider.forget_build(node)      # handed over: no machine follows it now
+    wait_for(lambda: h.quota()["resources"]["instances"]["ledger_used"] == 1, timeout=5)
+    fakecloud_connect(h.cloud).delete_server(st.info.external_id)
+    wait_for(h.ledger_idle, timeout=10, what="ledger back to zero")
+    assert h.cloud.servers() == []
+
+
 # ---------------------------------------------------------------------------
 # 2. Quota contention: far more demand than instance quota
 

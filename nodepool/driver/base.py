@@ -41,7 +41,10 @@ Optional (looked up with ``getattr``; leave them out when they mean nothing)
 
 Constructor: ``cls(config, ledger, *, known_nodes=None,
 node_claims_server=None, tenant_usage=None, launch_observer=None,
-**options)``, where ``config`` is the driver's config model, ``ledger`` the
+**options)`` (plus ``shared_quota``, ``api_share`` and ``is_leak_cleaner``
+when the launcher shares the provider's cloud project with other launchers;
+a driver without a cloud quota may take them in ``**options`` and ignore
+them), where ``config`` is the driver's config model, ``ledger`` the
 launcher's ``QuotaLedger`` (register the pools' limits with
 ``ledger.configure_provider``), and the keyword arguments are the
 launcher's views of ZooKeeper as plain callables (see ``LauncherViews``);
@@ -58,6 +61,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.quota import Resources
+from nodepool.quota.shared import SharedQuota
 from nodepool.requests.builder import (NodeBuilder, StandingNode,  # noqa: F401 - part of the contract
                                        standing_key)
 
@@ -116,9 +120,22 @@ class LauncherViews:
     tenant_usage: Callable[[str], Resources] | None = None
     # Told how each launch attempt ended (statsd launch timers).
     launch_observer: Callable[[LaunchOutcome], None] | None = None
+    # Several launchers on one cloud project (doc/multiple-launchers.rst),
+    # all None when the provider has no cloud project to share:
+    # the project's shared quota book (nodepool.quota.shared.SharedQuota);
+    shared_quota: SharedQuota | None = None
+    # how many launchers serve the project (they split the API budget);
+    api_share: Callable[[], int] | None = None
+    # whether this launcher is the project's elected leak cleaner.
+    is_leak_cleaner: Callable[[], bool] | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
-        return {"known_nodes": self.known_nodes,
-                "node_claims_server": self.node_claims_server,
-                "tenant_usage": self.tenant_usage,
-                "launch_observer": self.launch_observer}
+        kwargs: dict[str, Any] = {"known_nodes": self.known_nodes,
+                                  "node_claims_server": self.node_claims_server,
+                                  "tenant_usage": self.tenant_usage,
+                                  "launch_observer": self.launch_observer}
+        # Only when set: a driver that predates them need not know them.
+        for name in ("shared_quota", "api_share", "is_leak_cleaner"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        return kwargs

@@ -171,12 +171,36 @@ class ApiGate:
         self._seq = 0
         self._hold_until = float("-inf")
         self.overloads = 0
+        # Launchers that split this budget (several launchers on one cloud
+        # project, see set_share); the configured rates are for all of them.
+        self.share = 1
+        self._configured_rates: tuple[float | None, float | None] = (rate, read_rate)
+        self._ceiling = self.limit.ceiling
         self.set_rates(rate, read_rate)
+
+    def set_share(self, launchers: int) -> None:
+        """Split the budget between ``launchers`` launchers serving the same
+        cloud project: each waits ``launchers`` times the configured seconds
+        between calls and keeps at most 1/``launchers`` of the concurrency
+        ceiling (not below the floor), so together they spend the budget
+        once."""
+        n = max(1, int(launchers))
+        with self._cond:
+            if n == self.share:
+                return
+            self.share = n
+            self.limit.ceiling = max(self.limit.floor, self._ceiling // n)
+            self.limit.value = min(self.limit.value, float(self.limit.ceiling))
+        self.set_rates(*self._configured_rates)
 
     def set_rates(self, rate: float | None, read_rate: float | None = None) -> None:
         """``rate`` as in nodepool.yaml (seconds between calls); a config
         reload applies it to calls not yet started."""
         with self._cond:
+            self._configured_rates = (rate, read_rate)
+            n = self.share
+            rate = rate * n if rate else rate
+            read_rate = read_rate * n if read_rate else read_rate
             self.rate = rate
             if rate is None or rate <= 0:
                 self.read_rate = read_rate if read_rate and read_rate > 0 else None
@@ -240,6 +264,7 @@ class ApiGate:
         with self._cond:
             return {
                 "mode": "adaptive" if self.rate is None else "rate",
+                "share": self.share,
                 "rate": self.rate, "read_rate": self.read_rate,
                 "concurrency_limit": self.limit.limit,
                 "concurrency_floor": self.limit.floor,

@@ -43,7 +43,9 @@ from nodepool.zk.components import (ComponentRegistration, make_pool_id,
 from nodepool.zk import paths
 from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
+from nodepool.zk.shared_quota import ProviderShare, SharedQuotaBooks, new_launcher_id
 from nodepool.zk.store import ZooKeeperStore
+from nodepool.launcher.shared import project_of
 
 log = logging.getLogger("nodepool.launcher")
 
@@ -247,6 +249,9 @@ class Launcher:
         self.client = None
         self.store: ZooKeeperStore | None = None
         self.ledger: QuotaLedger | None = None
+        # Books shared with other launchers on the same cloud projects.
+        self.launcher_id = new_launcher_id(self.hostname)
+        self.shared: SharedQuotaBooks | None = None
         self.providers: dict[str, LaunchProvider] = {}
         self.pool_workers: dict[str, PoolWorker] = {}
         self.reaper: NodeReaper | None = None
@@ -284,6 +289,13 @@ class Launcher:
         if not self.store.wait_synced(cfg.zookeeper.session_timeout * 3):
             log.warning("ZooKeeper caches are not in sync yet; continuing")
         self.ledger = QuotaLedger(tenant_limits=tenant_limits_from_config(cfg.tenant_limits))
+        ledger = self.ledger
+        self.shared = SharedQuotaBooks(
+            self.client, self.launcher_id,
+            entry_state=lambda key: (lambda s: s.value if s is not None else None)(
+                ledger.entry_state(key)),
+            wait_for_change=ledger.wait_for_change)
+        self.shared.start()
         for name, provider_cfg in cfg.providers.items():
             provider = self._make_provider(provider_cfg)
             provider.start()
@@ -329,6 +341,8 @@ class Launcher:
                 log.debug("unregistering the launcher failed", exc_info=True)
         for provider in self.providers.values():
             provider.stop(wait=max(0.5, deadline - time.monotonic()))
+        if self.shared is not None:
+            self.shared.stop()
         if self.store is not None:
             self.store.stop_caches()
         if self.client is not None:
@@ -432,10 +446,19 @@ class Launcher:
 
     def _make_provider(self, provider_cfg: Provider) -> LaunchProvider:
         factory = self.provider_factory or registry.provider_class(provider_cfg)
+        shared: dict = {}
+        project = project_of(provider_cfg) if self.shared is not None else None
+        if project is not None and self.shared is not None:
+            # Other launchers may serve the same cloud project: one quota
+            # book, one API budget and one leak cleaner between us.
+            book = self.shared.book(*project)
+            shared = dict(shared_quota=ProviderShare(book),
+                          api_share=lambda: max(1, book.launcher_count()),
+                          is_leak_cleaner=book.is_cleaner)
         views = LauncherViews(known_nodes=self._known_nodes,
                               node_claims_server=self._node_claims_server,
                               tenant_usage=self._tenant_usage_elsewhere,
-                              launch_observer=self.stats.launch)
+                              launch_observer=self.stats.launch, **shared)
         return factory(provider_cfg, self.ledger, **views.as_kwargs(),
                        **self.provider_options)
 
@@ -690,4 +713,6 @@ class Launcher:
                       for name, w in self.pool_workers.items()},
             "reaper_in_progress": self.reaper.in_progress if self.reaper else [],
             "providers": {name: p.status() for name, p in self.providers.items()},
+            "launcher_id": self.launcher_id,
+            "shared_projects": self.shared.status() if self.shared is not None else {},
         }

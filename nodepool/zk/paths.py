@@ -14,6 +14,9 @@ NODE_ROOT = f"{ROOT}/nodes"
 COMPONENT_ROOT = f"{ROOT}/components"
 POOL_COMPONENT_ROOT = f"{COMPONENT_ROOT}/pool"
 LAUNCHER_COMPONENT_ROOT = f"{COMPONENT_ROOT}/launcher"
+# Ours only (Zuul never reads it): launchers sharing one cloud project
+# (nodepool/zk/shared_quota.py, doc/multiple-launchers.rst).
+SHARED_QUOTA_ROOT = f"{ROOT}/shared-quota"
 
 # The child of a node znode that holds the kazoo Lock contenders.
 NODE_LOCK_NAME = "lock"
@@ -39,6 +42,10 @@ def node_path(node_id: str) -> str:
 
 def node_lock_path(node_id: str) -> str:
     return f"{node_path(node_id)}/{NODE_LOCK_NAME}"
+
+
+def shared_project_path(project_key: str) -> str:
+    return _child(SHARED_QUOTA_ROOT, project_key)
 
 
 def component_root(kind: str) -> str:

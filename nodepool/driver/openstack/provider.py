@@ -34,9 +34,11 @@ from nodepool.driver.openstack.machines import (CreateMachine, DeleteStep, Label
 from nodepool.driver.openstack.network_cleanup import LeakSweep, orphan_port_judge
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.driver.server_list import ServerListCache
+from nodepool.driver.shared_claims import reserve_shared, shared_reasons
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
 from nodepool.quota.ledger import STALE_AFTER_DELETE
+from nodepool.quota.shared import SharedQuota
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
                                        DeleteStatus, NodeInfo)
@@ -115,8 +117,19 @@ class OpenStackProvider(LoopedProvider):
                  clock: Callable[[], float] = time.monotonic,
                  server_list_interval: float = SERVER_LIST_INTERVAL,
                  leak_interval: float = LEAK_INTERVAL,
-                 launch_observer: Callable[[LaunchOutcome], None] | None = None):
+                 launch_observer: Callable[[LaunchOutcome], None] | None = None,
+                 shared_quota: SharedQuota | None = None,
+                 api_share: Callable[[], int] | None = None,
+                 is_leak_cleaner: Callable[[], bool] | None = None):
         self.config = config                   # config.model.Provider
+        # Other launchers on the same cloud project (doc/multiple-launchers.rst):
+        # their claims, how many of us split the API budget, and whether
+        # this launcher is the project's leak cleaner.
+        self.shared_quota = shared_quota
+        self.api_share = api_share
+        self.is_leak_cleaner = is_leak_cleaner
+        self._shared_reading: object = None
+        self._ledger_keys: frozenset = frozenset()
         # Told how each launch attempt ended (the statsd launch timers).
         self.launch_observer = launch_observer
         self._unservable_logged: set[tuple[str, str, str]] = set()
@@ -274,6 +287,10 @@ class OpenStackProvider(LoopedProvider):
                 self._connect()
                 if self._cloud is None:
                     return
+            if self.api_share is not None:
+                self.gate.set_share(self.api_share())
+            if self.shared_quota is not None and self.shared_quota.look_again():
+                self.servers.want_fresh()
             self._look_for_gone_servers()
             if self.servers.tick():
                 self.reconciler.reconcile()
@@ -303,10 +320,12 @@ class OpenStackProvider(LoopedProvider):
                     d.advance()
                 except Exception:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
+            finished = [d.key for d in self._server_deletions if d.done and d.key]
             self._server_deletions = [d for d in self._server_deletions if not d.done]
+            self._tell_shared_quota(finished)
             self.reconciler.clean_leaks()
             for sweep in (self.fip_sweep, self.port_sweep):
-                if sweep is not None:
+                if sweep is not None and self.leak_cleaner():
                     sweep.tick()
 
     def _connect(self) -> None:
@@ -330,6 +349,22 @@ class OpenStackProvider(LoopedProvider):
         self._cloud = cloud
         self._reconnect = False
 
+    def _tell_shared_quota(self, deleted: list[str]) -> None:
+        """Attempts that left the ledger this pass, and servers we saw gone
+        after deleting them (perhaps another launcher's): their claims are
+        stale."""
+        if self.shared_quota is None:
+            return
+        keys = self.ledger.keys(self.name)
+        gone = set(self._ledger_keys - keys) | set(deleted)
+        self._ledger_keys = keys
+        if gone:
+            self.shared_quota.servers_gone(frozenset(k for k in gone if isinstance(k, str)))
+
+    def leak_cleaner(self) -> bool:
+        """Only one launcher per cloud project looks for leaks (elected)."""
+        return self.is_leak_cleaner is None or self.is_leak_cleaner()
+
     def _list_servers(self) -> list[dict]:
         return self.cloud.list_servers()
 
@@ -343,8 +378,10 @@ class OpenStackProvider(LoopedProvider):
             self._limits_call = None
             try:
                 compute, volume = call.result()
-                self.ledger.apply_limits(token, CloudLimits.from_api(
-                    compute, volume, read_at=token.started_at))
+                if self.ledger.apply_limits(token, CloudLimits.from_api(
+                        compute, volume, read_at=token.started_at)) \
+                        and self.shared_quota is not None:
+                    self.shared_quota.reading_applied(self._shared_reading)
             except Exception as e:  # noqa: BLE001 - the previous reading stays
                 self.ledger.limits_read_failed(token, str(errors.classify(e)))
             return
@@ -355,6 +392,9 @@ class OpenStackProvider(LoopedProvider):
             return
         if due:
             token = self.ledger.begin_limits_read(self.name)
+            if self.shared_quota is not None:
+                # The claims owned now are servers nova will count.
+                self._shared_reading = self.shared_quota.reading_started()
             self._limits_call = (token, self.gate.submit("compute.get_limits",
                                                          self._read_limits))
 
@@ -424,9 +464,12 @@ class OpenStackProvider(LoopedProvider):
         if spec.tenant_name and self.tenant_usage is not None \
                 and self.ledger.limits_tenant(spec.tenant_name):
             elsewhere = self.tenant_usage(spec.tenant_name)
-        return self.ledger.try_reserve(key, provider=self.name, pool=spec.pool_name,
-                                       cost=cost, tenant=spec.tenant_name,
-                                       tenant_usage_elsewhere=elsewhere)
+        decision = self.ledger.try_reserve(key, provider=self.name, pool=spec.pool_name,
+                                           cost=cost, tenant=spec.tenant_name,
+                                           tenant_usage_elsewhere=elsewhere)
+        pool = self.config.pools.get(spec.pool_name)
+        return reserve_shared(self.shared_quota, self.ledger, self.name, key, cost, decision,
+                              bool(getattr(pool, "ignore_provider_quota", False)))
 
     def _look_for_gone_servers(self) -> None:
         """While requests wait for quota: ask for a list once the deleted
@@ -558,6 +601,12 @@ class OpenStackProvider(LoopedProvider):
                         self._quota_wait_seen_at = self.clock()
                         return Capacity.WAIT
                     probes.append(key)
+                if self.shared_quota is not None and \
+                        not pool_cfg.ignore_provider_quota and \
+                        shared_reasons(self.shared_quota, self.ledger, self.name, None, total,
+                                       write=False):
+                    self._quota_wait_seen_at = self.clock()
+                    return Capacity.WAIT
                 return Capacity.AVAILABLE
             finally:
                 for key in probes:

@@ -9,7 +9,9 @@
 * ``clean_leaks()``, every leak interval: servers carrying this provider's
   metadata whose node is gone from ZooKeeper (or that a node no longer
   owns) are deleted once seen leaked on two passes in a row and confirmed
-  by a fresh look at the node.
+  by a fresh look at the node.  With several launchers on one cloud project
+  only the elected cleaner looks, and a server another live launcher holds
+  a claim for in the shared quota book is never a leak.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from nodepool.driver.openstack import servers as srv
-from nodepool.quota import Resources
+from nodepool.quota import EntryState, Resources
 
 if TYPE_CHECKING:
     from nodepool.driver.openstack.provider import OpenStackProvider
@@ -36,12 +38,16 @@ class ServerReconciler:
         # while its ledger entry lives: a delete by external id must release
         # the entry even when nova has already dropped the server.
         self._keys_by_server: dict[str, str] = {}
+        # server id -> when we first knew it existed (provider clock): a
+        # list requested later that lacks it shows it gone.
+        self._known_since: dict[str, float] = {}
 
     # -- server id <-> ledger key ------------------------------------------------
 
     def remember_server(self, server_id: str | None, key: str | None) -> None:
         if server_id and key:
             self._keys_by_server[server_id] = key
+            self._known_since.setdefault(server_id, self.provider.clock())
 
     def key_for_server(self, server_id: str | None) -> str | None:
         return self._keys_by_server.get(server_id) if server_id else None
@@ -49,6 +55,7 @@ class ServerReconciler:
     def forget_server(self, server_id: str | None) -> None:
         if server_id:
             self._keys_by_server.pop(server_id, None)
+            self._known_since.pop(server_id, None)
 
     # -- the ledger from the list -------------------------------------------------
 
@@ -59,6 +66,13 @@ class ServerReconciler:
         known_keys = p.ledger.keys(p.name)
         flavors = {f.get("id"): f for f in p.catalog.items("flavors") or []}
         listed: set[str] = set()
+        shared = p.shared_quota
+        if shared is not None:
+            # Every nodepool server of the project, whichever launcher's:
+            # evidence for the shared book that nova still counted it.
+            shared.listed((srv.ledger_key(m) for s in snap.servers.values()
+                           if (m := s.get("metadata") or {}).get(srv.META_NODE)),
+                          snap.requested_at)
         for server in snap.servers.values():
             meta = server.get("metadata") or {}
             if meta.get(srv.META_PROVIDER) != p.name:
@@ -66,12 +80,18 @@ class ServerReconciler:
             key = srv.ledger_key(meta)
             listed.add(key)
             self._keys_by_server[server["id"]] = key
+            self._known_since.setdefault(server["id"], snap.requested_at)
             if key in known_keys:
-                # Still counted by nova when this list was requested: once
-                # it is gone, the ledger can free it without a limits read.
+                # Still listed after a limits read started: once gone, its
+                # quota is free before the next reading (ledger.server_gone).
                 p.ledger.note_listed(key, snap.requested_at)
                 continue
             if meta.get(srv.META_POOL) not in p.config.pools:
+                continue
+            if shared is not None and shared.claimed_elsewhere(key):
+                # Another live launcher's server: the shared book counts it
+                # (adopting it would count it as in flight until our next
+                # limits reading).  Adopted once its launcher is gone.
                 continue
             flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
             cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
@@ -83,17 +103,39 @@ class ServerReconciler:
             if key not in listed:
                 p.ledger.server_gone(key)
                 del self._adopted[key]
+        self._release_servers_deleted_elsewhere(snap, listed)
         live = p.ledger.keys(p.name)
         for server_id, key in list(self._keys_by_server.items()):
             if key not in live:
                 del self._keys_by_server[server_id]
+                self._known_since.pop(server_id, None)
+
+    def _release_servers_deleted_elsewhere(self, snap, listed: set[str]) -> None:
+        """A server of ours that no machine or deletion of ours follows any
+        more (its node was handed over) and that a list requested after we
+        knew it no longer shows was deleted by someone else: another
+        launcher serving the same provider deleted its node, or an operator.
+        Its ledger entry would otherwise count for ever (and, with several
+        launchers, hold a claim in the shared book)."""
+        p = self.provider
+        followed = {m.server_id for m in p._builds.values() if m.server_id}
+        followed |= {d.server_id for d in p._server_deletions if d.server_id}
+        for server_id, key in list(self._keys_by_server.items()):
+            if key in listed or server_id in followed or key in self._adopted:
+                continue
+            if snap.requested_at <= self._known_since.get(server_id, float("inf")):
+                continue
+            if p.ledger.entry_state(key) in (EntryState.CREATED, EntryState.DELETING):
+                log.info("%s: server %s is gone (deleted elsewhere); its quota is free",
+                         p.name, server_id)
+                p.ledger.server_gone(key)
 
     # -- leaked servers ------------------------------------------------------------
 
     def clean_leaks(self) -> None:
         p = self.provider
-        if p.known_nodes is None:
-            return
+        if p.known_nodes is None or not p.leak_cleaner():
+            return  # another launcher cleans this cloud project
         now = p.clock()
         if self.last_leak_pass is not None and now - self.last_leak_pass < p.leak_interval:
             return
@@ -115,6 +157,9 @@ class ServerReconciler:
             node_id = meta.get(srv.META_NODE)
             if node_id in building_nodes:
                 continue
+            if p.shared_quota is not None and \
+                    p.shared_quota.claimed_elsewhere(srv.ledger_key(meta)):
+                continue   # a live launcher's create: its server, not a leak
             if node_id in nodes and nodes[node_id] in (None, server["id"]):
                 continue
             suspects.add(server["id"])

@@ -1,0 +1,569 @@
+"""The shared quota book in ZooKeeper: several launchers, one cloud project.
+
+Layout (see doc/multiple-launchers.rst)::
+
+    /nodepool/shared-quota/<project key>            JSON: what the key stands for
+    /nodepool/shared-quota/<project key>/claims     its data version orders reservations
+    /nodepool/shared-quota/<project key>/claims/<claim name>     ephemeral, no data
+    /nodepool/shared-quota/<project key>/launchers/<launcher id>-<sequence>   ephemeral
+
+A claim's name encodes its state, cost, ledger key and launcher
+(nodepool.quota.shared.Claim), so one ``get_children`` reads the whole book.
+Claims are ephemeral: when a launcher's session ends, its claims go with it.
+
+Reserving is optimistic: read the children and the data version ``v`` of
+``claims``, check the create against the book (pure arithmetic in
+nodepool.quota.shared), then commit ``[set_data(claims, version=v),
+create(claim, ephemeral)]`` as one transaction.  Two launchers that read the
+same ``v`` cannot both commit: the loser reads again.  No lock is held
+across a cloud call, and nobody waits for anybody for longer than a
+round trip.  Turning a claim from reserved to owned is a delete and a create
+in one transaction (the totals do not change, so no version bump); a claim
+is deleted once the ledger forgot the attempt (nova no longer lists the
+server, or the POST never went out).  Those follow the ledger level-
+triggered, from ``SharedQuotaBooks.sync``: a claim may lag the ledger by a
+pass, which only ever counts a server longer, never shorter.
+
+``launchers`` lists the launchers serving the project (ephemeral sequential
+znodes).  Their number splits the API budget; the one with the lowest
+sequence is the project's leak cleaner (the classic election recipe read
+from a cached listing, so asking is free).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.recipe.watchers import ChildrenWatch
+
+from nodepool.quota.shared import (Claim, ClaimState, freed_usage, others_usage,
+                                   parse_book, shared_headroom, shortfalls)
+from nodepool.quota import Resources
+from nodepool.zk import paths
+from nodepool.zk.session import SessionTracker
+
+log = logging.getLogger("nodepool.zk.shared_quota")
+
+# A reservation reads the book and commits at most this many times before
+# it gives up for this pass (the machine tries again on its next pass).
+RESERVE_ATTEMPTS = 5
+# How long a key stays known as gone (its claims are ignored meanwhile).
+GONE_MEMORY = 120.0
+# Each ZooKeeper call of a reservation waits at most this long.
+CALL_TIMEOUT = 2.0
+LAYER = "shared quota"
+# Ledger entry states (nodepool.quota.EntryState values) that mean nova has
+# the server.
+OWNED_STATES = frozenset({"created", "deleting"})
+
+
+def new_launcher_id(hostname: str) -> str:
+    """Unique per launcher process (a restart is a new launcher)."""
+    return f"{hostname}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class _Mine:
+    claim: Claim
+    generation: int | None   # the session it was written in; None: not known to exist
+
+
+class ProjectBook:
+    """One project's book as this launcher process sees and writes it."""
+
+    def __init__(self, client: KazooClient, key: str, description: dict, launcher_id: str,
+                 entry_state: Callable[[str], str | None]):
+        self.client = client
+        self.key = key
+        self.description = description
+        self.launcher_id = launcher_id
+        # The ledger's state of an attempt (EntryState value) or None.
+        self.entry_state = entry_state
+        self.session = SessionTracker.of(client)
+        self.root = paths.shared_project_path(key)
+        self.claims_path = f"{self.root}/claims"
+        self.members_path = f"{self.root}/launchers"
+        self._lock = threading.Lock()
+        # Held by start and sync (two threads may call them), never across
+        # more than this book's own ZooKeeper calls.
+        self._writer = threading.RLock()
+        self._names: frozenset[str] = frozenset()
+        self._members: list[str] = []
+        self._mine: dict[str, _Mine] = {}
+        self._member: str | None = None
+        self._member_generation: int | None = None
+        self._watching = False
+        self.conflicts = 0      # reservations that lost a race and read again
+        # Ledger keys whose servers nova no longer lists (told by a provider
+        # of ours): claims for them are stale, whoever holds them.
+        self._gone: dict[str, float] = {}
+        # Bumped when another launcher removed a claim of ours: it saw the
+        # server gone first; our providers should look at the list soon.
+        self.removed_by_others = 0
+        # Other launchers' claims that left the book lately, and when: if
+        # their launcher died, their servers may still exist.
+        self._vanished: dict[str, tuple[Claim, float]] = {}
+        self.started = False
+
+    # -- set-up ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the paths, watch the book, join the project's launchers.
+        Raises KazooException when ZooKeeper cannot be asked (``sync``
+        tries again)."""
+        with self._writer:
+            if not self.started:
+                self._start()
+
+    def _start(self) -> None:
+        self.client.ensure_path(self.claims_path)
+        self.client.ensure_path(self.members_path)
+        try:
+            data, _ = self.client.get(self.root)
+            if not data:
+                self.client.set(self.root, json.dumps(self.description).encode())
+        except NoNodeError:
+            pass
+        if not self._watching:
+            ChildrenWatch(self.client, self.claims_path, self._on_claims)
+            ChildrenWatch(self.client, self.members_path, self._on_members)
+            self._watching = True
+        self._ensure_member()
+        self.started = True
+
+    def stop(self) -> None:
+        """Leave the project (claims go with the session)."""
+        member, self._member = self._member, None
+        if member and self.session.connected:
+            try:
+                self.client.delete(f"{self.members_path}/{member}")
+            except KazooException:
+                pass
+
+    def _on_claims(self, children: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            before, self._names = self._names, frozenset(children)
+            for name in before - self._names:
+                claim = Claim.parse(name)
+                if claim is not None and claim.launcher != self.launcher_id:
+                    self._vanished[name] = (claim, now)
+            for name, (_, at) in list(self._vanished.items()):
+                if now - at > GONE_MEMORY:
+                    del self._vanished[name]
+            gen = self.session.generation
+            vanished = [key for key, held in self._mine.items()
+                        if held.generation == gen and held.claim.name in before
+                        and held.claim.name not in self._names]
+        if not vanished:
+            return
+        keys_now = {c.key for c in parse_book(children)}
+        for key in vanished:
+            # Not our own sync (it turns a claim owned in one transaction,
+            # and deletes one only after the ledger forgot the key): another
+            # launcher saw the server gone before we did.
+            if key not in keys_now and self.entry_state(key) in OWNED_STATES:
+                self.removed_by_others += 1
+
+    def _on_members(self, children: list[str]) -> None:
+        with self._lock:
+            self._members = sorted(children, key=_sequence)
+
+    def _ensure_member(self) -> None:
+        gen = self.session.generation
+        if self._member is not None and self._member_generation == gen and \
+                self.client.exists(f"{self.members_path}/{self._member}"):
+            return
+        path = self.client.create(f"{self.members_path}/{self.launcher_id}-", b"",
+                                  ephemeral=True, sequence=True)
+        self._member = paths.name_of(path)
+        self._member_generation = gen
+        log.info("joined the launchers of project %s as %s", self.key, self._member)
+
+    # -- cached views ----------------------------------------------------------------
+
+    def claims(self) -> list[Claim]:
+        with self._lock:
+            gone = self._gone
+            return [c for c in parse_book(self._names) if c.key not in gone]
+
+    def forget(self, keys: Iterable[str], now: float) -> None:
+        """Nova no longer lists these attempts' servers (a provider of ours
+        saw them go): drop every launcher's claim for them at once, rather
+        than wait for the owner's next server list.  The owner's sync does
+        not write them again (they are owned, nothing changes)."""
+        keys = set(keys)
+        if not keys:
+            return
+        with self._lock:
+            for key in keys:
+                self._gone[key] = now
+            for key, at in list(self._gone.items()):
+                if now - at > GONE_MEMORY:
+                    del self._gone[key]
+            stale = [n for n in self._names
+                     if (c := Claim.parse(n)) is not None and c.key in keys]
+        for name in stale:
+            # Asynchronous: a provider's loop never waits for it.  If it
+            # fails, the owner deletes its claim after its own server list.
+            try:
+                self.client.delete_async(f"{self.claims_path}/{name}")
+            except KazooException:
+                pass
+
+    def owned_names(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.claims() if c.state is ClaimState.OWNED)
+
+    def members(self) -> list[str]:
+        with self._lock:
+            return list(self._members)
+
+    def launcher_count(self) -> int:
+        return len(self.members())
+
+    def is_cleaner(self) -> bool:
+        """Am I the project's leak cleaner?  Never while disconnected: the
+        others may have elected someone else meanwhile."""
+        if not self.session.connected or self._member is None \
+                or self._member_generation != self.session.generation:
+            return False
+        members = self.members()
+        return bool(members) and members[0] == self._member
+
+    def claimed_elsewhere(self, key: str) -> bool:
+        return any(c.key == key and c.launcher != self.launcher_id for c in self.claims())
+
+    # -- reserving -----------------------------------------------------------------
+
+    def snapshot(self) -> tuple[frozenset[str], list[str]]:
+        """(claim names, launchers) from the cached listings."""
+        with self._lock:
+            return self._names, list(self._members)
+
+    def gone_keys(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._gone)
+
+    def vanished(self, names: frozenset[str]) -> list[tuple[Claim, float]]:
+        """Other launchers' claims no longer in ``names`` (a fresh read) that
+        the cached book had, or that left it lately, with when they went."""
+        now = time.monotonic()
+        with self._lock:
+            found = dict(self._vanished)
+            for name in self._names - names:
+                claim = Claim.parse(name)
+                if claim is not None and claim.launcher != self.launcher_id:
+                    found.setdefault(name, (claim, now))
+        return [v for n, v in found.items() if n not in names]
+
+    def reserve(self, key: str, cost: Resources,
+                judge: Callable[[frozenset[str], list[str]], list[str]]) -> list[str]:
+        """Take a claim for ``key`` if ``judge`` finds no reason against it
+        in a fresh read of the book (claim names, launchers)."""
+        with self._lock:
+            if key in self._mine:
+                return []   # a loop repeating a step
+        if not self.started or not self.session.connected:
+            return [f"{LAYER}: ZooKeeper is not connected; creates wait for it"]
+        claim = Claim(ClaimState.RESERVED, key, self.launcher_id, cost)
+        generation = self.session.generation
+        for _ in range(RESERVE_ATTEMPTS):
+            try:
+                # Claims first: a launcher whose session ends between the
+                # two reads is then missing from both or only from members
+                # (its claims not freed as gone: the safe side).
+                children, stat = self.client.get_children_async(
+                    self.claims_path, include_data=True).get(timeout=CALL_TIMEOUT)
+                members = self.client.get_children_async(
+                    self.members_path).get(timeout=CALL_TIMEOUT)
+            except (KazooException, KazooTimeoutError) as e:
+                return [f"{LAYER}: cannot read the book ({type(e).__name__})"]
+            reasons = judge(frozenset(children), members)
+            if reasons:
+                return reasons
+            tx = self.client.transaction()
+            tx.set_data(self.claims_path, b"", version=stat.version)
+            tx.create(f"{self.claims_path}/{claim.name}", b"", ephemeral=True)
+            try:
+                results = tx.commit_async().get(timeout=CALL_TIMEOUT)
+            except (KazooException, KazooTimeoutError) as e:
+                # It may have been committed: keep it on the books until
+                # the ledger forgets the key (sync deletes it then).
+                with self._lock:
+                    self._mine[key] = _Mine(claim, None)
+                return [f"{LAYER}: the reservation's answer was lost ({type(e).__name__})"]
+            if not any(isinstance(r, Exception) for r in results) or \
+                    any(isinstance(r, NodeExistsError) for r in results):
+                # (NodeExists: our own earlier commit whose answer was lost.)
+                with self._lock:
+                    self._mine[key] = _Mine(claim, generation)
+                    # A key released after a refusal is reserved again.
+                    self._gone.pop(key, None)
+                return []
+            if not any(isinstance(r, BadVersionError) for r in results):
+                return [f"{LAYER}: the reservation failed ({results})"]
+            self.conflicts += 1
+        return [f"{LAYER}: other launchers kept reserving; trying again"]
+
+    # -- following the ledger --------------------------------------------------------
+
+    def sync(self) -> None:
+        """Level-triggered: make our claims say what the ledger says.
+        Raises KazooException on a ZooKeeper error (the next pass retries)."""
+        if not self.session.connected:
+            return
+        with self._writer:
+            if not self.started:
+                self._start()
+                return
+            self._ensure_member()
+            self._sync_claims()
+
+    def _sync_claims(self) -> None:
+        gen = self.session.generation
+        with self._lock:
+            mine = dict(self._mine)
+        for key, held in mine.items():
+            state = self.entry_state(key)
+            claim = held.claim
+            path = f"{self.claims_path}/{claim.name}"
+            if state is None:
+                try:
+                    self.client.delete(path)
+                except NoNodeError:
+                    pass
+                with self._lock:
+                    if self._mine.get(key) is held:
+                        del self._mine[key]
+                continue
+            want = claim.with_state(ClaimState.OWNED) if state in OWNED_STATES else claim
+            if want == claim and held.generation == gen:
+                continue
+            if key in self._gone:
+                continue   # nova no longer lists it: nothing to write
+            new_path = f"{self.claims_path}/{want.name}"
+            if held.generation != gen:
+                # Written in a session that ended (or not known to exist):
+                # the server still counts, so the claim comes back.
+                if held.generation is not None or want != claim:
+                    self._delete_quietly(path)
+                try:
+                    self.client.create(new_path, b"", ephemeral=True)
+                except NodeExistsError:
+                    pass
+            else:
+                tx = self.client.transaction()
+                tx.delete(path)
+                tx.create(new_path, b"", ephemeral=True)
+                results = tx.commit()
+                if any(isinstance(r, NoNodeError) for r in results):
+                    try:
+                        self.client.create(new_path, b"", ephemeral=True)
+                    except NodeExistsError:
+                        pass
+            with self._lock:
+                if self._mine.get(key) is held:
+                    self._mine[key] = _Mine(want, gen)
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self.client.delete(path)
+        except NoNodeError:
+            pass
+
+    def mine(self) -> dict[str, str]:
+        """Our claims: ledger key -> state, for the status API."""
+        with self._lock:
+            return {k: m.claim.state.name.lower() for k, m in self._mine.items()}
+
+
+class ProviderShare:
+    """What one provider sees of its project's book (``SharedQuota``): the
+    book, plus what this provider's current limits reading covers and what
+    its server lists showed since."""
+
+    def __init__(self, book: ProjectBook, clock: Callable[[], float] = time.monotonic):
+        self.book = book
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._covered: frozenset[str] = frozenset()
+        self._reading_started: float | None = None
+        self._listed_at: dict[str, float] = {}
+        # Keys this provider's ledger counted at some point: the ledger
+        # frees those itself, so they are never freed here as well.
+        self._local_seen: set[str] = set()
+        self._removed_seen = 0
+
+    def _reasons(self, names: frozenset[str], members: list[str], cost: Resources,
+                 headroom: Resources, limit: Resources, local_covered: Resources,
+                 local_in_flight: Resources, local_keys: frozenset) -> list[str]:
+        gone = self.book.gone_keys()
+        claims = parse_book(names)
+        present = frozenset(c.name for c in claims if c.key not in gone)
+        with self._lock:
+            self._local_seen.update(k for k in local_keys if isinstance(k, str))
+            covered = self._covered
+            candidates = [c for c in parse_book(covered)
+                          if c.launcher != self.book.launcher_id
+                          and c.key not in self._local_seen]
+            freed = freed_usage(candidates, present, self._listed_at,
+                                self._reading_started, {_launcher_of(m) for m in members})
+            # Claims of launchers that died: their servers may exist, and
+            # only a limits reading started after they went is sure to
+            # count them; until then they stay in flight (unless our
+            # ledger adopted them from the server list).
+            live = {_launcher_of(m) for m in members}
+            started = self._reading_started
+            orphans = [c for c, at in self.book.vanished(names)
+                       if c.launcher not in live and c.key not in local_keys
+                       and c.key not in gone and (started is None or at >= started)]
+        co, io = others_usage(claims, local_keys | gone, covered)
+        for orphan in orphans:
+            io = io + orphan.cost
+        return shortfalls(shared_headroom(limit, headroom, local_covered, local_in_flight,
+                                          co, io, freed), cost, LAYER)
+
+    def reserve(self, key: str, cost: Resources, headroom: Resources, limit: Resources,
+                local_covered: Resources, local_in_flight: Resources,
+                local_keys: frozenset) -> list[str]:
+        # The cached book first: a create that waits for quota costs no
+        # round trip on every pass.
+        reasons = self.check(cost, headroom, limit, local_covered, local_in_flight,
+                             local_keys)
+        if reasons:
+            return reasons
+        return self.book.reserve(key, cost, lambda names, members: self._reasons(
+            names, members, cost, headroom, limit, local_covered, local_in_flight,
+            local_keys))
+
+    def check(self, cost: Resources, headroom: Resources, limit: Resources,
+              local_covered: Resources, local_in_flight: Resources,
+              local_keys: frozenset) -> list[str]:
+        names, members = self.book.snapshot()
+        return self._reasons(names, members, cost, headroom, limit, local_covered,
+                             local_in_flight, local_keys)
+
+    def reading_started(self) -> object:
+        return (self.book.owned_names(), self.clock())
+
+    def reading_applied(self, token: object) -> None:
+        if not isinstance(token, tuple):
+            return
+        names, started = token
+        with self._lock:
+            self._covered = names
+            self._reading_started = started
+            # Only lists requested after this reading started count now.
+            self._listed_at = {k: t for k, t in self._listed_at.items() if t >= started}
+            keys = {c.key for c in parse_book(names)}
+            self._local_seen &= keys
+
+    def listed(self, keys: Iterable[str], requested_at: float) -> None:
+        with self._lock:
+            for key in keys:
+                self._listed_at[key] = requested_at
+
+    def claimed_elsewhere(self, key: str) -> bool:
+        return self.book.claimed_elsewhere(key)
+
+    def servers_gone(self, keys: frozenset) -> None:
+        self.book.forget(keys, self.clock())
+
+    def look_again(self) -> bool:
+        removed = self.book.removed_by_others
+        if removed != self._removed_seen:
+            self._removed_seen = removed
+            return True
+        return False
+
+
+class SharedQuotaBooks:
+    """Every project book of this launcher process, and the thread that
+    keeps our claims in step with the ledger."""
+
+    def __init__(self, client: KazooClient, launcher_id: str,
+                 entry_state: Callable[[str], str | None],
+                 wait_for_change: Callable[[int, float], int] | None = None,
+                 interval: float = 0.25):
+        self.client = client
+        self.launcher_id = launcher_id
+        self.entry_state = entry_state
+        self.wait_for_change = wait_for_change
+        self.interval = interval
+        self.books: dict[str, ProjectBook] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+        self.last_pass: float | None = None
+
+    def book(self, key: str, description: dict) -> ProjectBook:
+        with self._lock:
+            book = self.books.get(key)
+            if book is None:
+                book = ProjectBook(self.client, key, description, self.launcher_id,
+                                   self.entry_state)
+                self.books[key] = book
+                try:
+                    book.start()
+                except KazooException as e:
+                    log.warning("shared quota book %s not ready yet: %s", key, e)
+            return book
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="shared-quota", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(wait)
+        for book in list(self.books.values()):
+            book.stop()
+
+    def sync_once(self) -> None:
+        for book in list(self.books.values()):
+            try:
+                book.sync()
+            except KazooException as e:
+                self.errors += 1
+                log.debug("shared quota book %s: %s", book.key, e)
+            except Exception:  # the thread must outlive any one pass
+                self.errors += 1
+                log.exception("shared quota book %s: sync failed", book.key)
+
+    def _run(self) -> None:
+        seen = 0
+        while not self._stop.is_set():
+            self.sync_once()
+            if self.wait_for_change is not None:
+                # Wake at once when the ledger changes (a create answered,
+                # a server gone), at least every interval.
+                seen = self.wait_for_change(seen, self.interval)
+                self._stop.wait(0.02)
+            else:
+                self._stop.wait(self.interval)
+
+    def status(self) -> dict:
+        return {key: {"description": b.description, "launchers": b.members(),
+                      "cleaner": b.is_cleaner(), "claims": len(b.claims()),
+                      "mine": b.mine(), "conflicts": b.conflicts}
+                for key, b in list(self.books.items())}
+
+
+def _launcher_of(member: str) -> str:
+    return member.rsplit("-", 1)[0]
+
+
+def _sequence(member: str) -> tuple[int, str]:
+    tail = member.rsplit("-", 1)[-1]
+    return (int(tail) if tail.isdigit() else 1 << 62, member)

@@ -1,0 +1,229 @@
+"""The shared quota book's ZooKeeper transport (nodepool/zk/shared_quota.py),
+against the real ZooKeeper of the test session."""
+
+from __future__ import annotations
+
+import threading
+
+from nodepool.quota import Resources, ZERO
+from nodepool.quota.shared import Claim, ClaimState, parse_book
+from nodepool.zk.shared_quota import ProjectBook, ProviderShare
+from tests.fixtures.zk import wait_for
+
+ONE = Resources(1, 1, 512)
+
+
+def _book(client, launcher, states=None, key="proj"):
+    states = states if states is not None else {}
+    book = ProjectBook(client, key, {"project": key}, launcher, states.get)
+    # (ProjectBook.start waits for nothing; the listings arrive by watch.)
+    book.start()
+    return book
+
+
+def _reserve(book, key, limit):
+    """As a provider whose own ledger holds only this create (its estimate
+    after reserving it locally)."""
+    lim = Resources(limit, 100, 100000)
+    return ProviderShare(book).reserve(key, ONE, lim - ONE, lim, ZERO, ONE, frozenset({key}))
+
+
+def _children(client, book):
+    return parse_book(client.get_children(book.claims_path))
+
+
+def test_concurrent_reservers_on_several_clients_never_exceed_the_quota(zk_connect):
+    limit = 7
+    clients = [zk_connect() for _ in range(4)]
+    books = [_book(c, f"launcher-{i}") for i, c in enumerate(clients)]
+    granted: list[str] = []
+    lock = threading.Lock()
+
+    def worker(book, thread):
+        for n in range(5):
+            key = f"{book.launcher_id}-{thread}/{n}"
+            if not _reserve(book, key, limit):
+                with lock:
+                    granted.append(key)
+
+    threads = [threading.Thread(target=worker, args=(b, t)) for b in books for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    claims = _children(clients[0], books[0])
+    assert len(granted) == limit
+    assert sorted(c.key for c in claims) == sorted(granted)
+    assert all(c.state is ClaimState.RESERVED for c in claims)
+    # The races were real: some reservers lost a commit and read again.
+    assert sum(b.conflicts for b in books) > 0
+
+
+def test_a_dead_launchers_claims_vanish_with_its_session(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a, b = _book(a_client, "a"), _book(b_client, "b")
+    assert _reserve(a, "a/1", 2) == []
+    assert _reserve(a, "a/2", 2) == []
+    reasons = _reserve(b, "b/1", 2)
+    assert reasons and "instances short by 1" in reasons[0]
+    a_client.stop()
+    a_client.close()
+    wait_for(lambda: not _children(b_client, b), message="a's claims gone")
+    # b's watches saw it too (b notes when the claims went).
+    wait_for(lambda: not b.claims() and b.launcher_count() == 1, message="b sees a gone")
+    share = ProviderShare(b)
+    # Once a limits reading started after they went (nova counts a's
+    # servers from then on, if they exist), the quota is b's.
+    share.reading_applied(share.reading_started())
+    lim = Resources(2, 100, 100000)
+    assert share.reserve("b/1", ONE, lim - ONE, lim, ZERO, ONE, frozenset({"b/1"})) == []
+
+
+def test_sync_follows_the_ledger_reserved_owned_gone(zk_connect):
+    client = zk_connect()
+    states: dict[str, str] = {}
+    book = _book(client, "me", states)
+    assert _reserve(book, "n/1", 5) == []
+    states["n/1"] = "creating"
+    book.sync()
+    assert [c.state for c in _children(client, book)] == [ClaimState.RESERVED]
+    states["n/1"] = "created"
+    book.sync()
+    assert [(c.key, c.state) for c in _children(client, book)] == [("n/1", ClaimState.OWNED)]
+    del states["n/1"]
+    book.sync()
+    assert _children(client, book) == []
+    assert book.mine() == {}
+
+
+def test_a_claim_comes_back_after_the_session_was_lost(zk_connect, zk_settings):
+    from tests.fixtures.zk import expire_session
+    client = zk_connect()
+    states = {"n/1": "created"}
+    book = _book(client, "me", states)
+    assert _reserve(book, "n/1", 5) == []
+    book.sync()
+    expire_session(client, zk_settings)
+    wait_for(lambda: book.session.connected, message="reconnected")
+    book.sync()
+    assert [(c.key, c.state) for c in _children(client, book)] == [("n/1", ClaimState.OWNED)]
+
+
+def test_owned_claims_seen_before_a_reading_count_as_covered(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a_states = {"a/1": "created"}
+    a = _book(a_client, "a", a_states)
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    assert _reserve(a, "a/1", 2) == []
+    a.sync()
+    wait_for(lambda: b.owned_names(), message="b sees a's owned claim")
+    token = share.reading_started()
+    # Nova's reading (started after the claim was owned) says 1 in use.
+    lim = Resources(2, 100, 100000)
+    nova_used_1 = lim - Resources(1, 0, 0) - ONE   # headroom after b's own create
+    # Before the reading is applied the claim is in flight: 1 (nova) + 1 + 1 > 2.
+    assert share.reserve("b/1", ONE, nova_used_1, lim, ZERO, ONE, frozenset({"b/1"}))
+    share.reading_applied(token)
+    # Now nova's 1 covers it: 1 + 1 <= 2.
+    assert share.reserve("b/1", ONE, nova_used_1, lim, ZERO, ONE, frozenset({"b/1"})) == []
+
+
+def test_a_covered_server_gone_is_freed_only_with_a_list_that_showed_it(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a_states = {"a/1": "created"}
+    a = _book(a_client, "a", a_states)
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    assert _reserve(a, "a/1", 1) == []
+    a.sync()
+    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    token = share.reading_started()
+    share.reading_applied(token)
+    lim = Resources(1, 100, 100000)
+    full = lim - Resources(1, 0, 0) - ONE    # nova said 1 of 1 used
+    args = (ONE, full, lim, ZERO, ONE, frozenset({"b/1"}))
+    assert share.check(*args)                # a's server holds the quota
+    # a's server goes; nova's reading still counts it.
+    del a_states["a/1"]
+    a.sync()
+    wait_for(lambda: not b.claims(), message="a's claim gone")
+    assert share.check(*args), "no list showed the server after the reading began"
+    share.listed(["a/1"], share._reading_started + 0.001)
+    assert share.check(*args) == []
+    assert share.reserve("b/1", *args) == []
+
+
+def test_a_dead_launchers_covered_claims_are_not_freed(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a = _book(a_client, "a", {"a/1": "created"})
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    assert _reserve(a, "a/1", 1) == []
+    a.sync()
+    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    share.reading_applied(share.reading_started())
+    share.listed(["a/1"], share._reading_started + 0.001)
+    a_client.stop()
+    a_client.close()
+    wait_for(lambda: not b.claims() and b.launcher_count() == 1, message="a gone")
+    lim = Resources(1, 100, 100000)
+    full = lim - Resources(1, 0, 0) - ONE
+    # Its server may well still exist: nova's 1 keeps counting it.
+    assert share.reserve("b/1", ONE, full, lim, ZERO, ONE, frozenset({"b/1"}))
+
+
+def test_one_leak_cleaner_per_project_and_the_next_takes_over(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a = _book(a_client, "a")
+    b = _book(b_client, "b")
+    other = _book(b_client, "b", key="other-project")
+    wait_for(lambda: a.launcher_count() == 2 and b.launcher_count() == 2,
+             message="both launchers listed")
+    assert (a.is_cleaner(), b.is_cleaner()) == (True, False)
+    wait_for(other.is_cleaner, message="alone on the other project: its cleaner")
+    assert other.launcher_count() == 1
+    a_client.stop()
+    a_client.close()
+    wait_for(b.is_cleaner, message="b elected")
+    assert b.launcher_count() == 1
+
+
+def test_no_reservation_while_zookeeper_is_unreachable(zk_connect):
+    client = zk_connect()
+    book = _book(client, "me")
+    client.stop()
+    reasons = _reserve(book, "n/1", 5)
+    assert reasons and "not connected" in reasons[0]
+    assert not book.is_cleaner()
+
+
+def test_claimed_elsewhere_only_for_another_launchers_claims(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a, b = _book(a_client, "a"), _book(b_client, "b")
+    assert _reserve(a, "n/1", 5) == []
+    wait_for(lambda: b.claims(), message="b sees a's claim")
+    assert b.claimed_elsewhere("n/1") and not a.claimed_elsewhere("n/1")
+    assert not b.claimed_elsewhere("n/2")
+    assert Claim.parse(b.claims()[0].name).launcher == "a"
+
+
+def test_a_dead_launchers_claims_count_until_a_reading_that_started_after(zk_connect):
+    a_client, b_client = zk_connect(), zk_connect()
+    a = _book(a_client, "a")
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    share.reading_applied(share.reading_started())
+    assert _reserve(a, "a/1", 1) == []      # POST in flight when a dies
+    wait_for(lambda: b.claims() and b.launcher_count() == 2, message="b sees a")
+    a_client.stop()
+    a_client.close()
+    wait_for(lambda: not b.claims() and b.launcher_count() == 1, message="a gone")
+    lim = Resources(1, 100, 100000)
+    empty = lim - ONE                        # nova said 0 used (before a's POST)
+    args = (ONE, empty, lim, ZERO, ONE, frozenset({"b/1"}))
+    assert share.check(*args), "a's server may exist: nova's old reading missed it"
+    share.reading_applied(share.reading_started())
+    # A reading that started after a's claims went counts a's server if
+    # it exists; nova says 0 here, so there is room.
+    assert share.reserve("b/1", *args) == []
