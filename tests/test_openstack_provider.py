@@ -66,7 +66,8 @@ class Harness:
 
     def __init__(self, cloud, tmp_path, config: dict, *, api_timeout: float = 5,
                  server_list_interval: float = 0.1, leak_interval: float = 3600.0,
-                 ledger: QuotaLedger | None = None, clouds_extra: dict | None = None):
+                 ledger: QuotaLedger | None = None, clouds_extra: dict | None = None,
+                 build_progress=None):
         self.cloud = cloud
         clouds = cloud.write_clouds_yaml(os.path.join(tmp_path, "clouds.yaml"),
                                          api_timeout=api_timeout, extra=clouds_extra)
@@ -82,7 +83,8 @@ class Harness:
         self._known_lock = threading.Lock()
         self.provider = OpenStackProvider(
             self.config.providers["p1"], self.ledger, known_nodes=self.known_nodes,
-            server_list_interval=server_list_interval, leak_interval=leak_interval)
+            server_list_interval=server_list_interval, leak_interval=leak_interval,
+            build_progress=build_progress)
         self._seq = 0
         self.provider.start()
 
@@ -959,3 +961,15 @@ def test_with_rate_set_mutating_calls_never_exceed_it(harness, tmp_path):
             assert j - i + 1 <= 2 + (starts[j] - t0 + 0.05) / rate, (i, j, starts)
     budget = h.provider.status()["api_budget"]
     assert budget["mode"] == "rate" and budget["read_rate"] == rate / 5
+
+
+def test_build_progress_is_told_when_builds_end(harness):
+    """The launcher wakes the provider's pools on it, so a ready server is
+    handed over without waiting for the pool's next pass."""
+    told: list[int] = []
+    h = harness(limited(boot_seconds=1.0), build_progress=lambda: told.append(1))
+    h.wait_available()
+    handles = h.start(2)
+    assert not told  # nothing ended yet: booting takes a second
+    h.finish_builds(handles)
+    assert 1 <= len(told) <= 2  # once per provider pass in which builds ended

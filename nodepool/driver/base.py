@@ -128,6 +128,9 @@ class LauncherViews:
     api_share: Callable[[], int] | None = None
     # whether this launcher is the project's elected leak cleaner.
     is_leak_cleaner: Callable[[], bool] | None = None
+    # Called (from the provider's thread, cheaply) when a build ends, so the
+    # pools of the provider pass at once.
+    build_progress: Callable[[], None] | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"known_nodes": self.known_nodes,
@@ -135,7 +138,7 @@ class LauncherViews:
                                   "tenant_usage": self.tenant_usage,
                                   "launch_observer": self.launch_observer}
         # Only when set: a driver that predates them need not know them.
-        for name in ("shared_quota", "api_share", "is_leak_cleaner"):
+        for name in ("shared_quota", "api_share", "is_leak_cleaner", "build_progress"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
         return kwargs

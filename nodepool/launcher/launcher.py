@@ -458,7 +458,8 @@ class Launcher:
         views = LauncherViews(known_nodes=self._known_nodes,
                               node_claims_server=self._node_claims_server,
                               tenant_usage=self._tenant_usage_elsewhere,
-                              launch_observer=self.stats.launch, **shared)
+                              launch_observer=self.stats.launch,
+                              build_progress=self._waker_of(provider_cfg.name), **shared)
         return factory(provider_cfg, self.ledger, **views.as_kwargs(),
                        **self.provider_options)
 
@@ -517,6 +518,14 @@ class Launcher:
                     log.exception("maintenance task %s failed", name)
             self.health.beat("maintenance")
             self._stop.wait(MAINTENANCE_INTERVAL)
+
+    def _waker_of(self, provider_name: str) -> Callable[[], None]:
+        """A build of the provider ended: its pools pass now."""
+        def wake() -> None:
+            for worker in list(self.pool_workers.values()):
+                if worker.provider_name == provider_name:
+                    worker.wake()
+        return wake
 
     def _new_request(self, request: NodeRequest) -> None:
         """Wake the pool workers that serve one of its labels (ZooKeeper's

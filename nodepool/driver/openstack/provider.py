@@ -120,7 +120,8 @@ class OpenStackProvider(LoopedProvider):
                  launch_observer: Callable[[LaunchOutcome], None] | None = None,
                  shared_quota: SharedQuota | None = None,
                  api_share: Callable[[], int] | None = None,
-                 is_leak_cleaner: Callable[[], bool] | None = None):
+                 is_leak_cleaner: Callable[[], bool] | None = None,
+                 build_progress: Callable[[], None] | None = None):
         self.config = config                   # config.model.Provider
         # Other launchers on the same cloud project (doc/multiple-launchers.rst):
         # their claims, how many of us split the API budget, and whether
@@ -128,6 +129,9 @@ class OpenStackProvider(LoopedProvider):
         self.shared_quota = shared_quota
         self.api_share = api_share
         self.is_leak_cleaner = is_leak_cleaner
+        # Told when a build ends (ready or failed), so the pool waiting on it
+        # passes now instead of at its next pass.
+        self.build_progress = build_progress
         self._shared_reading: object = None
         self._ledger_keys: frozenset = frozenset()
         # Told how each launch attempt ended (the statsd launch timers).
@@ -298,12 +302,17 @@ class OpenStackProvider(LoopedProvider):
             self.catalog.tick()
             self._refresh_limits()
             self.floating_ips.tick()
+            ended = 0
             for machine in list(self._builds.values()):
+                was_done = machine.done
                 try:
                     machine.advance()
                 except Exception as e:  # one node must not stop the others
                     log.exception("%s: node %s: machine error", self.name, machine.spec.node_id)
                     machine._failed(f"internal error: {e}")
+                ended += machine.done and not was_done
+            if ended and self.build_progress is not None:
+                self.build_progress()
             for deletion in list(self._deletes.values()):
                 try:
                     deletion.advance()
