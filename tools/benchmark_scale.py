@@ -69,6 +69,9 @@ from nodepool.zk.client import (ZooKeeperSettings, connect, disconnect,  # noqa:
 from nodepool.zk.records import NodeRequest  # noqa: E402
 from nodepool.zk.store import ZooKeeperStore  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark import percentile  # noqa: E402  (the job benchmark's, one definition)
+
 BIN = os.path.dirname(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TENANTS = ["tenant-a", "tenant-b", "tenant-c", "tenant-d", "tenant-e"]
@@ -77,14 +80,6 @@ WRITES = (ser.Create, ser.Delete, ser.SetData, ser.Transaction)
 
 
 # -- measuring ------------------------------------------------------------------------
-
-def percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = max(0, min(len(values) - 1, round(p / 100 * (len(values) - 1))))
-    return values[k]
-
 
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
