@@ -141,9 +141,12 @@ def freed_usage(covered: Iterable[Claim], present: frozenset | set,
                 live_launchers: frozenset | set) -> Resources:
     """What nova's reading still counts of other launchers' servers that are
     gone since: covered claims (owned before the reading started) that left
-    the book, whose server a server list requested after the reading
-    started still showed (so nova counted it), and whose launcher is alive
-    (a dead launcher's claims leave the book with its servers still there)."""
+    the book, whose server a server list requested at or after
+    ``reading_started`` still showed, and whose launcher is alive (a dead
+    launcher's claims leave the book with its servers still there).  The
+    caller passes the time nova *answered* the reading: a list requested
+    between the read's start and nova's answer does not prove the server was
+    still there when nova counted."""
     if reading_started is None:
         return ZERO
     return _total(c.cost for c in covered

@@ -397,6 +397,8 @@ class ProviderShare:
         self._lock = threading.Lock()
         self._covered: frozenset[str] = frozenset()
         self._reading_started: float | None = None
+        # When that reading became the ledger's: nova had answered it.
+        self._reading_applied_at: float | None = None
         self._listed_at: dict[str, float] = {}
         # Keys this provider's ledger counted at some point: the ledger
         # frees those itself, so they are never freed here as well.
@@ -415,8 +417,11 @@ class ProviderShare:
             candidates = [c for c in parse_book(covered)
                           if c.launcher != self.book.launcher_id
                           and c.key not in self._local_seen]
+            # Only a list requested after nova answered the reading proves
+            # the server was still there when nova counted (as the ledger's
+            # own rule for our servers).
             freed = freed_usage(candidates, present, self._listed_at,
-                                self._reading_started, {_launcher_of(m) for m in members})
+                                self._reading_applied_at, {_launcher_of(m) for m in members})
             # Claims of launchers that died: their servers may exist, and
             # only a limits reading started after they went is sure to
             # count them; until then they stay in flight (unless our
@@ -462,6 +467,7 @@ class ProviderShare:
         with self._lock:
             self._covered = names
             self._reading_started = started
+            self._reading_applied_at = self.clock()
             # Only lists requested after this reading started count now.
             self._listed_at = {k: t for k, t in self._listed_at.items() if t >= started}
             keys = {c.key for c in parse_book(names)}
