@@ -356,6 +356,42 @@ def test_a_freed_instance_is_found_when_learned_delete_times_say_it_is_gone(harn
     assert h.cloud.counters()["quota_403"] == 0
 
 
+def test_a_server_someone_else_deletes_is_looked_for_while_requests_wait(
+        harness, tmp_path, fakecloud_connect):
+    # As above, but the DELETE comes from elsewhere (another launcher, an
+    # operator): once a list showed the server deleting, the looks count it.
+    log_path = str(tmp_path / "requests.log")
+    delete_seconds = 2.5
+    h = harness(dict(limited(instances=1, boot_seconds=0.1, delete_seconds=delete_seconds),
+                     request_log=log_path), server_list_interval=2.0)
+    for _ in range(3):
+        h.provider.delete_durations.record(delete_seconds, delete_seconds)
+    h.wait_available()
+    [first] = h.start(1)
+    server_id = h.finish_builds([first])[first].info.external_id
+    h.provider.forget_build(first)      # handed over: no machine follows it now
+    assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
+    fakecloud_connect(h.cloud).delete_server(server_id)
+    h.provider.servers.want_fresh()
+    wait_for(lambda: server_id in h.provider._deleting_elsewhere, timeout=5,
+             what="a list showing the server being deleted")
+    wait_for(lambda: h.provider.capacity(["small"]) is Capacity.AVAILABLE, timeout=15,
+             what="the instance free again")
+    [second] = h.start(1)
+    assert h.finish_builds([second])[second].state is BuildState.READY
+    with open(log_path) as f:
+        entries = [json.loads(line) for line in f]
+    [deleted] = [e for e in entries if e["route"] == DELETE_ROUTE and e["status"] == 204]
+    creates = [e for e in entries if e["route"] == CREATE_ROUTE and e["status"] == 202]
+    assert len(creates) == 2
+    gone_at = deleted["finished"] + delete_seconds
+    lists = [(round(e["started"] - gone_at, 2), e["route"]) for e in entries
+             if e["started"] > deleted["started"] and "GET" in e["route"]]
+    # At the 2 s pace alone this takes about 1.5 s.
+    assert creates[1]["started"] - gone_at <= 1.0, (creates[1]["started"] - gone_at, lists)
+    assert h.cloud.counters()["quota_403"] == 0
+
+
 def test_boot_from_volume_respects_cinder_quota(harness):
     # Nova does not check cinder quota: an over-quota volume boot is accepted
     # and then goes ERROR.  The provider must not let that happen.

@@ -181,6 +181,13 @@ class OpenStackProvider(LoopedProvider):
         self._deletes: dict[Hashable, NodeDeletion] = {}
         self._unattended_deletes: set[str] = set()   # node ids nobody polls
         self._server_deletions: list[ServerDeletion] = []
+        # Servers of the project someone else is deleting (another launcher,
+        # an operator): server id -> when the list before the one that first
+        # showed it deleting was requested (its DELETE came after that; the
+        # earliest time it can have been sent errs towards looking early).
+        # Their quota comes free too, so the looks for gone servers count them.
+        self._deleting_elsewhere: dict[str, float] = {}
+        self._previous_list_at: float | None = None
         self._limits_call: tuple[Any, ApiCall] | None = None
         self.floating_ips = FloatingIpTracker(self.name, self.gate, lambda: self.cloud, clock)
         self.reconciler = ServerReconciler(self)
@@ -298,6 +305,7 @@ class OpenStackProvider(LoopedProvider):
             self._look_for_gone_servers()
             if self.servers.tick():
                 self.reconciler.reconcile()
+                self._note_deleting_elsewhere()
             self.ports.tick()
             self.catalog.tick()
             self._refresh_limits()
@@ -480,18 +488,33 @@ class OpenStackProvider(LoopedProvider):
         return reserve_shared(self.shared_quota, self.ledger, self.name, key, cost, decision,
                               bool(getattr(pool, "ignore_provider_quota", False)))
 
+    def _note_deleting_elsewhere(self) -> None:
+        snap = self.servers.snapshot
+        ours = {d.server_id for d in self._server_deletions if d.server_id}
+        seen = self._deleting_elsewhere
+        deleting = {sid for sid, server in snap.servers.items()
+                    if sid not in ours and srv.is_deleting(server)}
+        for sid in list(seen):
+            if sid not in deleting:
+                del seen[sid]
+        since = self._previous_list_at if self._previous_list_at is not None \
+            else snap.requested_at
+        for sid in deleting:
+            seen.setdefault(sid, since)
+        self._previous_list_at = snap.requested_at
+
     def _look_for_gone_servers(self) -> None:
         """While requests wait for quota: ask for a list once the deleted
         servers we wait for have likely gone (one list serves them all)."""
-        waiting = [d for d in self._server_deletions
-                   if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
-        if not waiting or not self.quota_waiting():
+        sent = [d.sent_at for d in self._server_deletions
+                if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
+        sent += self._deleting_elsewhere.values()
+        if not sent or not self.quota_waiting():
             return
         now = self.clock()
         last = self.servers.snapshot.requested_at
-        chance = sum(self.delete_durations.chance_gone(max(last, d.sent_at) - d.sent_at,
-                                                       now - d.sent_at)
-                     for d in waiting)
+        chance = sum(self.delete_durations.chance_gone(max(last, at) - at, now - at)
+                     for at in sent)
         if chance >= GONE_LOOK_CHANCE:
             self.servers.want_fresh(within=self.gone_check_interval)
 
