@@ -606,6 +606,10 @@ def _drive_jobs(name: str, spec: dict, cloud, procs: LauncherProcesses, client,
         # What a leak was: enough to tell whose and in which state.
         "leaked_server_details": [{"name": x["name"], "status": x["status"],
                                    "metadata": x["metadata"]} for x in left],
+        # And the node records still in ZooKeeper (a leak's node says why).
+        "nodes_left": [{"id": n.id, "state": n.state, "allocated_to": n.allocated_to,
+                        "external_id": n.external_id,
+                        "locked": store.node_locked(n.id)} for n in store.list_nodes()],
     }
 
 
