@@ -47,6 +47,7 @@ sum ``fo`` (``freed_usage``) is taken off ``N``::
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -107,8 +108,14 @@ class Claim:
         return Claim(state, self.key, self.launcher, self.cost)
 
 
+@functools.lru_cache(maxsize=32768)
+def _parse_name(name: str) -> Claim | None:
+    # Every check reads the whole book again; a name never changes meaning.
+    return Claim.parse(name)
+
+
 def parse_book(names: Iterable[str]) -> list[Claim]:
-    return [c for c in (Claim.parse(n) for n in names) if c is not None]
+    return [c for c in (_parse_name(n) for n in names) if c is not None]
 
 
 def _total(costs: Iterable[Resources]) -> Resources:

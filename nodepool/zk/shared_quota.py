@@ -60,6 +60,9 @@ RESERVE_ATTEMPTS = 5
 GONE_MEMORY = 120.0
 # Each ZooKeeper call of a reservation waits at most this long.
 CALL_TIMEOUT = 2.0
+# The claims thread's passes, at most this often (a claim turns owned or
+# goes at most this late; the ledger counts it meanwhile either way).
+SYNC_MIN_GAP = 0.1
 LAYER = "shared quota"
 # Ledger entry states (nodepool.quota.EntryState values) that mean nova has
 # the server.
@@ -345,9 +348,10 @@ class ProjectBook:
                     if self._mine.get(key) is held:
                         del self._mine[key]
                 continue
-            want = claim.with_state(ClaimState.OWNED) if state in OWNED_STATES else claim
-            if want == claim and held.generation == gen:
-                continue
+            owned = state in OWNED_STATES
+            if held.generation == gen and (claim.state is ClaimState.OWNED or not owned):
+                continue   # nothing to write: the common case, kept cheap
+            want = claim.with_state(ClaimState.OWNED) if owned else claim
             if key in self._gone:
                 continue   # nova no longer lists it: nothing to write
             new_path = f"{self.claims_path}/{want.name}"
@@ -555,7 +559,9 @@ class SharedQuotaBooks:
                 # Wake at once when the ledger changes (a create answered,
                 # a server gone), at least every interval.
                 seen = self.wait_for_change(seen, self.interval)
-                self._stop.wait(0.02)
+                # A pass walks every claim of ours: under churn the ledger
+                # changes all the time, so passes are spaced.
+                self._stop.wait(SYNC_MIN_GAP)
             else:
                 self._stop.wait(self.interval)
 
