@@ -12,6 +12,7 @@ tools/install-upstream.sh, never by the tests) upstream's own
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -185,3 +186,34 @@ def test_comparison_puts_both_launchers_side_by_side():
                                             "target": ">= 12.5"}
     assert rows["quota_403"] == {"upstream": 2, "ours": 0, "target": "0"}
     assert rows["latency_p50_s"] == {"upstream": None, "ours": None, "target": ""}
+
+
+def test_freed_quota_figures_follow_each_freed_slot(tmp_path):
+    # Limit 2, full at the start.  Server a goes at 10.0, a list requested at
+    # 10.5 is answered at 10.7, the create that fills the slot ends at 11.0:
+    # lag 1.0 = seen 0.7 + reused 0.3 (the refused create changes nothing).
+    # Then c goes at 19.0 (from the limit) and b at 20.0 (already below it);
+    # the create at 22.0 leaves the count one short and the next one is
+    # outside the window, so the quota is never full again: no second lag.
+    requests = [
+        {"route": benchmark.LIST_ROUTE, "status": 200, "started": 10.5, "finished": 10.7},
+        {"route": benchmark.CREATE_ROUTE, "status": 202, "started": 10.9, "finished": 11.0},
+        {"route": benchmark.CREATE_ROUTE, "status": 403, "started": 12.0, "finished": 12.1},
+        {"route": benchmark.LIST_ROUTE, "status": 200, "started": 21.0, "finished": 21.2},
+        {"route": benchmark.CREATE_ROUTE, "status": 202, "started": 21.9, "finished": 22.0},
+        {"route": benchmark.CREATE_ROUTE, "status": 202, "started": 99.0, "finished": 99.1},
+    ]
+    transitions = [{"event": "active", "server": "x", "at": 9.0},
+                   {"event": "gone", "server": "a", "at": 10.0},
+                   {"event": "gone", "server": "c", "at": 19.0},
+                   {"event": "gone", "server": "b", "at": 20.0}]
+    req_path, tr_path = tmp_path / "r.jsonl", tmp_path / "t.jsonl"
+    req_path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    tr_path.write_text("".join(json.dumps(t) + "\n" for t in transitions))
+    got = benchmark.freed_quota_figures(str(req_path), str(tr_path), 0.0, 50.0,
+                                        limit=2, initial=2)
+    assert got["freed_slots"] == 1
+    assert got["reuse_lag_p50_s"] == 1.0
+    assert got["freed_seen_p50_s"] == 0.7
+    assert got["seen_to_reused_p50_s"] == 0.3
+    assert benchmark.freed_quota_figures(None, str(tr_path), 0.0, 50.0, 2, 2) == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -133,6 +134,27 @@ def test_request_log_has_one_json_line_per_request(make_fakecloud, fakecloud_con
     [refused] = [x for x in lines if x["status"] == 403]
     assert refused["route"] == "POST /compute/v2.1/servers" and refused["quota"] == ["instances"]
     assert refused["project"] == "ci"
+
+
+def test_transition_log_says_when_servers_booted_and_went(make_fakecloud, fakecloud_connect,
+                                                          tmp_path):
+    log = tmp_path / "servers.jsonl"
+    cloud = make_fakecloud({"transition_log": str(log),
+                            "servers": {"boot_seconds": 0.2, "delete_seconds": 0.2}})
+    conn = fakecloud_connect(cloud)
+    server = conn.create_server("n", image="cirros", flavor="1", wait=False)
+    created = time.time()
+    wait_for(lambda: cloud.servers()[0]["status"] == "ACTIVE", timeout=10)
+    conn.delete_server(server.id)
+    deleted = time.time()
+    wait_for(lambda: not cloud.servers(), timeout=10)
+    cloud.stop()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(x["event"], x["server"]) for x in lines] == [("active", server.id),
+                                                          ("gone", server.id)]
+    # The moments the transitions were due, not when someone looked.
+    assert created - 0.1 < lines[0]["at"] - 0.2 < created + 0.5
+    assert deleted - 0.1 < lines[1]["at"] - 0.2 < deleted + 0.5
 
 
 # ---- configuration --------------------------------------------------------

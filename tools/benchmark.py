@@ -288,9 +288,14 @@ def run_scenario(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
     }
 
 
-def _start_cloud(name: str, cloud_spec: dict, workdir: str, api_timeout: float = 10):
-    """A fakecloud with one project, and the clouds.yaml that reaches it."""
-    cloud_cfg = {"seed": 7, "servers": cloud_spec["servers"],
+def _start_cloud(name: str, cloud_spec: dict, workdir: str, api_timeout: float = 10,
+                 logs: str | None = None):
+    """A fakecloud with one project, and the clouds.yaml that reaches it;
+    with ``logs``, its request and transition logs go there."""
+    extra = {} if logs is None else {
+        "request_log": os.path.join(logs, f"{name}-requests.jsonl"),
+        "transition_log": os.path.join(logs, f"{name}-servers.jsonl")}
+    cloud_cfg = {"seed": 7, "servers": cloud_spec["servers"], **extra,
                  "projects": [{"name": "ci",
                                "users": [{"name": "nodepool", "password": "pw"}],
                                "limits": cloud_spec["limits"]}]}
@@ -440,7 +445,9 @@ def _start_job_launchers(name: str, spec: dict, zk: ZooKeeperSettings, workdir: 
     """A fakecloud and ``spec['launchers']`` launcher processes of ``kind``
     on one generated nodepool.yaml and clouds.yaml."""
     tag = f"{name}-{kind}"
-    cloud, clouds = _start_cloud(tag, spec["cloud"], workdir)
+    logs = log_dir or workdir
+    os.makedirs(logs, exist_ok=True)
+    cloud, clouds = _start_cloud(tag, spec["cloud"], workdir, logs=logs)
     config_data = launcher_config(zk, f"/benchmark-{tag}-{uuid.uuid4().hex[:6]}",
                                   spec["provider"], spec["pool"])
     path = os.path.join(workdir, f"{tag}-nodepool.yaml")
@@ -448,8 +455,6 @@ def _start_job_launchers(name: str, spec: dict, zk: ZooKeeperSettings, workdir: 
         yaml.safe_dump(config_data, f)
     # The workload reads the same file (our loader checks it on the way).
     config, _ = load_config(path, clouds)
-    logs = log_dir or workdir
-    os.makedirs(logs, exist_ok=True)
     procs = LauncherProcesses(kind, spec.get("launchers", 1), path, clouds, logs,
                               upstream_venv)
     return cloud, procs, config
@@ -486,13 +491,67 @@ def run_jobs(name: str, spec: dict, zk: ZooKeeperSettings, workdir: str,
         cloud.stop()
 
 
+LIST_ROUTE = "GET /compute/v2.1/servers/detail"
+CREATE_ROUTE = "POST /compute/v2.1/servers"
+
+
+def freed_quota_figures(requests_path: str | None, transitions_path: str | None,
+                        start: float, end: float, limit: int, initial: int) -> dict:
+    """Where the time of a freed instance goes, from the fakecloud's logs.
+
+    The instance count is rebuilt from the logs (``initial`` at ``start``,
+    +1 per accepted create, -1 per server gone).  Each time a server going
+    takes the count from the limit to one below, the slot stays free until
+    the count is back at the limit: the *reuse lag*.  It is split at the
+    first server list (by anyone) requested after the server went: *seen*
+    is when that list was answered, *reused* the rest, to the create that
+    filled the slot.  Times in seconds; nothing when the logs were off."""
+    if not requests_path or not transitions_path:
+        return {}
+    with open(requests_path) as f:
+        requests = [json.loads(line) for line in f if line.strip()]
+    with open(transitions_path) as f:
+        transitions = [json.loads(line) for line in f if line.strip()]
+    changes = sorted([(r["finished"], +1) for r in requests
+                      if r["route"] == CREATE_ROUTE and r["status"] == 202
+                      and start <= r["finished"] <= end]
+                     + [(t["at"], -1) for t in transitions
+                        if t["event"] == "gone" and start <= t["at"] <= end])
+    lists = sorted((r["started"], r["finished"]) for r in requests
+                   if r["route"] == LIST_ROUTE and r["status"] == 200)
+    lags, seen, reused = [], [], []
+    count, freed_at = initial, None
+    for at, step in changes:
+        if step < 0 and count == limit:
+            freed_at = at
+        count += step
+        if step > 0 and count == limit and freed_at is not None:
+            lags.append(at - freed_at)
+            answered = next((fin for st, fin in lists if st >= freed_at), None)
+            if answered is not None and answered <= at:
+                seen.append(answered - freed_at)
+                reused.append(at - answered)
+            freed_at = None
+
+    def pct(values: list[float], p: float) -> float | None:
+        v = percentile(values, p)
+        return None if v is None else round(v, 2)
+    return {"freed_slots": len(lags),
+            "reuse_lag_p50_s": pct(lags, 50), "reuse_lag_p95_s": pct(lags, 95),
+            "reuse_lag_mean_s": round(sum(lags) / len(lags), 2) if lags else None,
+            "freed_seen_p50_s": pct(seen, 50), "freed_seen_p95_s": pct(seen, 95),
+            "seen_to_reused_p50_s": pct(reused, 50), "seen_to_reused_p95_s": pct(reused, 95)}
+
+
 def _drive_jobs(name: str, spec: dict, cloud, procs: LauncherProcesses, client,
                 minutes: float, rng: random.Random) -> dict:
     """The job workload, as Zuul drives it, for ``minutes``; then drain."""
     store = ZooKeeperStore(client)
     # The window starts with every launcher up: start-up calls do not count.
     cloud.reset_counters()
+    window_start = time.time()
     limit = spec["cloud"]["limits"]["instances"]
+    initial = next(iter(cloud.usage().values()))["in_use"]["instances"]
     jobs = [_Job() for _ in range(spec["jobs"])]
     latencies: list[float] = []
     fulfilled = failed = 0
@@ -547,6 +606,7 @@ def _drive_jobs(name: str, spec: dict, cloud, procs: LauncherProcesses, client,
         last = now
         time.sleep(0.1)
     counters = cloud.counters()   # the window's API calls
+    window_end = time.time()
     exits_in_window = procs.exited()
     # Wind down: return held nodes, withdraw waiting requests, drain.
     for job in jobs:
@@ -606,6 +666,8 @@ def _drive_jobs(name: str, spec: dict, cloud, procs: LauncherProcesses, client,
         # What a leak was: enough to tell whose and in which state.
         "leaked_server_details": [{"name": x["name"], "status": x["status"],
                                    "metadata": x["metadata"]} for x in left],
+        **freed_quota_figures(cloud.config.request_log, cloud.config.transition_log,
+                              window_start, window_end, limit, initial),
         # And the node records still in ZooKeeper (a leak's node says why).
         "nodes_left": [{"id": n.id, "state": n.state, "allocated_to": n.allocated_to,
                         "external_id": n.external_id,

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed for boot times, boot failures and fault rates")
     p.add_argument("--request-log", metavar="FILE",
                    help="append every OpenStack request as one JSON line to FILE")
+    p.add_argument("--transition-log", metavar="FILE",
+                   help="append every server transition (active, error, gone) as one "
+                        "JSON line to FILE")
     g = p.add_argument_group("servers")
     g.add_argument("--boot-seconds", type=_seconds, metavar="S|LOW,HIGH",
                    help="time from BUILD to ACTIVE (or ERROR)")
@@ -144,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     top: dict[str, Any] = {}
     for attr, key in (("host", "host"), ("region", "region"), ("seed", "seed"),
-                      ("request_log", "request_log")):
+                      ("request_log", "request_log"),
+                      ("transition_log", "transition_log")):
         if getattr(args, attr) is not None:
             top[key] = getattr(args, attr)
     servers = {k: v for k, v in (

@@ -29,7 +29,7 @@ from nodepool.fakecloud.config import (FakeCloudConfig, as_config, check_faults,
 from nodepool.fakecloud.errors import error_response, unauthorized
 from nodepool.fakecloud.faults import FaultInjector
 from nodepool.fakecloud.model import STATES, CloudState, NotFound, iso
-from nodepool.fakecloud.stats import Counters
+from nodepool.fakecloud.stats import Counters, TransitionLog
 from nodepool.fakecloud.web import ApiError, HttpServer, Request, Response, Route, Router
 
 log = logging.getLogger("nodepool.fakecloud")
@@ -54,6 +54,8 @@ class FakeCloud:
         self._stop = threading.Event()
         self.state = CloudState(self.config, clock, self.config.seed)
         self.stats = Counters(self.config.request_log)
+        self.transitions = TransitionLog(self.config.transition_log)
+        self.state.on_transition = self._log_transition
         self.faults = FaultInjector(self.config.faults, self.config.seed, self._stop,
                                     self.stats.fault)
         self.tokens = identity.TokenStore()
@@ -76,12 +78,17 @@ class FakeCloud:
         self._server = HttpServer((self._host, port), self._dispatch)
         self._port = self._server.server_address[1]
         self.stats.open()
+        self.transitions.open()
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
                                         name=f"fakecloud-{self.port}", daemon=True)
         self._thread.start()
         log.info("fakecloud listening on %s", self.url)
         return self
+
+    def _log_transition(self, kind: str, server_id: str, when: float) -> None:
+        # ``when`` is on the model's clock; the request log is in epoch seconds.
+        self.transitions.write(kind, server_id, time.time() - (self.clock() - when))
 
     def stop(self) -> None:
         """Stop serving; hung or delayed requests are released at once."""
@@ -97,6 +104,7 @@ class FakeCloud:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.stats.close()
+        self.transitions.close()
 
     def __enter__(self) -> "FakeCloud":
         return self.start()

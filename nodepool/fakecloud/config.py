@@ -173,6 +173,7 @@ class FakeCloudConfig:
     token_ttl_seconds: int = 86400
     max_page_size: int = 1000
     request_log: str | None = None
+    transition_log: str | None = None
     projects: tuple[ProjectConfig, ...] = ()
     flavors: tuple[FlavorConfig, ...] = ()
     images: tuple[ImageConfig, ...] = ()
@@ -510,7 +511,7 @@ def _string_list(c: _Checker, data: Any, where: str, default: tuple[str, ...]) -
 
 
 _TOP_KEYS = ["host", "port", "region", "seed", "token_ttl_seconds", "max_page_size",
-             "request_log", "projects", "flavors", "images", "networks",
+             "request_log", "transition_log", "projects", "flavors", "images", "networks",
              "availability_zones", "keypairs", "servers", "faults"]
 
 
@@ -540,6 +541,8 @@ def config_from_dict(data: Any, source: str = "<config>") -> FakeCloudConfig:
                                             minimum=1, default=1000)
     if data.get("request_log") is not None:
         kwargs["request_log"] = c.string(data["request_log"], "request_log")
+    if data.get("transition_log") is not None:
+        kwargs["transition_log"] = c.string(data["transition_log"], "transition_log")
     kwargs["projects"] = _check_projects(c, data.get("projects"))
     kwargs["flavors"] = _check_flavors(c, data.get("flavors"))
     kwargs["images"] = _check_images(c, data.get("images"))

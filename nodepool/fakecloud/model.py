@@ -214,6 +214,9 @@ class CloudState:
         self.config = config
         self.clock = clock
         self.rng = random.Random(seed)
+        # Told (kind, server id, when on ``clock``) as a server becomes
+        # ACTIVE or ERROR at the end of its boot, or leaves nova's count.
+        self.on_transition: Callable[[str, str, float], None] | None = None
         self.behaviour: ServerBehaviour = config.servers
         self.projects = {p.id: ProjectState(p, dict(p.limits)) for p in config.projects}
         self.flavors = {f.id: f for f in config.flavors}
@@ -287,8 +290,14 @@ class CloudState:
                     continue
                 if kind == "boot" and server.status == "BUILD" and server.task_state != "deleting":
                     self._finish_boot(server)
+                    self._tell(server.status.lower(), server_id, when)
                 elif kind == "gone" and server.delete_at == when:
                     self._remove_server(server)
+                    self._tell("gone", server_id, when)
+
+    def _tell(self, kind: str, server_id: str, when: float) -> None:
+        if self.on_transition is not None:
+            self.on_transition(kind, server_id, when)
 
     def _sample(self, r: Range) -> float:
         return r.low if r.low == r.high else self.rng.uniform(r.low, r.high)

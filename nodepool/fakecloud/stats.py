@@ -103,3 +103,34 @@ class Counters:
             if self._log is not None:
                 self._log.close()
                 self._log = None
+
+
+class TransitionLog:
+    """The optional JSON-lines log of server transitions: ``{"event":
+    "active" | "error" | "gone", "server": id, "at": epoch seconds}``, the
+    moment nova's answers changed.  With the request log it gives what the
+    API alone cannot: how long after a server was gone its quota was used
+    again, or after it booted it was noticed."""
+
+    def __init__(self, path: str | None = None):
+        self._lock = threading.Lock()
+        self._path = path
+        self._file: IO[str] | None = None
+
+    def open(self) -> None:
+        with self._lock:
+            if self._path and self._file is None:
+                self._file = open(self._path, "a")
+
+    def write(self, event: str, server_id: str, at: float) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.write(json.dumps({"event": event, "server": server_id,
+                                             "at": round(at, 4)}) + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
