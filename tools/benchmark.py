@@ -352,6 +352,10 @@ UPSTREAM_VERSION = "11.0.0"
 DEFAULT_UPSTREAM_VENV = os.path.join(ROOT, ".upstream-venv")
 
 
+# --debug-logs: the launchers log at DEBUG (both take -d for that).
+DEBUG_LOGS = False
+
+
 def launcher_command(kind: str, config_path: str, upstream_venv: str) -> list[str]:
     """How to run one launcher of ``kind`` ("ours" or "upstream") in the
     foreground, without its web server (the benchmark does not need it)."""
@@ -368,7 +372,7 @@ def launcher_command(kind: str, config_path: str, upstream_venv: str) -> list[st
                              f"Python of a venv where this project is installed (.venv)")
     else:
         raise ValueError(f"unknown launcher kind {kind!r}")
-    return [exe, "-f", "-c", config_path, "--no-webapp"]
+    return [exe, "-d" if DEBUG_LOGS else "-f", "-c", config_path, "--no-webapp"]
 
 
 class LauncherProcesses:
@@ -727,9 +731,13 @@ def main() -> int:
     p.add_argument("--save", metavar="PATH",
                    help="append each scenario's result to PATH as one JSON line as soon "
                         "as it is measured (long runs keep what they measured)")
+    p.add_argument("--debug-logs", action="store_true",
+                   help="the job scenarios' launchers log at DEBUG (with --log-dir)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-v", "--verbose", action="store_true", help="launcher logs to stderr")
     args = p.parse_args()
+    global DEBUG_LOGS
+    DEBUG_LOGS = args.debug_logs
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(name)s %(message)s")
     names = args.scenario or list(SCENARIOS)

@@ -176,6 +176,7 @@ class OpenStackProvider(LoopedProvider):
         self.delete_durations = DeleteDurations()
         self.gone_check_interval = GONE_CHECK_INTERVAL
         self._quota_wait_seen_at = float("-inf")
+        self._wait_reasons: tuple[str, ...] = ()
         self._lock = threading.RLock()
         self._builds: dict[Hashable, CreateMachine] = {}   # handle: the node id
         self._deletes: dict[Hashable, NodeDeletion] = {}
@@ -628,21 +629,31 @@ class OpenStackProvider(LoopedProvider):
             try:
                 for i, (p, plan) in enumerate(plans):
                     key = ("capacity-probe", id(self), i)
-                    if not self.ledger.try_reserve(key, provider=self.name, pool=p.name,
-                                                   cost=plan.cost):
-                        self._quota_wait_seen_at = self.clock()
-                        return Capacity.WAIT
+                    decision = self.ledger.try_reserve(key, provider=self.name, pool=p.name,
+                                                       cost=plan.cost)
+                    if not decision:
+                        return self._waiting(decision.reasons)
                     probes.append(key)
-                if self.shared_quota is not None and \
-                        not pool_cfg.ignore_provider_quota and \
-                        shared_reasons(self.shared_quota, self.ledger, self.name, None, total,
-                                       write=False):
-                    self._quota_wait_seen_at = self.clock()
-                    return Capacity.WAIT
+                if self.shared_quota is not None and not pool_cfg.ignore_provider_quota:
+                    reasons = shared_reasons(self.shared_quota, self.ledger, self.name, None,
+                                             total, write=False)
+                    if reasons:
+                        return self._waiting(reasons)
+                self._wait_reasons = ()
                 return Capacity.AVAILABLE
             finally:
                 for key in probes:
                     self.ledger.release(key)
+
+    def _waiting(self, reasons: Sequence[str]) -> Capacity:
+        self._quota_wait_seen_at = self.clock()
+        if tuple(reasons) != self._wait_reasons:
+            # Once per change: why requests wait (and, with the ledger's
+            # figures, what it counts) is what a slow fill comes down to.
+            self._wait_reasons = tuple(reasons)
+            log.debug("%s: no headroom: %s; ledger: %s", self.name, "; ".join(reasons),
+                      self.ledger.estimate(self.name))
+        return Capacity.WAIT
 
     def tenant_capacity(self, tenant: str | None, labels: Sequence[str],
                         pool: str | None = None) -> Capacity:
