@@ -168,15 +168,55 @@ class RecordCache(Generic[T]):
                 self._update(parts[0], data.path, data.data, data.stat)
         elif (self._track_locks and len(parts) == 3
               and parts[1] == paths.NODE_LOCK_NAME and is_contender(parts[2])):
-            with self._lock:
-                holders = self._contenders.setdefault(parts[0], set())
-                if kind == TreeEvent.NODE_REMOVED:
-                    holders.discard(parts[2])
-                    if not holders:
-                        del self._contenders[parts[0]]
-                else:
-                    holders.add(parts[2])
-            self._changed()
+            if kind == TreeEvent.NODE_REMOVED:
+                self._drop_contender(parts[0], parts[2])
+            else:
+                with self._lock:
+                    self._contenders.setdefault(parts[0], set()).add(parts[2])
+                self._changed()
+        else:
+            return
+        if kind == TreeEvent.NODE_ADDED:
+            self._confirm_added(parts, data.path)
+
+    # kazoo's TreeCache applies a znode's data read on its own thread and
+    # the znode's DELETED watch on the client's: when the znode goes while
+    # the read is in flight, the read can land after the deletion and
+    # re-add it, with no event ever to remove it (python-zk/kazoo#645).  A
+    # lock contender that came and went at once would then leave its node
+    # "locked" for good (never reaped: a leaked server).  Names here are
+    # never reused (sequential znodes), so an added znode that is already
+    # gone on the server is gone for good: look once, and drop it.
+    def _confirm_added(self, parts: list[str], path: str) -> None:
+        try:
+            result = self.client.exists_async(path)
+        except Exception:  # noqa: BLE001 - closing; a restart re-reads everything
+            return
+
+        def check(result) -> None:
+            try:
+                if result.get() is not None:
+                    return
+            except Exception:  # noqa: BLE001 - disconnected: the re-read repairs it
+                return
+            log.warning("cache of %s: %s was added after it was deleted (a kazoo "
+                        "TreeCache race); dropped", self.root, path)
+            if len(parts) == 1:
+                self._remove(parts[0])
+            else:
+                self._drop_contender(parts[0], parts[2])
+
+        result.rawlink(check)
+
+    def _drop_contender(self, name: str, contender: str) -> None:
+        with self._lock:
+            holders = self._contenders.get(name)
+            if holders is None or contender not in holders:
+                return
+            holders.discard(contender)
+            if not holders:
+                del self._contenders[name]
+        self._changed()
 
     def _relative(self, path: str) -> str:
         if not path.startswith(self.root + "/"):
