@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.driver import registry
 from nodepool.config.zookeeper import ZooKeeperServer, ZooKeeperSettings, ZooKeeperTLS
 from nodepool.fakecloud.clouds_yaml import clouds_yaml_data, dump_clouds_yaml
 
@@ -131,7 +132,7 @@ def test_upstream_default_scenarios_have_no_rate_key(tmp_path):
 def test_our_loader_reads_the_generated_config(tmp_path):
     for name, _, data in _job_configs(tmp_path):
         path, clouds = _write(tmp_path, name, data)
-        config, problems = load_config(path, clouds)
+        config, problems = load_config(path, clouds, drivers=registry.drivers())
         errors = [p for p in problems if p.severity == "error"]
         assert config is not None and not errors, (name, [str(p) for p in problems])
         assert config.zookeeper.tls is not None

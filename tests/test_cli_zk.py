@@ -254,6 +254,7 @@ def test_list_uses_the_launchers_cache_only_for_the_same_zookeeper(tmp_path, zk_
     its status API's node list (its cache); the rows are those read from
     ZooKeeper.  A launcher of another chroot on the port is not used."""
     from nodepool.config import load_config
+    from nodepool.driver import registry
     from nodepool.launcher.launcher import Launcher
 
     client = connect(zk_settings)
@@ -266,7 +267,7 @@ def test_list_uses_the_launchers_cache_only_for_the_same_zookeeper(tmp_path, zk_
     data["webapp"] = {"port": port}
     config_path = tmp_path / "with-webapp.yaml"
     config_path.write_text(yaml.safe_dump(data))
-    config, _ = load_config(str(config_path))
+    config, _ = load_config(str(config_path), drivers=registry.drivers())
     launcher = Launcher(config)
     launcher.start()
     try:
@@ -294,7 +295,7 @@ def test_list_uses_the_launchers_cache_only_for_the_same_zookeeper(tmp_path, zk_
         data["zookeeper-servers"][0]["chroot"] = zk_settings.chroot + "-other"
         other_path = tmp_path / "other.yaml"
         other_path.write_text(yaml.safe_dump(data))
-        other, _ = load_config(str(other_path))
+        other, _ = load_config(str(other_path), drivers=registry.drivers())
         assert launcher_node_rows(other) is None
         lock.release()
     finally:

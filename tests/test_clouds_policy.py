@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from nodepool.config import validate
+from nodepool.driver import registry
 from nodepool.config.clouds import find_clouds_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ with open(EXAMPLE_CLOUDS) as _f:
 def check(tmp_path, clouds: dict, config=EXAMPLE):
     path = tmp_path / "clouds.yaml"
     path.write_text(yaml.safe_dump(clouds))
-    cfg, problems = validate(config, str(path))
+    cfg, problems = validate(config, str(path), drivers=registry.drivers())
     errs = [str(p) for p in problems if p.severity == "error"]
     for e in errs:
         assert SECRET not in e  # never print credentials
@@ -141,18 +142,18 @@ def test_expiration_time_with_dotted_keys_is_fine(tmp_path):
 
 
 def test_unreadable_and_broken_clouds_files(tmp_path):
-    cfg, problems = validate(EXAMPLE, str(tmp_path / "absent.yaml"))
+    cfg, problems = validate(EXAMPLE, str(tmp_path / "absent.yaml"), drivers=registry.drivers())
     assert cfg is None
     assert any("cannot read the file" in str(p) for p in problems)
     bad = tmp_path / "bad.yaml"
     bad.write_text("clouds: [\n")
-    cfg, problems = validate(EXAMPLE, str(bad))
+    cfg, problems = validate(EXAMPLE, str(bad), drivers=registry.drivers())
     assert cfg is None
     assert any(str(p).startswith(f"{bad}: line") and "not valid YAML" in str(p)
                for p in problems)
     nolist = tmp_path / "nolist.yaml"
     nolist.write_text("- 1\n")
-    cfg, problems = validate(EXAMPLE, str(nolist))
+    cfg, problems = validate(EXAMPLE, str(nolist), drivers=registry.drivers())
     assert cfg is None and any("'clouds' key" in str(p) for p in problems)
 
 
@@ -162,7 +163,7 @@ def test_clouds_file_found_like_openstacksdk(tmp_path, monkeypatch):
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(target))
     assert find_clouds_file() == str(target)
     assert find_clouds_file("/explicit.yaml") == "/explicit.yaml"
-    cfg, problems = validate(EXAMPLE, None)
+    cfg, problems = validate(EXAMPLE, None, drivers=registry.drivers())
     assert cfg is not None, problems
     assert cfg.providers["fakecloud-region1"].cloud_settings.clouds_file == str(target)
     # Without the variable, ./clouds.yaml comes first, as in openstacksdk.
@@ -177,7 +178,7 @@ def test_no_clouds_file_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("nodepool.config.clouds.search_path",
                         lambda: [str(tmp_path / "clouds.yaml")])
-    cfg, problems = validate(EXAMPLE, None)
+    cfg, problems = validate(EXAMPLE, None, drivers=registry.drivers())
     assert cfg is None
     assert any("no clouds.yaml found" in str(p) and "--clouds" in str(p) for p in problems)
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from nodepool.config import ConfigError, load_config, validate
+from nodepool.driver import registry
 from nodepool.quota import Resources, tenant_limits_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ MINIMAL = {
 def run(tmp_path, data, clouds=EXAMPLE_CLOUDS, text=None):
     path = tmp_path / "nodepool.yaml"
     path.write_text(text if text is not None else yaml.safe_dump(data))
-    config, problems = validate(str(path), clouds)
+    config, problems = validate(str(path), clouds, drivers=registry.drivers())
     return config, problems, str(path)
 
 
@@ -46,7 +47,7 @@ def warnings(problems):
 
 
 def test_example_config_is_valid():
-    config, problems = validate(EXAMPLE, EXAMPLE_CLOUDS)
+    config, problems = validate(EXAMPLE, EXAMPLE_CLOUDS, drivers=registry.drivers())
     assert errors(problems) == []
     assert config is not None
     provider = config.providers["fakecloud-region1"]
@@ -157,7 +158,8 @@ def test_env_substitution_like_upstream(tmp_path):
     text = yaml.safe_dump(MINIMAL).replace("zk1.example.org", "%(NODEPOOL_ZK_HOST)")
     path = tmp_path / "n.yaml"
     path.write_text(text)
-    config, problems = validate(str(path), EXAMPLE_CLOUDS, env={"NODEPOOL_ZK_HOST": "zkx"})
+    config, problems = validate(str(path), EXAMPLE_CLOUDS, env={"NODEPOOL_ZK_HOST": "zkx"},
+                                drivers=registry.drivers())
     assert errors(problems) == []
     assert config.zookeeper.servers[0].host == "zkx"
 
@@ -167,7 +169,7 @@ def test_secure_file_overrides_zookeeper(tmp_path):
     secure.write_text(yaml.safe_dump({"zookeeper-servers": [{"host": "secret-zk", "port": 1}]}))
     path = tmp_path / "n.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
-    config, _ = load_config(str(path), EXAMPLE_CLOUDS, str(secure))
+    config, _ = load_config(str(path), EXAMPLE_CLOUDS, str(secure), drivers=registry.drivers())
     assert config.zookeeper.servers[0].host == "secret-zk"
 
 
@@ -335,7 +337,8 @@ def test_malformed_documents(tmp_path, text, words):
 
 
 def test_missing_file_is_a_clean_error(tmp_path):
-    config, problems = validate(str(tmp_path / "nope.yaml"), EXAMPLE_CLOUDS)
+    config, problems = validate(str(tmp_path / "nope.yaml"), EXAMPLE_CLOUDS,
+                                drivers=registry.drivers())
     assert config is None
     assert "cannot read the file" in errors(problems)[0]
 
@@ -347,7 +350,7 @@ def test_load_config_raises_with_every_error(tmp_path):
     path = tmp_path / "n.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as e:
-        load_config(str(path), EXAMPLE_CLOUDS)
+        load_config(str(path), EXAMPLE_CLOUDS, drivers=registry.drivers())
     assert len(e.value.errors) == 2
     assert "providers[0].rate" in str(e.value)
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nodepool.config import validate
+from nodepool.driver import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_CLOUDS = os.path.join(ROOT, "etc", "clouds.yaml")
@@ -39,7 +40,8 @@ ALL_PATHS = [p for p in _paths(EXAMPLE) if p]
 def _assert_clean(tmp_path_factory, text: str) -> None:
     path = tmp_path_factory.mktemp("fuzz") / "nodepool.yaml"
     path.write_text(text)
-    config, problems = validate(str(path), EXAMPLE_CLOUDS)  # must not raise
+    # must not raise
+    config, problems = validate(str(path), EXAMPLE_CLOUDS, drivers=registry.drivers())
     for p in problems:
         assert str(p).startswith(str(path)) or str(p).startswith("warning: ") \
             or str(p).startswith(EXAMPLE_CLOUDS)

@@ -74,7 +74,7 @@ def served(request, tmp_path):
     with open(path, "w") as f:
         yaml.safe_dump({"zookeeper-servers": [{"host": "127.0.0.1"}],
                         "labels": [{"name": "small"}], "providers": [entry]}, f)
-    config, _ = load_config(path, clouds)
+    config, _ = load_config(path, clouds, drivers=registry.drivers())
     provider_cfg = config.providers["p1"]
     ledger = QuotaLedger()
     provider = registry.provider_class(provider_cfg)(provider_cfg, ledger,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.driver import registry
 from nodepool.launcher import launcher as launcher_mod
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.client import connect, disconnect
@@ -40,7 +41,7 @@ def write_config(tmp_path, cloud, zk_settings, *, labels=None, pool=None, provid
     data.update(extra or {})
     path = tmp_path / "nodepool.yaml"
     path.write_text(yaml.safe_dump(data))
-    config, _ = load_config(str(path), str(clouds))
+    config, _ = load_config(str(path), str(clouds), drivers=registry.drivers())
     return config
 
 

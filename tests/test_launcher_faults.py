@@ -135,7 +135,7 @@ def _load(tmp_path, data: dict):
     from nodepool.config import load_config
     path = tmp_path / "nodepool-new.yaml"
     path.write_text(yaml.safe_dump(data))
-    config, _ = load_config(str(path), str(tmp_path / "clouds.yaml"))
+    config, _ = load_config(str(path), str(tmp_path / "clouds.yaml"), drivers=registry.drivers())
     return config
 
 

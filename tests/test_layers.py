@@ -1,13 +1,15 @@
 """The import arrows between the package's layers run one way.
 
-From the bottom: pure parts (config models and checks, quota arithmetic,
-ZooKeeper records and paths, table formatting) -> the ZooKeeper layer
-(``zk``) -> the request protocol (``requests``) -> the drivers (``driver``,
-and the config loader, which asks the driver registry for each provider's
-part) -> the launcher -> the commands (``cmd``).  A module may import its
-own layer and those below.  ``fakecloud`` stands apart: it imports nothing
-of the launcher, and nothing of the launcher imports it.  And, as the guide
-says, a driver never imports the ZooKeeper layer (records are pure data).
+From the bottom: pure parts (the whole ``config`` package, quota
+arithmetic, ZooKeeper records and paths, table formatting) -> the ZooKeeper
+layer (``zk``) -> the request protocol (``requests``) -> the drivers
+(``driver``) -> the launcher -> the commands (``cmd``).  A module may import
+its own layer and those below.  ``fakecloud`` stands apart: it imports
+nothing of the launcher, and nothing of the launcher imports it.  As the
+guide says, a driver never imports the ZooKeeper layer (records are pure
+data).  And the configuration imports nothing of ``driver`` or ``zk``, not
+even their pure modules: drivers read config types, and whoever loads
+nodepool.yaml passes the driver registry to the loader.
 
 Every import counts, at the top of a module or inside a function.
 """
@@ -17,25 +19,27 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "nodepool"
 
 # Lowest first; a module belongs to the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("pure", ("nodepool.version", "nodepool.tables", "nodepool.config.model",
-              "nodepool.config.errors", "nodepool.config.schema",
-              "nodepool.config.zookeeper", "nodepool.config.clouds", "nodepool.quota",
+    ("pure", ("nodepool.version", "nodepool.tables", "nodepool.config", "nodepool.quota",
               "nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids",
               "nodepool.driver.outcomes")),
     ("zk", ("nodepool.zk",)),
     ("requests", ("nodepool.requests",)),
-    ("driver", ("nodepool.driver", "nodepool.config")),
+    ("driver", ("nodepool.driver",)),
     ("launcher", ("nodepool.launcher",)),
     ("cmd", ("nodepool.cmd",)),
 ]
 APART = ("nodepool.fakecloud",)
 # What a driver may use of the ZooKeeper package: plain records.
 DRIVER_MAY_USE_OF_ZK = ("nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids")
+# What the configuration may use of those packages: nothing.
+CONFIG_NEVER_USES = ("nodepool.driver", "nodepool.zk")
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -82,8 +86,33 @@ def layer_of(module: str) -> int | None:
     return best
 
 
+def _in(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
 def _apart(module: str) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in APART)
+    return _in(module, APART)
+
+
+def wrong_arrow(source: str, target: str) -> str | None:
+    """Why ``source`` must not import ``target``; None if it may."""
+    if _apart(source) or _apart(target):
+        if _apart(source) != _apart(target) and not (
+                _apart(source) and layer_of(target) == 0):
+            return f"{source} -> {target}: fakecloud stands apart"
+        return None
+    s, t = layer_of(source), layer_of(target)
+    if s is None or t is None:
+        return f"{source} -> {target}: module in no layer; add it to LAYERS"
+    if t > s:
+        return f"{source} ({LAYERS[s][0]}) -> {target} ({LAYERS[t][0]})"
+    if (source.startswith("nodepool.driver") and target.startswith("nodepool.zk.")
+            and target not in DRIVER_MAY_USE_OF_ZK):
+        return f"{source} -> {target}: a driver never uses the ZooKeeper layer"
+    if _in(source, ("nodepool.config",)) and _in(target, CONFIG_NEVER_USES):
+        return (f"{source} -> {target}: the configuration never imports the drivers "
+                "or ZooKeeper (whoever loads it passes the drivers in)")
+    return None
 
 
 def wrong_arrows() -> list[str]:
@@ -91,21 +120,8 @@ def wrong_arrows() -> list[str]:
     for path in sorted(ROOT.rglob("*.py")):
         source = _module_name(path)
         for target in sorted(imports_of(path)):
-            if target == "nodepool":
-                continue
-            if _apart(source) or _apart(target):
-                if _apart(source) != _apart(target) and not (
-                        _apart(source) and layer_of(target) == 0):
-                    wrong.append(f"{source} -> {target}: fakecloud stands apart")
-                continue
-            s, t = layer_of(source), layer_of(target)
-            if s is None or t is None:
-                wrong.append(f"{source} -> {target}: module in no layer; add it to LAYERS")
-            elif t > s:
-                wrong.append(f"{source} ({LAYERS[s][0]}) -> {target} ({LAYERS[t][0]})")
-            elif (source.startswith("nodepool.driver") and target.startswith("nodepool.zk.")
-                  and target not in DRIVER_MAY_USE_OF_ZK):
-                wrong.append(f"{source} -> {target}: a driver never uses the ZooKeeper layer")
+            if target != "nodepool" and (why := wrong_arrow(source, target)):
+                wrong.append(why)
     return wrong
 
 
@@ -124,3 +140,22 @@ def test_the_check_sees_an_arrow_against_the_order(tmp_path, monkeypatch):
     assert imports_of(bad) == {"nodepool.launcher", "nodepool.cmd.common"}
     assert layer_of("nodepool.zk.bad") == 1
     assert [layer_of(m) for m in sorted(imports_of(bad))] == [5, 4]
+
+
+def test_the_configuration_uses_nothing_of_the_drivers_or_zookeeper():
+    """Not even their pure modules, which the layer order alone would allow."""
+    for target in ("nodepool.driver.registry", "nodepool.driver.outcomes",
+                   "nodepool.zk.client", "nodepool.zk.records"):
+        assert wrong_arrow("nodepool.config.loader", target), target
+    assert wrong_arrow("nodepool.driver.registry", "nodepool.config.model") is None
+    assert wrong_arrow("nodepool.config.loader", "nodepool.config.schema") is None
+
+
+def test_loading_a_configuration_imports_no_driver_or_zookeeper_module():
+    """The same at run time, where an import by name (importlib) would show."""
+    code = ("import sys; from nodepool.config import validate; "
+            f"validate({str(ROOT.parent / 'etc' / 'nodepool.yaml')!r}, drivers={{}}); "
+            "bad = [m for m in sys.modules if m.startswith(('nodepool.driver', 'nodepool.zk'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -69,7 +69,8 @@ def test_changed_cloud_entry_reconnects(harness, tmp_path):
     assert h.provider.cloud is first
     clouds = h.cloud.write_clouds_yaml(tmp_path / "clouds2.yaml", api_timeout=7)
     from nodepool.config import load_config
-    config, _ = load_config(str(tmp_path / "nodepool.yaml"), clouds)
+    from nodepool.driver import registry
+    config, _ = load_config(str(tmp_path / "nodepool.yaml"), clouds, drivers=registry.drivers())
     assert config.providers["p1"].cloud_settings != same.cloud_settings
     h.provider.update_config(config.providers["p1"])
     wait_for(lambda: h.provider.cloud is not first, timeout=20, what="a new connection")

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.driver import registry
 from nodepool.driver.openstack import machines
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack import provider as provider_mod
@@ -74,7 +75,7 @@ class Harness:
         path = os.path.join(tmp_path, "nodepool.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
-        self.config, _ = load_config(path, clouds)
+        self.config, _ = load_config(path, clouds, drivers=registry.drivers())
         self.ledger = ledger or QuotaLedger(
             refresh_policy=RefreshPolicy(min_interval=0.2, max_age=2.0),
             backoff_policy=BackoffPolicy(initial=1.0, maximum=2.0))

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.driver import registry
 from nodepool.quota.refresh import RefreshPolicy
 from nodepool.launcher.launcher import Launcher
 from nodepool.launcher.webapp import health
@@ -60,7 +61,7 @@ def setup(tmp_path, make_fakecloud, zk_settings):
 
     def write(**kw):
         path.write_text(yaml.safe_dump(config_data(zk_settings, port, **kw)))
-        config, _ = load_config(str(path), str(clouds))
+        config, _ = load_config(str(path), str(clouds), drivers=registry.drivers())
         return config
 
     config = write()
@@ -282,7 +283,7 @@ def test_webapp_port_in_use_stops_the_start_before_any_registration(tmp_path, ma
         port = taken.getsockname()[1]
         path = tmp_path / "nodepool.yaml"
         path.write_text(yaml.safe_dump(config_data(zk_settings, port)))
-        config, _ = load_config(str(path), str(clouds))
+        config, _ = load_config(str(path), str(clouds), drivers=registry.drivers())
         # The daemon's own way to start: a clear error, no traceback, exit 1.
         out = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-f", "-c", str(path),
                               "--clouds", str(clouds)], capture_output=True, text=True,

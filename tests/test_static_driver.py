@@ -15,6 +15,7 @@ import yaml
 
 from nodepool import tables
 from nodepool.config import load_config, validate
+from nodepool.driver import registry
 from nodepool.driver.static import provider as static_provider
 from nodepool.requests import standing
 from nodepool.launcher.webapp import quota_view
@@ -104,7 +105,7 @@ def write_static(tmp_path, zk_settings, providers: list[dict], labels=("metal",)
             "providers": providers}
     path = tmp_path / "nodepool.yaml"
     path.write_text(yaml.safe_dump(data))
-    config, _ = load_config(str(path))
+    config, _ = load_config(str(path), drivers=registry.drivers())
     return config
 
 
@@ -128,7 +129,7 @@ def test_config_upstream_keys_and_clear_errors(tmp_path):
                 {"name": "b.example.org", "labels": ["metal"]})]}
     path = tmp_path / "nodepool.yaml"
     path.write_text(yaml.safe_dump(data))
-    config, problems = validate(str(path))
+    config, problems = validate(str(path), drivers=registry.drivers())
     assert [p for p in problems if p.severity == "error"] == []
     pool = config.providers["lab"].pools["main"]
     a, b = pool.nodes
@@ -145,7 +146,7 @@ def test_config_upstream_keys_and_clear_errors(tmp_path):
         {"name": "a", "labels": ["metal"]},
         {"name": "c", "labels": 5}]
     path.write_text(yaml.safe_dump(data))
-    config, problems = validate(str(path))
+    config, problems = validate(str(path), drivers=registry.drivers())
     text = "\n".join(str(p) for p in problems)
     assert config is None
     assert "providers[0].pools[0].nodes[0].labels: label 'nope' is not defined" in text
@@ -344,7 +345,8 @@ def test_static_and_openstack_in_one_launcher(tmp_path, make_fakecloud, zk_setti
     data["labels"].append({"name": "metal"})
     data["providers"].append(static_entry(host_node(host)))
     (tmp_path / "nodepool.yaml").write_text(yaml.safe_dump(data))
-    config, _ = load_config(str(tmp_path / "nodepool.yaml"), str(tmp_path / "clouds.yaml"))
+    config, _ = load_config(str(tmp_path / "nodepool.yaml"), str(tmp_path / "clouds.yaml"),
+                            drivers=registry.drivers())
     assert {p.driver for p in config.providers.values()} == {"openstack", "static"}
     assert base.providers["fake"].driver == "openstack"
     launcher = run_launcher(config)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from nodepool.config import load_config
+from nodepool.driver import registry
 from nodepool.launcher.launcher import Launcher
 from nodepool.launcher.webapp import StatusServer
 
@@ -131,7 +132,7 @@ def http(port: int, path: str, method: str = "GET", **headers: str):
 
 @pytest.fixture
 def status_api(tmp_path, zk_settings, upstream_records):
-    config, _ = load_config(write_config(tmp_path, zk_settings))
+    config, _ = load_config(write_config(tmp_path, zk_settings), drivers=registry.drivers())
     launcher = Launcher(config)
     launcher.start()
     try:
@@ -223,7 +224,7 @@ def test_status_api_headers_conditional_requests_and_head(status_api):
 
 
 def test_ready_is_503_until_the_launcher_serves(tmp_path, zk_settings):
-    config, _ = load_config(write_config(tmp_path, zk_settings))
+    config, _ = load_config(write_config(tmp_path, zk_settings), drivers=registry.drivers())
     launcher = Launcher(config)  # not started
     server = StatusServer(launcher, "127.0.0.1", 0)
     server.start()
@@ -259,19 +260,19 @@ def test_the_documented_status_api_commands_work(status_api):
 
 def test_the_documented_listen_address_change_binds_all_interfaces(tmp_path, zk_settings):
     # The default keeps the status API local ...
-    config, _ = load_config(write_config(tmp_path, zk_settings))
+    config, _ = load_config(write_config(tmp_path, zk_settings), drivers=registry.drivers())
     data = yaml.safe_load(open(config.config_file))
     del data["webapp"]
     path = tmp_path / "default.yaml"
     path.write_text(yaml.safe_dump(data))
-    default, _ = load_config(str(path))
+    default, _ = load_config(str(path), drivers=registry.drivers())
     assert (default.webapp.listen_address, default.webapp.port) == ("127.0.0.1", 8005)
     # ... and the migration page's one line gives upstream's.
     with open(os.path.join(DOC, "migration.rst")) as f:
         assert "``webapp: {listen_address: 0.0.0.0}``" in f.read()
     data["webapp"] = yaml.safe_load("{listen_address: 0.0.0.0}")
     path.write_text(yaml.safe_dump(data))
-    changed, _ = load_config(str(path))
+    changed, _ = load_config(str(path), drivers=registry.drivers())
     assert changed.webapp.listen_address == "0.0.0.0"
 
 

@@ -71,6 +71,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from nodepool.config import load_config  # noqa: E402
+from nodepool.driver import registry  # noqa: E402
 from nodepool.fakecloud import FakeCloud  # noqa: E402
 from nodepool.launcher.launcher import Launcher  # noqa: E402
 from nodepool.zk.client import (ZooKeeperSettings, ZooKeeperTLS,  # noqa: E402
@@ -342,7 +343,7 @@ def _start(name: str, cloud_spec: dict, provider_extra: dict, pool_extra: dict,
     path = os.path.join(workdir, f"{name}-nodepool.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config_data, f)
-    config, _ = load_config(path, clouds)
+    config, _ = load_config(path, clouds, drivers=registry.drivers())
     launcher = Launcher(config)
     launcher.start()
     return cloud, launcher, config
@@ -458,7 +459,7 @@ def _start_job_launchers(name: str, spec: dict, zk: ZooKeeperSettings, workdir: 
     with open(path, "w") as f:
         yaml.safe_dump(config_data, f)
     # The workload reads the same file (our loader checks it on the way).
-    config, _ = load_config(path, clouds)
+    config, _ = load_config(path, clouds, drivers=registry.drivers())
     procs = LauncherProcesses(kind, spec.get("launchers", 1), path, clouds, logs,
                               upstream_venv)
     return cloud, procs, config

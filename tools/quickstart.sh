@@ -201,9 +201,10 @@ reset_zookeeper_data() {
 import sys
 
 from nodepool.config import validate
+from nodepool.driver import registry
 from nodepool.zk.client import connect, disconnect
 
-config, problems = validate(sys.argv[1], check_clouds=False)
+config, problems = validate(sys.argv[1], check_clouds=False, drivers=registry.drivers())
 if config is None:
     sys.exit("\n".join(str(p) for p in problems))
 root = config.zookeeper.chroot
@@ -240,10 +241,11 @@ min_ready_reached() {
 import sys
 
 from nodepool.config import validate
+from nodepool.driver import registry
 from nodepool.zk.client import ZooKeeperUnavailable, connect, disconnect
 from nodepool.zk.store import ZooKeeperStore
 
-config, _ = validate(sys.argv[1], check_clouds=False)
+config, _ = validate(sys.argv[1], check_clouds=False, drivers=registry.drivers())
 wanted = {name: label.min_ready for name, label in config.labels.items() if label.min_ready}
 try:
     client = connect(config.zookeeper, connect_timeout=5)

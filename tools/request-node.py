@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from nodepool.config import validate  # noqa: E402
+from nodepool.driver import registry  # noqa: E402
 from nodepool.zk import paths  # noqa: E402
 from nodepool.zk.client import (ZooKeeperUnavailable, connect,  # noqa: E402
                                 disconnect)
@@ -91,7 +92,7 @@ def delete_request(store: ZooKeeperStore, request_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config, problems = validate(args.config, check_clouds=False)
+    config, problems = validate(args.config, check_clouds=False, drivers=registry.drivers())
     if config is None or config.zookeeper is None:
         for p in problems:
             print(p, file=sys.stderr)

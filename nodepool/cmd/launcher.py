@@ -30,6 +30,7 @@ import traceback
 from nodepool.cmd.common import (add_config_options, add_version_option,
                                  apply_logging_file, print_problems)
 from nodepool.config import validate
+from nodepool.driver import registry
 
 log = logging.getLogger("nodepool.launcher.cmd")
 STOP_TIMEOUT = 30.0
@@ -115,7 +116,8 @@ def _mtimes(paths: list[str | None]) -> dict[str, float | None]:
 
 def reload_config(launcher, args) -> bool:
     """Validate the files again and apply them; on errors keep running as is."""
-    config, problems = validate(args.config, args.clouds, args.secure)
+    config, problems = validate(args.config, args.clouds, args.secure,
+                                drivers=registry.drivers())
     for p in problems:
         (log.error if p.severity == "error" else log.warning)("%s", p)
     if config is None:
@@ -196,7 +198,8 @@ def check_log_destination(logconfig: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config, problems = validate(args.config, args.clouds, args.secure)
+    config, problems = validate(args.config, args.clouds, args.secure,
+                                drivers=registry.drivers())
     print_problems(problems)
     if config is None:
         print("nodepool-launcher: refusing to start: the configuration has errors",

@@ -19,6 +19,7 @@ from nodepool import tables
 from nodepool.cmd.common import (add_config_options, add_version_option,
                                  apply_logging_file, print_problems)
 from nodepool.config import validate
+from nodepool.driver import registry
 
 # ``delete --now`` gives up waiting for the cloud after this long; the node
 # stays ``deleting`` and a launcher finishes the job.
@@ -43,7 +44,7 @@ def emit(args: argparse.Namespace, view: tables.View) -> None:
 
 def load(args: argparse.Namespace, check_clouds: bool = False):
     config, problems = validate(args.config, args.clouds, args.secure,
-                                check_clouds=check_clouds)
+                                check_clouds=check_clouds, drivers=registry.drivers())
     if config is None:
         print_problems(problems)
         raise CommandError(f"cannot use {args.config}: it has errors")
@@ -368,7 +369,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    config, problems = validate(args.config, args.clouds, args.secure)
+    config, problems = validate(args.config, args.clouds, args.secure,
+                                drivers=registry.drivers())
     print_problems(problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:

@@ -1,21 +1,13 @@
 """Configuration: nodepool.yaml, and the clouds.yaml policy for its providers.
 
 ``config.model``, ``config.errors``, ``config.schema`` and
-``config.zookeeper`` are plain data and checks; the loader also asks the
-driver registry for each provider's part, so it is imported on first use
-(importing ``nodepool.config.model`` must not pull in the drivers).
+``config.zookeeper`` are plain data and checks; ``config.loader`` reads the
+files.  The package imports nothing of the drivers or of ZooKeeper: whoever
+loads nodepool.yaml passes the drivers in (``drivers=`` of ``validate`` and
+``load_config``).
 """
 
-from typing import Any
+from nodepool.config.errors import ConfigError, ConfigProblem
+from nodepool.config.loader import DEFAULT_CONFIG, load_config, validate
 
 __all__ = ["ConfigError", "ConfigProblem", "DEFAULT_CONFIG", "load_config", "validate"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("ConfigError", "ConfigProblem"):
-        from nodepool.config import errors
-        return getattr(errors, name)
-    if name in ("DEFAULT_CONFIG", "load_config", "validate"):
-        from nodepool.config import loader
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

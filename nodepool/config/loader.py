@@ -4,6 +4,10 @@
 ``nodepool config-validate`` can print them all at once; ``load_config``
 raises ``ConfigError`` when any of them is an error.  Neither ever lets a
 traceback reach the operator for bad input.
+
+Each entry of ``providers:`` belongs to a driver, which checks and builds
+it.  The configuration sits below the drivers (they read its types), so the
+caller passes the drivers in: ``drivers=nodepool.driver.registry.drivers()``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Mapping as MappingT
+from typing import Any, Callable, Mapping as MappingT, Protocol
 
 import yaml
 
@@ -21,13 +25,31 @@ from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems, check_unique
 from nodepool.config.model import (AddressPolicy, CloudSettings, Label, NodepoolConfig,
                                    TenantLimits, WebApp)
-from nodepool.driver import registry
 from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
                                 ZooKeeperSettings, ZooKeeperTLS)
 
 DEFAULT_CONFIG = "/etc/nodepool/nodepool.yaml"
 # Upstream's documented default ZooKeeper port is the TLS one.
 DEFAULT_ZK_PORT = 2281
+
+
+class ProviderParser(Protocol):
+    """What the loader uses of a driver: how it checks and builds its
+    entries of ``providers:``.  ``nodepool.driver.registry.Driver`` is one
+    and documents each member."""
+
+    @property
+    def schema(self) -> Callable[[Any], Any]: ...
+
+    @property
+    def build(self) -> Callable[[int, dict, dict[str, Label], Problems,
+                                 CloudSettings | None], Any]: ...
+
+    @property
+    def warn(self) -> Callable[[int, dict, Problems], None] | None: ...
+
+    @property
+    def uses_clouds_yaml(self) -> bool: ...
 
 
 def substitute_env(text: str, env: MappingT[str, str]) -> str:
@@ -102,7 +124,7 @@ def _build_zookeeper(data: dict, problems: Problems) -> ZooKeeperSettings | None
     return ZooKeeperSettings(servers, tls, timeout)
 
 
-def _names(drivers: dict) -> str:
+def _names(drivers: MappingT[str, Any]) -> str:
     return ", ".join(repr(n) for n in sorted(drivers))
 
 
@@ -157,8 +179,12 @@ def _fingerprint(cloud: dict) -> str:
 
 def validate(path: str, clouds_path: str | None = None, secure_path: str | None = None,
              env: MappingT[str, str] | None = None,
-             check_clouds: bool = True) -> tuple[NodepoolConfig | None, list[ConfigProblem]]:
-    """Every problem in nodepool.yaml (and clouds.yaml); the config if usable."""
+             check_clouds: bool = True, *, drivers: MappingT[str, ProviderParser]
+             ) -> tuple[NodepoolConfig | None, list[ConfigProblem]]:
+    """Every problem in nodepool.yaml (and clouds.yaml); the config if usable.
+
+    ``drivers``: driver name (a provider's ``driver:``) -> its parser; the
+    drivers served, ``nodepool.driver.registry.drivers()``."""
     env = os.environ if env is None else env
     problems = Problems(path)
     data = read_yaml(path, problems, env)
@@ -191,14 +217,13 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
                                   "launcher does not serve; it is ignored")
 
     providers_cfg = data.get("providers") if isinstance(data.get("providers"), list) else []
-    served = registry.drivers()
-    entries: list[tuple[int, dict, registry.Driver]] = []
+    entries: list[tuple[int, dict, ProviderParser]] = []
     broken: set[int] = set()  # providers with schema errors: checked best-effort
     for i, prov in enumerate(providers_cfg):
         if not isinstance(prov, dict):
             continue
         name = prov.get("driver", "openstack")
-        driver = served.get(name) if isinstance(name, str) else None
+        driver = drivers.get(name) if isinstance(name, str) else None
         if driver is not None:
             found = schema.voluptuous_problems(driver.schema, prov, ["providers", i])
             for p, msg in found:
@@ -211,11 +236,11 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
         elif name in schema.OTHER_DRIVERS:
             problems.warning(["providers", i, "driver"],
                              f"driver {name!r} is upstream Nodepool's; this launcher serves "
-                             f"only {_names(served)} providers, so provider "
+                             f"only {_names(drivers)} providers, so provider "
                              f"{prov.get('name', '?')!r} is ignored")
         else:
             problems.error(["providers", i, "driver"],
-                           f"unknown driver {name!r}; this launcher serves {_names(served)}")
+                           f"unknown driver {name!r}; this launcher serves {_names(drivers)}")
 
     structure_ok = not problems.has_errors
     labels_cfg = _valid_items(data.get("labels"), schema.label_schema)
@@ -286,10 +311,13 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
 
 
 def load_config(path: str, clouds_path: str | None = None, secure_path: str | None = None,
-                env: MappingT[str, str] | None = None
+                env: MappingT[str, str] | None = None, *,
+                drivers: MappingT[str, ProviderParser]
                 ) -> tuple[NodepoolConfig, list[ConfigProblem]]:
-    """The config and its warnings; ``ConfigError`` listing everything if invalid."""
-    config, problems = validate(path, clouds_path, secure_path, env)
+    """The config and its warnings; ``ConfigError`` listing everything if invalid.
+
+    ``drivers`` as for ``validate``."""
+    config, problems = validate(path, clouds_path, secure_path, env, drivers=drivers)
     if config is None:
         raise ConfigError(problems)
     return config, problems

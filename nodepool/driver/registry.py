@@ -1,9 +1,11 @@
 """Every driver this launcher serves, keyed by a provider's ``driver:`` value.
 
-The config loader, the launcher, stats and the status API know drivers only
-through this table.  A driver is a package under ``nodepool/driver/`` with a
-``DRIVER = Driver(...)`` in its ``__init__``; adding one is that package and
-one line in ``DRIVERS`` below (see doc/writing-a-driver.rst).
+The launcher, stats and the status API know drivers only through this table;
+whoever loads nodepool.yaml passes ``drivers()`` to the config loader (the
+configuration sits below the drivers and does not import them).  A driver
+is a package under ``nodepool/driver/`` with a ``DRIVER = Driver(...)`` in
+its ``__init__``; adding one is that package and one line in
+``DRIVER_PACKAGES`` below (see doc/writing-a-driver.rst).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from nodepool.config.model import CloudSettings, Label
 
 @dataclass(frozen=True)
 class Driver:
-    """One driver: how its provider entries are checked and built, and which
-    class serves them.
+    """One driver: how its provider entries are checked and built (the
+    ``nodepool.config.loader.ProviderParser`` part), and which class serves
+    them.
 
     * ``schema``: checks one entry of ``providers:`` (a voluptuous schema;
       the loader reports its errors with the entry's path).

@@ -2,7 +2,7 @@
 by ``openstack_provider_schema`` and built into ``config.model.Provider``.
 
 Moved here from the config loader unchanged; the loader reaches it through
-the driver registry.
+the driver registry its caller passes in.
 """
 
 from __future__ import annotations
