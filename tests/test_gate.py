@@ -285,3 +285,27 @@ def test_the_budget_is_split_between_the_launchers_of_a_project():
         assert gate.budget()["share"] == 1
     finally:
         gate.shutdown(wait=1.0)
+
+
+def test_an_answered_call_wakes_the_provider_loop():
+    # The loop would pass again only after a minute; the call's answer
+    # brings the next pass forward (a freed instance or an ACTIVE server is
+    # acted on at once).
+    from nodepool.driver.loop import ProviderLoop
+    passes: list[float] = []
+    loop = ProviderLoop("p", lambda: passes.append(time.monotonic()), lambda: 60.0)
+    gate = ApiGate("p", deadline=5)
+    gate.on_done = loop.wake
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not passes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(passes) == 1
+        call = gate.submit("compute.list_servers", lambda: "listed")
+        while len(passes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert call.done() and len(passes) == 2
+    finally:
+        loop.stop(wait=5)
+        gate.shutdown()

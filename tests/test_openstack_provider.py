@@ -324,6 +324,55 @@ def test_a_freed_server_nova_surely_counted_needs_no_limits_read(harness):
     assert h.cloud.counters()["quota_403"] == 0
 
 
+def test_a_limits_reading_taken_while_a_deleted_server_waits_is_anchored_by_a_list(
+        harness, tmp_path):
+    # The ledger frees a gone server only if a list requested after the
+    # reading still showed it (else: did nova count it?).  While a request
+    # waits, a reading applied during a delete is followed by a list at
+    # once, not at the pace (30 s here), nor only when the server has
+    # likely gone (5 s learned), by which time it may be gone unseen.
+    log_path = str(tmp_path / "requests.log")
+    h = harness(dict(limited(instances=1, boot_seconds=0.1, delete_seconds=5.0),
+                     request_log=log_path))
+    for _ in range(3):
+        h.provider.delete_durations.record(5.0, 5.0)
+    h.wait_available()
+    [first] = h.start(1)
+    done = h.finish_builds([first])
+    h.provider.servers.interval = 30.0
+    assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
+    h.ledger.refresh_policy = RefreshPolicy(min_interval=0, max_age=3600)
+    h.delete(first, done[first].info.external_id)
+    wait_for(lambda: h.provider.status()["deletes"] and h.cloud.request_count(
+        "DELETE /compute/v2.1/servers/{server_id}", 204) == 1, timeout=10,
+        what="the DELETE accepted")
+    deleted_at = time.time()
+    h.ledger.refresh_policy = RefreshPolicy(min_interval=0, max_age=0.5)
+    wait_for(lambda: any(json.loads(line)["route"] == "GET /compute/v2.1/limits"
+                         and json.loads(line)["started"] > deleted_at
+                         for line in open(log_path)), timeout=10,
+             what="a limits reading after the DELETE")
+    h.ledger.refresh_policy = RefreshPolicy(min_interval=0, max_age=3600)
+    with open(log_path) as f:
+        entries = [json.loads(line) for line in f]
+    read = min(e["finished"] for e in entries if e["route"] == "GET /compute/v2.1/limits"
+               and e["started"] > deleted_at)
+
+    def listed_after() -> list[float]:
+        with open(log_path) as f:
+            return [e["started"] - read for e in map(json.loads, f)
+                    if e["route"] == LIST_ROUTE and e["started"] > read]
+    wait_for(listed_after, timeout=10, what="a server list after the reading")
+    assert listed_after()[0] < 2.0, listed_after()
+    # The server was still there for that list (5 s deletes): once gone,
+    # its instance is free without reading the limits again.
+    reads = h.cloud.request_count("GET /compute/v2.1/limits")
+    wait_for(lambda: h.provider.capacity(["small"]) is Capacity.AVAILABLE, timeout=15,
+             what="the instance free again")
+    assert h.cloud.request_count("GET /compute/v2.1/limits") == reads
+    assert h.cloud.counters()["quota_403"] == 0
+
+
 def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:
     """From the fakecloud's request log of one DELETE and two creates: how
     long after the deleted server was gone the second create started, and

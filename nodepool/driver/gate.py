@@ -171,6 +171,9 @@ class ApiGate:
         self._seq = 0
         self._hold_until = float("-inf")
         self.overloads = 0
+        # Told (on the worker's thread) each time a call ends: the provider
+        # loop wakes instead of finding the answer on its next pass.
+        self.on_done: Callable[[], None] | None = None
         # Launchers that split this budget (several launchers on one cloud
         # project, see set_share); the configured rates are for all of them.
         self.share = 1
@@ -449,4 +452,9 @@ class ApiGate:
             self._ensure_workers_locked()
             self._cond.notify_all()
         call._event.set()
+        if self.on_done is not None:
+            try:
+                self.on_done()
+            except Exception:  # a listener must not kill a worker
+                log.exception("%s: call-done listener failed", self.name)
         return False

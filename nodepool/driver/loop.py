@@ -14,6 +14,8 @@ from typing import Callable
 
 log = logging.getLogger("nodepool.driver.loop")
 
+MIN_GAP = 0.02
+
 
 class ProviderLoop:
     def __init__(self, name: str, one_pass: Callable[[], None],
@@ -26,6 +28,7 @@ class ProviderLoop:
         self._interval = interval
         self._clock = clock
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_pass: float | None = None
 
@@ -37,8 +40,14 @@ class ProviderLoop:
 
     def stop(self, wait: float) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(wait)
+
+    def wake(self) -> None:
+        """Pass again soon rather than after the interval: something the
+        pass waits for happened (a cloud call answered, a build began)."""
+        self._wake.set()
 
     def run_pass(self) -> None:
         """One pass, now, on the caller's thread."""
@@ -57,7 +66,10 @@ class ProviderLoop:
                 self.run_pass()
             except Exception:  # the loop must survive anything
                 log.exception("%s: provider loop pass failed", self.name)
-            self._stop.wait(self._interval())
+            # A burst of wake-ups costs at most one pass per MIN_GAP.
+            self._stop.wait(MIN_GAP)
+            self._wake.wait(max(0.0, self._interval() - MIN_GAP))
+            self._wake.clear()
 
 
 class LoopedProvider:

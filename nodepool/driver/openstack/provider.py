@@ -199,6 +199,9 @@ class OpenStackProvider(LoopedProvider):
         self.port_sweep: LeakSweep | None = None
         self._configure_sweeps(config)
         self._loop = ProviderLoop(self.name, self._tick, lambda: LOOP_INTERVAL, clock)
+        # An answer is acted on at once (a server list that shows a freed
+        # instance or an ACTIVE server), not on the next pass.
+        self.gate.on_done = self._loop.wake
         ledger.configure_provider(self.name, {
             name: PoolQuota.from_pool(pool) for name, pool in config.pools.items()})
 
@@ -396,12 +399,15 @@ class OpenStackProvider(LoopedProvider):
             self._limits_call = None
             try:
                 compute, volume = call.result()
-                if self.ledger.apply_limits(token, CloudLimits.from_api(
-                        compute, volume, read_at=token.started_at)) \
-                        and self.shared_quota is not None:
-                    self.shared_quota.reading_applied(self._shared_reading)
+                applied = self.ledger.apply_limits(token, CloudLimits.from_api(
+                    compute, volume, read_at=token.started_at))
             except Exception as e:  # noqa: BLE001 - the previous reading stays
                 self.ledger.limits_read_failed(token, str(errors.classify(e)))
+                return
+            if applied:
+                if self.shared_quota is not None:
+                    self.shared_quota.reading_applied(self._shared_reading)
+                self._anchor_reading()
             return
         due = self.ledger.limits_refresh_due(self.name)
         if due == STALE_AFTER_DELETE and not self.quota_waiting():
@@ -415,6 +421,18 @@ class OpenStackProvider(LoopedProvider):
                 self._shared_reading = self.shared_quota.reading_started()
             self._limits_call = (token, self.gate.submit("compute.get_limits",
                                                          self._read_limits))
+
+    def _anchor_reading(self) -> None:
+        """A deleted server that goes before any list requested after this
+        reading showed it cannot be freed by the ledger (did nova count it?):
+        the reading must be read again, at the limits pace.  While requests
+        wait and deletes are pending, one list right away settles that for
+        all of them."""
+        if not self.quota_waiting():
+            return
+        if self._deleting_elsewhere or any(d.step is DeleteStep.WAIT_GONE
+                                           for d in self._server_deletions):
+            self.servers.want_fresh(within=self.gone_check_interval)
 
     def _read_limits(self) -> tuple[dict, dict | None]:
         compute = self.cloud.get_compute_limits()
@@ -746,6 +764,7 @@ class OpenStackProvider(LoopedProvider):
             if machine is not None and not machine.done:
                 machine.cancel()
             self._deletes[spec.node_id] = NodeDeletion(self, spec)
+            self._loop.wake()
             return spec.node_id
 
     def poll_delete(self, handle: Hashable) -> DeleteStatus:
