@@ -160,6 +160,8 @@ class RecordCache(Generic[T]):
         rel = self._relative(data.path)
         if not rel:
             return
+        if kind != TreeEvent.NODE_REMOVED and not self._still_in_tree(data):
+            return
         parts = rel.split("/")
         if len(parts) == 1:
             if kind == TreeEvent.NODE_REMOVED:
@@ -177,6 +179,38 @@ class RecordCache(Generic[T]):
                 else:
                     holders.add(parts[2])
             self._changed()
+
+    def _still_in_tree(self, data) -> bool:
+        """Whether an added/updated event still describes a znode the
+        TreeCache holds.
+
+        kazoo's TreeCache (2.11, kazoo issue #645) handles a znode's DELETED
+        watch on the client's callback thread but the answers of its reads
+        on its own thread: when a znode is deleted right after a read of it
+        was answered, the delete can be handled first and the answer after,
+        which publishes NODE_ADDED (or UPDATED) after NODE_REMOVED, or with
+        no NODE_REMOVED at all.  Taken as is, that leaves a record or a lock
+        contender that is gone in ZooKeeper in this cache for good: a node
+        locked and released within milliseconds (a lock try that lost, an
+        executor returning a node) then looks locked forever, and the reaper
+        and housekeeping never touch it again (a leaked server).
+
+        By the time the event reaches us the delete has detached the znode
+        from the tree, so the tree no longer returns it (or returns a newer
+        znode at that path, created later): such an event is stale.  Events
+        are delivered on the tree's thread, after the answer that made them."""
+        tree = self._tree
+        if tree is None:
+            return True
+        try:
+            held = tree.get_data(data.path)
+        except (KeyError, RuntimeError, ValueError):
+            # Changed under us by the callback thread while walking the
+            # tree: the znode is being deleted, a NODE_REMOVED follows.
+            return False
+        if held is None or held.stat is None or data.stat is None:
+            return False
+        return held.stat.czxid == data.stat.czxid
 
     def _relative(self, path: str) -> str:
         if not path.startswith(self.root + "/"):
