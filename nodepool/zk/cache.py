@@ -137,6 +137,37 @@ class RecordCache(Generic[T]):
         with self._lock:
             return dict(self._malformed)
 
+    # -- corrections from fresh reads (housekeeping's backstop) ---------------
+
+    def forget_gone(self, seen: Iterable[str], listed: Iterable[str]) -> list[str]:
+        """Drop the children that were held (``seen``, taken before the
+        listing was asked for) and that a fresh listing of the root
+        (``listed``) no longer has: deleted in ZooKeeper without this cache
+        hearing of it.  Names are never reused, so nothing current is lost."""
+        gone = sorted(set(seen) - set(listed))
+        for name in gone:
+            self._remove(name)
+        if gone:
+            log.warning("cache of %s: dropped %d record(s) deleted in ZooKeeper: %s",
+                        self.root, len(gone), ", ".join(gone))
+        return gone
+
+    def forget_contenders(self, name: str, gone: Iterable[str]) -> bool:
+        """Drop lock contenders of ``name`` that a fresh read showed gone
+        (the caller read them after taking its view of the cache)."""
+        with self._lock:
+            holders = self._contenders.get(name)
+            stale = holders & set(gone) if holders else set()
+            if not stale:
+                return False
+            holders -= stale
+            if not holders:
+                del self._contenders[name]
+        log.warning("cache of %s: %s looked locked by %s, gone in ZooKeeper; forgotten",
+                    self.root, name, ", ".join(sorted(stale)))
+        self._changed()
+        return True
+
     # -- TreeCache events (run on the TreeCache's own thread) -----------------
 
     def _on_fault(self, exc: Exception) -> None:
