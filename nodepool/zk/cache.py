@@ -148,8 +148,9 @@ class RecordCache(Generic[T]):
         for name in gone:
             self._remove(name)
         if gone:
-            log.warning("cache of %s: dropped %d record(s) deleted in ZooKeeper: %s",
-                        self.root, len(gone), ", ".join(gone))
+            # Usually a delete never heard of; possibly one still queued.
+            log.info("cache of %s: dropped %d record(s) gone in ZooKeeper: %s",
+                     self.root, len(gone), ", ".join(gone))
         return gone
 
     def forget_contenders(self, name: str, gone: Iterable[str]) -> bool:
@@ -163,8 +164,8 @@ class RecordCache(Generic[T]):
             holders -= stale
             if not holders:
                 del self._contenders[name]
-        log.warning("cache of %s: %s looked locked by %s, gone in ZooKeeper; forgotten",
-                    self.root, name, ", ".join(sorted(stale)))
+        log.info("cache of %s: %s looked locked by %s, gone in ZooKeeper; forgotten",
+                 self.root, name, ", ".join(sorted(stale)))
         self._changed()
         return True
 
