@@ -618,8 +618,8 @@ class Launcher:
         report = housekeeping.run_housekeeping(
             self.store, self.providers,
             max_hold_age=self.config.max_hold_age or float("inf"))
-        for key in ("reset_requests", "removed_locks", "deallocated", "removed_empty",
-                    "expired_holds"):
+        for key in ("corrected_caches", "reset_requests", "removed_locks", "deallocated",
+                    "removed_empty", "expired_holds"):
             items = getattr(report, key)
             if items:
                 log.info("housekeeping %s: %s", key, ", ".join(items))

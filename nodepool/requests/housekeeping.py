@@ -8,6 +8,8 @@ the record's lock, after re-reading it).
   delete_empty_nodes          node znodes without data (made by late lockers)
   expire_holds                hold nodes past hold_expiration/max-hold-age
   reap_candidates             unlocked nodes in states the reaper deletes
+  correct_caches              records and lock contenders the caches missed
+                              the deletion of (read afresh)
 
 Each returns the ids it changed.  Malformed znodes are logged and skipped.
 """
@@ -24,7 +26,7 @@ from kazoo.exceptions import NoNodeError, NotEmptyError
 
 from nodepool.requests import protocol
 from nodepool.zk import paths
-from nodepool.zk.records import (DELETING, INIT, PENDING, READY,
+from nodepool.zk.records import (BUILDING, DELETING, IN_USE, INIT, PENDING, READY,
                                  MalformedRecord, Node)
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
@@ -94,6 +96,31 @@ def _unallocate_nodes_of(store: ZooKeeperStore, request_id: str, now: float | No
         finally:
             lock.release()
     return True
+
+
+# Nodes whose lock is held for long by design (the builder's, the executor's):
+# not worth a read each pass.  A node in any other state is locked only for
+# moments, so reading its lock afresh costs little.
+LONG_LOCKED_STATES = frozenset({INIT, BUILDING, IN_USE})
+
+
+def correct_caches(store: ZooKeeperStore) -> list[str]:
+    """Records, and lock contenders of nodes, that the caches still hold
+    although ZooKeeper deleted them.  kazoo's TreeCache can miss a delete
+    (see ``RecordCache._confirm_added``); the reaper, deallocation and reuse
+    skip a node that looks locked, and deallocation a node whose request
+    looks alive, so one missed delete would leak a server for good.  One
+    listing of each root, plus one read per locked node in a state where
+    locks are short."""
+    cache = store.nodes_cache
+    if cache is None:
+        return []
+    suspects = [n.id for n in store.list_nodes(cached=True)
+                if n.state not in LONG_LOCKED_STATES and cache.is_locked(n.id)]
+    dropped = store.correct_caches(suspects)
+    return ([f"request {r}" for r in dropped["requests"]]
+            + [f"node {n}" for n in dropped["nodes"]]
+            + [f"lock of node {n}" for n in dropped["locks"]])
 
 
 def remove_stale_request_locks(store: ZooKeeperStore, max_age: float = STALE_LOCK_AGE,
@@ -234,6 +261,7 @@ def abandoned_init(store: ZooKeeperStore, node: Node, providers: Collection[str]
 
 @dataclass
 class HousekeepingReport:
+    corrected_caches: list[str] = field(default_factory=list)
     reset_requests: list[str] = field(default_factory=list)
     removed_locks: list[str] = field(default_factory=list)
     deallocated: list[str] = field(default_factory=list)
@@ -248,6 +276,8 @@ def run_housekeeping(store: ZooKeeperStore, providers: Collection[str],
     """All the primitives once; a failure in one does not stop the others."""
     report = HousekeepingReport()
     tasks: list[tuple[str, Callable[[], list[str]]]] = [
+        # First: the tasks below decide from the caches.
+        ("corrected_caches", lambda: correct_caches(store)),
         ("reset_requests", lambda: reset_lost_requests(store)),
         ("removed_locks", lambda: remove_stale_request_locks(store, stale_lock_age)),
         ("deallocated", lambda: deallocate_orphaned_nodes(store)),

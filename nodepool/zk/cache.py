@@ -137,6 +137,38 @@ class RecordCache(Generic[T]):
         with self._lock:
             return dict(self._malformed)
 
+    # -- corrections from fresh reads (housekeeping's backstop) ---------------
+
+    def forget_gone(self, seen: Iterable[str], listed: Iterable[str]) -> list[str]:
+        """Drop the children that were held (``seen``, taken before the
+        listing was asked for) and that a fresh listing of the root
+        (``listed``) no longer has: deleted in ZooKeeper without this cache
+        hearing of it.  Names are never reused, so nothing current is lost."""
+        gone = sorted(set(seen) - set(listed))
+        for name in gone:
+            self._remove(name)
+        if gone:
+            # Usually a delete never heard of; possibly one still queued.
+            log.info("cache of %s: dropped %d record(s) gone in ZooKeeper: %s",
+                     self.root, len(gone), ", ".join(gone))
+        return gone
+
+    def forget_contenders(self, name: str, gone: Iterable[str]) -> bool:
+        """Drop lock contenders of ``name`` that a fresh read showed gone
+        (the caller read them after taking its view of the cache)."""
+        with self._lock:
+            holders = self._contenders.get(name)
+            stale = holders & set(gone) if holders else set()
+            if not stale:
+                return False
+            holders -= stale
+            if not holders:
+                del self._contenders[name]
+        log.info("cache of %s: %s looked locked by %s, gone in ZooKeeper; forgotten",
+                 self.root, name, ", ".join(sorted(stale)))
+        self._changed()
+        return True
+
     # -- TreeCache events (run on the TreeCache's own thread) -----------------
 
     def _on_fault(self, exc: Exception) -> None:
@@ -199,24 +231,29 @@ class RecordCache(Generic[T]):
                     return
             except Exception:  # noqa: BLE001 - disconnected: the re-read repairs it
                 return
-            log.warning("cache of %s: %s was added after it was deleted (a kazoo "
-                        "TreeCache race); dropped", self.root, path)
             if len(parts) == 1:
-                self._remove(parts[0])
+                with self._lock:
+                    held = parts[0] in self._records or parts[0] in self._malformed
+                if held:
+                    self._remove(parts[0])
             else:
-                self._drop_contender(parts[0], parts[2])
+                held = self._drop_contender(parts[0], parts[2])
+            if held:
+                # Usually the race above; possibly a delete still on its way.
+                log.debug("cache of %s: %s gone in ZooKeeper; dropped", self.root, path)
 
         result.rawlink(check)
 
-    def _drop_contender(self, name: str, contender: str) -> None:
+    def _drop_contender(self, name: str, contender: str) -> bool:
         with self._lock:
             holders = self._contenders.get(name)
             if holders is None or contender not in holders:
-                return
+                return False
             holders.discard(contender)
             if not holders:
                 del self._contenders[name]
         self._changed()
+        return True
 
     def _relative(self, path: str) -> str:
         if not path.startswith(self.root + "/"):

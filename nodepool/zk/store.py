@@ -117,6 +117,35 @@ class ZooKeeperStore:
     def synced(self) -> bool:
         return all(c.synced for c in self._caches())
 
+    def correct_caches(self, lock_suspects: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Backstop for the caches (see ``RecordCache._confirm_added``): one
+        fresh listing of the requests and of the nodes drops records deleted
+        without the cache hearing of it, and the locks of ``lock_suspects``
+        (node ids), read afresh and pipelined, drop lock contenders that are
+        gone.  Returns what was dropped: {"requests": [...], "nodes": [...],
+        "locks": [node ids]}."""
+        dropped: dict[str, list[str]] = {"requests": [], "nodes": [], "locks": []}
+        for kind, cache, root in (("requests", self.requests_cache, paths.REQUEST_ROOT),
+                                  ("nodes", self.nodes_cache, paths.NODE_ROOT)):
+            if cache is None or not cache.synced:
+                continue
+            seen = cache.names() | set(cache.malformed())   # before the listing
+            dropped[kind] = cache.forget_gone(seen, self._children(root))
+        cache = self.nodes_cache
+        if cache is None or not cache.synced:
+            return dropped
+        before = {nid: cache.lock_contenders(nid) for nid in lock_suspects}
+        futures = [(nid, self.client.get_children_async(paths.node_lock_path(nid)))
+                   for nid, held in before.items() if held]
+        for node_id, future in futures:
+            try:
+                fresh = set(locks.contenders(future.get(timeout=self.read_timeout)))
+            except NoNodeError:
+                fresh = set()
+            if cache.forget_contenders(node_id, before[node_id] - fresh):
+                dropped["locks"].append(node_id)
+        return dropped
+
     def queue_sizes(self) -> dict[str, int]:
         """Upstream's ZooKeeper queue gauges, relative to
         ``nodepool.launcher.<hostname>``: the client's outgoing request queue
