@@ -309,3 +309,37 @@ def test_an_answered_call_wakes_the_provider_loop():
     finally:
         loop.stop(wait=5)
         gate.shutdown()
+
+
+def test_lists_asked_for_now_stay_within_one_per_interval():
+    # want_now lists before the interval when the budget allows (after a
+    # quiet spell), but under steady demand the lists still come at one per
+    # interval on average, plus the burst.
+    from nodepool.driver.server_list import URGENT_BURST, ServerListCache
+    now = [1000.0]
+    gate = ApiGate("p", deadline=5, clock=lambda: now[0])
+    cache = ServerListCache(gate, lambda: [], interval=2.0, clock=lambda: now[0])
+    started: list = []
+
+    def step() -> None:
+        if cache._call is not None:
+            cache._call.wait(5)
+        cache.tick()
+        if cache._call is not None and (not started or cache._call is not started[-1]):
+            started.append(cache._call)
+        now[0] += 0.05
+
+    try:
+        step()                             # the first list
+        for _ in range(10):                # 0.5 s later: nobody asked, nothing
+            step()
+        assert len(started) == 1
+        cache.want_now()                   # asked now: listed at once, not 1.5 s on
+        step()
+        assert len(started) == 2
+        for _ in range(2400):              # 120 s of asking all the time
+            cache.want_now()
+            step()
+    finally:
+        gate.shutdown()
+    assert 2 + 60 <= len(started) <= 2 + 60 + URGENT_BURST

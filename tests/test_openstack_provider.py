@@ -373,6 +373,29 @@ def test_a_limits_reading_taken_while_a_deleted_server_waits_is_anchored_by_a_li
     assert h.cloud.counters()["quota_403"] == 0
 
 
+def test_a_server_likely_up_is_looked_for_before_the_lists_pace(harness, tmp_path):
+    # Boots take 1 s and the provider has learned that; its list pace is
+    # 30 s.  A build is seen ACTIVE soon after it is, from a list asked for
+    # when its boot has likely ended (within the list's budget), not 30 s on.
+    log_path = str(tmp_path / "servers.log")
+    h = harness(dict(limited(boot_seconds=1.0, delete_seconds=0.1), transition_log=log_path))
+    h.wait_available()
+    h.provider.servers.interval = 30.0
+    for _ in range(3):
+        h.provider.boot_durations.record(1.0, 1.0)
+    lists = h.cloud.request_count(LIST_ROUTE)
+    [node] = h.start(1)
+    done = h.finish_builds([node], timeout=10)
+    assert done[node].state is BuildState.READY
+    with open(log_path) as f:
+        [active] = [json.loads(line) for line in f if '"active"' in line]
+    noticed = time.time()
+    assert noticed - active["at"] < 5.0
+    # One list for the look (perhaps one more from the budget's burst).
+    assert h.cloud.request_count(LIST_ROUTE) - lists <= 2
+    assert h.provider.status()["boot_durations"]["samples"] == 4
+
+
 def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:
     """From the fakecloud's request log of one DELETE and two creates: how
     long after the deleted server was gone the second create started, and

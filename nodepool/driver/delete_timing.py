@@ -94,3 +94,8 @@ class DeleteDurations:
         return {"samples": len(ordered),
                 "median": round(_quantile(ordered, 0.5), 2) if ordered else None,
                 "look_often_from": round(start, 2), "look_often_until": round(end, 2)}
+
+
+# The same estimate serves boots: the time from the create's answer to the
+# first list that shows the server ACTIVE (or ERROR).
+BootDurations = DeleteDurations

@@ -17,6 +17,10 @@ from nodepool.driver.gate import ApiCall, ApiGate
 
 log = logging.getLogger("nodepool.serverlist")
 
+# want_now: lists in a burst after a quiet spell, and never closer than this.
+URGENT_BURST = 2.0
+URGENT_MIN_GAP = 0.25
+
 
 @dataclass(frozen=True)
 class ServerSnapshot:
@@ -63,6 +67,12 @@ class ServerListCache:
         self._call: ApiCall | None = None
         self._wanted_after: float | None = None
         self._soon: float | None = None   # a shorter spacing for the pending want
+        # Lists asked for "now" (see want_now) spend from a budget that
+        # refills at one list per interval and every list draws from, so
+        # under steady demand they cost nothing more than the pace does.
+        self._urgent = False
+        self._tokens = URGENT_BURST
+        self._tokens_at = clock()
 
     def want_fresh(self, after: float | None = None, *, within: float | None = None) -> None:
         """Ask for a list requested after ``after`` (default: now), e.g.
@@ -73,6 +83,19 @@ class ServerListCache:
             self._wanted_after = t
         if within is not None:
             self._soon = within if self._soon is None else min(self._soon, within)
+
+    def want_now(self) -> None:
+        """Ask for a list as soon as the budget allows, even before the
+        interval has passed (a server has likely become ACTIVE): at most
+        one per interval on average, URGENT_BURST after a quiet spell."""
+        self.want_fresh()
+        self._urgent = True
+
+    def _refill(self, now: float) -> None:
+        if self.interval > 0:
+            self._tokens = min(URGENT_BURST,
+                               self._tokens + (now - self._tokens_at) / self.interval)
+        self._tokens_at = now
 
     def tick(self) -> bool:
         """Collect a finished refresh and start one if due; True if a new
@@ -96,6 +119,9 @@ class ServerListCache:
                 arrived = True
         if self._call is None and self._due(now):
             self._soon = None
+            self._urgent = False
+            self._refill(now)
+            self._tokens = max(0.0, self._tokens - 1)
             self._call = self.gate.submit(self.kind, self.fetch)
         return arrived
 
@@ -105,6 +131,10 @@ class ServerListCache:
             self.snapshot.requested_at <= self._wanted_after
         spacing = min(self.interval, self._soon) if wanted and self._soon is not None \
             else self.interval
+        if wanted and self._urgent and now - last >= URGENT_MIN_GAP:
+            self._refill(now)
+            if self._tokens >= 1:
+                return True
         if now - last < spacing:
             return False
         if wanted:

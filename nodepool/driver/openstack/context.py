@@ -49,6 +49,7 @@ class MachineContext(Protocol):
     catalog: "CloudCatalog"
     ledger: "QuotaLedger"
     delete_durations: "DeleteDurations"
+    boot_durations: "DeleteDurations"
 
     @property
     def cloud(self) -> "OpenStackCloud": ...

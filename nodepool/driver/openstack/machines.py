@@ -78,6 +78,8 @@ class CreateMachine:
         self.server: dict | None = None
         self.call: ApiCall | None = None
         self.call_done_at: float | None = None
+        # The latest list (requested then) that showed the server building.
+        self.building_seen_at: float | None = None
         self.create_started_at: float | None = None
         self.active_at: float | None = None
         self.not_before = 0.0
@@ -262,6 +264,10 @@ class CreateMachine:
         self.server = server
         self.ctx.ledger.server_seen(self.key, self.server_id)
         status = str(server.get("status", "")).upper()
+        if status in ("ACTIVE", "ERROR"):
+            self._note_boot_time(snap.requested_at)
+        else:
+            self.building_seen_at = snap.requested_at
         if srv.is_deleting(server):
             # Someone else is deleting it: never hand such a server out.
             self._failed(f"the server is being deleted (status {status})")
@@ -289,6 +295,16 @@ class CreateMachine:
                          outcomes.ERROR_CREATE_TIMEOUT)
         else:
             self.ctx.servers.want_fresh()
+
+    def _note_boot_time(self, listed_at: float) -> None:
+        """Teach the provider how long its boots take (see provider
+        ``_look_for_ready_servers``): the server went ACTIVE between the
+        last list that showed it building and this one."""
+        start = self.call_done_at
+        if start is None or listed_at <= start:
+            return
+        before = (self.building_seen_at or start) - start
+        self.ctx.boot_durations.record(before, listed_at - start)
 
     def _needs_floating_ip(self, server: dict) -> bool:
         return bool(self.pool.auto_floating_ip

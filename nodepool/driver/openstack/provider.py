@@ -19,7 +19,7 @@ from typing import Any, Callable, Hashable, Sequence
 from nodepool.driver import errors
 from nodepool.config.model import AddressPolicy
 from nodepool.driver.base import ProviderMetrics
-from nodepool.driver.delete_timing import DeleteDurations
+from nodepool.driver.delete_timing import BootDurations, DeleteDurations
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.loop import LoopedProvider, ProviderLoop
 from nodepool.driver.openstack import addressing
@@ -60,6 +60,10 @@ PORT_LIST_INTERVAL = 1.0
 # finds freed quota sooner at the cost of more lists; see doc/quota.rst.
 GONE_LOOK_CHANCE = 0.3
 GONE_CHECK_INTERVAL = 0.5
+# A list is asked for "now" (within the list's budget) once the servers
+# booting have, together, at least this chance of being ACTIVE since the
+# last list (learned boot times, see _look_for_ready_servers).
+READY_LOOK_CHANCE = 0.5
 # A capacity check that found no headroom counts as "requests wait" this long.
 QUOTA_WAIT_MEMORY = 2.0
 
@@ -174,6 +178,7 @@ class OpenStackProvider(LoopedProvider):
         }, clock=clock)
         self.leak_interval = leak_interval
         self.delete_durations = DeleteDurations()
+        self.boot_durations = BootDurations()
         self.gone_check_interval = GONE_CHECK_INTERVAL
         self._quota_wait_seen_at = float("-inf")
         self._wait_reasons: tuple[str, ...] = ()
@@ -307,6 +312,7 @@ class OpenStackProvider(LoopedProvider):
             if self.shared_quota is not None and self.shared_quota.look_again():
                 self.servers.want_fresh()
             self._look_for_gone_servers()
+            self._look_for_ready_servers()
             if self.servers.tick():
                 self.reconciler.reconcile()
                 self._note_deleting_elsewhere()
@@ -536,6 +542,24 @@ class OpenStackProvider(LoopedProvider):
                      for at in sent)
         if chance >= GONE_LOOK_CHANCE:
             self.servers.want_fresh(within=self.gone_check_interval)
+
+    def _look_for_ready_servers(self) -> None:
+        """Ask for a list once the servers booting have likely become
+        ACTIVE (learned boot times), rather than at the list's pace; the
+        list's budget keeps this at one list per interval on average, so a
+        busy provider lists as before and a quiet one notices each server
+        soon after it is up."""
+        now = self.clock()
+        last = self.servers.snapshot.requested_at
+        chance = 0.0
+        for m in self._builds.values():
+            start = m.call_done_at
+            if m.step is not Step.BOOTING or start is None:
+                continue
+            seen = max(last, m.building_seen_at or start)
+            chance += self.boot_durations.chance_gone(seen - start, now - start)
+        if chance >= READY_LOOK_CHANCE:
+            self.servers.want_now()
 
     def quota_waiting(self) -> bool:
         """Does a request (or a build) wait for headroom right now?"""
@@ -854,6 +878,7 @@ class OpenStackProvider(LoopedProvider):
                 "api_in_flight": self.gate.in_flight(),
                 "api_budget": self.gate.budget(),
                 "delete_durations": self.delete_durations.describe(),
+                "boot_durations": self.boot_durations.describe(),
                 "builds": [m.describe() for m in self._builds.values()],
                 "deletes": [d.describe() for d in self._server_deletions],
                 "counters": dict(self.counters),
