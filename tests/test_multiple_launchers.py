@@ -222,8 +222,10 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
         facts["survivor_most_claims"] = most
 
     # Jobs hold their nodes 1-2 s and five run at once against a quota of 3,
-    # so requests still wait when the survivor is alone.
-    run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=3, total=12,
+    # so requests still wait when the survivor is alone (enough of them that
+    # the workload outlasts the victim's session timeout and the reading
+    # that frees its claims).
+    run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=3, total=20,
         concurrency=5, job_seconds=(1.0, 2.0), during=during)
     assert facts["claims_before"] >= 1
     (members,) = facts["survivor_members"].values()

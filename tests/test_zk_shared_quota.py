@@ -159,6 +159,34 @@ def test_a_covered_server_gone_is_freed_only_with_a_list_that_showed_it(zk_conne
     assert share.reserve("b/1", *args) == []
 
 
+def test_a_covered_server_gone_unseen_makes_the_reading_doubtful(zk_connect):
+    # As above, but no list after the reading showed a's server: b cannot
+    # free it, so it says the limits need reading again (once).
+    a_client, b_client = zk_connect(), zk_connect()
+    a_states = {"a/1": "created"}
+    a = _book(a_client, "a", a_states)
+    b = _book(b_client, "b")
+    share = ProviderShare(b)
+    assert _reserve(a, "a/1", 1) == []
+    a.sync()
+    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    share.reading_applied(share.reading_started())
+    assert share.others_covered()
+    lim = Resources(1, 100, 100000)
+    full = lim - Resources(1, 0, 0) - ONE
+    args = (ONE, full, lim, ZERO, ONE, frozenset({"b/1"}))
+    assert share.check(*args) and not share.reading_doubtful()
+    del a_states["a/1"]
+    a.sync()
+    wait_for(lambda: not b.claims(), message="a's claim gone")
+    assert share.check(*args)
+    assert share.reading_doubtful() and not share.reading_doubtful()
+    share.reading_applied(share.reading_started())   # read again: nova says 0 used
+    assert share.check(ONE, lim - ONE, lim, ZERO, ONE, frozenset({"b/1"})) == []
+    assert not share.reading_doubtful()
+    assert not share.others_covered()
+
+
 def test_a_dead_launchers_covered_claims_are_not_freed(zk_connect):
     a_client, b_client = zk_connect(), zk_connect()
     a = _book(a_client, "a", {"a/1": "created"})

@@ -497,6 +497,14 @@ class QuotaLedger:
             self._remove(entry)
             return True
 
+    def reading_doubtful(self, provider: str) -> None:
+        """Something outside this ledger (another launcher's server, see
+        nodepool.quota.shared) went without proof that the current reading
+        counted it: read the limits again when a request needs headroom."""
+        with self._cond:
+            prov = self._provider(provider)
+            prov.stale_because = prov.stale_because or STALE_AFTER_DELETE
+
     def note_listed(self, key: Hashable, requested_at: float) -> None:
         """Nova still had the server at ``requested_at`` (the ledger's
         clock): a server list requested then showed it (in any state, e.g.

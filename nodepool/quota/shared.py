@@ -259,3 +259,12 @@ class SharedQuota(Protocol):
     def look_again(self) -> bool:
         """True once after another launcher saw one of our servers gone
         before we did: read the server list soon."""
+
+    def reading_doubtful(self) -> bool:
+        """True once after a server of another live launcher that the
+        current limits reading covers went without proof that nova counted
+        it (no list after the reading showed it): read the limits again."""
+
+    def others_covered(self) -> bool:
+        """Does the current reading cover servers of other launchers (whose
+        going only a list after the reading can prove)?"""

@@ -408,6 +408,7 @@ class ProviderShare:
         # frees those itself, so they are never freed here as well.
         self._local_seen: set[str] = set()
         self._removed_seen = 0
+        self._doubtful = False
 
     def _reasons(self, names: frozenset[str], members: list[str], cost: Resources,
                  headroom: Resources, limit: Resources, local_covered: Resources,
@@ -424,8 +425,17 @@ class ProviderShare:
             # Only a list requested after nova answered the reading proves
             # the server was still there when nova counted (as the ledger's
             # own rule for our servers).
+            live_now = {_launcher_of(m) for m in members}
             freed = freed_usage(candidates, present, self._listed_at,
-                                self._reading_applied_at, {_launcher_of(m) for m in members})
+                                self._reading_applied_at, live_now)
+            applied = self._reading_applied_at
+            if applied is not None and any(
+                    c.name not in present and c.launcher in live_now
+                    and self._listed_at.get(c.key, float("-inf")) < applied
+                    for c in candidates):
+                # Gone (or going) unseen since the reading: it may still
+                # count there until the limits are read again.
+                self._doubtful = True
             # Claims of launchers that died: their servers may exist, and
             # only a limits reading started after they went is sure to
             # count them; until then they stay in flight (unless our
@@ -474,6 +484,7 @@ class ProviderShare:
             self._reading_applied_at = self.clock()
             # Only lists requested after this reading started count now.
             self._listed_at = {k: t for k, t in self._listed_at.items() if t >= started}
+            self._doubtful = False
             keys = {c.key for c in parse_book(names)}
             self._local_seen &= keys
 
@@ -487,6 +498,17 @@ class ProviderShare:
 
     def servers_gone(self, keys: frozenset) -> None:
         self.book.forget(keys, self.clock())
+
+    def reading_doubtful(self) -> bool:
+        with self._lock:
+            doubtful, self._doubtful = self._doubtful, False
+        return doubtful
+
+    def others_covered(self) -> bool:
+        with self._lock:
+            covered = self._covered
+        me = self.book.launcher_id
+        return any(c.launcher != me for c in parse_book(covered))
 
     def look_again(self) -> bool:
         removed = self.book.removed_by_others

@@ -309,8 +309,11 @@ class OpenStackProvider(LoopedProvider):
                     return
             if self.api_share is not None:
                 self.gate.set_share(self.api_share())
-            if self.shared_quota is not None and self.shared_quota.look_again():
-                self.servers.want_fresh()
+            if self.shared_quota is not None:
+                if self.shared_quota.look_again():
+                    self.servers.want_fresh()
+                if self.shared_quota.reading_doubtful():
+                    self.ledger.reading_doubtful(self.name)
             self._look_for_gone_servers()
             self._look_for_ready_servers()
             if self.servers.tick():
@@ -437,7 +440,8 @@ class OpenStackProvider(LoopedProvider):
         if not self.quota_waiting():
             return
         if self._deleting_elsewhere or any(d.step is DeleteStep.WAIT_GONE
-                                           for d in self._server_deletions):
+                                           for d in self._server_deletions) \
+                or (self.shared_quota is not None and self.shared_quota.others_covered()):
             self.servers.want_fresh(within=self.gone_check_interval)
 
     def _read_limits(self) -> tuple[dict, dict | None]:
