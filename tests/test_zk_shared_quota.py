@@ -28,6 +28,20 @@ def _reserve(book, key, limit):
     return ProviderShare(book).reserve(key, ONE, lim - ONE, lim, ZERO, ONE, frozenset({key}))
 
 
+def _a_owns_one(zk_connect, limit, clock=None):
+    """Launchers a and b on one project; a owns one server (a/1), b sees it."""
+    a_client, b_client = zk_connect(), zk_connect()
+    a_states = {"a/1": "created"}
+    a = _book(a_client, "a", a_states)
+    b = _book(b_client, "b")
+    share = ProviderShare(b) if clock is None else ProviderShare(b, clock=clock)
+    assert _reserve(a, "a/1", limit) == []
+    a.sync()
+    wait_for(lambda: b.owned_names() and b.launcher_count() == 2,
+             message="b sees a's owned claim")
+    return a, a_states, b, share
+
+
 def _children(client, book):
     return parse_book(client.get_children(book.claims_path))
 
@@ -110,14 +124,7 @@ def test_a_claim_comes_back_after_the_session_was_lost(zk_connect, zk_settings):
 
 
 def test_owned_claims_seen_before_a_reading_count_as_covered(zk_connect):
-    a_client, b_client = zk_connect(), zk_connect()
-    a_states = {"a/1": "created"}
-    a = _book(a_client, "a", a_states)
-    b = _book(b_client, "b")
-    share = ProviderShare(b)
-    assert _reserve(a, "a/1", 2) == []
-    a.sync()
-    wait_for(lambda: b.owned_names(), message="b sees a's owned claim")
+    a, a_states, b, share = _a_owns_one(zk_connect, 2)
     token = share.reading_started()
     # Nova's reading (started after the claim was owned) says 1 in use.
     lim = Resources(2, 100, 100000)
@@ -130,15 +137,8 @@ def test_owned_claims_seen_before_a_reading_count_as_covered(zk_connect):
 
 
 def test_a_covered_server_gone_is_freed_only_with_a_list_that_showed_it(zk_connect):
-    a_client, b_client = zk_connect(), zk_connect()
-    a_states = {"a/1": "created"}
-    a = _book(a_client, "a", a_states)
-    b = _book(b_client, "b")
     now = [100.0]
-    share = ProviderShare(b, clock=lambda: now[0])
-    assert _reserve(a, "a/1", 1) == []
-    a.sync()
-    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    a, a_states, b, share = _a_owns_one(zk_connect, 1, clock=lambda: now[0])
     token = share.reading_started()            # the read starts at 100
     now[0] = 101.0
     share.listed(["a/1"], 101.0)               # a list while nova is answering
@@ -162,14 +162,7 @@ def test_a_covered_server_gone_is_freed_only_with_a_list_that_showed_it(zk_conne
 def test_a_covered_server_gone_unseen_makes_the_reading_doubtful(zk_connect):
     # As above, but no list after the reading showed a's server: b cannot
     # free it, so it says the limits need reading again (once).
-    a_client, b_client = zk_connect(), zk_connect()
-    a_states = {"a/1": "created"}
-    a = _book(a_client, "a", a_states)
-    b = _book(b_client, "b")
-    share = ProviderShare(b)
-    assert _reserve(a, "a/1", 1) == []
-    a.sync()
-    wait_for(lambda: b.owned_names() and b.launcher_count() == 2, message="b sees a")
+    a, a_states, b, share = _a_owns_one(zk_connect, 1)
     share.reading_applied(share.reading_started())
     assert share.others_covered()
     lim = Resources(1, 100, 100000)
