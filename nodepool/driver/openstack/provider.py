@@ -315,7 +315,6 @@ class OpenStackProvider(LoopedProvider):
                 if self.shared_quota.reading_doubtful():
                     self.ledger.reading_doubtful(self.name)
             self._look_for_gone_servers()
-            self._look_for_ready_servers()
             if self.servers.tick():
                 self.reconciler.reconcile()
                 self._note_deleting_elsewhere()
@@ -334,6 +333,9 @@ class OpenStackProvider(LoopedProvider):
                 ended += machine.done and not was_done
             if ended and self.build_progress is not None:
                 self.build_progress()
+            # After the builds took in the latest list: asked before, a list
+            # just arrived would be asked for again.
+            self._look_for_ready_servers()
             for deletion in list(self._deletes.values()):
                 try:
                     deletion.advance()
