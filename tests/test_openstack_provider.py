@@ -411,19 +411,30 @@ def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:
     return creates[1]["started"] - gone_at, reads
 
 
+LEARNED_DELETE_SECONDS = 2.5
+
+
+def _one_instance_deletes_learned(harness, tmp_path):
+    """One instance of quota, deletes of 2.5 s that the provider has learned,
+    a list pace of 2 s, and a first build started: (harness, request log
+    path, the build's handle)."""
+    log_path = str(tmp_path / "requests.log")
+    h = harness(dict(limited(instances=1, boot_seconds=0.1,
+                             delete_seconds=LEARNED_DELETE_SECONDS),
+                     request_log=log_path), server_list_interval=2.0)
+    for _ in range(3):
+        h.provider.delete_durations.record(LEARNED_DELETE_SECONDS, LEARNED_DELETE_SECONDS)
+    h.wait_available()
+    [first] = h.start(1)
+    return h, log_path, first
+
+
 def test_a_freed_instance_is_found_when_learned_delete_times_say_it_is_gone(harness, tmp_path):
     # A list every 2 s at most otherwise.  The provider has learned that its
     # deletes take 2.5 s; while a build waits for the only instance, it
     # lists when the deleted server has likely gone instead of at its pace
     # (the lists 2 s and 4 s after the DELETE).
-    log_path = str(tmp_path / "requests.log")
-    delete_seconds = 2.5
-    h = harness(dict(limited(instances=1, boot_seconds=0.1, delete_seconds=delete_seconds),
-                     request_log=log_path), server_list_interval=2.0)
-    for _ in range(3):
-        h.provider.delete_durations.record(delete_seconds, delete_seconds)
-    h.wait_available()
-    [first] = h.start(1)
+    h, log_path, first = _one_instance_deletes_learned(harness, tmp_path)
     done = h.finish_builds([first])
     assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
     deletion = h.delete(first, done[first].info.external_id)
@@ -433,7 +444,7 @@ def test_a_freed_instance_is_found_when_learned_delete_times_say_it_is_gone(harn
     [second] = h.start(1)
     assert h.finish_builds([second])[second].state is BuildState.READY
     h.finish_deletes([deletion])
-    lag, lists = reuse_lag(log_path, delete_seconds)
+    lag, lists = reuse_lag(log_path, LEARNED_DELETE_SECONDS)
     # At the 2 s pace alone this takes about 1.5 s.
     assert lag <= 1.0, (lag, lists)
     assert h.cloud.counters()["quota_403"] == 0
@@ -443,14 +454,7 @@ def test_a_server_someone_else_deletes_is_looked_for_while_requests_wait(
         harness, tmp_path, fakecloud_connect):
     # As above, but the DELETE comes from elsewhere (another launcher, an
     # operator): once a list showed the server deleting, the looks count it.
-    log_path = str(tmp_path / "requests.log")
-    delete_seconds = 2.5
-    h = harness(dict(limited(instances=1, boot_seconds=0.1, delete_seconds=delete_seconds),
-                     request_log=log_path), server_list_interval=2.0)
-    for _ in range(3):
-        h.provider.delete_durations.record(delete_seconds, delete_seconds)
-    h.wait_available()
-    [first] = h.start(1)
+    h, log_path, first = _one_instance_deletes_learned(harness, tmp_path)
     server_id = h.finish_builds([first])[first].info.external_id
     h.provider.forget_build(first)      # handed over: no machine follows it now
     assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
@@ -462,7 +466,7 @@ def test_a_server_someone_else_deletes_is_looked_for_while_requests_wait(
              what="the instance free again")
     [second] = h.start(1)
     assert h.finish_builds([second])[second].state is BuildState.READY
-    lag, lists = reuse_lag(log_path, delete_seconds)
+    lag, lists = reuse_lag(log_path, LEARNED_DELETE_SECONDS)
     # At the 2 s pace alone this takes about 1.5 s.
     assert lag <= 1.0, (lag, lists)
     assert h.cloud.counters()["quota_403"] == 0
