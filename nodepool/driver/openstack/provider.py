@@ -695,7 +695,7 @@ class OpenStackProvider(LoopedProvider):
 
     def _waiting(self, reasons: Sequence[str]) -> Capacity:
         self._quota_wait_seen_at = self.clock()
-        if tuple(reasons) != self._wait_reasons:
+        if tuple(reasons) != self._wait_reasons and log.isEnabledFor(logging.DEBUG):
             # Once per change: why requests wait (and, with the ledger's
             # figures, what it counts) is what a slow fill comes down to.
             self._wait_reasons = tuple(reasons)
