@@ -212,6 +212,7 @@ def start_fakecloud(workdir: str, providers: int, boot: float, delete: float
                     ) -> tuple[subprocess.Popen, str, str]:
     cfg = {"seed": 7, "max_page_size": 1000,
            "transition_log": os.path.join(workdir, "servers.jsonl"),
+           "request_log": os.path.join(workdir, "requests.jsonl"),
            "servers": {"boot_seconds": boot, "delete_seconds": delete,
                        "network_layout": "private", "floating_ip": False},
            "projects": [{"name": f"proj-{i:02d}",
@@ -326,8 +327,8 @@ class Zuul:
         self.latencies: list[tuple[float, float]] = []   # (submitted at, seconds)
         # (submitted at, submitted -> node znode created, created -> fulfilled)
         self.phases: list[tuple[float, float, float]] = []
-        # (submitted at, node created at, fulfilled at, server id)
-        self.servers: list[tuple[float, float, float, str]] = []
+        # (submitted at, node created at, fulfilled at, server id, provider)
+        self.servers: list[tuple[float, float, float, str, str]] = []
         self.failed = 0
 
     def submit(self, job: Job) -> None:
@@ -373,7 +374,7 @@ class Zuul:
                                         done - node.created_time))
                     if node.external_id:
                         self.servers.append((job.submitted, node.created_time, done,
-                                             node.external_id))
+                                             node.external_id, node.provider))
                 node.state = "in-use"
                 self.store.store_node(node, lock)
                 job.held.append((node, lock))
@@ -458,8 +459,7 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
                 [b - args.boot_seconds for _, b in phases], 50)),
             "created_to_fulfilled_less_boot_p95_s": _r(percentile(
                 [b - args.boot_seconds for _, b in phases], 95)),
-            **active_split(os.path.join(size_dir, "servers.jsonl"),
-                           [s for s in zuul.servers if s[0] >= steady_start],
+            **active_split(size_dir, [s for s in zuul.servers if s[0] >= steady_start],
                            args.boot_seconds)}
         result.update(
             requests_fulfilled=len(steady), failed=zuul.failed,
@@ -508,26 +508,46 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
     return result
 
 
-def active_split(transitions: str, servers: list, boot: float) -> dict:
-    """Split "node created to fulfilled" at the moment the fakecloud made the
-    server ACTIVE (its transition log): before it, the launcher's create path
-    (less the boot); after it, the time to notice the server up and fulfil."""
+def active_split(logs: str, servers: list, boot: float) -> dict:
+    """Split "node created to fulfilled" with the fakecloud's logs: before the
+    server went ACTIVE, the launcher's create path (less the boot); from
+    ACTIVE to the first server list of its project that was asked for after
+    it (*seen*); from that list's answer to ``fulfilled``."""
     active: dict[str, float] = {}
+    lists: dict[str, list[tuple[float, float]]] = {}
     try:
-        with open(transitions) as f:
+        with open(os.path.join(logs, "servers.jsonl")) as f:
             for line in f:
                 t = json.loads(line)
                 if t["event"] == "active":
                     active.setdefault(t["server"], t["at"])
+        with open(os.path.join(logs, "requests.jsonl")) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["route"].endswith("/servers/detail") and r["status"] == 200:
+                    lists.setdefault(r["project"], []).append((r["started"], r["finished"]))
     except FileNotFoundError:
         return {}
-    before = [active[sid] - created - boot for _, created, _, sid in servers if sid in active]
-    after = [done - active[sid] for _, _, done, sid in servers if sid in active]
-    return {"created_to_active_less_boot_p50_s": _r(percentile(before, 50)),
-            "created_to_active_less_boot_p95_s": _r(percentile(before, 95)),
-            "active_to_fulfilled_p50_s": _r(percentile(after, 50)),
-            "active_to_fulfilled_p95_s": _r(percentile(after, 95)),
-            "active_to_fulfilled_max_s": _r(max(after, default=None) if after else None)}
+    before, seen, after, whole = [], [], [], []
+    for _, created, done, sid, provider in servers:
+        if sid not in active:
+            continue
+        at = active[sid]
+        before.append(at - created - boot)
+        whole.append(done - at)
+        project = "proj-" + provider.rsplit("-", 1)[-1]
+        answered = min((fin for start, fin in lists.get(project, ()) if start >= at),
+                       default=None)
+        if answered is not None and answered <= done:
+            seen.append(answered - at)
+            after.append(done - answered)
+    figures = {"created_to_active_less_boot": before, "active_to_fulfilled": whole,
+               "active_to_listed": seen, "listed_to_fulfilled": after}
+    out: dict = {}
+    for name, values in figures.items():
+        out[f"{name}_p50_s"] = _r(percentile(values, 50))
+        out[f"{name}_p95_s"] = _r(percentile(values, 95))
+    return out
 
 
 def _r(v: float | None) -> float | None:
@@ -652,6 +672,12 @@ def print_table(machine: dict, results: list[dict]) -> None:
          lambda r: r["added_latency_parts"]["active_to_fulfilled_p50_s"]),
         ("  ACTIVE to fulfilled p95 s",
          lambda r: r["added_latency_parts"]["active_to_fulfilled_p95_s"]),
+        ("    ACTIVE to listed p50/p95", lambda r: "{}/{}".format(
+            r["added_latency_parts"]["active_to_listed_p50_s"],
+            r["added_latency_parts"]["active_to_listed_p95_s"])),
+        ("    listed to fulfilled p50/p95", lambda r: "{}/{}".format(
+            r["added_latency_parts"]["listed_to_fulfilled_p50_s"],
+            r["added_latency_parts"]["listed_to_fulfilled_p95_s"])),
         ("nodepool list s", lambda r: r["list"]["nodepool_list_s"]),
         ("nodepool list --zookeeper s", lambda r: r["list"]["nodepool_list_zookeeper_s"]),
         ("/node-list s (best)", lambda r: min(r["list"]["node_list_http_s"])),
