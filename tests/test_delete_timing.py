@@ -15,8 +15,9 @@ def test_default_window_until_enough_deletes_were_seen():
     d.record(4.0, 6.0)
     assert d.window() == DEFAULT_WINDOW
     d.record(4.0, 6.0)
-    assert d.window() == (5.0, 7.0)  # midpoint; looked for until 2 s past the latest
-    assert not d.likely_gone(1.0) and d.likely_gone(5.5) and not d.likely_gone(8.0)
+    # Gone by 6 s each time: looked for from then until 2 s past the latest.
+    assert d.window() == (6.0, 8.0)
+    assert not d.likely_gone(1.0) and d.likely_gone(6.5) and not d.likely_gone(8.5)
 
 
 @given(bounds=st.lists(st.tuples(st.floats(0, 60), st.floats(0, 60)), min_size=3,
@@ -28,8 +29,9 @@ def test_window_covers_what_was_seen(bounds):
     start, end = d.window()
     kept = list(d.samples)
     assert len(kept) == min(50, len(bounds))
-    assert min(kept) <= start <= max(kept) < end
-    assert all(x >= 0 for x in kept)
+    assert all(lower < upper and upper >= 0 for lower, upper in kept)
+    assert min(u for _, u in kept) <= start <= max(u for _, u in kept)
+    assert start < end
 
 
 def test_chance_gone_follows_the_observed_durations():
@@ -68,3 +70,28 @@ def test_chance_gone_is_a_probability_that_grows_with_time(samples, listed, late
         d.record(s, s)
     first = d.chance_gone(listed, listed + later)
     assert 0.0 <= first <= d.chance_gone(listed, listed + later + more) <= 1.0
+
+
+@given(true=st.floats(1.0, 60.0),
+       gaps=st.lists(st.tuples(st.floats(0.01, 3.0), st.floats(0.01, 3.0)), min_size=3,
+                     max_size=50))
+def test_a_fixed_duration_seen_between_lists_is_learned_sharply(true, gaps):
+    """Every interval holds the true duration, so the estimate sits at the
+    tightest upper bound seen, however wide and uneven the intervals are
+    (their midpoints would be spread over seconds)."""
+    d = DeleteDurations()
+    for before, after in gaps:
+        d.record(max(0.0, true - before), true + after)
+    tightest = min(true + after for _, after in gaps)
+    assert d.chance_gone(0.0, tightest) > 0.99
+    assert d.chance_gone(0.0, max(0.0, true - 0.01)) < 0.01
+
+
+def test_looks_come_when_overlapping_intervals_say_so():
+    d = DeleteDurations()
+    # A boot of about 3 s, seen by lists 2.5 s apart at different offsets.
+    for lower, upper in [(1.0, 3.5), (2.0, 4.5), (2.8, 5.3), (0.5, 3.0), (2.9, 5.4)]:
+        d.record(lower, upper)
+    assert d.chance_gone(0.0, 2.9) == 0.0
+    assert d.chance_gone(0.0, 3.0) > 0.99
+    # The midpoints (2.25, 3.25, 4.05, 1.75, 4.15) would have said 0.4 by 3.0 s.

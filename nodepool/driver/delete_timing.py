@@ -11,11 +11,19 @@ the provider sums that over every pending delete (one list serves them
 all) and lists once the sum is high enough.  Past every duration seen so
 far, looks back off (the wait grows with how far past it the delete is).
 
+A duration is never seen exactly, only between two lists (the last that
+showed the server, the first that did not), and lists are seconds apart.
+Taking each interval's midpoint would blur a steady 3 s into anything from
+2 to 4 s and half the looks would come early; the estimate instead finds
+the distribution that best explains all the intervals together, which for
+a steady duration is the tightest bound seen.
+
 Pure logic: the provider passes in times it observed.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -24,11 +32,11 @@ DEFAULT_WINDOW = (1.0, 30.0)
 MIN_SAMPLES = 3
 # Past the latest observed duration, keep looking often for this long.
 LATE_MARGIN = 2.0
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    index = min(len(ordered) - 1, max(0, int(q * (len(ordered) - 1) + 0.5)))
-    return ordered[index]
+# An observation whose bounds meet is taken as an interval this short.
+EXACT = 1e-6
+# Mass below this is the estimate's rounding, not a duration seen.
+MASS_FLOOR = 1e-4
+SELF_CONSISTENCY_ROUNDS = 200
 
 
 def _tail(listed_at: float, now: float, longest: float) -> float:
@@ -37,29 +45,96 @@ def _tail(listed_at: float, now: float, longest: float) -> float:
     return min(1.0, (now - listed_at) / max(listed_at - longest, 1.0))
 
 
+def _self_consistent(intervals: list[tuple[float, float]]
+                     ) -> tuple[list[float], list[float]]:
+    """The most likely distribution of durations known only to lie in
+    ``(lower, upper]`` intervals (Turnbull's self-consistency iteration).
+
+    Mass sits on the intervals' upper ends; each round, every interval shares
+    its weight among the points it covers in proportion to their mass, so the
+    mass gathers where intervals overlap.  A fixed boot of 3 s seen between
+    lists at 2-3.5 s, 1-3.1 s, 2.9-5 s, ... ends up near 3 s, where the
+    midpoints of those intervals would spread it over seconds.  Points are
+    sorted, so each interval covers a contiguous run of them and a round is
+    linear in samples plus points.
+    """
+    points = sorted({upper for _, upper in intervals})
+    runs = [(bisect_right(points, lower), bisect_right(points, upper))
+            for lower, upper in intervals]
+    mass = [1.0 / len(points)] * len(points)
+    share = 1.0 / len(intervals)
+    for _ in range(SELF_CONSISTENCY_ROUNDS):
+        cumulative = [0.0]
+        for m in mass:
+            cumulative.append(cumulative[-1] + m)
+        weight = [0.0] * (len(points) + 1)
+        for a, b in runs:
+            covered = cumulative[b] - cumulative[a]
+            if covered > 0:
+                weight[a] += share / covered
+                weight[b] -= share / covered
+        running, new = 0.0, []
+        for m, w in zip(mass, weight[:-1], strict=True):
+            running += w
+            new.append(m * running)
+        change = max(abs(x - y) for x, y in zip(new, mass, strict=True))
+        mass = new
+        if change < 1e-6:
+            break
+    return points, mass
+
+
 @dataclass
 class DeleteDurations:
-    """The last ``keep`` observed delete durations (seconds from the DELETE
-    call returning to the server's absence from the list)."""
+    """The last ``keep`` observed delete durations, each known only to lie
+    between two lists: the last that still showed the server and the first
+    that did not (seconds after the DELETE call returned)."""
 
     keep: int = 50
-    samples: deque = field(default_factory=deque)
+    samples: deque = field(default_factory=deque)   # (lower, upper] intervals
+    _estimate: tuple[list[float], list[float]] | None = field(default=None, repr=False)
 
     def record(self, still_listed_after: float, gone_after: float) -> None:
         """The server was still listed in a list requested ``still_listed_after``
         seconds after the DELETE, and absent from one requested
         ``gone_after`` seconds after it: it went in between."""
         lower = max(0.0, min(still_listed_after, gone_after))
-        self.samples.append((lower + max(lower, gone_after)) / 2)
+        upper = max(lower, gone_after)
+        # An exact observation is a very short interval ending at it.
+        self.samples.append((min(lower, upper - EXACT), upper))
         while len(self.samples) > self.keep:
             self.samples.popleft()
+        self._estimate = None
+
+    def _distribution(self) -> tuple[list[float], list[float]]:
+        if self._estimate is None:
+            self._estimate = _self_consistent(list(self.samples))
+        return self._estimate
+
+    def _done_by(self, t: float) -> float:
+        """Estimated share of durations no longer than ``t``."""
+        points, mass = self._distribution()
+        return sum(mass[:bisect_right(points, t)])
+
+    def _quantile(self, q: float) -> float:
+        points, mass = self._distribution()
+        total = 0.0
+        for point, m in zip(points, mass, strict=True):
+            total += m
+            if total >= q - 1e-9:
+                return point
+        return points[-1]
+
+    def longest(self) -> float:
+        """The longest duration that the estimate still gives weight to."""
+        points, mass = self._distribution()
+        return max(p for p, m in zip(points, mass, strict=True) if m > MASS_FLOOR)
 
     def window(self) -> tuple[float, float]:
         """(start, end) seconds after the DELETE in which a server usually goes."""
         if len(self.samples) < MIN_SAMPLES:
             return DEFAULT_WINDOW
-        ordered = sorted(self.samples)
-        return _quantile(ordered, 0.1), ordered[-1] + LATE_MARGIN
+        return self._quantile(0.1), self.longest() + LATE_MARGIN
 
     def likely_gone(self, since_delete: float) -> bool:
         start, end = self.window()
@@ -69,9 +144,10 @@ class DeleteDurations:
         """How likely a server still listed ``listed_at`` seconds after its
         DELETE is gone ``now`` seconds after it (0..1).
 
-        From the observed durations; before MIN_SAMPLES, 1 inside
-        DEFAULT_WINDOW (nothing learned yet: look as often as allowed).  A
-        server older than every observed duration gets
+        From the estimated distribution, given that it was not gone at
+        ``listed_at``; before MIN_SAMPLES, 1 inside DEFAULT_WINDOW (nothing
+        learned yet: look as often as allowed).  A server older than every
+        duration the estimate gives weight to gets
         ``(now - listed_at) / (listed_at - longest)`` (at least 1 s below):
         the wait between looks grows as the delete outlives what was seen.
         """
@@ -83,16 +159,16 @@ class DeleteDurations:
             if now < start:
                 return 0.0
             return 1.0 if listed_at < end else _tail(listed_at, now, end)
-        later = [x for x in self.samples if x > listed_at]
-        if not later:
-            return _tail(listed_at, now, max(self.samples))
-        return sum(1 for x in later if x <= now) / len(later)
+        before = self._done_by(listed_at)
+        left = 1.0 - before
+        if left <= MASS_FLOOR:
+            return _tail(listed_at, now, self.longest())
+        return min(1.0, max(0.0, (self._done_by(now) - before) / left))
 
     def describe(self) -> dict:
         start, end = self.window()
-        ordered = sorted(self.samples)
-        return {"samples": len(ordered),
-                "median": round(_quantile(ordered, 0.5), 2) if ordered else None,
+        return {"samples": len(self.samples),
+                "median": round(self._quantile(0.5), 2) if self.samples else None,
                 "look_often_from": round(start, 2), "look_often_until": round(end, 2)}
 
 
