@@ -396,6 +396,27 @@ def test_a_server_likely_up_is_looked_for_before_the_lists_pace(harness, tmp_pat
     assert h.provider.status()["boot_durations"]["samples"] == 4
 
 
+def test_a_learned_boot_is_listed_once_when_it_is_likely_up(harness, tmp_path):
+    # Boots take 3 s and the provider has learned that; its list pace is
+    # 2.5 s.  Nothing waits for quota, so no list is asked for at the pace
+    # while the server boots (it would show it building and spend the
+    # budget): the one list is the look at 3 s, and it finds it ACTIVE.
+    log_path = str(tmp_path / "servers.log")
+    h = harness(dict(limited(boot_seconds=3.0, delete_seconds=0.1), transition_log=log_path),
+                server_list_interval=2.5)
+    h.wait_available()
+    for _ in range(3):
+        h.provider.boot_durations.record(3.0, 3.0)
+    lists = h.cloud.request_count(LIST_ROUTE)
+    [node] = h.start(1)
+    done = h.finish_builds([node], timeout=15)
+    assert done[node].state is BuildState.READY
+    with open(log_path) as f:
+        [active] = [json.loads(line) for line in f if '"active"' in line]
+    assert time.time() - active["at"] < 2.0
+    assert h.cloud.request_count(LIST_ROUTE) - lists == 1
+
+
 def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:
     """From the fakecloud's request log of one DELETE and two creates: how
     long after the deleted server was gone the second create started, and

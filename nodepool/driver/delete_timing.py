@@ -106,6 +106,10 @@ class DeleteDurations:
             self.samples.popleft()
         self._estimate = None
 
+    def learned(self) -> bool:
+        """Enough durations seen to go by them."""
+        return len(self.samples) >= MIN_SAMPLES
+
     def _distribution(self) -> tuple[list[float], list[float]]:
         if self._estimate is None:
             self._estimate = _self_consistent(list(self.samples))
@@ -132,7 +136,7 @@ class DeleteDurations:
 
     def window(self) -> tuple[float, float]:
         """(start, end) seconds after the DELETE in which a server usually goes."""
-        if len(self.samples) < MIN_SAMPLES:
+        if not self.learned():
             return DEFAULT_WINDOW
         return self._quantile(0.1), self.longest() + LATE_MARGIN
 
@@ -154,7 +158,7 @@ class DeleteDurations:
         listed_at = max(0.0, listed_at)
         if now <= listed_at:
             return 0.0
-        if len(self.samples) < MIN_SAMPLES:
+        if not self.learned():
             start, end = DEFAULT_WINDOW
             if now < start:
                 return 0.0

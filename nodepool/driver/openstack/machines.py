@@ -223,7 +223,8 @@ class CreateMachine:
         self.server_id = answer.get("id")
         self.ctx.ledger.create_accepted(self.key, self.server_id)
         self.ctx.remember_server(self.server_id, self.key)
-        self.ctx.servers.want_fresh(now)
+        if not self.ctx.ready_looks_cover(0.0):
+            self.ctx.servers.want_fresh(now)
         self.step = Step.BOOTING
 
     def _step_lookup(self, now: float) -> None:
@@ -293,7 +294,7 @@ class CreateMachine:
         if now - self.create_started_at > self.ctx.launch_timeout:
             self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed in {status}",
                          outcomes.ERROR_CREATE_TIMEOUT)
-        else:
+        elif not self.ctx.ready_looks_cover(now - (self.call_done_at or now)):
             self.ctx.servers.want_fresh()
 
     def _note_boot_time(self, listed_at: float) -> None:

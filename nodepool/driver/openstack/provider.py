@@ -567,6 +567,17 @@ class OpenStackProvider(LoopedProvider):
         if chance >= READY_LOOK_CHANCE:
             self.servers.want_now()
 
+    def ready_looks_cover(self, since_create: float) -> bool:
+        """Will the ready looks list for a boot this far along, so that it
+        need not ask for lists at the pace?  Yes once boot times are learned
+        and until the boot outlives them, unless requests wait for quota (the
+        ledger then wants each new server listed soon).  A list at the pace
+        while a server boots would show it building and spend the budget
+        that the look at its likely end needs."""
+        if not self.boot_durations.learned() or self.quota_waiting():
+            return False
+        return since_create <= self.boot_durations.window()[1]
+
     def quota_waiting(self) -> bool:
         """Does a request (or a build) wait for headroom right now?"""
         if self.clock() - self._quota_wait_seen_at < QUOTA_WAIT_MEMORY:
