@@ -623,6 +623,9 @@ def main() -> int:
     p.add_argument("--ramp-timeout", type=float, default=900.0)
     p.add_argument("--profile", metavar="DIR",
                    help="after the steady phase, py-spy the launcher for 30 s into DIR")
+    p.add_argument("--keep", metavar="DIR",
+                   help="copy each size's run directory (launcher log, the fakecloud's request "
+                        "and transition logs, configs) into DIR")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results = []
@@ -633,6 +636,9 @@ def main() -> int:
             for n in [int(x) for x in args.nodes.split(",")]:
                 load = os.getloadavg()
                 r = run_size(args, n, zk_port, workdir)
+                if args.keep:
+                    shutil.copytree(os.path.join(workdir, f"n{n}"),
+                                    os.path.join(args.keep, f"n{n}"), dirs_exist_ok=True)
                 r["loadavg_before"] = [round(x, 2) for x in load]
                 r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
                 results.append(r)
