@@ -452,6 +452,9 @@ def run_size(args, nodes: int, zk_port: int, workdir: str) -> dict:
         steady = [s for at, s in zuul.latencies if at >= steady_start]
         added = [max(0.0, s - args.boot_seconds) for s in steady]
         phases = [(a, b) for at, a, b in zuul.phases if at >= steady_start]
+        with open(os.path.join(size_dir, "fulfilled.json"), "w") as f:
+            # (submitted, node created, fulfilled, server id, provider) per node
+            json.dump([s for s in zuul.servers if s[0] >= steady_start], f)
         result["added_latency_parts"] = {
             "to_node_created_p50_s": _r(percentile([a for a, _ in phases], 50)),
             "to_node_created_p95_s": _r(percentile([a for a, _ in phases], 95)),
