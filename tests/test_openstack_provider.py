@@ -417,6 +417,29 @@ def test_a_learned_boot_is_listed_once_when_it_is_likely_up(harness, tmp_path):
     assert h.cloud.request_count(LIST_ROUTE) - lists == 1
 
 
+def test_a_delete_nobody_waits_for_rides_on_lists_made_anyway(harness, tmp_path):
+    # Nothing waits for quota, so the deleted server's absence is news for
+    # nobody: no list is asked for at the pace (1 s here) to look for the
+    # node's other servers or to see this one go; the slow idle refresh
+    # (every 4 s here) does both.
+    log_path = str(tmp_path / "requests.log")
+    h = harness(dict(limited(boot_seconds=0.1, delete_seconds=0.3), request_log=log_path),
+                server_list_interval=1.0)
+    h.wait_available()
+    [node] = h.start(1)
+    done = h.finish_builds([node])
+    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no wait remembered")
+    before = time.time()
+    h.finish_deletes([h.delete(node, done[node].info.external_id)], timeout=15)
+    assert h.cloud.servers() == []
+    with open(log_path) as f:
+        lists = [e["started"] for e in map(json.loads, f) if e["route"] == LIST_ROUTE]
+    during = [(a, b) for a, b in zip(lists, lists[1:], strict=False) if b > before]
+    assert during, "the delete was seen done without a list"
+    # Each list made during the delete came at the idle pace, none at 1 s.
+    assert all(b - a > 3.5 for a, b in during), during
+
+
 def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:
     """From the fakecloud's request log of one DELETE and two creates: how
     long after the deleted server was gone the second create started, and

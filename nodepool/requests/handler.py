@@ -394,9 +394,12 @@ class NodeRequestHandler:
         # The cache's per-pool index: O(pool's nodes), not a scan of every node.
         pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
+        # Asked even at max-servers: the builder learns that a request waits
+        # for capacity (it then hurries to see its deleted servers gone).
+        verdict = self._capacity([label])
         if protocol.at_max_servers(pool_nodes, self.pool, launching):
             return Capacity.WAIT
-        return self._capacity([label])
+        return verdict
 
     def _reuse(self, active: _Active, slot: _Slot) -> str | None:
         """The id of a ready node now allocated to the request, or None."""

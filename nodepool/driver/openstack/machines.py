@@ -595,12 +595,12 @@ class ServerDeletion:
                     # Nova accepted the DELETE, so it still had the server
                     # when the call started: as good as a list from then.
                     self.ctx.ledger.note_listed(self.key, call.started_at)
-            self.ctx.servers.want_fresh(now)
+            self._want_list(self.sent_at)
             self.step = DeleteStep.WAIT_GONE
             return
         if self.step is DeleteStep.WAIT_GONE:
             if snap.requested_at <= self.sent_at:
-                self.ctx.servers.want_fresh(self.sent_at)
+                self._want_list(self.sent_at)
                 return
             server = snap.get(self.server_id)
             if server is None:
@@ -616,9 +616,17 @@ class ServerDeletion:
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
             else:
-                # At the usual pace; while requests wait for quota the
-                # provider looks sooner, when this server has likely gone.
-                self.ctx.servers.want_fresh()
+                self._want_list(now)
+
+    def _want_list(self, after: float) -> None:
+        """While requests wait for quota (or a pool's max-servers), a server
+        gone is capacity: ask for lists at the usual pace, and the provider
+        looks sooner when the server has likely gone.  Otherwise nobody waits
+        for the news: the lists made anyway (ready looks, the slow idle
+        refresh) bring it, and the list budget goes to what someone waits
+        for."""
+        if self.ctx.quota_waiting():
+            self.ctx.servers.want_fresh(after)
 
     def _gone(self) -> None:
         if self.key is None:

@@ -87,7 +87,10 @@ class NodeDeletion:
         snap = self.provider.servers.snapshot
         if not self.searched:
             if snap.requested_at <= self.started_at:
-                self.provider.servers.want_fresh(self.started_at)
+                # As for the servers' own deletions: hurried only while
+                # requests wait for capacity (see ServerDeletion._want_list).
+                if self.provider.quota_waiting():
+                    self.provider.servers.want_fresh(self.started_at)
                 return
             for server in snap.by_metadata(**{srv.META_PROVIDER: self.provider.name,
                                               srv.META_NODE: self.spec.node_id}):
