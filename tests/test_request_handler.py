@@ -371,3 +371,32 @@ def test_min_ready_request_is_declined_without_headroom(zk_store):
     wait_for(lambda: zk_store.get_request(req.id, cached=True).state == "failed",
              message="the cache")
     assert finish_min_ready(zk_store) == [req.id]
+
+
+class _CountingBuilder(FakeBuilder):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.capacity_asks = 0
+
+    def capacity(self, labels, pool=None):
+        self.capacity_asks += 1
+        return super().capacity(labels, pool)
+
+
+def test_a_request_waiting_at_max_servers_is_told_to_the_builder(zk_store, zk):
+    # The pool's max-servers binds, not the builder's capacity; the builder
+    # is asked anyway, so it knows a request waits (an OpenStack provider then
+    # hurries to see its deleted servers gone).
+    builder = _CountingBuilder()
+    handler = start_pool(zk_store, builder=builder, max_servers=1)
+    first = zuul_request(zk, ["small"])
+    drive(zk_store, handler, until=lambda: state_of(zk_store, first) == "fulfilled")
+    second = zuul_request(zk, ["small"])
+    drive(zk_store, handler, until=lambda: handler.paused, message="the pool to pause")
+    assert state_of(zk_store, second) == "pending"
+    # While the request waits (accepted: its acceptance asked once already),
+    # the builder keeps being told, about once a second.
+    asked = builder.capacity_asks
+    drive(zk_store, handler, until=lambda: builder.capacity_asks >= asked + 2, timeout=10,
+          message="the builder to be asked again while the request waits")
+    assert state_of(zk_store, second) == "pending"

@@ -45,6 +45,10 @@ from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
 
 log = logging.getLogger("nodepool.requests.handler")
 
+# At max-servers the builder is still asked for capacity this often, so that
+# it knows a request waits (builders remember that for a couple of seconds).
+MAX_SERVERS_TELL_INTERVAL = 1.0
+
 
 @dataclass
 class _Slot:
@@ -113,6 +117,7 @@ class NodeRequestHandler:
         self._active: dict[str, _Active] = {}
         self._orphans: dict[str, _Orphan] = {}
         self._generation: int = store.session_generation
+        self._max_servers_told_at = float("-inf")
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
         self.draining = False
@@ -394,12 +399,16 @@ class NodeRequestHandler:
         # The cache's per-pool index: O(pool's nodes), not a scan of every node.
         pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
-        # Asked even at max-servers: the builder learns that a request waits
-        # for capacity (it then hurries to see its deleted servers gone).
-        verdict = self._capacity([label])
         if protocol.at_max_servers(pool_nodes, self.pool, launching):
+            # The builder is asked anyway, about once a second: it learns
+            # that a request waits for capacity (and then hurries to see its
+            # deleted servers gone, which frees max-servers too).
+            now = self.clock()
+            if now - self._max_servers_told_at >= MAX_SERVERS_TELL_INTERVAL:
+                self._max_servers_told_at = now
+                self._capacity([label])
             return Capacity.WAIT
-        return verdict
+        return self._capacity([label])
 
     def _reuse(self, active: _Active, slot: _Slot) -> str | None:
         """The id of a ready node now allocated to the request, or None."""
