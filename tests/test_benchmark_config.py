@@ -218,3 +218,12 @@ def test_freed_quota_figures_follow_each_freed_slot(tmp_path):
     assert got["freed_seen_p50_s"] == 0.7
     assert got["seen_to_reused_p50_s"] == 0.3
     assert benchmark.freed_quota_figures(None, str(tr_path), 0.0, 50.0, 2, 2) == {}
+
+
+def test_the_scale_scenario_is_reached_through_the_job_benchmark():
+    # ``tools/benchmark.py --scenario scale ...`` hands the rest of its
+    # arguments to tools/benchmark_scale.py (here: its help).
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"),
+                          "--scenario", "scale", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "benchmark_scale.py" in out and "--hold-min" in out

@@ -46,7 +46,9 @@ workload; ``both`` runs each scenario with upstream, then with ours, and
 prints the figures side by side with the target.
 
 The scale scenario (10 providers, 200 to 2,000 nodes, the launcher and the
-fakecloud in their own processes) is tools/benchmark_scale.py.
+fakecloud in their own processes) lives in tools/benchmark_scale.py;
+``tools/benchmark.py --scenario scale [its options]`` runs it, e.g.
+``--scenario scale --nodes 2000 --hold-min 600 --hold-max 1800``.
 """
 
 from __future__ import annotations
@@ -713,7 +715,19 @@ def _save(path: str | None, result: dict) -> None:
                                                           for x in os.getloadavg()])) + "\n")
 
 
+def run_scale_scenario(argv: list[str]) -> int:
+    """``--scenario scale``: the rest of the arguments go to benchmark_scale.py
+    (its own options, a run of its own: nothing else mixes with it)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_scale.py")
+    return subprocess.call([sys.executable, script, *argv])
+
+
 def main() -> int:
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--scenario=scale" or (arg == "--scenario" and argv[i + 1:i + 2] == ["scale"]):
+            width = 1 if "=" in arg else 2
+            return run_scale_scenario(argv[:i] + argv[i + width:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", action="append",
                    choices=sorted(SCENARIOS) + sorted(JOB_SCENARIOS),
