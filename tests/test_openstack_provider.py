@@ -11,6 +11,7 @@ is the point.  Every wait has a deadline; no test asserts elapsed time.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from nodepool.driver.openstack import machines
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack import provider as provider_mod
 from nodepool.driver.openstack.provider import OpenStackProvider
-from nodepool.quota import QuotaLedger
+from nodepool.quota import QuotaLedger, Resources
 from nodepool.quota.backoff import BackoffPolicy
 from nodepool.quota.refresh import RefreshPolicy
 from nodepool.requests.builder import (BuildSpec, BuildState, Capacity, DeleteSpec,
@@ -438,6 +439,26 @@ def test_a_delete_nobody_waits_for_rides_on_lists_made_anyway(harness, tmp_path)
     assert during, "the delete was seen done without a list"
     # Each list made during the delete came at the idle pace, none at 1 s.
     assert all(b - a > 3.5 for a, b in during), during
+
+
+def test_a_request_waiting_for_its_tenant_counts_as_waiting(harness):
+    # The tenant's server counts until nova stops listing it, so a request
+    # held back by the tenant's limits waits for deletes: the provider knows
+    # (its deletions then hurry, see the test above).
+    ledger = QuotaLedger(refresh_policy=RefreshPolicy(min_interval=0.2, max_age=2.0),
+                         tenant_limits={"t": Resources(instances=1, cores=math.inf,
+                                                       ram=math.inf, volumes=math.inf,
+                                                       volume_gb=math.inf)})
+    h = harness(limited(boot_seconds=0.1, delete_seconds=0.3), ledger=ledger)
+    h.wait_available()
+    spec = h.spec()
+    handle = h.provider.start_build(BuildSpec(node_id=spec.node_id, label="small",
+                                              provider_name="p1", pool_name="main",
+                                              tenant_name="t"))
+    h.finish_builds([handle])
+    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no wait remembered")
+    assert h.provider.tenant_capacity("t", ["small"]) is Capacity.WAIT
+    assert h.provider.quota_waiting()
 
 
 def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:

@@ -740,8 +740,11 @@ class OpenStackProvider(LoopedProvider):
         if not self.ledger.tenant_fits(tenant, total, alone=True):
             return Capacity.NEVER
         elsewhere = self.tenant_usage(tenant) if self.tenant_usage is not None else ZERO
-        return Capacity.AVAILABLE if self.ledger.tenant_fits(tenant, total, elsewhere) \
-            else Capacity.WAIT
+        if self.ledger.tenant_fits(tenant, total, elsewhere):
+            return Capacity.AVAILABLE
+        # The tenant's servers count until nova stops listing them: a request
+        # waiting here waits for deletes too.
+        return self._waiting([f"tenant {tenant} is at its resource limits"])
 
     def _find_label(self, name: str, pool_name: str | None = None):
         """(pool, label) of the pool being served, or of the first pool
