@@ -236,7 +236,7 @@ def test_build_ready_then_delete_returns_everything(harness):
     # from openstacksdk's response cache (clouds.yaml caches servers for 5 s).
     h.stop()
     asked = h.provider.gate.stats()["compute.list_servers"]["count"]
-    assert asked >= 5
+    assert asked >= 3   # several lists within the 5 s the cache would keep one
     assert h.cloud.request_count(LIST_ROUTE) == asked
 
 
