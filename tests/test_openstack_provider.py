@@ -132,10 +132,11 @@ class Harness:
             time.sleep(0.05)
         return done
 
-    def delete(self, node_id: str, external_id: str | None, state: str = "used"):
+    def delete(self, node_id: str, external_id: str | None, state: str = "used",
+               awaited: bool = False):
         return self.provider.start_delete(DeleteSpec(
             node_id=node_id, provider_name="p1", pool_name="main", labels=("small",),
-            external_id=external_id, state=state))
+            external_id=external_id, state=state, awaited=awaited))
 
     def finish_deletes(self, handles, *, timeout: float = 30) -> None:
         pending = set(handles)
@@ -418,11 +419,13 @@ def test_a_learned_boot_is_listed_once_when_it_is_likely_up(harness, tmp_path):
     assert lists == 1
 
 
-def test_a_delete_nobody_waits_for_rides_on_lists_made_anyway(harness, tmp_path):
+@pytest.mark.parametrize("awaited", [False, True], ids=["nobody-waits", "operator-waits"])
+def test_a_delete_nobody_waits_for_rides_on_lists_made_anyway(harness, tmp_path, awaited):
     # Nothing waits for quota, so the deleted server's absence is news for
     # nobody: no list is asked for at the pace (1 s here) to look for the
     # node's other servers or to see this one go; the slow idle refresh
-    # (every 4 s here) does both.
+    # (every 4 s here) does both.  Unless an operator waits for this very
+    # deletion (``nodepool delete --now``): then it goes at the pace.
     log_path = str(tmp_path / "requests.log")
     h = harness(dict(limited(boot_seconds=0.1, delete_seconds=0.3), request_log=log_path),
                 server_list_interval=1.0)
@@ -431,14 +434,17 @@ def test_a_delete_nobody_waits_for_rides_on_lists_made_anyway(harness, tmp_path)
     done = h.finish_builds([node])
     wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no wait remembered")
     before = time.time()
-    h.finish_deletes([h.delete(node, done[node].info.external_id)], timeout=15)
+    h.finish_deletes([h.delete(node, done[node].info.external_id, awaited=awaited)],
+                     timeout=15)
     assert h.cloud.servers() == []
     with open(log_path) as f:
         lists = [e["started"] for e in map(json.loads, f) if e["route"] == LIST_ROUTE]
-    during = [(a, b) for a, b in zip(lists, lists[1:], strict=False) if b > before]
+    during = [b - a for a, b in zip(lists, lists[1:], strict=False) if b > before]
     assert during, "the delete was seen done without a list"
-    # Each list made during the delete came at the idle pace, none at 1 s.
-    assert all(b - a > 3.5 for a, b in during), during
+    if awaited:
+        assert min(during) < 2.0, during     # at the pace
+    else:
+        assert min(during) > 3.5, during     # only the idle refresh
 
 
 def test_a_request_waiting_for_its_tenant_counts_as_waiting(harness):

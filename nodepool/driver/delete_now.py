@@ -10,6 +10,7 @@ reports done.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -28,7 +29,7 @@ def delete_node_servers(provider_config: Any, spec: DeleteSpec, timeout: float,
         provider_config, QuotaLedger(), server_list_interval=server_list_interval)
     provider.start()
     try:
-        handle = provider.start_delete(spec)
+        handle = provider.start_delete(dataclasses.replace(spec, awaited=True))
         deadline = time.monotonic() + timeout
         status = provider.poll_delete(handle)
         while status.state is DeleteState.DELETING and time.monotonic() < deadline:

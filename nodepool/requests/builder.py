@@ -114,6 +114,9 @@ class DeleteSpec:
     labels: tuple[str, ...]
     external_id: str | None
     state: str               # the node's state before deleting began
+    # Somebody waits for this deletion to end (``nodepool delete --now``):
+    # the builder should not let it ride on its slow pace.
+    awaited: bool = False
 
 
 @dataclass(frozen=True)

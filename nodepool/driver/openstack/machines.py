@@ -619,13 +619,13 @@ class ServerDeletion:
                 self._want_list(now)
 
     def _want_list(self, after: float) -> None:
-        """While requests wait for quota (or a pool's max-servers), a server
-        gone is capacity: ask for lists at the usual pace, and the provider
-        looks sooner when the server has likely gone.  Otherwise nobody waits
-        for the news: the lists made anyway (ready looks, the slow idle
-        refresh) bring it, and the list budget goes to what someone waits
-        for."""
-        if self.ctx.quota_waiting():
+        """While requests wait for capacity (or an operator for this very
+        deletion), a server gone is news: ask for lists at the usual pace,
+        and the provider looks sooner when the server has likely gone.
+        Otherwise nobody waits for it: the lists made anyway (ready looks,
+        the slow idle refresh) bring it, and the list budget goes to what
+        someone waits for."""
+        if self.ctx.deletes_awaited():
             self.ctx.servers.want_fresh(after)
 
     def _gone(self) -> None:

@@ -88,8 +88,8 @@ class NodeDeletion:
         if not self.searched:
             if snap.requested_at <= self.started_at:
                 # As for the servers' own deletions: hurried only while
-                # requests wait for capacity (see ServerDeletion._want_list).
-                if self.provider.quota_waiting():
+                # somebody waits (see ServerDeletion._want_list).
+                if self.provider.deletes_awaited():
                     self.provider.servers.want_fresh(self.started_at)
                 return
             for server in snap.by_metadata(**{srv.META_PROVIDER: self.provider.name,
@@ -580,6 +580,11 @@ class OpenStackProvider(LoopedProvider):
         if not self.boot_durations.learned() or self.quota_waiting():
             return False
         return since_create <= self.boot_durations.window()[1]
+
+    def deletes_awaited(self) -> bool:
+        """Does anybody wait for a deletion to end: a request for capacity,
+        or an operator for one node (``DeleteSpec.awaited``)?"""
+        return self.quota_waiting() or any(d.spec.awaited for d in list(self._deletes.values()))
 
     def quota_waiting(self) -> bool:
         """Does a request (or a build) wait for headroom right now?"""
