@@ -185,6 +185,9 @@ class OpenStackProvider(LoopedProvider):
         self.gone_check_interval = GONE_CHECK_INTERVAL
         self._quota_wait_seen_at = float("-inf")
         self._wait_reasons: tuple[str, ...] = ()
+        # (a request waits for capacity, an operator awaits a deletion), fixed
+        # for one pass over the machines, which all ask (see _waits).
+        self._pass_waits: tuple[bool, bool] | None = None
         self._lock = threading.RLock()
         self._builds: dict[Hashable, CreateMachine] = {}   # handle: the node id
         self._deletes: dict[Hashable, NodeDeletion] = {}
@@ -325,6 +328,8 @@ class OpenStackProvider(LoopedProvider):
             self.catalog.tick()
             self._refresh_limits()
             self.floating_ips.tick()
+            self._pass_waits = None
+            self._pass_waits = self._waits()
             ended = 0
             for machine in list(self._builds.values()):
                 was_done = machine.done
@@ -355,6 +360,7 @@ class OpenStackProvider(LoopedProvider):
                     d.advance()
                 except Exception:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
+            self._pass_waits = None
             finished = [d.key for d in self._server_deletions if d.done and d.key]
             self._server_deletions = [d for d in self._server_deletions if not d.done]
             self._tell_shared_quota(finished)
@@ -577,14 +583,24 @@ class OpenStackProvider(LoopedProvider):
         ledger then wants each new server listed soon).  A list at the pace
         while a server boots would show it building and spend the budget
         that the look at its likely end needs."""
-        if not self.boot_durations.learned() or self.quota_waiting():
+        if not self.boot_durations.learned() or self._waits()[0]:
             return False
         return since_create <= self.boot_durations.window()[1]
 
     def deletes_awaited(self) -> bool:
         """Does anybody wait for a deletion to end: a request for capacity,
         or an operator for one node (``DeleteSpec.awaited``)?"""
-        return self.quota_waiting() or any(d.spec.awaited for d in list(self._deletes.values()))
+        return any(self._waits())
+
+    def _waits(self) -> tuple[bool, bool]:
+        """(a request waits for capacity, an operator awaits a deletion).
+        Every build and deletion asks on every pass; during a pass (which
+        holds the lock, so no capacity check or new delete comes between)
+        the answer is worked out once instead of scanning them all for each."""
+        if self._pass_waits is not None:
+            return self._pass_waits
+        return (self.quota_waiting(),
+                any(d.spec.awaited for d in list(self._deletes.values())))
 
     def quota_waiting(self) -> bool:
         """Does a request (or a build) wait for headroom right now?"""
