@@ -418,7 +418,7 @@ def test_pool_state_is_read_safely_from_other_threads(zk_store, zk):
     def read() -> None:
         while not stop.is_set():
             try:
-                handler.paused, handler.active_request_ids, handler.orphan_node_ids
+                _ = (handler.paused, handler.active_request_ids, handler.orphan_node_ids)
             except RuntimeError as e:  # "dictionary changed size during iteration"
                 errors.append(e)
                 return
