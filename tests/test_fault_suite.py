@@ -181,16 +181,18 @@ def test_ha_pair_one_launcher_frozen_past_its_session_twice(tmp_path, make_fakec
     for a server deleted elsewhere) and serves requests again."""
     frozen_at: list[int] = []
 
+    def booting(frozen, cloud, offset) -> bool:
+        """A server boots for a node the launcher created since ``offset``."""
+        created = set(re.findall(r"created node (\d+)", frozen.log_since(offset)))
+        return any(s["metadata"].get("nodepool_node_id") in created and s["status"] == "BUILD"
+                   for s in cloud.servers())
+
     def fault(launchers, cloud, **_):
         frozen = launchers[0]
         offset = frozen.log_size()
         for _ in range(2):
-            node = wait_for(lambda o=offset: re.search(r"created node (\d+)",
-                                                       frozen.log_since(o)), 60,
-                            what="the launcher to create a node").group(1)
-            wait_for(lambda n=node: any(s["metadata"].get("nodepool_node_id") == n
-                                 for s in cloud.servers()), 60,
-                     what=f"a server booting for node {node}")
+            wait_for(lambda o=offset: booting(frozen, cloud, o), 60,
+                     what="a server booting for the launcher")
             frozen.freeze()
             time.sleep(10)   # the fault's length: past the 4 s session
             offset = frozen.log_size()
