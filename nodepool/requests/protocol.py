@@ -252,10 +252,14 @@ def min_ready_wanted(min_ready: Mapping[str, int], nodes: Iterable[Node],
 
 
 # The request's fields a label's dynamic-instance-properties may format,
-# e.g. ``{request.requestor_data[job_name]}``; nothing else of it is exposed.
-TEMPLATE_FIELDS = ("id", "requestor", "requestor_data", "event_id", "tenant_name",
-                   "node_types", "relative_priority")
+# e.g. ``{request.requestor_data[job_name]}``: upstream's "safe attributes",
+# with its names (``labels`` is the request's ``node_types``); nothing else of
+# the request is exposed.
+TEMPLATE_FIELDS = ("id", "labels", "requestor", "requestor_data", "relative_priority",
+                   "event_id", "created_time", "tenant_name")
+_TEMPLATE_SOURCES = {"labels": "node_types"}
 
 
 def template_fields(request: NodeRequest) -> dict:
-    return {name: getattr(request, name) for name in TEMPLATE_FIELDS}
+    return {name: getattr(request, _TEMPLATE_SOURCES.get(name, name))
+            for name in TEMPLATE_FIELDS}

@@ -106,7 +106,9 @@ class CreateMachine:
             cost = self.plan.cost
             out["resources"] = {"cores": cost.cores, "ram": cost.ram, "instances": 1}
             if cost.volumes:
-                out["resources"].update(volumes=cost.volumes, volume_gb=cost.volume_gb)
+                # Upstream's key (hyphen), which tenant limits on every
+                # launcher read.
+                out["resources"].update({"volumes": cost.volumes, "volume-gb": cost.volume_gb})
         if self.server:
             s = self.server
             addrs = addressing.addresses_of(s, self.ctx.network_layout)
@@ -119,7 +121,7 @@ class CreateMachine:
             out["az"] = s.get("OS-EXT-AZ:availability_zone") or self.spec.az or None
         image = self.label.cloud_image
         out.update(cloud=self.ctx.cloud_name, region=self.ctx.region_name,
-                   image_id=image.name, username=image.username or "zuul",
+                   image_id=image.name, username=image.username,
                    connection_type=image.connection_type,
                    connection_port=image.connection_port, python_path=image.python_path,
                    shell_type=image.shell_type)

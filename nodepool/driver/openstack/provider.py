@@ -633,7 +633,9 @@ class OpenStackProvider(LoopedProvider):
             availability_zone=az, security_groups=pool.security_groups,
             config_drive=image_cfg.config_drive, boot_from_volume=label.boot_from_volume,
             volume_size=label.volume_size,
-            instance_properties=self._instance_properties(label, machine.spec))
+            instance_properties=self._instance_properties(label, machine.spec),
+            inventory_groups=srv.server_groups(provider=self.name, image=image_cfg.name,
+                                               label=machine.spec.label))
 
     def _instance_properties(self, label: Any, spec: BuildSpec) -> dict:
         """The label's instance-properties plus its dynamic ones, formatted

@@ -1,0 +1,125 @@
+"""What an operator's config, Zuul or inventory scripts see of a launch, as
+upstream Nodepool 11 does it: node ``username``, the ``groups`` server
+metadata, upstream's fields for dynamic-instance-properties, ``volume-gb``
+in node resources.  Real ZooKeeper, the fakecloud over HTTP through
+openstacksdk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nodepool.zk.records import Node
+from tests.fixtures.fakecloud import wait_for
+from tests.test_launcher import (SMALL, finished, run_launcher, store,  # noqa: F401 - fixtures
+                                 write_config, zuul_request)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_cloud_image_without_username_leaves_the_nodes_username_null(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    cloud = make_fakecloud()
+    named = {"name": "named", "cloud-image": "named-img", "flavor-name": "m1.small"}
+    run_launcher(write_config(
+        tmp_path, cloud, zk_settings, labels=[{"name": "small"}, {"name": "named"}],
+        pool={"labels": [SMALL, named]},
+        provider={"cloud-images": [{"name": "img", "image-name": "cirros"},
+                                   {"name": "named-img", "image-name": "cirros",
+                                    "username": "ubuntu"}]}))
+    req = zuul_request(store, ["small", "named"])
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    assert done.state == "fulfilled"
+    plain, named_node = (store.get_node(n) for n in done.nodes)
+    # null, not "zuul": Zuul's executor then applies its own default user.
+    raw = json.loads(store.client.get(f"/nodepool/nodes/{plain.id}")[0])
+    assert "username" in raw and raw["username"] is None
+    assert named_node.username == "ubuntu"
+
+
+def test_servers_carry_upstreams_groups_metadata(tmp_path, make_fakecloud, zk_settings,
+                                                 store, run_launcher):
+    cloud = make_fakecloud()
+    run_launcher(write_config(tmp_path, cloud, zk_settings))
+    req = zuul_request(store, ["small"])
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    [server] = cloud.servers()
+    meta = server["metadata"]
+    # <provider>,<image name in the config>,<label>
+    assert meta["groups"] == "fake,img,small"
+    assert meta["nodepool_node_id"] == done.nodes[0]
+    assert meta["nodepool_pool_name"] == "main" and meta["nodepool_provider_name"] == "fake"
+
+
+def test_dynamic_instance_properties_format_upstreams_request_fields(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    cloud = make_fakecloud()
+    label = dict(SMALL, **{"dynamic-instance-properties": {
+        "zuul_labels": "{request.labels}",
+        "zuul_first": "{request.labels[0]}",
+        "zuul_created": "{request.created_time}",
+        "zuul_event": "{request.event_id}"}})
+    run_launcher(write_config(tmp_path, cloud, zk_settings, pool={"labels": [label]}))
+    req = zuul_request(store, ["small"], created_time=1700000000.5)
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    assert done.state == "fulfilled"
+    [server] = cloud.servers()
+    meta = server["metadata"]
+    assert meta["zuul_labels"] == "['small']"
+    assert meta["zuul_first"] == "small"
+    assert meta["zuul_created"] == "1700000000.5"
+    assert meta["zuul_event"] == "ev"
+
+
+def test_boot_from_volume_nodes_record_volume_gb_with_upstreams_key(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    cloud = make_fakecloud()
+    label = dict(SMALL, **{"boot-from-volume": True, "volume-size": 40})
+    run_launcher(write_config(tmp_path, cloud, zk_settings, pool={"labels": [label]}))
+    req = zuul_request(store, ["small"])
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    assert done.state == "fulfilled"
+    resources = store.get_node(done.nodes[0]).resources
+    assert resources["volumes"] == 1 and resources["volume-gb"] == 40
+    assert "volume_gb" not in resources
+
+
+def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    cloud = make_fakecloud()
+    label = dict(SMALL, **{"boot-from-volume": True, "volume-size": 20})
+    launcher = run_launcher(write_config(
+        tmp_path, cloud, zk_settings, pool={"labels": [label]},
+        extra={"tenant-resource-limits": [{"tenant-name": "tenant-one",
+                                           "max-volume-gb": 50}]}))
+    # A node upstream's launcher booted for the tenant, as it writes it.
+    other = store.create_node(Node(
+        state="in-use", provider="upstream-cloud", pool="p", type=["small"],
+        tenant_name="tenant-one",
+        resources={"cores": 1, "instances": 1, "ram": 512, "volumes": 1, "volume-gb": 40}))
+    wait_for(lambda: launcher.store.get_node(other.id, cached=True), 10,
+             what="the launcher's cache to see the other launcher's node")
+    limited = zuul_request(store, ["small"], tenant_name="tenant-one")
+    worker = launcher.pool_workers["fake-main"]
+    # 40 + 20 GB is over the tenant's 50: the request waits.
+    wait_for(lambda: worker.last_report and limited.id in worker.last_report.deferred, 30,
+             what="request deferred on the tenant's max-volume-gb")
+    assert store.get_request(limited.id).state == "requested"
+    # An older node of this launcher (volume_gb) still counts.
+    store.client.delete(f"/nodepool/nodes/{other.id}", recursive=True)
+    older = store.create_node(Node(
+        state="in-use", provider="older-cloud", pool="p", type=["small"],
+        tenant_name="tenant-one",
+        resources={"cores": 1, "instances": 1, "ram": 512, "volumes": 1, "volume_gb": 40}))
+    wait_for(lambda: launcher.store.get_node(older.id, cached=True), 10,
+             what="the launcher's cache to see the older node")
+    wait_for(lambda: launcher.store.get_node(other.id, cached=True) is None, 10,
+             what="the launcher's cache to see the upstream node gone")
+    seen = worker.last_report
+    wait_for(lambda: worker.last_report is not seen
+             and limited.id in worker.last_report.deferred, 30,
+             what="request still deferred")
+    store.client.delete(f"/nodepool/nodes/{older.id}", recursive=True)
+    done = wait_for(lambda: finished(store, limited.id), 30, what="tenant served")
+    assert done.state == "fulfilled"
