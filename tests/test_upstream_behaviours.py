@@ -123,3 +123,45 @@ def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
     store.client.delete(f"/nodepool/nodes/{older.id}", recursive=True)
     done = wait_for(lambda: finished(store, limited.id), 30, what="tenant served")
     assert done.state == "fulfilled"
+
+
+def test_max_concurrency_zero_takes_no_request_and_declines_none(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    cloud = make_fakecloud()
+    launcher = run_launcher(write_config(tmp_path, cloud, zk_settings,
+                                         provider={"max-concurrency": 0}))
+    req = zuul_request(store, ["small"])
+    worker = launcher.pool_workers["fake-main"]
+    wait_for(lambda: launcher.store.get_request(req.id, cached=True), 10,
+             what="the launcher's cache to see the request")
+    # Several passes with the request in view: still untouched, so that
+    # another provider may take it.
+    passes = []
+    wait_for(lambda: passes.append(worker.last_report) or len(set(map(id, passes))) > 3, 30,
+             what="a few passes of the pool")
+    after = store.get_request(req.id)
+    assert after.state == "requested" and after.declined_by == []
+    assert not store.list_nodes() and not cloud.servers()
+
+
+def test_max_concurrency_leaves_new_requests_while_launches_are_in_progress(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+    # Boots long enough that requests taken at once would build together.
+    cloud = make_fakecloud({"servers": {"boot_seconds": 1.0}})
+    run_launcher(write_config(tmp_path, cloud, zk_settings,
+                              provider={"max-concurrency": 1}))
+    requests = [zuul_request(store, ["small"]) for _ in range(3)]
+    most_launching = 0
+    most_pending = 0
+
+    def all_fulfilled() -> bool:
+        nonlocal most_launching, most_pending
+        nodes = store.list_nodes()
+        most_launching = max(most_launching,
+                             sum(1 for n in nodes if n.state in ("init", "building")))
+        states = [store.get_request(r.id).state for r in requests]
+        most_pending = max(most_pending, states.count("pending"))
+        return all(s == "fulfilled" for s in states)
+
+    wait_for(all_fulfilled, 60, what="every request fulfilled one after the other")
+    assert most_launching == 1 and most_pending == 1

@@ -32,7 +32,8 @@ from typing import Any, Callable, Hashable
 
 from nodepool.requests import protocol
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
-                                       Capacity, DeleteSpec, NodeBuilder)
+                                       Capacity, DeleteSpec, LaunchConcurrency,
+                                       NodeBuilder)
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
@@ -215,6 +216,12 @@ class NodeRequestHandler:
     def _assign_new(self, report: PassReport) -> None:
         if self.store.requests_cache is not None and not self.store.synced:
             return  # after a session loss, wait until the caches are current
+        concurrency = self._launch_concurrency()
+        if concurrency is not None and concurrency.limit == 0:
+            # max-concurrency 0, as upstream: the provider looks at no request
+            # (declines none either); another provider serves them.
+            return
+        limit_reached = False
         requests = self.store.list_requests(cached=True)
         pools = [PoolInfo.from_component(c) for c in self.store.registered_pools(cached=True)]
         for request in protocol.candidate_requests(requests, self.pool, self._active):
@@ -241,7 +248,35 @@ class NodeRequestHandler:
             if self.paused and not reasons:
                 report.deferred.append(request.id)
                 continue
+            if not reasons and concurrency is not None and concurrency.limit is not None:
+                # Left for another provider while max-concurrency launches
+                # are in progress; once reached it stays so for this pass.
+                limit_reached = limit_reached or self._concurrency_reached()
+                if limit_reached:
+                    report.deferred.append(request.id)
+                    continue
             self._guard(report, request.id, self._lock_and_decide, request.id, reasons, report)
+
+    def _launch_concurrency(self) -> LaunchConcurrency | None:
+        """The builder's max-concurrency and launches in progress (None: it
+        has no such limit)."""
+        ask = getattr(self.builder, "launch_concurrency", None)
+        if not callable(ask):
+            return None
+        try:
+            return ask()
+        except Exception:  # without the figures, no limit is applied
+            log.exception("pool %s: reading the launch concurrency failed", self.pool.pool_id)
+            return None
+
+    def _concurrency_reached(self) -> bool:
+        concurrency = self._launch_concurrency()
+        if concurrency is None or not concurrency.reached:
+            return False
+        log.debug("pool %s: max-concurrency reached (%d launches in progress); leaving "
+                  "new requests to other providers", self.pool.pool_id,
+                  concurrency.in_progress)
+        return True
 
     def _lock_and_decide(self, request_id: str, reasons: list[str], report: PassReport) -> None:
         lock = self.store.try_lock_request(request_id)

@@ -160,9 +160,6 @@ class CreateMachine:
     def _step_wait_quota(self, now: float) -> None:
         if now < self.not_before:
             return
-        if not self.ctx.may_start_create():
-            self.reason = "max-concurrency reached"
-            return
         key = srv.attempt_key(self.spec.node_id, self.attempt + 1)
         decision = self.ctx.reserve(key, self.spec, self.plan.cost)
         if not decision:

@@ -41,7 +41,7 @@ from nodepool.quota.ledger import STALE_AFTER_DELETE
 from nodepool.quota.shared import SharedQuota
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
-                                       DeleteStatus, NodeInfo)
+                                       DeleteStatus, LaunchConcurrency, NodeInfo)
 
 log = logging.getLogger("nodepool.openstack.provider")
 
@@ -609,14 +609,13 @@ class OpenStackProvider(LoopedProvider):
         return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
                    for m in self._builds.values())
 
-    def may_start_create(self) -> bool:
+    def launch_concurrency(self) -> LaunchConcurrency:
+        """``max-concurrency`` and the builds in progress in every pool: the
+        pools take no new request at the limit (a negative limit: none)."""
         limit = self.config.max_concurrency
-        if limit is None or limit <= 0:
-            return True
-        busy = sum(1 for m in self._builds.values()
-                   if m.step in (Step.CREATING, Step.LOOKUP, Step.BOOTING, Step.FLOATING_IP,
-                                 Step.KEYSCAN))
-        return busy < limit
+        with self._lock:
+            busy = sum(1 for m in self._builds.values() if not m.done)
+        return LaunchConcurrency(limit if limit is not None and limit >= 0 else None, busy)
 
     def create_body(self, machine: CreateMachine, name: str) -> dict:
         label, pool, plan = machine.label, machine.pool, machine.plan
