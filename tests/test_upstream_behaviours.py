@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from nodepool.launcher import launcher as launcher_mod
 from nodepool.zk.records import Node
 from tests.fixtures.fakecloud import wait_for
 from tests.test_launcher import (SMALL, finished, run_launcher, store,  # noqa: F401 - fixtures
@@ -165,3 +166,49 @@ def test_max_concurrency_leaves_new_requests_while_launches_are_in_progress(
 
     wait_for(all_fulfilled, 60, what="every request fulfilled one after the other")
     assert most_launching == 1 and most_pending == 1
+
+
+def test_at_capacity_the_oldest_unused_ready_node_is_deleted(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, monkeypatch):
+    monkeypatch.setattr(launcher_mod, "MIN_READY_INTERVAL", 0.5)
+    cloud = make_fakecloud()
+    big = {"name": "big", "cloud-image": "img", "flavor-name": "m1.small"}
+    run_launcher(write_config(
+        tmp_path, cloud, zk_settings,
+        labels=[{"name": "small", "min-ready": 2}, {"name": "big"}],
+        pool={"max-servers": 2, "labels": [SMALL, big]}))
+    ready = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+        [n for n in store.list_nodes() if n.state == "ready" and not n.allocated_to]),
+        40, what="two min-ready nodes filling the pool")
+    oldest, newer = sorted(ready, key=lambda n: n.state_time)
+    # min-ready of "small" fills the pool; a request for "big" is still served.
+    req = zuul_request(store, ["big"])
+    done = wait_for(lambda: finished(store, req.id), 40, what="fulfilment of big")
+    assert done.state == "fulfilled"
+    left = {n.id for n in store.list_nodes()}
+    assert oldest.id not in left and oldest.external_id not in {s["id"] for s in
+                                                                  cloud.servers()}
+    assert newer.id in left
+
+
+def test_the_oldest_unused_choice_waits_for_a_deletion_under_way():
+    from nodepool.requests.protocol import PoolSettings, oldest_unused_nodes
+    pool = PoolSettings(pool_id="p-id", provider_name="fake", pool_name="main",
+                        labels=frozenset({"small"}))
+
+    def node(i, state, t, **kw):
+        return Node(id=f"{i:010d}", state=state, state_time=t, provider="fake",
+                    pool="main", type=["small"], **kw)
+
+    old, young = node(1, "ready", 100.0), node(2, "ready", 200.0)
+    others = [node(3, "ready", 50.0, allocated_to="req"), node(4, "in-use", 10.0),
+              node(5, "ready", 40.0), Node(id="6", state="ready", state_time=1.0,
+                                           provider="fake", pool="other")]
+    now = 1000.0
+    assert oldest_unused_nodes([young, old, *others], pool, locked={"0000000005"},
+                               now=now) == [old, young]
+    # A node of the pool deleting for less than five minutes: wait for it.
+    deleting = node(7, "deleting", now - 10)
+    assert oldest_unused_nodes([young, old, deleting], pool, set(), now) == []
+    stuck = node(7, "deleting", now - 600)
+    assert oldest_unused_nodes([young, old, stuck], pool, set(), now) == [old, young]

@@ -17,6 +17,10 @@ A builder may also offer ``launch_concurrency() -> LaunchConcurrency``, the
 provider's ``max-concurrency`` and its launches in progress (across all its
 pools): the handler then takes no new request while the limit is reached,
 and none at all with a limit of 0, so that another provider takes them.
+
+A request that finds no room makes the pool delete its oldest unused ready
+node (as upstream does), unless the builder sets ``deleting_frees_capacity``
+to False (its nodes are not built, so a deletion frees nothing).
 """
 
 from __future__ import annotations

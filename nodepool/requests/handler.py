@@ -49,6 +49,9 @@ log = logging.getLogger("nodepool.requests.handler")
 # At max-servers the builder is still asked for capacity this often, so that
 # it knows a request waits (builders remember that for a couple of seconds).
 MAX_SERVERS_TELL_INTERVAL = 1.0
+# A request without room looks for an unused node to delete at most this
+# often (each look reads the pool's nodes).
+UNUSED_DELETE_INTERVAL = 1.0
 
 
 @dataclass
@@ -119,6 +122,7 @@ class NodeRequestHandler:
         self._orphans: dict[str, _Orphan] = {}
         self._generation: int = store.session_generation
         self._max_servers_told_at = float("-inf")
+        self._unused_delete_at = float("-inf")
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
         self.draining = False
@@ -378,6 +382,7 @@ class NodeRequestHandler:
                     log.info("request %s: no headroom for %s now; pausing pool %s",
                              request.id, slot.label, self.pool.pool_id)
                 active.waiting = True
+                self._delete_oldest_unused(request.id)
                 return False
             active.waiting = False
             slot.node = self._create_node(request, slot.label)
@@ -444,6 +449,26 @@ class NodeRequestHandler:
                 self._capacity([label])
             return Capacity.WAIT
         return self._capacity([label])
+
+    def _delete_oldest_unused(self, request_id: str) -> None:
+        """Upstream's way out of a pool filled by ready nodes nobody uses
+        (min-ready of other labels): delete the oldest of them."""
+        if not getattr(self.builder, "deleting_frees_capacity", True):
+            return  # e.g. static hosts: the slot is registered again at once
+        now = self._now()
+        if now - self._unused_delete_at < UNUSED_DELETE_INTERVAL:
+            return
+        self._unused_delete_at = now
+        nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
+        cache = self.store.nodes_cache
+        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
+        for candidate in protocol.oldest_unused_nodes(nodes, self.pool, locked, now):
+            if self.store.update_unlocked_node(
+                    candidate.id, lambda fresh: protocol.retire_ready(fresh, now),
+                    "delete the unused"):
+                log.info("request %s: pool %s is at capacity; deleting its oldest unused "
+                         "ready node %s", request_id, self.pool.pool_id, candidate.id)
+                return
 
     def _reuse(self, active: _Active, slot: _Slot) -> str | None:
         """The id of a ready node now allocated to the request, or None."""

@@ -160,6 +160,26 @@ def retire_ready(node: Node, now: float) -> bool:
     return True
 
 
+# At capacity, a pool deletes no unused node while one of its nodes has been
+# deleting for less than this (upstream's five minutes): that deletion is
+# what the waiting request waits for.
+UNUSED_DELETE_WAIT = 300.0
+
+
+def oldest_unused_nodes(nodes: Iterable[Node], pool: PoolSettings, locked: Collection[str],
+                        now: float, wait: float = UNUSED_DELETE_WAIT) -> list[Node]:
+    """What a pool with a request it has no room for deletes, as upstream:
+    its ``ready`` nodes allocated to nobody and unlocked, oldest first (the
+    caller deletes the first it can lock), so that min-ready nodes of other
+    labels cannot starve the request.  None while a deletion is under way."""
+    mine = [n for n in nodes if n.provider == pool.provider_name and n.pool == pool.pool_name]
+    if any(n.state == DELETING and now - (n.state_time or now) < wait for n in mine):
+        return []
+    found = [n for n in mine
+             if n.state == READY and n.allocated_to is None and n.id not in locked]
+    return sorted(found, key=lambda n: (n.state_time or 0, n.id or ""))
+
+
 def can_reuse(node: Node, label: str, pool: PoolSettings, az: str | None = None) -> bool:
     """The re-check after locking a node for reuse."""
     return (node.state == READY and node.allocated_to is None and node.has_label(label)

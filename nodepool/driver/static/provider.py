@@ -67,6 +67,10 @@ class StaticProvider(LoopedProvider):
     The launcher's views of ZooKeeper (``known_nodes``, ...) are not needed:
     nothing is ever built, so nothing can leak."""
 
+    # A deleted node's slot is registered again at once: deleting an unused
+    # node frees nothing for a request that waits (see requests.builder).
+    deleting_frees_capacity = False
+
     def __init__(self, config: StaticProviderConfig, ledger: QuotaLedger, *,
                  clock: Callable[[], float] = time.monotonic,
                  check_interval: float | None = None, **_views: Any):
