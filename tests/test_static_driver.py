@@ -68,12 +68,12 @@ class Host:
             self._sock = None
 
 
-@pytest.fixture
-def hosts():
-    made: list[Host] = []
+def _started(cls):
+    """A fixture's factory of hosts of ``cls``, all taken down at the end."""
+    made = []
 
-    def make() -> Host:
-        h = Host()
+    def make():
+        h = cls()
         made.append(h)
         return h
 
@@ -83,18 +83,14 @@ def hosts():
 
 
 @pytest.fixture
+def hosts():
+    yield from _started(Host)
+
+
+@pytest.fixture
 def ssh_host():
     """A host that shows an SSH host key (``.key``) to ssh-keyscan."""
-    made: list[SSHKeyHost] = []
-
-    def make() -> SSHKeyHost:
-        h = SSHKeyHost()
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.stop()
+    yield from _started(SSHKeyHost)
 
 
 @pytest.fixture(autouse=True)

@@ -86,6 +86,17 @@ def test_boot_from_volume_nodes_record_volume_gb_with_upstreams_key(
     assert "volume_gb" not in resources
 
 
+def _tenant_node_elsewhere(store, launcher, provider: str, volume_key: str) -> Node:
+    """Another launcher's in-use node of tenant-one with a 40 GB volume,
+    once the launcher's cache has it."""
+    node = store.create_node(Node(
+        state="in-use", provider=provider, pool="p", type=["small"], tenant_name="tenant-one",
+        resources={"cores": 1, "instances": 1, "ram": 512, "volumes": 1, volume_key: 40}))
+    wait_for(lambda: launcher.store.get_node(node.id, cached=True), 10,
+             what=f"the launcher's cache to see the node of {provider}")
+    return node
+
+
 def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
         tmp_path, make_fakecloud, zk_settings, store, run_launcher):
     cloud = make_fakecloud()
@@ -95,12 +106,7 @@ def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
         extra={"tenant-resource-limits": [{"tenant-name": "tenant-one",
                                            "max-volume-gb": 50}]}))
     # A node upstream's launcher booted for the tenant, as it writes it.
-    other = store.create_node(Node(
-        state="in-use", provider="upstream-cloud", pool="p", type=["small"],
-        tenant_name="tenant-one",
-        resources={"cores": 1, "instances": 1, "ram": 512, "volumes": 1, "volume-gb": 40}))
-    wait_for(lambda: launcher.store.get_node(other.id, cached=True), 10,
-             what="the launcher's cache to see the other launcher's node")
+    other = _tenant_node_elsewhere(store, launcher, "upstream-cloud", "volume-gb")
     limited = zuul_request(store, ["small"], tenant_name="tenant-one")
     worker = launcher.pool_workers["fake-main"]
     # 40 + 20 GB is over the tenant's 50: the request waits.
@@ -109,12 +115,7 @@ def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
     assert store.get_request(limited.id).state == "requested"
     # An older node of this launcher (volume_gb) still counts.
     store.client.delete(f"/nodepool/nodes/{other.id}", recursive=True)
-    older = store.create_node(Node(
-        state="in-use", provider="older-cloud", pool="p", type=["small"],
-        tenant_name="tenant-one",
-        resources={"cores": 1, "instances": 1, "ram": 512, "volumes": 1, "volume_gb": 40}))
-    wait_for(lambda: launcher.store.get_node(older.id, cached=True), 10,
-             what="the launcher's cache to see the older node")
+    older = _tenant_node_elsewhere(store, launcher, "older-cloud", "volume_gb")
     wait_for(lambda: launcher.store.get_node(other.id, cached=True) is None, 10,
              what="the launcher's cache to see the upstream node gone")
     seen = worker.last_report

@@ -68,6 +68,14 @@ def _scanned(node: StaticNode) -> bool:
     return node.host_key_checking and node.connection_type in SSH_CONNECTION_TYPES
 
 
+def _keys_for_zuul(node: StaticNode, found: Sequence[str]) -> tuple[str, ...]:
+    """As upstream: the keys the host showed when they were checked, the
+    configured ones for an SSH host with checking off, none otherwise."""
+    if _scanned(node):
+        return tuple(found)
+    return node.host_keys if node.connection_type in SSH_CONNECTION_TYPES else ()
+
+
 def _key_mismatch(node: StaticNode, found: Sequence[str]) -> str | None:
     """Why the host is refused: a configured ``host-key`` it did not show."""
     if not _scanned(node) or set(node.host_keys) <= set(found):
@@ -164,9 +172,7 @@ class StaticProvider(LoopedProvider):
             up = False
             host.error = mismatch
         elif up:
-            # As upstream: the keys the host showed when they were checked,
-            # else the configured ones (checking off), which Zuul then uses.
-            host.keys = tuple(found) if _scanned(node) else node.host_keys
+            host.keys = _keys_for_zuul(node, found)
             host.error = None
         else:
             host.error = check.error or getattr(check, "last_error", None) or "no answer"
