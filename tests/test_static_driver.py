@@ -408,3 +408,24 @@ def test_static_pool_takes_upstreams_max_servers_and_max_concurrency(
     run_launcher(write_static(tmp_path, zk_settings, [entry]))
     req = zuul_request(store, ["metal"])
     assert wait_for(lambda: finished(store, req.id), 20, what="the decline").state == "failed"
+
+
+def test_a_static_pool_at_capacity_deletes_no_unused_node(
+        tmp_path, zk_settings, store, run_launcher, hosts):
+    a, b = hosts(), hosts()
+    launcher = run_launcher(write_static(tmp_path, zk_settings, [static_entry(
+        host_node(a), host_node(b, labels=["gpu"]))], labels=("metal", "gpu")))
+    wait_for(lambda: len(ready_nodes(store)) == 2, 20, what="both hosts in service")
+    gpu = next(n for n in ready_nodes(store) if n.connection_port == b.port)
+    first = zuul_request(store, ["metal"])
+    assert wait_for(lambda: finished(store, first.id), 20, what="metal").state == "fulfilled"
+    # The only metal slot is taken: the next request waits, and the unused
+    # gpu node stays (deleting it would free nothing).
+    waiting = zuul_request(store, ["metal"])
+    worker = launcher.pool_workers["lab-main"]
+    wait_for(lambda: worker.handler.paused, 20, what="the pool paused for the request")
+    passes = []
+    wait_for(lambda: passes.append(worker.last_report) or len(set(map(id, passes))) > 4, 20,
+             what="a few passes while the request waits")
+    assert store.get_node(gpu.id).state == "ready"
+    assert not finished(store, waiting.id)
