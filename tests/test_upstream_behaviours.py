@@ -149,7 +149,7 @@ def test_max_concurrency_zero_takes_no_request_and_declines_none(
 def test_max_concurrency_leaves_new_requests_while_launches_are_in_progress(
         tmp_path, make_fakecloud, zk_settings, store, run_launcher):
     # Boots long enough that requests taken at once would build together.
-    cloud = make_fakecloud({"servers": {"boot_seconds": 1.0}})
+    cloud = make_fakecloud({"servers": {"boot_seconds": 0.6}})
     run_launcher(write_config(tmp_path, cloud, zk_settings,
                               provider={"max-concurrency": 1}))
     requests = [zuul_request(store, ["small"]) for _ in range(3)]
