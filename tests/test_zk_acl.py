@@ -26,7 +26,7 @@ from nodepool.driver import registry
 from nodepool.quota import Resources
 from nodepool.requests.reaper import NodeReaper
 from nodepool.zk import acls, paths
-from nodepool.zk.client import ZooKeeperSettings, connect, disconnect
+from nodepool.zk.client import ZooKeeperSettings, connect, disconnect, make_client
 from nodepool.zk.records import Node
 from nodepool.zk.shared_quota import ProjectBook
 from nodepool.zk.store import ZooKeeperStore
@@ -126,9 +126,15 @@ def test_zuul_gets_what_the_protocol_needs_and_no_more():
     for path in ("/nodepool", "/nodepool/components/pool", "/nodepool/components/pool/h01",
                  "/nodepool/shared-quota", "/nodepool/shared-quota/p/claims/c"):
         assert perms(path) == R, path
-    # The chroot (Zuul creates /zuul next to /nodepool).
+    # The chroot (Zuul creates /zuul next to /nodepool), also when it is
+    # named /nodepool: connect() creates it with an "outside" client.
     assert perms("/ci") == R | C
-    assert perms("/nodepool", outside=True) == R | C
+    settings = ZooKeeperSettings(parse_hosts("127.0.0.1:2181/nodepool"), auth=AUTH)
+    bare = make_client(settings.with_chroot(""), outside=True)
+    assert [(a.id.scheme, a.perms) for a in bare.acl_of("/nodepool")] == \
+        [("auth", Permissions.ALL), ("x509", R | C), ("world", R)]
+    assert [(a.id.scheme, a.perms) for a in make_client(settings).acl_of("/nodepool")] == \
+        [("auth", Permissions.ALL), ("x509", R), ("world", R)]
     # A sequential create names its parent with a trailing slash.
     acl = acls.acl_for(AUTH, "/nodepool/nodes/")
     assert [(a.id.scheme, a.perms) for a in acl] == [("auth", Permissions.ALL),
