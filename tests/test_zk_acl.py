@@ -23,6 +23,7 @@ from nodepool.config import validate
 from nodepool.config.zookeeper import (ZooKeeperAuth, ZooKeeperTLS, parse_hosts,
                                        parse_identity)
 from nodepool.driver import registry
+from nodepool.launcher.launcher import Launcher
 from nodepool.quota import Resources
 from nodepool.requests.reaper import NodeReaper
 from nodepool.zk import acls, paths
@@ -31,9 +32,11 @@ from nodepool.zk.records import Node
 from nodepool.zk.shared_quota import ProjectBook
 from nodepool.zk.store import ZooKeeperStore
 from tests.conftest import TEST_ROOT
+from tests.fixtures.fakecloud import wait_for
 from tests.fixtures.zk import FakeBuilder, drive, start_pool, zuul_request
 from tests.test_cli_zk import nodepool, write_config
 from tests.test_config import EXAMPLE_CLOUDS, MINIMAL, errors, run
+from tests.test_launcher import write_config as launcher_config
 
 ZUUL_DN = "CN=nodepool-test-client"    # tools/zookeeper.py's client certificate
 AUTH = ZooKeeperAuth(username="np-launcher", password="s3cret",
@@ -398,6 +401,54 @@ def zuul_tracing():
         if not e2e._tracing_installed:
             e2e.tracing.Tracing(configparser.ConfigParser())
             e2e._tracing_installed = True
+
+
+def test_the_launcher_daemon_with_zookeeper_auth_serves_zuul(
+        tmp_path, make_fakecloud, acl_settings, zk_server, outsider, zuul_tracing):
+    """The real launcher from nodepool.yaml, the fakecloud over HTTP, Zuul's
+    own client with its certificate."""
+    cloud = make_fakecloud()
+    config = launcher_config(tmp_path, cloud, acl_settings, extra={"zookeeper-auth": {
+        "username": AUTH.username, "password": AUTH.password, "zuul": [f"x509:{ZUUL_DN}"]}})
+    assert config.zookeeper.auth is not None
+    launcher = Launcher(config, provider_options={"server_list_interval": 0.5,
+                                                  "leak_interval": 2.0})
+    launcher.start()
+    side = None
+    try:
+        side = _zuul_tls_side(zk_server, acl_settings.chroot)
+        import zuul.model
+        zreq = side.submit(["small"])
+        wait_for(lambda: side.completed(zreq.id), 30, what="Zuul's completion callback")
+        fetched = side.nodepool.getNodeRequest(zreq.id)
+        assert fetched.state == "fulfilled"
+        node = zuul.model.Node(["controller"], "small")
+        side.nodepool.updateNode(node, fetched.nodes[0])
+        side.nodepool.lockNode(node, timeout=30)
+        assert side.nodepool.deleteNodeRequest(fetched.id)
+
+        # (ZooKeeper shows digest ids only to those with ADMIN rights.)
+        me = _launcher_id(acl_settings)
+        assert _acl(launcher.client, paths.node_path(node.id)) == sorted(
+            [(*me, Permissions.ALL), ("x509", ZUUL_DN, R | W | C), ("world", "anyone", R)])
+        [pool] = outsider.get_children(paths.POOL_COMPONENT_ROOT)
+        assert _acl(launcher.client, f"{paths.POOL_COMPONENT_ROOT}/{pool}") == sorted(
+            [(*me, Permissions.ALL), ("x509", ZUUL_DN, R), ("world", "anyone", R)])
+        assert _refused(outsider.set, paths.node_path(node.id), b"{}")
+        assert _refused(outsider.create, paths.REQUEST_ROOT + "/100-", b"{}", sequence=True)
+
+        node.state = "in-use"
+        side.nodepool.storeNode(node)
+        node.state = "used"
+        side.nodepool.storeNode(node)
+        side.nodepool.unlockNode(node)
+        wait_for(lambda: not outsider.get_children(paths.NODE_ROOT), 30,
+                 what="the used node deleted")
+        wait_for(lambda: not cloud.servers(), 30, what="its server gone")
+    finally:
+        if side is not None:
+            side.close()
+        launcher.stop(wait=10)
 
 
 # -- the CLI ------------------------------------------------------------------------------
