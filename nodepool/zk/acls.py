@@ -106,6 +106,10 @@ class AclKazooClient(KazooClient):
     an ACL of its own."""
 
     def __init__(self, *args, acl_auth: ZooKeeperAuth, outside_only: bool = False, **kwargs):
+        if not callable(getattr(KazooClient, "_create_async_inner", None)):
+            # A kazoo without it would create every znode open, silently.
+            raise RuntimeError("this kazoo version has no KazooClient._create_async_inner; "
+                               "zookeeper-auth needs one that has it (2.9 to 2.11 do)")
         super().__init__(*args, **kwargs)
         self.acl_auth = acl_auth
         # The bare client that creates the chroot: every path it creates is
