@@ -25,8 +25,9 @@ from nodepool.config import schema
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems, check_unique
 from nodepool.config.model import (AddressPolicy, CloudSettings, Label, NodepoolConfig,
                                    TenantLimits, WebApp)
-from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
-                                ZooKeeperSettings, ZooKeeperTLS)
+from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperAuth,
+                                       ZooKeeperServer, ZooKeeperSettings, ZooKeeperTLS,
+                                       parse_identity)
 
 DEFAULT_CONFIG = "/etc/nodepool/nodepool.yaml"
 # Upstream's documented default ZooKeeper port is the TLS one.
@@ -121,7 +122,35 @@ def _build_zookeeper(data: dict, problems: Problems) -> ZooKeeperSettings | None
                 problems.error(["zookeeper-tls", key], f"file {tls_cfg[key]!r} does not exist "
                                                        "or is not a file")
     timeout = float(data.get("zookeeper-timeout", DEFAULT_SESSION_TIMEOUT))
-    return ZooKeeperSettings(servers, tls, timeout)
+    auth = _build_zookeeper_auth(data.get("zookeeper-auth"), tls, problems)
+    return ZooKeeperSettings(servers, tls, timeout, auth)
+
+
+def _build_zookeeper_auth(cfg: dict | None, tls: ZooKeeperTLS | None,
+                          problems: Problems) -> ZooKeeperAuth | None:
+    """``zookeeper-auth`` (schema-checked already): what goes together."""
+    if cfg is None:
+        return None
+    key = "zookeeper-auth"
+    username, password = cfg.get("username"), cfg.get("password")
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        problems.error([key, missing], "is required with "
+                       f"{'username' if missing == 'password' else 'password'}: the "
+                       "launcher authenticates with both (digest), or with neither and "
+                       "its TLS client certificate")
+    elif username is None and tls is None:
+        problems.error(key, "gives this launcher no identity: add username and password "
+                            "(digest), or zookeeper-tls with a client certificate")
+    if not cfg.get("zuul"):
+        problems.error([key, "zuul"], "is required: list the identities Zuul connects "
+                       "with, e.g. ['x509:CN=zuul.example.org'] (the subject of Zuul's "
+                       "TLS client certificate), or Zuul cannot submit requests")
+    return ZooKeeperAuth(
+        username=username, password=password,
+        zuul=tuple(parse_identity(i) for i in cfg.get("zuul") or ()),
+        launchers=tuple(parse_identity(i) for i in cfg.get("launchers") or ()),
+        world_readable=cfg.get("world-readable", True))
 
 
 def _names(drivers: MappingT[str, Any]) -> str:
@@ -202,7 +231,7 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
         problems.items.extend(secure_problems.items)
         if isinstance(secure, dict):
             # Upstream's secure file carries the ZooKeeper connection details.
-            for key in ("zookeeper-servers", "zookeeper-tls"):
+            for key in ("zookeeper-servers", "zookeeper-tls", "zookeeper-auth"):
                 if key in secure:
                     data[key] = secure[key]
         elif secure is not None:

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import voluptuous as v
 
+from nodepool.config.zookeeper import parse_identity
+
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -189,6 +191,32 @@ zookeeper_tls_schema = Dict({
     v.Required("ca"): NonEmptyStr,
 })
 
+def ZooKeeperUser(value: Any) -> str:
+    NonEmptyStr(value)
+    if ":" in value:
+        raise v.Invalid(f"a digest user name cannot contain ':', got {_shown(value)}")
+    return value
+
+
+def ZooKeeperIdentity(value: Any) -> str:
+    """``<scheme>:<id>``, e.g. ``x509:CN=zuul.example.org``."""
+    NonEmptyStr(value)
+    try:
+        parse_identity(value)
+    except ValueError as e:
+        raise v.Invalid(str(e)) from None
+    return value
+
+
+# Which fields go together, and that Zuul is named, the loader checks.
+zookeeper_auth_schema = Dict({
+    "username": ZooKeeperUser,
+    "password": NonEmptyStr,
+    "zuul": ListOf(ZooKeeperIdentity),
+    "launchers": ListOf(ZooKeeperIdentity),
+    "world-readable": Bool,
+})
+
 tenant_limit_schema = Dict({
     v.Required("tenant-name"): NonEmptyStr,
     "max-servers": Int(0, NEGATIVE_LIMIT),
@@ -208,6 +236,7 @@ top_level_schema = Dict({
     "zookeeper-servers": ListOf(zookeeper_server_schema),
     "zookeeper-tls": zookeeper_tls_schema,
     "zookeeper-timeout": Number(positive=True),
+    "zookeeper-auth": zookeeper_auth_schema,
     "webapp": webapp_schema,
     "labels": ListOf(label_schema),
     "max-hold-age": Int(0),
