@@ -478,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"nodepool {args.command}: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if type(e).__name__ != "NoAuthError":   # kazoo's, imported only with ZooKeeper
+            raise
+        print(f"nodepool {args.command}: ZooKeeper refused it (NoAuth): the znode's ACL "
+              f"does not admit this identity; give {args.config} the zookeeper-auth of "
+              "the launchers (doc/operations.rst, \"ZooKeeper ACLs\")", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
