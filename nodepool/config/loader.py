@@ -22,6 +22,7 @@ import yaml
 
 from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
+from nodepool.config.diskimages import build_diskimages
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems, check_unique
 from nodepool.config.model import (AddressPolicy, CloudSettings, Label, NodepoolConfig,
                                    TenantLimits, WebApp)
@@ -42,8 +43,9 @@ class ProviderParser(Protocol):
     def schema(self) -> Callable[[Any], Any]: ...
 
     @property
-    def build(self) -> Callable[[int, dict, dict[str, Label], Problems,
-                                 CloudSettings | None], Any]: ...
+    def build(self) -> Callable[..., Any]:
+        """``(index, entry, labels, problems, cloud_settings)``, and
+        ``diskimages=`` when the parser's ``uses_diskimages`` is true."""
 
     @property
     def warn(self) -> Callable[[int, dict, Problems], None] | None: ...
@@ -211,10 +213,8 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
     for p, msg in schema.voluptuous_problems(schema.top_level_schema, data):
         problems.error(p, msg)
     _warn_upstream_off_values(data, problems)
-    for key in schema.BUILDER_TOP_LEVEL_KEYS:
-        if key in data:
-            problems.warning(key, "belongs to upstream's nodepool-builder, which this "
-                                  "launcher does not serve; it is ignored")
+    diskimages = build_diskimages(_valid_items(data.get("diskimages"), schema.diskimage_schema),
+                                  problems)
 
     providers_cfg = data.get("providers") if isinstance(data.get("providers"), list) else []
     entries: list[tuple[int, dict, ProviderParser]] = []
@@ -279,8 +279,11 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
     for i, prov, driver in entries:
         try:
             cloud = prov.get("cloud") if driver.uses_clouds_yaml else None
+            extra = {"diskimages": diskimages} if getattr(driver, "uses_diskimages",
+                                                          False) else {}
             built = driver.build(i, prov, labels, problems,
-                                 cloud_settings.get(cloud) if isinstance(cloud, str) else None)
+                                 cloud_settings.get(cloud) if isinstance(cloud, str) else None,
+                                 **extra)
         except (KeyError, TypeError, AttributeError, ValueError):
             # Only a provider whose schema errors are already reported may
             # trip the builder; anything else is our bug and must surface.
@@ -306,7 +309,8 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
                       webapp_cfg.get("listen_address", "127.0.0.1")),
         labels=labels, providers=providers, tenant_limits=tenant_limits,
         max_hold_age=data.get("max-hold-age") or None,
-        clouds_file=next((c.clouds_file for c in cloud_settings.values()), None))
+        clouds_file=next((c.clouds_file for c in cloud_settings.values()), None),
+        diskimages=diskimages)
     return config, all_problems
 
 

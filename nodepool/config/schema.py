@@ -1,9 +1,10 @@
 """The voluptuous schema of nodepool.yaml.
 
-It accepts upstream Nodepool 11's documented keys for OpenStack providers, so an
-operator's existing file loads unchanged.  Keys that only upstream's builder or
-other drivers use are accepted here and reported by the loader as "not served
-by this launcher" rather than rejected as typos.
+It accepts upstream Nodepool 11's documented keys for OpenStack providers and
+for its image builder, so an operator's existing file loads unchanged.  Keys
+that only upstream's builder uses are accepted quietly (the builder runs
+beside this launcher); other drivers' providers are reported by the loader as
+"not served by this launcher" rather than rejected as typos.
 
 Type checks are as strict as upstream's (``true`` is not an integer, ``"10"``
 is not an integer) and lenient where upstream is: ``rate`` may be a number in a
@@ -200,9 +201,28 @@ tenant_limit_schema = Dict({
     Str: Int(0, NEGATIVE_LIMIT),
 })
 
-# Builder-only keys: the loader reports them as not served, they are not typos.
-BUILDER_TOP_LEVEL_KEYS = ("diskimages", "elements-dir", "images-dir",
-                          "build-log-dir", "build-log-retention")
+# Upstream's top-level diskimages entry (nodepool-builder's schema).  The
+# launcher reads name, parent, abstract, username, python-path and
+# shell-type; the rest is the builder's, accepted quietly.
+diskimage_schema = Dict({
+    v.Required("name"): NonEmptyStr,
+    "abstract": Bool,
+    "parent": NonEmptyStr,
+    "dib-cmd": Str,
+    "pause": Bool,
+    "elements": ListOf(Str),
+    "formats": ListOf(Str),
+    "keep-formats": ListOf(Str),
+    "delete-after-upload": Bool,
+    "release": v.Any(Str, Int(), msg="expected a string or an integer"),
+    "rebuild-age": Int(),
+    "build-timeout": Int(),
+    "env-vars": v.Schema({Str: Str}),
+    "username": NonEmptyStr,
+    "python-path": NonEmptyStr,
+    "shell-type": NonEmptyStr,
+    "metadata": Mapping,
+})
 
 top_level_schema = Dict({
     "zookeeper-servers": ListOf(zookeeper_server_schema),
@@ -214,7 +234,8 @@ top_level_schema = Dict({
     "tenant-resource-limits": ListOf(tenant_limit_schema),
     # Each provider is checked by its driver's schema in the loader.
     "providers": ListOf(Mapping),
-    "diskimages": ListOf(Mapping),
+    "diskimages": ListOf(diskimage_schema),
+    # Only upstream's builder uses these; accepted quietly.
     "elements-dir": Str,
     "images-dir": Str,
     "build-log-dir": Str,
@@ -301,8 +322,9 @@ openstack_provider_schema = Dict({
     "port-cleanup-interval": Int(0),
     "cloud-images": ListOf(cloud_image_schema),
     "pools": ListOf(pool_schema),
-    # Upstream keys that serve its image builder; accepted, reported by the loader.
+    # Images built and uploaded by upstream's nodepool-builder.
     "diskimages": ListOf(provider_diskimage_schema),
+    # Upstream keys that serve its image builder; accepted, reported by the loader.
     "image-upload-timeout": Int(1),
     "image-name-format": NonEmptyStr,
     "post-upload-hook": Str,
