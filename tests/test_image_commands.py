@@ -218,3 +218,48 @@ def test_upstreams_cli_prints_the_same_image_tables(tmp_path, zk_tls_settings, c
         def without_age(rows):
             return sorted([c for i, c in enumerate(r) if i not in age_cols] for r in rows)
         assert without_age(our_rows) == without_age(their_rows), command
+
+
+def test_status_api_image_endpoints_answer_the_builders_records(tmp_path, zk_settings,
+                                                                builder_records):
+    from nodepool.config import load_config
+    from nodepool.driver import registry
+    from nodepool.launcher.launcher import Launcher
+    from tests.test_upstream_compat import JSON, http
+
+    zk = builder_records
+    zk.create(f"{IMAGES}/third/pause", makepath=True)
+    zk.create(f"{IMAGES}/fake-image/request-build", makepath=True)
+    path = write_config(tmp_path, zk_settings)
+    data = yaml.safe_load(open(path))
+    data["webapp"] = {"port": 0}
+    open(path, "w").write(yaml.safe_dump(data))
+    config, _ = load_config(path, drivers=registry.drivers())
+    launcher = Launcher(config)
+    launcher.start()
+    try:
+        port = launcher.webapp.port
+        status, headers, body = http(port, "/image-list", **JSON)
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        uploads = json.loads(body)
+        assert [(u["id"], u["provider"], u["state"]) for u in uploads] == [
+            (BUILD_A, "region1", "ready"), (BUILD_B, "region1", "ready"),
+            (BUILD_B, "region2", "uploading")]
+        assert uploads[0] == {"id": BUILD_A, "upload_id": "0000000001",
+                              "provider": "region1", "image": "fake-image",
+                              "external_name": "fake-image-1796580821",
+                              "external_id": "628a0914-67cf-490b-923a-5f2b165edd2c",
+                              "state": "ready", "age": 1796580821}
+        headers_, rows = table(http(port, "/dib-image-list")[2].decode())
+        assert headers_ == ["ID", "Image", "Builder", "Formats", "State", "Age"]
+        assert [r[4] for r in rows] == ["ready", "ready", "paused"]
+        status, _, body = http(port, "/image-status.json")
+        statuses = json.loads(body)
+        assert [(s["image"], s["paused"], s["build_request"]) for s in statuses] == [
+            ("fake-image", False, "pending"), ("third", True, None)]
+        assert isinstance(statuses[0]["build_request_age"], int)
+        headers_, rows = table(http(port, "/image-status?fields=image,paused")[2].decode())
+        assert (headers_, rows) == (["Image", "Paused"], [["fake-image", "False"],
+                                                          ["third", "True"]])
+    finally:
+        launcher.stop(wait=10)
