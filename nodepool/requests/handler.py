@@ -224,6 +224,8 @@ class NodeRequestHandler:
                 report.deferred.append(request.id)
                 continue
             reasons = protocol.decline_reasons(request, self.pool)
+            if not reasons:
+                reasons = self._images_reasons(request.node_types)
             if not reasons and self._capacity(request.node_types) is Capacity.NEVER:
                 reasons = ["it would never fit the provider's quota"]
             if not reasons:
@@ -275,6 +277,24 @@ class NodeRequestHandler:
         self._active[request_id] = active
         report.accepted.append(request_id)
         self._advance(active, report)
+
+    def _images_reasons(self, labels) -> list[str]:
+        """Upstream's "images are not available": a label's diskimage has
+        no READY upload for this provider, so another provider may serve
+        the request (checked before quota, as upstream does)."""
+        unavailable = getattr(self.builder, "unavailable_images", None)
+        if unavailable is None:
+            return []
+        try:
+            missing = unavailable(list(labels), pool=self.pool.pool_name)
+        except Exception:
+            log.exception("pool %s: image availability check failed; declining nothing",
+                          self.pool.pool_id)
+            return []
+        if not missing:
+            return []
+        return [f"images are not available: no READY upload of "
+                f"{', '.join(sorted(set(missing)))} for this provider"]
 
     def _tenant_capacity(self, request) -> Capacity:
         try:

@@ -61,6 +61,8 @@ class LabelPlan:
     image: dict
     network_ids: list[str]
     cost: Resources
+    # A diskimage label: the upload booted (its znode path), the node's image_id.
+    image_path: str | None = None
 
 
 class CreateMachine:
@@ -118,8 +120,9 @@ class CreateMachine:
             out["host_id"] = s.get("hostId") or None
             out["az"] = s.get("OS-EXT-AZ:availability_zone") or self.spec.az or None
         image = self.label.cloud_image
+        image_id = self.plan.image_path if self.plan and self.plan.image_path else image.name
         out.update(cloud=self.ctx.cloud_name, region=self.ctx.region_name,
-                   image_id=image.name, username=image.username or "zuul",
+                   image_id=image_id, username=image.username or "zuul",
                    connection_type=image.connection_type,
                    connection_port=image.connection_port, python_path=image.python_path,
                    shell_type=image.shell_type)

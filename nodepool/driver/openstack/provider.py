@@ -39,6 +39,7 @@ from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLe
                             Resources, label_cost)
 from nodepool.quota.ledger import STALE_AFTER_DELETE
 from nodepool.quota.shared import SharedQuota
+from nodepool.zk.image_records import ImageUpload
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
                                        DeleteStatus, NodeInfo)
@@ -128,8 +129,12 @@ class OpenStackProvider(LoopedProvider):
                  shared_quota: SharedQuota | None = None,
                  api_share: Callable[[], int] | None = None,
                  is_leak_cleaner: Callable[[], bool] | None = None,
-                 build_progress: Callable[[], None] | None = None):
+                 build_progress: Callable[[], None] | None = None,
+                 image_upload: Callable[[str, str], ImageUpload | None] | None = None):
         self.config = config                   # config.model.Provider
+        # (diskimage, provider) -> the newest READY upload by upstream's
+        # builder (the launcher's image cache); None: no diskimage is served.
+        self.image_upload = image_upload
         # Other launchers on the same cloud project (doc/multiple-launchers.rst):
         # their claims, how many of us split the API budget, and whether
         # this launcher is the project's leak cleaner.
@@ -470,10 +475,25 @@ class OpenStackProvider(LoopedProvider):
         if not self.catalog.loaded("flavors", "images", "networks"):
             return None, "reading flavors, images and networks", False
         image_cfg = label.cloud_image
+        upload = None
+        diskimage = getattr(label, "diskimage", None)
+        if diskimage is not None:
+            # Chosen now, once per build: should the builder delete this
+            # upload while the server boots, the build goes on with it.
+            upload = self._newest_upload(diskimage.name)
+            if upload is None:
+                return None, (f"diskimage {diskimage.name} has no READY upload for provider "
+                              f"{self.name}"), True
         flavor = pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
                              min_ram=label.min_ram)
-        image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
-                               image_name=image_cfg.image_name, fallback_name=image_cfg.name)
+        if upload is not None:
+            # Booted by its id, as upstream does: no search of the catalog.
+            image: Any = {"id": upload.external_id,
+                          "name": upload.external_name or upload.external_id}
+        else:
+            image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
+                                   image_name=image_cfg.image_name,
+                                   fallback_name=image_cfg.name)
         nets = []
         missing = []
         # Each miss is noted (so its list is re-read) before deciding whether
@@ -502,7 +522,30 @@ class OpenStackProvider(LoopedProvider):
         cost = label_cost(int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0),
                           boot_from_volume=label.boot_from_volume,
                           volume_size_gb=label.volume_size if label.boot_from_volume else 0)
-        return LabelPlan(dict(flavor), dict(image), nets, cost), None, False
+        return LabelPlan(dict(flavor), dict(image), nets, cost,
+                         image_path=upload.path if upload is not None else None), None, False
+
+    def _newest_upload(self, diskimage: str) -> ImageUpload | None:
+        if self.image_upload is None:
+            return None
+        try:
+            return self.image_upload(diskimage, self.name)
+        except Exception:  # the cache's bug must not stop planning
+            log.exception("%s: looking up the uploads of diskimage %s failed", self.name,
+                          diskimage)
+            return None
+
+    def unavailable_images(self, labels: Sequence[str], pool: str | None = None) -> list[str]:
+        """The diskimages of these labels (in ``pool``) that have no READY
+        upload for this provider now: upstream's launcher declines a
+        request for them, so that a provider that has one may serve it."""
+        missing = []
+        for name in labels:
+            found = self._find_label(name, pool)
+            disk = getattr(found[1], "diskimage", None) if found else None
+            if disk is not None and self._newest_upload(disk.name) is None:
+                missing.append(disk.name)
+        return missing
 
     def _log_unservable(self, label: Any, pool: Any, problem: str) -> None:
         """config-validate cannot see the cloud's catalog, so this is where a
