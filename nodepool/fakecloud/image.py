@@ -3,7 +3,7 @@ image builder needs: create, upload (``PUT .../file``), stage and import, delete
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nodepool.fakecloud.errors import api_error, error_response
 from nodepool.fakecloud.image_store import IMPORT_METHODS, ImageError, StoredImage
@@ -101,19 +101,18 @@ def register(router: Router, cloud: "FakeCloud") -> None:
                         {"Location": f"{req.base_url}/image/v2/images/{img.id}",
                          "OpenStack-image-import-methods": ",".join(IMPORT_METHODS)})
 
-    def upload_file(req: Request) -> Response:
-        try:
-            state.images.upload(req.params["image_id"], req.body, req.project.id)
-        except ImageError as e:
-            return _refused(e)
-        return Response(204)
-
-    def stage(req: Request) -> Response:
-        try:
-            state.images.stage(req.params["image_id"], req.body, req.project.id)
-        except ImageError as e:
-            return _refused(e)
-        return Response(204)
+    def no_content(action: Callable[..., Any]) -> Callable[[Request], Response]:
+        """A route answering 204 once ``action(image_id, ..., project_id)`` is done."""
+        def handler(req: Request) -> Response:
+            args: list[Any] = [req.params["image_id"]]
+            if req.method == "PUT":
+                args.append(req.body)
+            try:
+                action(*args, req.project.id)
+            except ImageError as e:
+                return _refused(e)
+            return Response(204)
+        return handler
 
     def start_import(req: Request) -> Response:
         body = req.json(lambda m: api_error("image", 400, m))
@@ -122,13 +121,6 @@ def register(router: Router, cloud: "FakeCloud") -> None:
         except ImageError as e:
             return _refused(e)
         return Response(202, "")
-
-    def delete_image(req: Request) -> Response:
-        try:
-            state.images.delete(req.params["image_id"], req.project.id)
-        except ImageError as e:
-            return _refused(e)
-        return Response(204)
 
     def import_info(req: Request) -> Response:
         return Response(200, {"import-methods": {"description": "Import methods available.",
@@ -140,8 +132,11 @@ def register(router: Router, cloud: "FakeCloud") -> None:
     router.add("GET", "/image/v2/images", list_images, "image")
     router.add("GET", "/image/v2/images/{image_id}", get_image, "image")
     router.add("POST", "/image/v2/images", create_image, "image")
-    router.add("PUT", "/image/v2/images/{image_id}/file", upload_file, "image")
-    router.add("PUT", "/image/v2/images/{image_id}/stage", stage, "image")
+    router.add("PUT", "/image/v2/images/{image_id}/file", no_content(state.images.upload),
+               "image")
+    router.add("PUT", "/image/v2/images/{image_id}/stage", no_content(state.images.stage),
+               "image")
     router.add("POST", "/image/v2/images/{image_id}/import", start_import, "image")
-    router.add("DELETE", "/image/v2/images/{image_id}", delete_image, "image")
+    router.add("DELETE", "/image/v2/images/{image_id}", no_content(state.images.delete),
+               "image")
     router.add("GET", "/image/v2/info/import", import_info, "image")

@@ -200,17 +200,24 @@ class ImageStore:
         img.hash_value = hashlib.sha512(data).hexdigest()
         img.updated = datetime.now(timezone.utc)
 
-    def upload(self, image_id: str, data: bytes, project_id: str) -> StoredImage:
-        """``PUT /v2/images/{id}/file``: the data, then ``active``."""
+    def _receive(self, image_id: str, data: bytes, project_id: str,
+                 status: str) -> StoredImage:
         with self.lock:
             img = self._owned(image_id, project_id)
             if img.status != "queued":
-                raise ImageError(409, f"Image status transition from {img.status} to saving "
-                                      f"is not allowed")
-            if img.disk_format is None or img.container_format is None:
+                raise ImageError(409, f"Image status transition from {img.status} to "
+                                      f"{status} is not allowed")
+            if status == "saving" and (img.disk_format is None or
+                                       img.container_format is None):
                 raise ImageError(400, "Properties disk_format, container_format must be set "
                                       "prior to saving data.")
             self._take_data(img, data)
+            return img
+
+    def upload(self, image_id: str, data: bytes, project_id: str) -> StoredImage:
+        """``PUT /v2/images/{id}/file``: the data, then ``active``."""
+        with self.lock:
+            img = self._receive(image_id, data, project_id, "saving")
             img.status = "active"
             self.uploads += 1
             return img
@@ -218,11 +225,7 @@ class ImageStore:
     def stage(self, image_id: str, data: bytes, project_id: str) -> StoredImage:
         """``PUT /v2/images/{id}/stage``: the data waits in ``uploading`` for an import."""
         with self.lock:
-            img = self._owned(image_id, project_id)
-            if img.status != "queued":
-                raise ImageError(409, f"Image status transition from {img.status} to "
-                                      f"uploading is not allowed")
-            self._take_data(img, data)
+            img = self._receive(image_id, data, project_id, "uploading")
             img.status = "uploading"
             return img
 

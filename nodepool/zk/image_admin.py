@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Callable, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NoNodeError, NodeExistsError
@@ -30,6 +31,8 @@ from nodepool.zk import paths
 from nodepool.zk.image_records import (BUILDING, DELETING, UPLOADING, ImageBuild, ImageUpload,
                                        build_from_json, upload_from_json)
 from nodepool.zk.records import MalformedRecord
+
+R = TypeVar("R")
 
 
 class ImageActionRefused(Exception):
@@ -64,22 +67,29 @@ def _store(client: KazooClient, path: str, data: bytes, version: int) -> None:
         raise ImageActionRefused(f"{path} was removed meanwhile") from None
 
 
+def _read(client: KazooClient, path: str, parse: Callable[[bytes], R],
+          missing: str) -> tuple[R, int]:
+    """The record at ``path`` and its version; refused when absent or unreadable."""
+    try:
+        data, stat = client.get(path)
+    except NoNodeError:
+        raise ImageActionRefused(missing) from None
+    try:
+        return parse(data), stat.version
+    except MalformedRecord as e:
+        raise ImageActionRefused(str(e)) from None
+
+
 def mark_build_deleting(client: KazooClient, image: str, build_id: str) -> ImageBuild:
     """``nodepool dib-image-delete <image>-<build>``: the build and, through
     the builder, all its uploads go."""
     path = paths.image_build_path(image, build_id)
-    try:
-        data, stat = client.get(path)
-    except NoNodeError:
-        raise ImageActionRefused(f"Build {image}-{build_id} not found") from None
-    try:
-        build = build_from_json(data, image, build_id, path)
-    except MalformedRecord as e:
-        raise ImageActionRefused(str(e)) from None
+    build, version = _read(client, path, lambda d: build_from_json(d, image, build_id, path),
+                           f"Build {image}-{build_id} not found")
     if build.state == BUILDING:
         raise ImageActionRefused("Cannot delete a build in progress")
     marked = dataclasses.replace(build, state=DELETING, state_time=time.time())
-    _store(client, path, marked.to_json(), stat.version)
+    _store(client, path, marked.to_json(), version)
     return marked
 
 
@@ -87,16 +97,11 @@ def mark_upload_deleting(client: KazooClient, image: str, build_id: str, provide
                          upload_id: str) -> ImageUpload:
     """``nodepool image-delete``: one upload goes from one provider's cloud."""
     path = paths.image_upload_path(image, build_id, provider, upload_id)
-    try:
-        data, stat = client.get(path)
-    except NoNodeError:
-        raise ImageActionRefused("Image upload not found") from None
-    try:
-        upload = upload_from_json(data, image, build_id, provider, upload_id, path)
-    except MalformedRecord as e:
-        raise ImageActionRefused(str(e)) from None
+    upload, version = _read(
+        client, path, lambda d: upload_from_json(d, image, build_id, provider, upload_id, path),
+        "Image upload not found")
     if upload.state == UPLOADING:
         raise ImageActionRefused("Cannot delete because image upload in progress")
     marked = dataclasses.replace(upload, state=DELETING, state_time=time.time())
-    _store(client, path, marked.to_json(), stat.version)
+    _store(client, path, marked.to_json(), version)
     return marked
