@@ -158,3 +158,20 @@ def merged_images(boot_seconds: float) -> dict:
 def _fast_housekeeping(monkeypatch):
     # Housekeeping runs at start and when the test calls it.
     monkeypatch.setattr(launcher_mod, "HOUSEKEEPING_INTERVAL", 3600.0)
+
+
+def test_a_reload_that_adds_diskimages_starts_the_image_cache(
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
+    cloud = make_fakecloud(IMAGES)
+    zk = store.client
+    launcher = run_launcher(write_config(tmp_path, cloud, zk_settings))
+    assert launcher.images is None and not zk.exists("/nodepool/images")
+    build = write_build(zk, "ubuntu")
+    upload = write_upload(zk, "ubuntu", build, "fake", external_id="glance-new")
+    assert launcher.reload(dib_config(tmp_path, cloud, zk_settings))
+    req = zuul_request(store, ["dib"])
+    done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+    assert done.state == "fulfilled" and store.get_node(done.nodes[0]).image_id == upload
+    # And one that removes them stops it.
+    assert launcher.reload(write_config(tmp_path, cloud, zk_settings))
+    assert launcher.images is None

@@ -36,7 +36,7 @@ from kazoo.client import KazooClient
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from nodepool.zk import paths
-from nodepool.zk.cache import tree_queue_sizes
+from nodepool.zk.cache import confirm_added, tree_queue_sizes, znode_event
 from nodepool.zk.image_records import (ImageBuild, ImageUpload, build_from_json,
                                        newest_ready_upload, upload_from_json)
 from nodepool.zk.records import MalformedRecord
@@ -133,19 +133,10 @@ class ImageCache:
     # -- TreeCache events (on the TreeCache's thread) --------------------------
 
     def _on_event(self, event) -> None:
-        kind = event.event_type
-        if kind == TreeEvent.INITIALIZED:
-            self._synced.set()
-            self._changed()
+        triaged = znode_event(event, self._synced, self._changed)
+        if triaged is None:
             return
-        if kind == TreeEvent.CONNECTION_LOST:
-            self._synced.clear()
-            return
-        if kind not in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED):
-            return
-        data = event.event_data
-        if data is None:
-            return
+        kind, data = triaged
         what = paths.parse_image_path(data.path)
         if what is None:
             return
@@ -154,7 +145,9 @@ class ImageCache:
         else:
             self._apply(what, data.path, data.data, data.stat)
             if kind == TreeEvent.NODE_ADDED:
-                self._confirm_added(what, data.path)
+                # A stale READY upload would be booted from after the
+                # builder deleted it (see nodepool.zk.cache.confirm_added).
+                confirm_added(self.client, data.path, lambda: self._gone(what, data.path))
 
     def _apply(self, what: tuple[str, ...], path: str, data: bytes | None, stat) -> None:
         kind, image = what[0], what[1]
@@ -202,26 +195,9 @@ class ImageCache:
         else:
             self._uploads.pop((image, what[2], what[3], what[4]), None)
 
-    # kazoo's TreeCache can re-add a znode deleted while its data read was
-    # in flight, and then never remove it (python-zk/kazoo#645; see
-    # nodepool.zk.cache).  A stale READY upload would be booted from after
-    # the builder deleted it, so look once after each addition.
-    def _confirm_added(self, what: tuple[str, ...], path: str) -> None:
-        try:
-            result = self.client.exists_async(path)
-        except Exception:  # noqa: BLE001 - closing; a restart re-reads everything
-            return
-
-        def check(result) -> None:
-            try:
-                if result.get() is not None:
-                    return
-            except Exception:  # noqa: BLE001 - disconnected: the re-read repairs it
-                return
-            log.debug("image cache: %s gone in ZooKeeper; dropped", path)
-            self._remove(what, path)
-
-        result.rawlink(check)
+    def _gone(self, what: tuple[str, ...], path: str) -> None:
+        log.debug("image cache: %s gone in ZooKeeper; dropped", path)
+        self._remove(what, path)
 
     def _changed(self) -> None:
         if self._on_change is not None:
