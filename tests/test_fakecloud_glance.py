@@ -93,3 +93,19 @@ def test_glance_refusals(tmp_path, fakecloud, fakecloud_connect):
     assert resp.status_code == 409 and "uploading" in resp.text  # nothing staged
     resp = conn.image.post(f"/images/{queued.id}/import", json={"method": {"name": "copy"}})
     assert resp.status_code == 400
+
+
+def test_upload_of_unknown_length_arrives_chunked(fakecloud, fakecloud_connect):
+    conn = fakecloud_connect(fakecloud)
+    image = conn.image.post("/images", json={"name": "streamed", "disk_format": "raw",
+                                             "container_format": "bare"}).json()
+    parts = [b"a" * 1000, b"b" * 70000, b"c"]
+    # A generator has no length: requests sends it with Transfer-Encoding: chunked.
+    resp = conn.image.put(f"/images/{image['id']}/file", data=(p for p in parts),
+                          headers={"Content-Type": "application/octet-stream"})
+    assert resp.status_code == 204
+    got = conn.image.get(f"/images/{image['id']}").json()
+    assert got["status"] == "active" and got["size"] == 71001
+    assert got["checksum"] == hashlib.md5(b"".join(parts)).hexdigest()  # noqa: S324
+    # The connection is still usable after the chunked body.
+    assert conn.image.get(f"/images/{image['id']}").status_code == 200
