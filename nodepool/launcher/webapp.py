@@ -4,8 +4,9 @@ As upstream's: ``/node-list`` (``?node_id=``), ``/request-list`` and
 ``/label-list`` answer a table, or JSON with upstream's keys when the client
 sends ``Accept: application/json``; ``?fields=a,b`` narrows the table's
 columns (JSON keeps every key, as upstream's).  ``/image-list``,
-``/dib-image-list`` and ``/image-status`` are empty: this launcher builds no
-images.  ``/ready`` answers ``OK`` once the launcher serves (503 before).
+``/dib-image-list`` and ``/image-status`` show what upstream's
+nodepool-builder keeps in ZooKeeper (read afresh at most once a second, as
+every answer).  ``/ready`` answers ``OK`` once the launcher serves (503 before).
 Every answer is cached for one second and carries upstream's headers
 (``Access-Control-Allow-Origin: *``, ``Cache-Control: max-age=1, public``,
 ``Last-Modified``, ``Expires``); ``If-Modified-Since``, ``Range`` and
@@ -287,14 +288,21 @@ class _Handler(BaseHTTPRequestHandler):
         labels = self.launcher.store.label_names(cached=True)
         return self._view(tables.label_view(labels), as_json, query)
 
+    def _images(self):
+        from nodepool.zk.image_reader import read_images
+        return read_images(self.launcher.client)
+
     def image_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
-        return self._view(([], tables.IMAGE_LIST_COLUMNS), as_json, query)
+        return self._view(tables.image_list_view(self._images().uploads), as_json, query)
 
     def dib_image_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
-        return self._view(([], tables.DIB_IMAGE_LIST_COLUMNS), as_json, query)
+        snap = self._images()
+        return self._view(tables.dib_image_list_view(snap.builds, snap.paused), as_json, query)
 
     def image_status(self, as_json: bool, query: dict) -> tuple[int, str, str]:
-        return self._view(([], tables.IMAGE_STATUS_COLUMNS), as_json, query)
+        snap = self._images()
+        return self._view(tables.image_status_view(snap.images, snap.paused, snap.requests),
+                          as_json, query)
 
     def ready(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         ok = self.launcher.started.is_set() and bool(
