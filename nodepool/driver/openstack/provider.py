@@ -164,7 +164,10 @@ class OpenStackProvider(LoopedProvider):
         self._cloud = cloud
         self._connect_call: ApiCall | None = None
         self._reconnect = False
-        self._retired_clouds: list[OpenStackCloud] = []
+        # Replaced connections (when retired), closed once every call that
+        # could still use one has ended or been written off by the gate.
+        self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
+        self.retired_close_after = self.gate.deadline
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
                                        clock)
         # One project-wide port list for the servers that wait for a
@@ -302,9 +305,10 @@ class OpenStackProvider(LoopedProvider):
     def stop(self, wait: float = 10.0) -> None:
         self._loop.stop(wait)
         self.gate.shutdown(wait=1.0)
-        for cloud in [self._cloud, *self._retired_clouds]:
+        for cloud in [self._cloud, *(c for _, c in self._retired_clouds)]:
             if cloud is not None:
                 cloud.close()
+        self._retired_clouds = []
 
     def _tick(self) -> None:
         """One pass: never blocks, safe to repeat."""
@@ -313,6 +317,8 @@ class OpenStackProvider(LoopedProvider):
                 self._connect()
                 if self._cloud is None:
                     return
+            if self._retired_clouds:
+                self._close_retired()
             if self.api_share is not None:
                 self.gate.set_share(self.api_share())
             if self.shared_quota is not None:
@@ -385,10 +391,20 @@ class OpenStackProvider(LoopedProvider):
                       self.cloud_name, errors.classify(e))
             return
         if self._cloud is not None and self._cloud is not cloud:
-            # Calls in flight may still use it; closed when the provider stops.
-            self._retired_clouds.append(self._cloud)
+            # Calls in flight may still use it; closed after the gate's deadline.
+            self._retired_clouds.append((self.clock(), self._cloud))
         self._cloud = cloud
         self._reconnect = False
+
+    def _close_retired(self) -> None:
+        now = self.clock()
+        keep = []
+        for retired_at, cloud in self._retired_clouds:
+            if now - retired_at > self.retired_close_after:
+                cloud.close()
+            else:
+                keep.append((retired_at, cloud))
+        self._retired_clouds = keep
 
     def _tell_shared_quota(self, deleted: list[str]) -> None:
         """Attempts that left the ledger this pass, and servers we saw gone
