@@ -169,7 +169,7 @@ class OpenStackProvider(LoopedProvider):
         self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
         self.retired_close_after = self.gate.deadline
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
-                                       clock)
+                                       clock, confirm_gone=True, is_partial=srv.is_partial)
         # One project-wide port list for the servers that wait for a
         # floating IP, instead of a ``ports?device_id=`` lookup per server.
         self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
