@@ -197,17 +197,19 @@ def test_one_list_missing_servers_is_not_proof_that_they_are_gone(harness):
 
 def test_a_server_missing_from_two_lists_is_gone():
     from nodepool.driver.gate import ApiGate
-    from nodepool.driver.openstack.servers import is_partial
+    from nodepool.driver.openstack.servers import is_deleting, is_partial
     from nodepool.driver.server_list import ServerListCache
     lists = [[{"id": "a", "status": "ACTIVE", "metadata": {"k": "v"}},
-              {"id": "b", "status": "ACTIVE", "metadata": {}}],
-             [{"id": "a", "status": "UNKNOWN"}],         # b missing, a partial
+              {"id": "b", "status": "ACTIVE", "metadata": {}},
+              {"id": "c", "status": "ACTIVE", "OS-EXT-STS:task_state": "deleting"}],
+             [{"id": "a", "status": "UNKNOWN"}],         # b, c missing, a partial
              [{"id": "a", "status": "ACTIVE", "metadata": {"k": "v"}}],   # b missing again
              []]
     now = [1000.0]
     gate = ApiGate("p", deadline=5, clock=lambda: now[0])
     cache = ServerListCache(gate, lambda: lists.pop(0), interval=1.0, clock=lambda: now[0],
-                            confirm_gone=True, is_partial=is_partial)
+                            confirm_gone=lambda s: not is_deleting(s),
+                            is_partial=is_partial)
     snapshots = []
     try:
         while lists:
@@ -221,8 +223,9 @@ def test_a_server_missing_from_two_lists_is_gone():
     finally:
         gate.shutdown()
     first, second, third, fourth = snapshots
-    assert set(first.servers) == {"a", "b"}
-    # b is kept as last seen; a keeps its metadata though its cell said little.
+    assert set(first.servers) == {"a", "b", "c"}
+    # b is kept as last seen (c was being deleted: gone as expected); a
+    # keeps its metadata though its cell said little.
     assert set(second.servers) == {"a", "b"} and second.unconfirmed == {"b"}
     assert second.servers["a"]["metadata"] == {"k": "v"}
     assert second.servers["a"]["status"] == "UNKNOWN"

@@ -9,7 +9,8 @@ One list is not proof that a server is gone (``confirm_gone``): nova leaves
 out the servers of a cell that does not answer, and one such list would
 free their quota, fail their builds and drop their claims.  A server missing
 from a list stays in the snapshot, as last seen, until the next list misses
-it too; and a partial record of a server
+it too (unless ``confirm_gone`` says its last record needs no second look:
+a server last seen being deleted is expected to go); and a partial record of a server
 (``is_partial``: all a down cell lets nova say) keeps the fields last seen.
 """
 
@@ -62,7 +63,7 @@ class ServerListCache:
     def __init__(self, gate: ApiGate, fetch: Callable[[], list[dict]], interval: float,
                  clock: Callable[[], float] = time.monotonic, *,
                  kind: str = "compute.list_servers", idle_refresh: bool = True,
-                 confirm_gone: bool = False,
+                 confirm_gone: Callable[[dict], bool] | None = None,
                  is_partial: Callable[[dict], bool] | None = None):
         self.gate = gate
         self.kind = kind
@@ -96,11 +97,12 @@ class ServerListCache:
                 known = previous.get(server_id)
                 if known is not None and self.is_partial(record):
                     listed[server_id] = {**known, **record}
-        if not self.confirm_gone:
+        if self.confirm_gone is None:
             return listed, frozenset()
-        missing = {server_id for server_id in previous if server_id not in listed}
         # Missed by the list before too: gone.
-        kept = missing - self._unconfirmed
+        kept = {server_id for server_id, record in previous.items()
+                if server_id not in listed and server_id not in self._unconfirmed
+                and self.confirm_gone(record)}
         for server_id in kept:
             listed[server_id] = previous[server_id]
         return listed, frozenset(kept)

@@ -113,6 +113,12 @@ class NodeDeletion:
         return DeleteStatus(DeleteState.DELETING, "; ".join(reasons) or None)
 
 
+def _needs_second_look(last_seen: dict) -> bool:
+    """Whether a server missing from one list may still exist (a down cell
+    hides it); one last seen being deleted has gone as expected."""
+    return not srv.is_deleting(last_seen)
+
+
 class OpenStackProvider(LoopedProvider):
     """A ``NodeBuilder`` for one provider of nodepool.yaml."""
 
@@ -169,7 +175,8 @@ class OpenStackProvider(LoopedProvider):
         self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
         self.retired_close_after = self.gate.deadline
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
-                                       clock, confirm_gone=True, is_partial=srv.is_partial)
+                                       clock, confirm_gone=_needs_second_look,
+                                       is_partial=srv.is_partial)
         # One project-wide port list for the servers that wait for a
         # floating IP, instead of a ``ports?device_id=`` lookup per server.
         self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
@@ -562,6 +569,10 @@ class OpenStackProvider(LoopedProvider):
     def _look_for_gone_servers(self) -> None:
         """While requests wait for quota: ask for a list once the deleted
         servers we wait for have likely gone (one list serves them all)."""
+        if self.servers.snapshot.unconfirmed and any(self._waits()):
+            # The last list missed servers; only the next one can say they
+            # are gone, and somebody waits for that.
+            self.servers.want_now()
         sent = [d.sent_at for d in self._server_deletions
                 if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
         sent += self._deleting_elsewhere.values()
