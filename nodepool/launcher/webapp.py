@@ -288,6 +288,8 @@ class _Handler(PrefetchedRequestHandler):
             key = json.dumps([base, sorted(query.items()), as_json])
             made_at, answer = self.cache.get(key, lambda: route(self, as_json, query))
             self._answer(*answer, made_at=made_at)
+        except (ConnectionError, TimeoutError):
+            raise   # the client left or reads too slowly: not the API's failure
         except Exception:  # an API error must not kill the server
             # The log has the details; an unauthenticated client gets none.
             log.exception("status API %s failed", url.path)
