@@ -94,6 +94,8 @@ def launcher_node_rows(config) -> list[dict] | None:
     import urllib.error
     import urllib.request
 
+    from nodepool.launcher.webapp import zookeeper_tag
+
     port = config.webapp.port if config.webapp is not None else None
     if not port:
         return None
@@ -106,7 +108,8 @@ def launcher_node_rows(config) -> list[dict] | None:
             # Only a launcher of the same ZooKeeper (hosts and chroot) whose
             # cache is in step with it.
             if config.zookeeper is None \
-                    or r.headers.get("X-Nodepool-ZooKeeper") != config.zookeeper.hosts \
+                    or r.headers.get("X-Nodepool-ZooKeeper") != \
+                    zookeeper_tag(config.zookeeper.hosts) \
                     or r.headers.get("X-Nodepool-Cache-Synced") != "true":
                 return None
             rows = json.load(r)
