@@ -682,7 +682,14 @@ class Launcher:
             requests=store.list_requests(cached=True),
             provider_configs=self.config.providers,
             tenant_limits=self.config.tenant_limits,
-            zk_queues={f"{root}.{k}": v for k, v in store.queue_sizes().items()})
+            zk_queues={f"{root}.{k}": v for k, v in self._zk_queue_sizes().items()})
+
+    def _zk_queue_sizes(self) -> dict[str, int]:
+        queues = self.store.queue_sizes()
+        images = self.images
+        if images is not None:  # kept while a provider boots diskimages
+            queues.update({f"zk.image_cache.{k}": v for k, v in images.queue_sizes().items()})
+        return queues
 
     # -- for the providers and operators --------------------------------------------
 

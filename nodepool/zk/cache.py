@@ -37,6 +37,18 @@ T = TypeVar("T")
 Parser = Callable[[str, str, bytes, object], T]
 
 
+
+def tree_queue_sizes(tree: TreeCache | None) -> dict[str, int]:
+    """A kazoo TreeCache's ``event_queue`` and ``playback_queue`` sizes (see
+    ``RecordCache.queue_sizes``); zeros when there is no tree."""
+    if tree is None:
+        return {"event_queue": 0, "playback_queue": 0}
+    # kazoo keeps no public counters for these; read its attributes
+    # defensively so a kazoo upgrade cannot break the stats loop.
+    queue = getattr(tree, "_task_queue", None)
+    return {"event_queue": queue.qsize() if hasattr(queue, "qsize") else 0,
+            "playback_queue": int(getattr(tree, "_outstanding_ops", 0) or 0)}
+
 class RecordCache(Generic[T]):
     """Parsed records for the children of ``root``; for nodes also the lock
     contenders under ``<root>/<id>/lock``."""
@@ -123,14 +135,7 @@ class RecordCache(Generic[T]):
         ``event_queue``, the ZooKeeper events waiting for the cache's thread;
         ``playback_queue``, the reads it sent and awaits (kazoo's TreeCache
         fetches a znode's data after each event before applying it)."""
-        tree = self._tree
-        if tree is None:
-            return {"event_queue": 0, "playback_queue": 0}
-        # kazoo keeps no public counters for these; read its attributes
-        # defensively so a kazoo upgrade cannot break the stats loop.
-        queue = getattr(tree, "_task_queue", None)
-        return {"event_queue": queue.qsize() if hasattr(queue, "qsize") else 0,
-                "playback_queue": int(getattr(tree, "_outstanding_ops", 0) or 0)}
+        return tree_queue_sizes(self._tree)
 
     def malformed(self) -> dict[str, str]:
         """Children whose content could not be parsed: name -> reason."""

@@ -36,7 +36,7 @@ from kazoo.client import KazooClient
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
 from nodepool.zk import paths
-from nodepool.zk.cache import confirm_added, znode_event
+from nodepool.zk.cache import confirm_added, tree_queue_sizes, znode_event
 from nodepool.zk.image_records import (ImageBuild, ImageUpload, build_from_json,
                                        newest_ready_upload, upload_from_json)
 from nodepool.zk.records import MalformedRecord
@@ -124,6 +124,11 @@ class ImageCache:
     def malformed(self) -> dict[str, str]:
         with self._lock:
             return dict(self._malformed)
+
+    def queue_sizes(self) -> dict[str, int]:
+        """Upstream's ``zk.image_cache`` queue gauges (``event_queue``,
+        ``playback_queue``), as the node and request caches report theirs."""
+        return tree_queue_sizes(self._tree)
 
     # -- TreeCache events (on the TreeCache's thread) --------------------------
 

@@ -151,8 +151,9 @@ class ZooKeeperStore:
     def queue_sizes(self) -> dict[str, int]:
         """Upstream's ZooKeeper queue gauges, relative to
         ``nodepool.launcher.<hostname>``: the client's outgoing request queue
-        and each cache's queues.  This launcher keeps no image cache (it
-        builds no images), so ``image_cache`` is always 0."""
+        and each cache's queues.  The image cache is the launcher's (kept
+        while a provider boots diskimages): its queues are 0 here and the
+        launcher fills them in."""
         queue = getattr(self.client, "_queue", None)
         out = {"zk.client.connection_queue": len(queue) if queue is not None else 0}
         for name, cache in (("node_cache", self.nodes_cache),

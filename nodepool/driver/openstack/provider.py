@@ -114,6 +114,12 @@ class NodeDeletion:
         return DeleteStatus(DeleteState.DELETING, "; ".join(reasons) or None)
 
 
+def _needs_second_look(last_seen: dict) -> bool:
+    """Whether a server missing from one list may still exist (a down cell
+    hides it); one last seen being deleted has gone as expected."""
+    return not srv.is_deleting(last_seen)
+
+
 class OpenStackProvider(LoopedProvider):
     """A ``NodeBuilder`` for one provider of nodepool.yaml."""
 
@@ -169,9 +175,13 @@ class OpenStackProvider(LoopedProvider):
         self._cloud = cloud
         self._connect_call: ApiCall | None = None
         self._reconnect = False
-        self._retired_clouds: list[OpenStackCloud] = []
+        # Replaced connections (when retired), closed once every call that
+        # could still use one has ended or been written off by the gate.
+        self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
+        self.retired_close_after = self.gate.deadline
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
-                                       clock)
+                                       clock, confirm_gone=_needs_second_look,
+                                       is_partial=srv.is_partial)
         # One project-wide port list for the servers that wait for a
         # floating IP, instead of a ``ports?device_id=`` lookup per server.
         self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
@@ -307,9 +317,10 @@ class OpenStackProvider(LoopedProvider):
     def stop(self, wait: float = 10.0) -> None:
         self._loop.stop(wait)
         self.gate.shutdown(wait=1.0)
-        for cloud in [self._cloud, *self._retired_clouds]:
+        for cloud in [self._cloud, *(c for _, c in self._retired_clouds)]:
             if cloud is not None:
                 cloud.close()
+        self._retired_clouds = []
 
     def _tick(self) -> None:
         """One pass: never blocks, safe to repeat."""
@@ -318,6 +329,8 @@ class OpenStackProvider(LoopedProvider):
                 self._connect()
                 if self._cloud is None:
                     return
+            if self._retired_clouds:
+                self._close_retired()
             if self.api_share is not None:
                 self.gate.set_share(self.api_share())
             if self.shared_quota is not None:
@@ -390,10 +403,20 @@ class OpenStackProvider(LoopedProvider):
                       self.cloud_name, errors.classify(e))
             return
         if self._cloud is not None and self._cloud is not cloud:
-            # Calls in flight may still use it; closed when the provider stops.
-            self._retired_clouds.append(self._cloud)
+            # Calls in flight may still use it; closed after the gate's deadline.
+            self._retired_clouds.append((self.clock(), self._cloud))
         self._cloud = cloud
         self._reconnect = False
+
+    def _close_retired(self) -> None:
+        now = self.clock()
+        keep = []
+        for retired_at, cloud in self._retired_clouds:
+            if now - retired_at > self.retired_close_after:
+                cloud.close()
+            else:
+                keep.append((retired_at, cloud))
+        self._retired_clouds = keep
 
     def _tell_shared_quota(self, deleted: list[str]) -> None:
         """Attempts that left the ledger this pass, and servers we saw gone
@@ -589,6 +612,10 @@ class OpenStackProvider(LoopedProvider):
     def _look_for_gone_servers(self) -> None:
         """While requests wait for quota: ask for a list once the deleted
         servers we wait for have likely gone (one list serves them all)."""
+        if self.servers.snapshot.unconfirmed and any(self._waits()):
+            # The last list missed servers; only the next one can say they
+            # are gone, and somebody waits for that.
+            self.servers.want_now()
         sent = [d.sent_at for d in self._server_deletions
                 if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
         sent += self._deleting_elsewhere.values()

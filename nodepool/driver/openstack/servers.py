@@ -123,6 +123,12 @@ def fault_message(server: Mapping[str, Any]) -> str:
     return str(fault.get("message") or fault.get("details") or "no fault given")
 
 
+def is_partial(server: Mapping[str, Any]) -> bool:
+    """A server of a nova cell that does not answer (microversion 2.69): an
+    id, status UNKNOWN and little else.  It exists; nothing more is known."""
+    return str(server.get("status", "")).upper() == "UNKNOWN" and "metadata" not in server
+
+
 def is_deleting(server: Mapping[str, Any]) -> bool:
     return server.get("OS-EXT-STS:task_state") == "deleting" or \
         str(server.get("status", "")).upper() in ("DELETED", "SOFT_DELETED")
