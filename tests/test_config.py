@@ -356,6 +356,7 @@ def test_load_config_raises_with_every_error(tmp_path):
 @pytest.mark.parametrize("template,expected", [
     ("{nodepool.secret}", "{nodepool.secret} is not available"),
     ("{request.password}", "{request.password} is not available"),
+    ("{request.node_types}", "names the request's labels {request.labels}"),
     ("{request.id", "not a valid format string"),
     (5, "expected a format string"),
 ])

@@ -77,6 +77,9 @@ def test_a_diskimage_label_boots_the_newest_ready_upload_and_nothing_touches_ima
     assert (node.username, node.python_path, node.connection_port) == (
         "ci", "/usr/bin/python3", 2022)
     assert server_image(cloud, node.external_id) == "glance-new"
+    # Inventory groups name the diskimage, as upstream's.
+    [server] = cloud.servers()
+    assert server["metadata"]["groups"] == "fake,ubuntu,dib"
 
     use_and_return(store, done)
     wait_for(lambda: not store.list_nodes(), 30, what="used node deleted")

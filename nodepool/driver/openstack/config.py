@@ -157,6 +157,9 @@ def _check_request_template(template: Any) -> str | None:
             continue
         root, _, rest = field_name.partition(".")
         attr = rest.split(".")[0].split("[")[0]
+        if root == "request" and attr == "node_types":
+            return ("{request.node_types} is not available; upstream Nodepool names the "
+                    "request's labels {request.labels}: write that instead")
         if root != "request" or attr not in REQUEST_FIELDS:
             return (f"{{{field_name}}} is not available; use {{request.<field>}} with one of "
                     f"{', '.join(REQUEST_FIELDS)}, e.g. {{request.requestor_data[job_name]}}")

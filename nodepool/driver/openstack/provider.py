@@ -42,7 +42,7 @@ from nodepool.quota.shared import SharedQuota
 from nodepool.zk.image_records import ImageUpload
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
-                                       DeleteStatus, NodeInfo)
+                                       DeleteStatus, LaunchConcurrency, NodeInfo)
 
 log = logging.getLogger("nodepool.openstack.provider")
 
@@ -679,14 +679,13 @@ class OpenStackProvider(LoopedProvider):
         return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
                    for m in self._builds.values())
 
-    def may_start_create(self) -> bool:
+    def launch_concurrency(self) -> LaunchConcurrency:
+        """``max-concurrency`` and the builds in progress in every pool: the
+        pools take no new request at the limit (a negative limit: none)."""
         limit = self.config.max_concurrency
-        if limit is None or limit <= 0:
-            return True
-        busy = sum(1 for m in self._builds.values()
-                   if m.step in (Step.CREATING, Step.LOOKUP, Step.BOOTING, Step.FLOATING_IP,
-                                 Step.KEYSCAN))
-        return busy < limit
+        with self._lock:
+            busy = sum(1 for m in self._builds.values() if not m.done)
+        return LaunchConcurrency(limit if limit is not None and limit >= 0 else None, busy)
 
     def create_body(self, machine: CreateMachine, name: str) -> dict:
         label, pool, plan = machine.label, machine.pool, machine.plan
@@ -703,7 +702,9 @@ class OpenStackProvider(LoopedProvider):
             availability_zone=az, security_groups=pool.security_groups,
             config_drive=image_cfg.config_drive, boot_from_volume=label.boot_from_volume,
             volume_size=label.volume_size,
-            instance_properties=self._instance_properties(label, machine.spec))
+            instance_properties=self._instance_properties(label, machine.spec),
+            inventory_groups=srv.server_groups(provider=self.name, image=image_cfg.name,
+                                               label=machine.spec.label))
 
     def _instance_properties(self, label: Any, spec: BuildSpec) -> dict:
         """The label's instance-properties plus its dynamic ones, formatted
