@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Container, Iterable, Mapping, Sequence
 
 from prettytable import PrettyTable
 
@@ -36,8 +36,9 @@ REQUEST_COLUMNS: Columns = [
     ("declined_by", "Declined By"), ("event_id", "Event ID"),
 ]
 LABEL_COLUMNS: Columns = [("label", "Label")]
-# This launcher builds no images: the image views exist (empty) so tools
-# that poll them get a table or ``[]`` rather than a 404.
+# The images upstream's nodepool-builder keeps in ZooKeeper.  As upstream,
+# the JSON's ages are epoch seconds (``int(state_time)``), shown as
+# DD:HH:MM:SS only in tables.
 IMAGE_LIST_COLUMNS: Columns = [
     ("id", "Build ID"), ("upload_id", "Upload ID"), ("provider", "Provider"),
     ("image", "Image"), ("external_name", "Provider Image Name"),
@@ -112,6 +113,53 @@ def label_view(labels: Iterable[str]) -> View:
     return [{"label": name} for name in labels], LABEL_COLUMNS
 
 
+def _epoch(t: float | None) -> int | None:
+    return None if t is None else int(t)
+
+
+def image_list_view(uploads: Iterable[Any]) -> View:
+    """Uploads (``zk.image_records.ImageUpload``) in the order given."""
+    rows = [{"id": u.build_id, "upload_id": u.upload_id, "provider": u.provider_name,
+             "image": u.image_name, "external_name": u.external_name,
+             "external_id": u.external_id, "state": u.state, "age": _epoch(u.state_time)}
+            for u in uploads]
+    return rows, IMAGE_LIST_COLUMNS
+
+
+def dib_image_list_view(builds: Iterable[Any], paused: Container[str]) -> View:
+    """Builds (``zk.image_records.ImageBuild``) in the order given; a paused
+    image's builds show the state ``paused``, as upstream's."""
+    rows = [{"id": f"{b.image_name}-{b.build_id}", "image": b.image_name,
+             "builder": b.builder, "formats": list(b.formats),
+             "state": "paused" if b.image_name in paused else b.state,
+             "age": _epoch(b.state_time)}
+            for b in builds]
+    return rows, DIB_IMAGE_LIST_COLUMNS
+
+
+def image_status_view(images: Iterable[str], paused: Container[str],
+                      requests: Mapping[str, Any]) -> View:
+    """Per image: paused, and its build request (``pending`` until the
+    builder takes it, then ``building``) with the request's age."""
+    rows = []
+    for name in images:
+        req = requests.get(name)
+        rows.append({"image": name, "paused": name in paused,
+                     "build_request": None if req is None
+                     else ("pending" if req.pending else "building"),
+                     "build_request_age": None if req is None else int(req.created)})
+    return rows, IMAGE_STATUS_COLUMNS
+
+
+def _table_value(key: str, value: Any) -> Any:
+    """Upstream's tables show an ``age`` or ``*_age`` given in epoch seconds
+    as DD:HH:MM:SS (node rows already carry that text)."""
+    if (key == "age" or key.endswith("_age")) and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):
+        return age(value)
+    return value
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -135,7 +183,8 @@ def view_table(view: View, fields: Sequence[str] | None = None) -> str:
     rows, columns = view
     if fields:
         columns = [c for c in columns if c[0] in fields]
-    return render([h for _, h in columns], ([r.get(k) for k, _ in columns] for r in rows))
+    return render([h for _, h in columns],
+                  ([_table_value(k, r.get(k)) for k, _ in columns] for r in rows))
 
 
 def view_json(view: View) -> list[dict[str, Any]]:

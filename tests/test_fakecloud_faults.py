@@ -199,3 +199,25 @@ def test_capacity_model_slows_then_refuses_concurrent_requests(fakecloud, fakecl
     assert faults.get("overload_latency", 0) >= 1
     fakecloud.set_faults(capacity=0, latency_seconds=0)
     assert conns[0].list_servers(bare=True) == []
+
+
+def test_a_down_cell_hides_servers_below_2_69_and_lists_them_partially_from_it(
+        fakecloud, fakecloud_connect):
+    from nodepool.driver.openstack.cloud import OpenStackCloud
+    conn = fakecloud_connect(fakecloud)
+    for i in range(3):
+        conn.create_server(f"n{i}", image="cirros", flavor="1", wait=False, meta={"k": "v"})
+    cloud = OpenStackCloud(conn)
+    assert len(cloud.list_servers()) == 3
+    fakecloud.set_faults(down_cell_share=1.0)
+    # Asked as openstacksdk asks by default: the servers look deleted.
+    assert conn.compute.get("/servers/detail").json()["servers"] == []
+    # At 2.69: there, with what a down cell lets nova say.
+    partial = cloud.list_servers()
+    assert len(partial) == 3
+    assert all(s["status"] == "UNKNOWN" and "metadata" not in s for s in partial)
+    # For a number of lists only: the first is partial, then the cell is back.
+    fakecloud.set_faults(down_cell_share=1.0, down_cell_lists=1)
+    assert {s["status"] for s in cloud.list_servers()} == {"UNKNOWN"}
+    assert all(s["metadata"] == {"k": "v"} for s in cloud.list_servers())
+    assert fakecloud.counters()["faults"]["down_cell"] == 3

@@ -37,3 +37,20 @@ def test_a_closed_port_is_retried_until_the_deadline_and_says_why():
     assert check.attempts >= 2
     assert f"port {port} of 127.0.0.1 accepted no connection" in check.error
     assert "ECONNREFUSED" in check.error
+
+
+def test_ssh_keyscan_never_reads_the_host_as_an_option(tmp_path, monkeypatch):
+    from nodepool.driver import keyscan
+    from nodepool.driver.keyscan import HostKeyScan
+
+    argv_file = tmp_path / "argv"
+    fake = tmp_path / "ssh-keyscan"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {argv_file}\n"
+                    "echo 'host ssh-ed25519 AAAAC3Nza'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(keyscan, "KEYSCAN", str(fake))
+    check = HostKeyScan("-f/etc/passwd", 22, time.monotonic() + 10)
+    assert wait_for(lambda: check.poll() is not None, 10, what="the scan")
+    argv = argv_file.read_text().splitlines()
+    assert argv[-2:] == ["--", "-f/etc/passwd"]
+    assert check.keys == ["ssh-ed25519 AAAAC3Nza"]

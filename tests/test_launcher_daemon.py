@@ -196,7 +196,25 @@ def test_detached_without_l_logs_to_upstreams_file_and_sigusr1_stops_it(
     text = new_text(DEFAULT_LOG_FILE, offset)
     assert "signal SIGUSR1: stopping" in text and "launcher stopped" in text
     assert "Traceback" not in text
+    # Not readable by every local user.
+    assert os.stat(DEFAULT_LOG_FILE).st_mode & 0o007 == 0
     wait_for(lambda: not pidfile.exists(), 10, what="the pid file to be removed")
+
+
+def test_the_detached_log_is_created_and_kept_private(tmp_path, monkeypatch):
+    from nodepool.cmd import launcher as cmd
+
+    log_file = tmp_path / "log" / "nodepool.log"
+    monkeypatch.setattr(cmd, "DEFAULT_LOG_FILE", str(log_file))
+    old = os.umask(0o022)
+    try:
+        assert cmd.check_log_destination(None) is None
+        assert log_file.stat().st_mode & 0o777 == 0o640
+        log_file.chmod(0o644)   # as an older version left it
+        assert cmd.check_log_destination(None) is None
+        assert log_file.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_d_logs_debug_f_does_not_and_no_webapp_serves_no_status_api(

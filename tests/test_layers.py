@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "nodepool"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure", ("nodepool.version", "nodepool.tables", "nodepool.config", "nodepool.quota",
               "nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids",
-              "nodepool.driver.outcomes")),
+              "nodepool.zk.image_records", "nodepool.driver.outcomes")),
     ("zk", ("nodepool.zk",)),
     ("requests", ("nodepool.requests",)),
     ("driver", ("nodepool.driver",)),
@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 APART = ("nodepool.fakecloud",)
 # What a driver may use of the ZooKeeper package: plain records.
-DRIVER_MAY_USE_OF_ZK = ("nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids")
+DRIVER_MAY_USE_OF_ZK = ("nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids",
+                        "nodepool.zk.image_records")
 # What the configuration may use of those packages: nothing.
 CONFIG_NEVER_USES = ("nodepool.driver", "nodepool.zk")
 

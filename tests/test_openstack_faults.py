@@ -104,3 +104,130 @@ def test_adopted_server_still_counts_for_its_tenant(harness, tmp_path):
                  what="the adopted server to count for tenant-one")
     finally:
         again.stop()
+
+
+def test_rotated_credentials_leave_no_old_connections_behind(harness, tmp_path):
+    from nodepool.config import load_config
+    from nodepool.driver import registry
+    h = harness()
+    h.wait_available()
+    h.provider.retired_close_after = 0.5   # the gate's deadline, shortened
+    for n in range(3):   # three rotations, each a new connection
+        before = h.provider.cloud
+        clouds = h.cloud.write_clouds_yaml(tmp_path / f"clouds{n}.yaml", api_timeout=7 + n)
+        config, _ = load_config(str(tmp_path / "nodepool.yaml"), clouds,
+                                drivers=registry.drivers())
+        h.provider.update_config(config.providers["p1"])
+        wait_for(lambda: h.provider.cloud is not before, timeout=20, what="a new connection")
+    wait_for(lambda: not h.provider._retired_clouds, timeout=10,
+             what="the replaced connections to be closed")
+    (handle,) = h.start(1)
+    assert h.finish_builds([handle])[handle].state is BuildState.READY
+
+
+def _down_cell_lists(h) -> int:
+    return h.cloud.counters()["faults"].get("down_cell", 0)
+
+
+def _freed_keys(h) -> list:
+    """The ledger keys whose quota the provider frees from now on."""
+    freed: list = []
+    real = h.ledger.server_gone
+
+    def server_gone(key):
+        freed.append(key)
+        return real(key)
+
+    h.ledger.server_gone = server_gone
+    return freed
+
+
+def _ready_node_and_a_booting_one(h):
+    """Two servers handed over (nothing follows them but the ledger) and a
+    build still booting."""
+    handles = h.start(2)
+    for handle, st in h.finish_builds(handles).items():
+        assert st.state is BuildState.READY, st.reason
+        h.provider.forget_build(handle)
+    h.cloud.set_server_behaviour(boot_seconds=3)
+    (booting,) = h.start(1)
+    wait_for(lambda: h.provider.poll_build(booting).info.external_id, timeout=20,
+             what="the third server to exist")
+    return booting
+
+
+def test_a_down_cell_frees_no_quota_and_fails_no_build(harness):
+    h = harness(limited(boot_seconds=0.2))
+    h.wait_available()
+    booting = _ready_node_and_a_booting_one(h)
+    assert len(h.ledger.keys("p1")) == 3
+    freed = _freed_keys(h)
+    h.cloud.set_faults(down_cell_share=1.0)   # every server's cell is down
+    start = _down_cell_lists(h)
+    wait_for(lambda: _down_cell_lists(h) >= start + 3, timeout=20,
+             what="three lists with the cell down")
+    # Listed as partial records: still there, still counted, still building.
+    assert len(h.ledger.keys("p1")) == 3 and freed == []
+    assert h.provider.poll_build(booting).state is BuildState.BUILDING
+    h.cloud.set_faults(down_cell_share=0.0)
+    assert h.finish_builds([booting])[booting].state is BuildState.READY
+    assert len(h.ledger.keys("p1")) == 3
+
+
+def test_one_list_missing_servers_is_not_proof_that_they_are_gone(harness):
+    h = harness(limited(boot_seconds=0.2))
+    h.wait_available()
+    booting = _ready_node_and_a_booting_one(h)
+    server = h.provider.poll_build(booting).info.external_id
+    keys = set(h.ledger.keys("p1"))
+    freed = _freed_keys(h)
+    # A nova without microversion 2.69 leaves a down cell's servers out.
+    h.provider.cloud.server_list_microversion = None
+    h.cloud.set_faults(down_cell_share=1.0, down_cell_lists=1)
+    wait_for(lambda: _down_cell_lists(h) == 1, timeout=20, what="one list with the cell down")
+    seen = h.provider.servers.refreshes
+    wait_for(lambda: h.provider.servers.refreshes >= seen + 2, timeout=20,
+             what="two more lists")
+    # Nothing was freed, failed or retried.
+    assert freed == [] and set(h.ledger.keys("p1")) == keys
+    done = h.finish_builds([booting])[booting]
+    assert done.state is BuildState.READY and done.info.external_id == server
+    assert set(h.ledger.keys("p1")) == keys and len(h.cloud.servers()) == 3
+
+
+def test_a_server_missing_from_two_lists_is_gone():
+    from nodepool.driver.gate import ApiGate
+    from nodepool.driver.openstack.servers import is_deleting, is_partial
+    from nodepool.driver.server_list import ServerListCache
+    lists = [[{"id": "a", "status": "ACTIVE", "metadata": {"k": "v"}},
+              {"id": "b", "status": "ACTIVE", "metadata": {}},
+              {"id": "c", "status": "ACTIVE", "OS-EXT-STS:task_state": "deleting"}],
+             [{"id": "a", "status": "UNKNOWN"}],         # b, c missing, a partial
+             [{"id": "a", "status": "ACTIVE", "metadata": {"k": "v"}}],   # b missing again
+             []]
+    now = [1000.0]
+    gate = ApiGate("p", deadline=5, clock=lambda: now[0])
+    cache = ServerListCache(gate, lambda: lists.pop(0), interval=1.0, clock=lambda: now[0],
+                            confirm_gone=lambda s: not is_deleting(s),
+                            is_partial=is_partial)
+    snapshots = []
+    try:
+        while lists:
+            cache.want_fresh()
+            cache.tick()
+            if cache._call is not None:
+                cache._call.wait(5)
+            now[0] += 1.1
+            if cache.tick():
+                snapshots.append(cache.snapshot)
+    finally:
+        gate.shutdown()
+    first, second, third, fourth = snapshots
+    assert set(first.servers) == {"a", "b", "c"}
+    # b is kept as last seen (c was being deleted: gone as expected); a
+    # keeps its metadata though its cell said little.
+    assert set(second.servers) == {"a", "b"} and second.unconfirmed == {"b"}
+    assert second.servers["a"]["metadata"] == {"k": "v"}
+    assert second.servers["a"]["status"] == "UNKNOWN"
+    assert set(third.servers) == {"a"} and not third.unconfirmed
+    assert set(fourth.servers) == {"a"} and fourth.unconfirmed == {"a"}

@@ -557,7 +557,7 @@ def test_boot_from_volume_respects_cinder_quota(harness):
                            on_ready=lambda k, st: deletes.append(h.delete(k, st.info.external_id)))
     assert all(st.state is BuildState.READY for st in done.values()), \
         {k: st.reason for k, st in done.items()}
-    assert all(st.info.resources["volumes"] == 1 and st.info.resources["volume_gb"] == 10
+    assert all(st.info.resources["volumes"] == 1 and st.info.resources["volume-gb"] == 10
                for st in done.values())
     h.finish_deletes(deletes)
     assert h.cloud.totals()["boot_errors"] == 0

@@ -55,8 +55,8 @@ def test_create_request_minimal():
     body = srv.create_request(name="n", flavor_id="f", image_id="i", metadata=meta)
     assert body == {"name": "n", "flavorRef": "f", "imageRef": "i", "metadata": meta,
                     "min_count": 1, "max_count": 1}
-    assert meta == {srv.META_PROVIDER: "p1", srv.META_POOL: "main",
-                    srv.META_NODE: "0000000001", srv.META_LABEL: "small",
+    assert meta == {srv.META_NODE: "0000000001", srv.META_POOL: "main",
+                    srv.META_PROVIDER: "p1", srv.META_LABEL: "small",
                     srv.META_IMAGE: "img", srv.META_ATTEMPT: "2"}
 
 
@@ -74,6 +74,23 @@ def test_create_request_everything():
     assert body["config_drive"] is True
     # instance-properties become string metadata, and cannot overwrite ours.
     assert body["metadata"] == {"team": "ci", "prio": "3", srv.META_NODE: "1"}
+
+
+def test_create_request_metadata_is_built_in_upstreams_order():
+    """``groups`` first (inventory scripts read it; an instance property of
+    that name replaces it, as upstream's), then the instance properties,
+    then upstream's three keys, which always win, then this launcher's."""
+    meta = srv.server_metadata(provider="p1", pool="main", node_id="0000000001",
+                               label="small", image="img", attempt=1)
+    groups = srv.server_groups(provider="p1", image="img", label="small")
+    body = srv.create_request(name="n", flavor_id="f", image_id="i", metadata=meta,
+                              instance_properties={"team": "ci"}, inventory_groups=groups)
+    assert list(body["metadata"])[:5] == ["groups", "team", srv.META_NODE, srv.META_POOL,
+                                          srv.META_PROVIDER]
+    assert body["metadata"]["groups"] == "p1,img,small"
+    body = srv.create_request(name="n", flavor_id="f", image_id="i", metadata=meta,
+                              instance_properties={"groups": "mine"}, inventory_groups=groups)
+    assert body["metadata"]["groups"] == "mine"
 
 
 def test_create_request_boot_from_volume():

@@ -46,12 +46,13 @@ SYSTEM_ID = "0a1b2c3d4e5f"
 class ZuulSide:
     """Zuul's ZooKeeperNodepool with the completion callback recorded."""
 
-    def __init__(self, hosts: str):
+    def __init__(self, hosts: str, **tls):
+        """``tls``: ZooKeeperClient's tls_cert, tls_key and tls_ca."""
         self.events: list[tuple[str, object]] = []
         self._cond = threading.Condition()
         kazoo.client.ConnectionHandler = ZuulConnectionHandler
         try:
-            self.client = zuul.zk.ZooKeeperClient(hosts, timeout=10.0)
+            self.client = zuul.zk.ZooKeeperClient(hosts, timeout=10.0, **tls)
             self.client.connect()
         finally:
             kazoo.client.ConnectionHandler = _ORIGINAL_HANDLER

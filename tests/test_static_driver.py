@@ -22,6 +22,7 @@ from nodepool.launcher.webapp import quota_view
 from nodepool.requests.builder import NodeInfo, StandingNode
 from nodepool.zk.records import Node
 from tests.fixtures.fakecloud import wait_for
+from tests.fixtures.sshhost import SSHKeyHost
 from tests.test_launcher import (finished, run_launcher, store,  # noqa: F401
                                  use_and_return, write_config, zuul_request)
 from tests.test_request_zuul_e2e import HAVE_ZUUL, zuul_side  # noqa: F401
@@ -67,18 +68,29 @@ class Host:
             self._sock = None
 
 
-@pytest.fixture
-def hosts():
-    made: list[Host] = []
+def _started(cls):
+    """A fixture's factory of hosts of ``cls``, all taken down at the end."""
+    made = []
 
-    def make() -> Host:
-        h = Host()
+    def make():
+        h = cls()
         made.append(h)
         return h
 
     yield make
     for h in made:
         h.down()
+
+
+@pytest.fixture
+def hosts():
+    yield from _started(Host)
+
+
+@pytest.fixture
+def ssh_host():
+    """A host that shows an SSH host key (``.key``) to ssh-keyscan."""
+    yield from _started(SSHKeyHost)
 
 
 @pytest.fixture(autouse=True)
@@ -242,10 +254,10 @@ def test_slots_registered_used_node_re_registered_max_parallel_jobs(
 @pytest.mark.skipif(not HAVE_ZUUL, reason="zuul is not importable; run "
                     "tools/install-zuul-client.sh .venv/bin/python")
 def test_served_to_zuuls_client_returned_used_and_registered_again(
-        tmp_path, zk_settings, store, run_launcher, hosts, zuul_side):
-    host = hosts()
+        tmp_path, zk_settings, store, run_launcher, ssh_host, zuul_side):
+    host = ssh_host()
     run_launcher(write_static(tmp_path, zk_settings, [static_entry(
-        host_node(host, **{"host-key-checking": True, "host-key": KEY, "username": "ci",
+        host_node(host, **{"host-key-checking": True, "host-key": host.key, "username": "ci",
                            "python-path": "/usr/bin/python3"}))]))
     first = wait_for(lambda: ready_nodes(store), 20, what="the host in service")[0]
     launchers = zuul_side.nodepool.getRegisteredLaunchers()
@@ -259,7 +271,7 @@ def test_served_to_zuuls_client_returned_used_and_registered_again(
     zuul_side.nodepool.updateNode(node, fetched.nodes[0])
     assert (node.interface_ip, node.connection_port, node.username, node.host_keys,
             node.python_path, node.connection_type) == \
-        ("127.0.0.1", host.port, "ci", [KEY], "/usr/bin/python3", "ssh")
+        ("127.0.0.1", host.port, "ci", [host.key], "/usr/bin/python3", "ssh")
     zuul_side.nodepool.lockNode(node, timeout=30)
     assert zuul_side.nodepool.deleteNodeRequest(fetched.id)
     node.state = "in-use"
@@ -290,11 +302,12 @@ def test_host_that_stops_answering_leaves_service_and_comes_back(
         tmp_path, zk_settings, store, run_launcher, hosts):
     a, b = hosts(), hosts()
     config = write_static(tmp_path, zk_settings, [static_entry(
-        host_node(a), host_node(b, **{"host-key-checking": True, "host-key": [KEY]}))])
+        host_node(a), host_node(b, **{"host-key-checking": False, "host-key": [KEY]}))])
     launcher = run_launcher(config)
     wait_for(lambda: len(ready_nodes(store)) == 2, 20, what="both hosts in service")
     in_b = next(n for n in ready_nodes(store) if n.connection_port == b.port)
-    assert in_b.host_keys == [KEY]  # given keys, as configured
+    # Checking off: the configured keys still go to Zuul, as upstream's do.
+    assert in_b.host_keys == [KEY]
 
     a.down()
     wait_for(lambda: [n.connection_port for n in ready_nodes(store)] == [b.port], 20,
@@ -358,3 +371,61 @@ def test_static_and_openstack_in_one_launcher(tmp_path, make_fakecloud, zk_setti
     assert store.get_node(done_metal.nodes[0]).provider == "lab"
     assert store.get_node(done_small.nodes[0]).provider == "fake"
     assert sorted(launcher.status()["providers"]) == ["fake", "lab"]
+
+
+# -- upstream's host-key check and pool keys --------------------------------------------
+
+
+def test_a_configured_host_key_is_checked_against_the_keys_the_host_shows(
+        tmp_path, zk_settings, store, run_launcher, ssh_host):
+    good, impostor = ssh_host(), ssh_host()
+    launcher = run_launcher(write_static(tmp_path, zk_settings, [static_entry(
+        host_node(good, **{"host-key-checking": True, "host-key": good.key}),
+        # Shows another key than the one configured: never in service.
+        host_node(impostor, **{"host-key-checking": True, "host-key": [good.key]}))]))
+    [node] = wait_for(lambda: ready_nodes(store), 20, what="the matching host in service")
+    assert node.connection_port == good.port and node.host_keys == [good.key]
+
+    def impostor_refused():
+        hosts = {h["port"]: h for h in launcher.providers["lab"].status()["hosts"]}
+        return hosts[impostor.port]["up"] is False and hosts[impostor.port]["error"]
+
+    error = wait_for(impostor_refused, 20, what="the impostor refused")
+    assert "host key mismatch" in error and impostor.key in error
+    assert [n.connection_port for n in ready_nodes(store)] == [good.port]
+
+
+def test_static_pool_takes_upstreams_max_servers_and_max_concurrency(
+        tmp_path, zk_settings, store, run_launcher, hosts):
+    host = hosts()
+    entry = static_entry(host_node(host, **{"max-parallel-jobs": 2}))
+    entry["max-concurrency"] = 5
+    entry["pools"][0]["max-servers"] = 10   # capacity stays the hosts' slots
+    config = write_static(tmp_path, zk_settings, [entry])
+    assert config.providers["lab"].pools["main"].max_servers == 2
+    # max-servers 0 disables the pool, as upstream: requests are declined.
+    entry["pools"][0]["max-servers"] = 0
+    run_launcher(write_static(tmp_path, zk_settings, [entry]))
+    req = zuul_request(store, ["metal"])
+    assert wait_for(lambda: finished(store, req.id), 20, what="the decline").state == "failed"
+
+
+def test_a_static_pool_at_capacity_deletes_no_unused_node(
+        tmp_path, zk_settings, store, run_launcher, hosts):
+    a, b = hosts(), hosts()
+    launcher = run_launcher(write_static(tmp_path, zk_settings, [static_entry(
+        host_node(a), host_node(b, labels=["gpu"]))], labels=("metal", "gpu")))
+    wait_for(lambda: len(ready_nodes(store)) == 2, 20, what="both hosts in service")
+    gpu = next(n for n in ready_nodes(store) if n.connection_port == b.port)
+    first = zuul_request(store, ["metal"])
+    assert wait_for(lambda: finished(store, first.id), 20, what="metal").state == "fulfilled"
+    # The only metal slot is taken: the next request waits, and the unused
+    # gpu node stays (deleting it would free nothing).
+    waiting = zuul_request(store, ["metal"])
+    worker = launcher.pool_workers["lab-main"]
+    wait_for(lambda: worker.handler.paused, 20, what="the pool paused for the request")
+    passes = []
+    wait_for(lambda: passes.append(worker.last_report) or len(set(map(id, passes))) > 4, 20,
+             what="a few passes while the request waits")
+    assert store.get_node(gpu.id).state == "ready"
+    assert not finished(store, waiting.id)

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Install upstream Nodepool 11 from PyPI into a venv of its own, for the
-# benchmark's reference column (tools/benchmark.py --launcher upstream|both).
+# benchmark's reference column (tools/benchmark.py --launcher upstream|both)
+# and for the tests that run upstream's programs (its nodepool-builder beside
+# our launcher: tests/test_builder_e2e.py; CI runs this first).
 #
 #   tools/install-upstream.sh [VENV_DIR]     (default: .upstream-venv, git-ignored)
 #
@@ -21,11 +23,12 @@ probe() {
     "$VENV/bin/python" -I - <<EOF 2>/dev/null
 import importlib.metadata as md
 assert md.version("nodepool") == "$NODEPOOL_VERSION"
-import nodepool.cmd.launcher, nodepool.driver.openstack  # noqa: F401
+import nodepool.cmd.launcher, nodepool.cmd.builder, nodepool.driver.openstack  # noqa: F401
 EOF
 }
 
-if [ -x "$VENV/bin/python" ] && probe && [ -x "$VENV/bin/nodepool-launcher" ]; then
+if [ -x "$VENV/bin/python" ] && probe && [ -x "$VENV/bin/nodepool-launcher" ] \
+        && [ -x "$VENV/bin/nodepool-builder" ]; then
     echo "upstream nodepool $NODEPOOL_VERSION already installed in $VENV"
     exit 0
 fi

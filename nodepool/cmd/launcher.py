@@ -37,6 +37,10 @@ STOP_TIMEOUT = 30.0
 DEFAULT_PIDFILE = "/var/run/nodepool/nodepool.pid"
 # Where a detached launcher without -l logs (upstream's place).
 DEFAULT_LOG_FILE = "/var/log/nodepool/nodepool.log"
+# Files a detached launcher creates (its log, a -l configuration's) are
+# readable by its group at most.
+LOG_MODE = 0o640
+DAEMON_UMASK = 0o027
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -187,9 +191,13 @@ def check_log_destination(logconfig: str | None) -> str | None:
             f"{logconfig}: logging configuration file not found"
     directory = os.path.dirname(DEFAULT_LOG_FILE)
     try:
-        os.makedirs(directory, exist_ok=True)
-        with open(DEFAULT_LOG_FILE, "a"):
-            pass
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        # The log names nodes, servers and addresses: not for every local
+        # user.  A file left readable by an older version is tightened.
+        os.close(os.open(DEFAULT_LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE))
+        mode = os.stat(DEFAULT_LOG_FILE).st_mode & 0o777
+        if mode & ~LOG_MODE:
+            os.chmod(DEFAULT_LOG_FILE, mode & LOG_MODE)
     except OSError as e:
         return (f"cannot write the log {DEFAULT_LOG_FILE} ({e.strerror}); give -l a "
                 "logging configuration, or -f to log to stdout in the foreground")
@@ -246,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nodepool-launcher: removing stale pid file {args.pidfile} (pid {pid})",
               file=sys.stderr)
         pidfile.break_lock()
-    with daemon.DaemonContext(pidfile=pidfile, umask=0o022,
+    with daemon.DaemonContext(pidfile=pidfile, umask=DAEMON_UMASK,
                               working_directory=os.getcwd()):
         setup_logging(args.logconfig, log_file=None if args.logconfig else DEFAULT_LOG_FILE)
         return run(config, args)

@@ -22,11 +22,13 @@ import yaml
 
 from nodepool.config import clouds as clouds_policy
 from nodepool.config import schema
+from nodepool.config.diskimages import build_diskimages
 from nodepool.config.errors import ConfigError, ConfigProblem, Problems, check_unique
 from nodepool.config.model import (AddressPolicy, CloudSettings, Label, NodepoolConfig,
                                    TenantLimits, WebApp)
-from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperServer,
-                                ZooKeeperSettings, ZooKeeperTLS)
+from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT, ZooKeeperAuth,
+                                       ZooKeeperServer, ZooKeeperSettings, ZooKeeperTLS,
+                                       parse_identity)
 
 DEFAULT_CONFIG = "/etc/nodepool/nodepool.yaml"
 # Upstream's documented default ZooKeeper port is the TLS one.
@@ -42,8 +44,9 @@ class ProviderParser(Protocol):
     def schema(self) -> Callable[[Any], Any]: ...
 
     @property
-    def build(self) -> Callable[[int, dict, dict[str, Label], Problems,
-                                 CloudSettings | None], Any]: ...
+    def build(self) -> Callable[..., Any]:
+        """``(index, entry, labels, problems, cloud_settings)``, and
+        ``diskimages=`` when the parser's ``uses_diskimages`` is true."""
 
     @property
     def warn(self) -> Callable[[int, dict, Problems], None] | None: ...
@@ -121,7 +124,35 @@ def _build_zookeeper(data: dict, problems: Problems) -> ZooKeeperSettings | None
                 problems.error(["zookeeper-tls", key], f"file {tls_cfg[key]!r} does not exist "
                                                        "or is not a file")
     timeout = float(data.get("zookeeper-timeout", DEFAULT_SESSION_TIMEOUT))
-    return ZooKeeperSettings(servers, tls, timeout)
+    auth = _build_zookeeper_auth(data.get("zookeeper-auth"), tls, problems)
+    return ZooKeeperSettings(servers, tls, timeout, auth)
+
+
+def _build_zookeeper_auth(cfg: dict | None, tls: ZooKeeperTLS | None,
+                          problems: Problems) -> ZooKeeperAuth | None:
+    """``zookeeper-auth`` (schema-checked already): what goes together."""
+    if cfg is None:
+        return None
+    key = "zookeeper-auth"
+    username, password = cfg.get("username"), cfg.get("password")
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        problems.error([key, missing], "is required with "
+                       f"{'username' if missing == 'password' else 'password'}: the "
+                       "launcher authenticates with both (digest), or with neither and "
+                       "its TLS client certificate")
+    elif username is None and tls is None:
+        problems.error(key, "gives this launcher no identity: add username and password "
+                            "(digest), or zookeeper-tls with a client certificate")
+    if not cfg.get("zuul"):
+        problems.error([key, "zuul"], "is required: list the identities Zuul connects "
+                       "with, e.g. ['x509:CN=zuul.example.org'] (the subject of Zuul's "
+                       "TLS client certificate), or Zuul cannot submit requests")
+    return ZooKeeperAuth(
+        username=username, password=password,
+        zuul=tuple(parse_identity(i) for i in cfg.get("zuul") or ()),
+        launchers=tuple(parse_identity(i) for i in cfg.get("launchers") or ()),
+        world_readable=cfg.get("world-readable", True))
 
 
 def _names(drivers: MappingT[str, Any]) -> str:
@@ -202,7 +233,7 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
         problems.items.extend(secure_problems.items)
         if isinstance(secure, dict):
             # Upstream's secure file carries the ZooKeeper connection details.
-            for key in ("zookeeper-servers", "zookeeper-tls"):
+            for key in ("zookeeper-servers", "zookeeper-tls", "zookeeper-auth"):
                 if key in secure:
                     data[key] = secure[key]
         elif secure is not None:
@@ -211,10 +242,8 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
     for p, msg in schema.voluptuous_problems(schema.top_level_schema, data):
         problems.error(p, msg)
     _warn_upstream_off_values(data, problems)
-    for key in schema.BUILDER_TOP_LEVEL_KEYS:
-        if key in data:
-            problems.warning(key, "belongs to upstream's nodepool-builder, which this "
-                                  "launcher does not serve; it is ignored")
+    diskimages = build_diskimages(_valid_items(data.get("diskimages"), schema.diskimage_schema),
+                                  problems)
 
     providers_cfg = data.get("providers") if isinstance(data.get("providers"), list) else []
     entries: list[tuple[int, dict, ProviderParser]] = []
@@ -279,8 +308,11 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
     for i, prov, driver in entries:
         try:
             cloud = prov.get("cloud") if driver.uses_clouds_yaml else None
+            extra = {"diskimages": diskimages} if getattr(driver, "uses_diskimages",
+                                                          False) else {}
             built = driver.build(i, prov, labels, problems,
-                                 cloud_settings.get(cloud) if isinstance(cloud, str) else None)
+                                 cloud_settings.get(cloud) if isinstance(cloud, str) else None,
+                                 **extra)
         except (KeyError, TypeError, AttributeError, ValueError):
             # Only a provider whose schema errors are already reported may
             # trip the builder; anything else is our bug and must surface.
@@ -306,7 +338,8 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
                       webapp_cfg.get("listen_address", "127.0.0.1")),
         labels=labels, providers=providers, tenant_limits=tenant_limits,
         max_hold_age=data.get("max-hold-age") or None,
-        clouds_file=next((c.clouds_file for c in cloud_settings.values()), None))
+        clouds_file=next((c.clouds_file for c in cloud_settings.values()), None),
+        diskimages=diskimages)
     return config, all_problems
 
 

@@ -53,8 +53,41 @@ class CloudImage:
 
 
 @dataclass(frozen=True)
+class DiskImage:
+    """A top-level ``diskimages`` entry with its parents' values merged in
+    (upstream's inheritance): what the launcher reads of an image that
+    upstream's nodepool-builder builds.  The builder's keys are not kept."""
+
+    name: str
+    username: str = "zuul"
+    python_path: str = "auto"
+    shell_type: str | None = None
+    pause: bool = False
+
+
+@dataclass(frozen=True)
+class ProviderDiskImage:
+    """A provider's ``diskimages`` entry: the builder uploads the image to
+    this provider, and labels boot its newest READY upload."""
+
+    name: str
+    image: DiskImage
+    # Paused uploads are the builder's business: the launcher still boots
+    # the newest READY upload, as upstream's does.
+    pause: bool = False
+    config_drive: bool | None = None
+    connection_type: str = "ssh"
+    connection_port: int = 22
+    # Image properties the builder sets at upload; the launcher keeps them only.
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PoolLabel:
     name: str
+    # How to reach and use the node; for a diskimage label, built from the
+    # provider's and the top-level diskimages entries (its name is the
+    # diskimage's) and not looked up in the cloud.
     cloud_image: CloudImage
     flavor_name: str | None = None
     min_ram: int = 0
@@ -68,6 +101,8 @@ class PoolLabel:
     dynamic_instance_properties: dict = field(default_factory=dict)
     networks: tuple[str, ...] = ()
     host_key_checking: bool = True
+    # Set for a ``diskimage:`` label: it boots the newest READY upload.
+    diskimage: ProviderDiskImage | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +186,7 @@ class Provider:
     clean_floating_ips: bool = False
     port_cleanup_interval: int = 600
     cloud_images: dict[str, CloudImage] = field(default_factory=dict)
+    diskimages: dict[str, ProviderDiskImage] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)
 
     def pool_priority(self, pool: Pool) -> int:
@@ -179,6 +215,9 @@ class NodepoolConfig:
     tenant_limits: dict[str, TenantLimits]
     max_hold_age: int | None = None  # seconds; None: forever
     clouds_file: str | None = None
+    # Top-level diskimages (abstract ones left out), for upstream's builder
+    # and for labels that boot its uploads.
+    diskimages: dict[str, DiskImage] = field(default_factory=dict)
 
     def pools(self):
         for provider in self.providers.values():

@@ -1,9 +1,10 @@
 """The voluptuous schema of nodepool.yaml.
 
-It accepts upstream Nodepool 11's documented keys for OpenStack providers, so an
-operator's existing file loads unchanged.  Keys that only upstream's builder or
-other drivers use are accepted here and reported by the loader as "not served
-by this launcher" rather than rejected as typos.
+It accepts upstream Nodepool 11's documented keys for OpenStack providers and
+for its image builder, so an operator's existing file loads unchanged.  Keys
+that only upstream's builder uses are accepted quietly (the builder runs
+beside this launcher); other drivers' providers are reported by the loader as
+"not served by this launcher" rather than rejected as typos.
 
 Type checks are as strict as upstream's (``true`` is not an integer, ``"10"``
 is not an integer) and lenient where upstream is: ``rate`` may be a number in a
@@ -21,6 +22,8 @@ import difflib
 from typing import Any, Callable
 
 import voluptuous as v
+
+from nodepool.config.zookeeper import parse_identity
 
 
 def is_int(value: Any) -> bool:
@@ -189,6 +192,32 @@ zookeeper_tls_schema = Dict({
     v.Required("ca"): NonEmptyStr,
 })
 
+def ZooKeeperUser(value: Any) -> str:
+    NonEmptyStr(value)
+    if ":" in value:
+        raise v.Invalid(f"a digest user name cannot contain ':', got {_shown(value)}")
+    return value
+
+
+def ZooKeeperIdentity(value: Any) -> str:
+    """``<scheme>:<id>``, e.g. ``x509:CN=zuul.example.org``."""
+    NonEmptyStr(value)
+    try:
+        parse_identity(value)
+    except ValueError as e:
+        raise v.Invalid(str(e)) from None
+    return value
+
+
+# Which fields go together, and that Zuul is named, the loader checks.
+zookeeper_auth_schema = Dict({
+    "username": ZooKeeperUser,
+    "password": NonEmptyStr,
+    "zuul": ListOf(ZooKeeperIdentity),
+    "launchers": ListOf(ZooKeeperIdentity),
+    "world-readable": Bool,
+})
+
 tenant_limit_schema = Dict({
     v.Required("tenant-name"): NonEmptyStr,
     "max-servers": Int(0, NEGATIVE_LIMIT),
@@ -200,21 +229,42 @@ tenant_limit_schema = Dict({
     Str: Int(0, NEGATIVE_LIMIT),
 })
 
-# Builder-only keys: the loader reports them as not served, they are not typos.
-BUILDER_TOP_LEVEL_KEYS = ("diskimages", "elements-dir", "images-dir",
-                          "build-log-dir", "build-log-retention")
+# Upstream's top-level diskimages entry (nodepool-builder's schema).  The
+# launcher reads name, parent, abstract, username, python-path and
+# shell-type; the rest is the builder's, accepted quietly.
+diskimage_schema = Dict({
+    v.Required("name"): NonEmptyStr,
+    "abstract": Bool,
+    "parent": NonEmptyStr,
+    "dib-cmd": Str,
+    "pause": Bool,
+    "elements": ListOf(Str),
+    "formats": ListOf(Str),
+    "keep-formats": ListOf(Str),
+    "delete-after-upload": Bool,
+    "release": v.Any(Str, Int(), msg="expected a string or an integer"),
+    "rebuild-age": Int(),
+    "build-timeout": Int(),
+    "env-vars": v.Schema({Str: Str}),
+    "username": NonEmptyStr,
+    "python-path": NonEmptyStr,
+    "shell-type": NonEmptyStr,
+    "metadata": Mapping,
+})
 
 top_level_schema = Dict({
     "zookeeper-servers": ListOf(zookeeper_server_schema),
     "zookeeper-tls": zookeeper_tls_schema,
     "zookeeper-timeout": Number(positive=True),
+    "zookeeper-auth": zookeeper_auth_schema,
     "webapp": webapp_schema,
     "labels": ListOf(label_schema),
     "max-hold-age": Int(0),
     "tenant-resource-limits": ListOf(tenant_limit_schema),
     # Each provider is checked by its driver's schema in the loader.
     "providers": ListOf(Mapping),
-    "diskimages": ListOf(Mapping),
+    "diskimages": ListOf(diskimage_schema),
+    # Only upstream's builder uses these; accepted quietly.
     "elements-dir": Str,
     "images-dir": Str,
     "build-log-dir": Str,
@@ -301,8 +351,9 @@ openstack_provider_schema = Dict({
     "port-cleanup-interval": Int(0),
     "cloud-images": ListOf(cloud_image_schema),
     "pools": ListOf(pool_schema),
-    # Upstream keys that serve its image builder; accepted, reported by the loader.
+    # Images built and uploaded by upstream's nodepool-builder.
     "diskimages": ListOf(provider_diskimage_schema),
+    # Upstream keys that serve its image builder; accepted, reported by the loader.
     "image-upload-timeout": Int(1),
     "image-name-format": NonEmptyStr,
     "post-upload-hook": Str,

@@ -62,6 +62,7 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 from nodepool.driver.outcomes import LaunchOutcome
 from nodepool.quota import Resources
 from nodepool.quota.shared import SharedQuota
+from nodepool.zk.image_records import ImageUpload
 from nodepool.requests.builder import (NodeBuilder, StandingNode,  # noqa: F401 - part of the contract
                                        standing_key)
 
@@ -131,6 +132,10 @@ class LauncherViews:
     # Called (from the provider's thread, cheaply) when a build ends, so the
     # pools of the provider pass at once.
     build_progress: Callable[[], None] | None = None
+    # (diskimage, provider name) -> the newest READY upload by upstream's
+    # nodepool-builder, for providers that boot diskimages (their config
+    # has ``diskimages``); None when there is none now.
+    image_upload: Callable[[str, str], ImageUpload | None] | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"known_nodes": self.known_nodes,
@@ -138,7 +143,8 @@ class LauncherViews:
                                   "tenant_usage": self.tenant_usage,
                                   "launch_observer": self.launch_observer}
         # Only when set: a driver that predates them need not know them.
-        for name in ("shared_quota", "api_share", "is_leak_cleaner", "build_progress"):
+        for name in ("shared_quota", "api_share", "is_leak_cleaner", "build_progress",
+                     "image_upload"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
         return kwargs

@@ -93,7 +93,10 @@ class HostKeyScan(ReadinessCheck):
         if now >= self._next_try:
             self.attempts += 1
             self._proc = subprocess.Popen(
-                [self._binary, "-T", str(PER_SCAN_TIMEOUT), "-p", str(self.port), self.host],
+                # "--": a host is never read as an option (a name from the
+                # cloud like "-f/etc/passwd" would make it read hosts from a file).
+                [self._binary, "-T", str(PER_SCAN_TIMEOUT), "-p", str(self.port), "--",
+                 self.host],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                 text=True)
         return None

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from nodepool.config.errors import Problems
-from nodepool.config.model import CloudSettings, Label
 
 
 @dataclass(frozen=True)
@@ -40,16 +39,19 @@ class Driver:
       starts a provider, so config-validate does not load cloud libraries.
     * ``uses_clouds_yaml``: the entries name a ``cloud`` of clouds.yaml,
       which the loader checks against its policy and passes to ``build``.
+    * ``uses_diskimages``: ``build`` also takes ``diskimages=`` (name ->
+      ``config.model.DiskImage``, the top-level list), for labels that boot
+      images built by upstream's nodepool-builder.
     """
 
     name: str
     schema: Callable[[Any], Any]
     model: type
-    build: Callable[[int, dict, dict[str, Label], Problems,
-                     CloudSettings | None], Any]
+    build: Callable[..., Any]
     provider_class: str
     warn: Callable[[int, dict, Problems], None] | None = None
     uses_clouds_yaml: bool = False
+    uses_diskimages: bool = False
 
     def load_provider_class(self) -> type:
         module, _, name = self.provider_class.partition(":")

@@ -4,6 +4,14 @@ Every state machine, the quota ledger and the leak cleaner read this one list
 instead of asking the cloud about single servers.  The cache never pretends:
 it says how old its list is and what the last refresh failed with, and a
 refresh that passed the gate's deadline is given up so a new one can start.
+
+One list is not proof that a server is gone (``confirm_gone``): nova leaves
+out the servers of a cell that does not answer, and one such list would
+free their quota, fail their builds and drop their claims.  A server missing
+from a list stays in the snapshot, as last seen, until the next list misses
+it too (unless ``confirm_gone`` says its last record needs no second look:
+a server last seen being deleted is expected to go); and a partial record of a server
+(``is_partial``: all a down cell lets nova say) keeps the fields last seen.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class ServerSnapshot:
     servers: dict[str, dict] = field(default_factory=dict)
     requested_at: float = float("-inf")
     received_at: float = float("-inf")
+    # Servers kept although this list missed them (a second list decides).
+    unconfirmed: frozenset[str] = frozenset()
 
     def get(self, server_id: str) -> dict | None:
         return self.servers.get(server_id)
@@ -52,10 +62,14 @@ class ServerListCache:
 
     def __init__(self, gate: ApiGate, fetch: Callable[[], list[dict]], interval: float,
                  clock: Callable[[], float] = time.monotonic, *,
-                 kind: str = "compute.list_servers", idle_refresh: bool = True):
+                 kind: str = "compute.list_servers", idle_refresh: bool = True,
+                 confirm_gone: Callable[[dict], bool] | None = None,
+                 is_partial: Callable[[dict], bool] | None = None):
         self.gate = gate
         self.kind = kind
         self.idle_refresh = idle_refresh
+        self.confirm_gone = confirm_gone
+        self.is_partial = is_partial
         self.fetch = fetch
         self.interval = interval
         self.clock = clock
@@ -73,7 +87,25 @@ class ServerListCache:
         self._urgent = False
         self._tokens = URGENT_BURST
         self._tokens_at = clock()
+        self._unconfirmed: frozenset[str] = frozenset()
 
+    def _judge(self, listed: dict[str, dict]) -> tuple[dict[str, dict], frozenset[str]]:
+        """The new list with what one list cannot prove (see the module doc)."""
+        previous = self.snapshot.servers
+        if self.is_partial is not None:
+            for server_id, record in listed.items():
+                known = previous.get(server_id)
+                if known is not None and self.is_partial(record):
+                    listed[server_id] = {**known, **record}
+        if self.confirm_gone is None:
+            return listed, frozenset()
+        # Missed by the list before too: gone.
+        kept = {server_id for server_id, record in previous.items()
+                if server_id not in listed and server_id not in self._unconfirmed
+                and self.confirm_gone(record)}
+        for server_id in kept:
+            listed[server_id] = previous[server_id]
+        return listed, frozenset(kept)
     def want_fresh(self, after: float | None = None, *, within: float | None = None) -> None:
         """Ask for a list requested after ``after`` (default: now), e.g.
         once a delete call has returned; still at most one per interval, or
@@ -112,8 +144,15 @@ class ServerListCache:
                 self.last_error_at = now
                 log.warning("%s: %s failed: %s", self.gate.name, self.kind, self.last_error)
             else:
-                self.snapshot = ServerSnapshot({s["id"]: s for s in servers if "id" in s},
-                                               call.started_at or call.submitted_at, now)
+                listed, unconfirmed = self._judge({s["id"]: s for s in servers if "id" in s})
+                self.snapshot = ServerSnapshot(listed, call.started_at or call.submitted_at,
+                                               now, unconfirmed)
+                if unconfirmed:
+                    # No list is asked for here: whoever waits for a server
+                    # to go still sees it and asks at its own pace.
+                    log.debug("%s: %d server(s) missing from one list; kept until the "
+                              "next list", self.gate.name, len(unconfirmed))
+                self._unconfirmed = unconfirmed
                 self.refreshes += 1
                 self.last_error = None
                 arrived = True
@@ -154,6 +193,7 @@ class ServerListCache:
     def status(self) -> dict:
         return {
             "servers": len(self.snapshot.servers),
+            "unconfirmed_gone": len(self.snapshot.unconfirmed),
             "age": None if self.age() is None else round(self.age(), 1),
             "refreshing_for": None if self._call is None else round(self._call.age(), 1),
             "last_error": self.last_error,

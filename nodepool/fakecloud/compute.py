@@ -140,6 +140,17 @@ def render_server(cloud: "FakeCloud", req: Request, s: Server, v: tuple[int, int
     return d
 
 
+# From this microversion nova lists the servers of a down cell as partial
+# records; below it, it leaves them out (its default configuration).
+DOWN_CELL_VERSION = (2, 69)
+
+
+def render_down_cell_server(req: Request, s: Server) -> dict:
+    """What nova can say of a server whose cell does not answer."""
+    return {"id": s.id, "status": "UNKNOWN", "tenant_id": s.project_id,
+            "created": iso(s.created), "links": _links(req, "servers", s.id)}
+
+
 def _parse_count(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise _err(400, f"Invalid input for field/attribute {name}.")
@@ -308,12 +319,16 @@ def register(router: Router, cloud: "FakeCloud") -> None:
                     raise _err(400, f"marker [{marker}] not found")
                 servers = servers[ids.index(marker) + 1:]
             page = servers[:page_size]
+            down = cloud.faults.down_cell()
             if detail:
                 fips = state.fips_by_port()
-                items = [render_server(cloud, req, s, v, fips) for s in page]
+                items = [render_down_cell_server(req, s) if down(s.id)
+                         else render_server(cloud, req, s, v, fips)
+                         for s in page if v >= DOWN_CELL_VERSION or not down(s.id)]
             else:
-                items = [{"id": s.id, "name": s.name, "links": _links(req, "servers", s.id)}
-                         for s in page]
+                items = [render_down_cell_server(req, s) if down(s.id)
+                         else {"id": s.id, "name": s.name, "links": _links(req, "servers", s.id)}
+                         for s in page if v >= DOWN_CELL_VERSION or not down(s.id)]
         body: dict[str, Any] = {"servers": items}
         if page and len(page) >= page_size:
             body["servers_links"] = [{"rel": "next", "href": req.url_with(

@@ -149,6 +149,12 @@ class Faults:
     capacity: int = 0
     overload_seconds: float = 0.05
     overload_503_factor: float = 2.0
+    # A nova cell that is down: this share of the servers (picked by id)
+    # lives in it.  Server lists below microversion 2.69 leave them out;
+    # from 2.69 they are partial records with status UNKNOWN.  With
+    # down_cell_lists > 0 the cell is down for that many lists only.
+    down_cell_share: float = 0.0
+    down_cell_lists: int = 0
 
     def as_dict(self) -> dict:
         return {"latency_seconds": self.latency_seconds.as_yaml(),
@@ -161,7 +167,9 @@ class Faults:
                 "error_429_rate": self.error_429_rate,
                 "retry_after_seconds": self.retry_after_seconds,
                 "capacity": self.capacity, "overload_seconds": self.overload_seconds,
-                "overload_503_factor": self.overload_503_factor}
+                "overload_503_factor": self.overload_503_factor,
+                "down_cell_share": self.down_cell_share,
+                "down_cell_lists": self.down_cell_lists}
 
 
 @dataclass(frozen=True)
@@ -339,7 +347,8 @@ def _check_faults(c: _Checker, data: Any, where: str, base: Faults) -> Faults:
         changes["latency_seconds"] = c.seconds_range(data["latency_seconds"],
                                                      f"{where}.latency_seconds",
                                                      base.latency_seconds)
-    for key in ("error_500_rate", "error_503_rate", "error_429_rate", "slow_create_share"):
+    for key in ("error_500_rate", "error_503_rate", "error_429_rate", "slow_create_share",
+                "down_cell_share"):
         if key in data:
             changes[key] = c.number(data[key], f"{where}.{key}", maximum=1.0)
     for key in ("retry_after_seconds", "overload_seconds"):
@@ -348,8 +357,9 @@ def _check_faults(c: _Checker, data: Any, where: str, base: Faults) -> Faults:
     if "overload_503_factor" in data:
         changes["overload_503_factor"] = c.number(data["overload_503_factor"],
                                                   f"{where}.overload_503_factor", minimum=1.0)
-    if "capacity" in data:
-        changes["capacity"] = c.integer(data["capacity"], f"{where}.capacity")
+    for key in ("capacity", "down_cell_lists"):
+        if key in data:
+            changes[key] = c.integer(data[key], f"{where}.{key}")
     if "hang" in data:
         changes["hang"] = c.boolean(data["hang"], f"{where}.hang")
     if "hang_seconds" in data:

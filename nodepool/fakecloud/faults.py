@@ -6,6 +6,7 @@ never waits for a hung request.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import threading
@@ -39,6 +40,7 @@ class FaultInjector:
         self._release = threading.Event()
         self._hung_now = 0
         self._concurrent = 0
+        self._down_cell_lists_left = faults.down_cell_lists
 
     @property
     def faults(self) -> Faults:
@@ -49,6 +51,7 @@ class FaultInjector:
             was_hanging = self._faults.hang
             self._faults = faults
             self._match = re.compile(faults.match) if faults.match else None
+            self._down_cell_lists_left = faults.down_cell_lists
         if was_hanging and not faults.hang:
             self.release()
 
@@ -123,6 +126,24 @@ class FaultInjector:
                 with self._lock:
                     self._hung_now -= 1
         return FaultDecision(latency, hang, status, retry_after)
+
+    def down_cell(self) -> Callable[[str], bool]:
+        """For one server list: whether a server (by id) is in a down cell."""
+        with self._lock:
+            share = self._faults.down_cell_share
+            if share <= 0:
+                return lambda server_id: False
+            if self._faults.down_cell_lists > 0:
+                if self._down_cell_lists_left <= 0:
+                    return lambda server_id: False
+                self._down_cell_lists_left -= 1
+        self._note("down_cell")
+
+        def down(server_id: str) -> bool:
+            # Stable per server: a cell holds the same servers every list.
+            digest = hashlib.sha256(server_id.encode()).digest()
+            return int.from_bytes(digest[:4], "big") / 2 ** 32 < share
+        return down
 
     def slow_create_delay(self) -> float:
         with self._lock:

@@ -24,6 +24,7 @@ from nodepool.fakecloud import quota
 from nodepool.fakecloud.config import (LIMIT_KEYS, FakeCloudConfig, FlavorConfig,
                                        NetworkConfig, ProjectConfig, Range, ServerBehaviour,
                                        UserConfig, stable_id)
+from nodepool.fakecloud.image_store import ImageStore
 
 FAKE_PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeCloudFakeCloudFakeCloudFakeCloud0000 "
                    "fakecloud")
@@ -220,7 +221,7 @@ class CloudState:
         self.behaviour: ServerBehaviour = config.servers
         self.projects = {p.id: ProjectState(p, dict(p.limits)) for p in config.projects}
         self.flavors = {f.id: f for f in config.flavors}
-        self.images = {i.id: i for i in config.images}
+        self.images = ImageStore(config.images, clock, self.lock)
         self.networks: dict[str, NetworkState] = {}
         for n in config.networks:
             net = ipaddress.ip_network(n.cidr, strict=False)

@@ -45,6 +45,8 @@ from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
 from nodepool.zk.shared_quota import ProviderShare, SharedQuotaBooks, new_launcher_id
 from nodepool.zk.store import ZooKeeperStore
+from nodepool.zk.image_records import ImageUpload
+from nodepool.zk.images import ImageCache
 from nodepool.launcher.shared import project_of
 
 log = logging.getLogger("nodepool.launcher")
@@ -265,6 +267,9 @@ class Launcher:
         self._pending_reload: NodepoolConfig | None = None
         self._seen_pools: set[str | None] = set()
         self._standing: dict[str, StandingNodes] = {}
+        # What upstream's nodepool-builder wrote; kept only while a
+        # provider boots diskimages (_sync_image_cache).
+        self.images: ImageCache | None = None
         self.webapp: StatusServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -297,6 +302,7 @@ class Launcher:
                 ledger.entry_state(key)),
             wait_for_change=ledger.wait_for_change)
         self.shared.start()
+        self._sync_image_cache(cfg)
         for name, provider_cfg in cfg.providers.items():
             provider = self._make_provider(provider_cfg)
             provider.start()
@@ -344,6 +350,8 @@ class Launcher:
             provider.stop(wait=max(0.5, deadline - time.monotonic()))
         if self.shared is not None:
             self.shared.stop()
+        if self.images is not None:
+            self.images.stop()
         if self.store is not None:
             self.store.stop_caches()
         if self.client is not None:
@@ -421,6 +429,7 @@ class Launcher:
 
     def _apply_reload(self, config: NodepoolConfig, new_providers: dict,
                       new_workers: dict) -> None:
+        self._sync_image_cache(config)
         self.config = config
         self.ledger.set_tenant_limits(tenant_limits_from_config(config.tenant_limits))
         for name, provider_cfg in config.providers.items():
@@ -456,13 +465,39 @@ class Launcher:
             shared = dict(shared_quota=ProviderShare(book),
                           api_share=lambda: max(1, book.launcher_count()),
                           is_leak_cleaner=book.is_cleaner)
+        # Providers that can boot diskimages (OpenStack's) get the lookup
+        # even without any now: a reload may add some.
+        images = self._image_upload if hasattr(provider_cfg, "diskimages") else None
         views = LauncherViews(known_nodes=self._known_nodes,
                               node_claims_server=self._node_claims_server,
                               tenant_usage=self._tenant_usage_elsewhere,
                               launch_observer=self.stats.launch,
-                              build_progress=self._waker_of(provider_cfg.name), **shared)
+                              build_progress=self._waker_of(provider_cfg.name),
+                              image_upload=images, **shared)
         return factory(provider_cfg, self.ledger, **views.as_kwargs(),
                        **self.provider_options)
+
+    def _sync_image_cache(self, config: NodepoolConfig) -> None:
+        """Keep the image cache while some provider boots diskimages, as
+        upstream's launcher does; none is kept (nor /nodepool/images made)
+        for a site without them."""
+        wanted = any(getattr(p, "diskimages", None) for p in config.providers.values())
+        if wanted and self.images is None and self.client is not None:
+            images = ImageCache(self.client)
+            images.start()
+            # A request for a diskimage label is declined while the cache
+            # holds no upload for it: read everything before serving.
+            if not images.wait_synced(config.zookeeper.session_timeout * 3
+                                      if config.zookeeper else 30.0):
+                log.warning("the image cache is not in sync yet; continuing")
+            self.images = images
+        elif not wanted and self.images is not None:
+            images, self.images = self.images, None
+            images.stop()
+
+    def _image_upload(self, image: str, provider: str) -> ImageUpload | None:
+        images = self.images
+        return images.newest_ready_upload(image, provider) if images is not None else None
 
     def _retire_drained_pools(self) -> None:
         for name, worker in list(self.pool_workers.items()):
@@ -594,7 +629,16 @@ class Launcher:
             minready.submit_min_ready(self.store, wanted)
 
     def _served(self, label: str) -> bool:
-        return any(label in w.settings.labels for w in self.pool_workers.values())
+        """Some pool offers the label and, for a diskimage label, has a
+        READY upload to boot (upstream's min-ready waits for one)."""
+        for worker in list(self.pool_workers.values()):
+            if label not in worker.settings.labels:
+                continue
+            provider = self.providers.get(worker.provider_name)
+            unavailable = getattr(provider, "unavailable_images", None)
+            if unavailable is None or not unavailable([label], pool=worker.pool_name):
+                return True
+        return False
 
     def _max_ready_age(self) -> None:
         now = time.time()
@@ -639,7 +683,14 @@ class Launcher:
             requests=store.list_requests(cached=True),
             provider_configs=self.config.providers,
             tenant_limits=self.config.tenant_limits,
-            zk_queues={f"{root}.{k}": v for k, v in store.queue_sizes().items()})
+            zk_queues={f"{root}.{k}": v for k, v in self._zk_queue_sizes().items()})
+
+    def _zk_queue_sizes(self) -> dict[str, int]:
+        queues = self.store.queue_sizes()
+        images = self.images
+        if images is not None:  # kept while a provider boots diskimages
+            queues.update({f"zk.image_cache.{k}": v for k, v in images.queue_sizes().items()})
+        return queues
 
     # -- for the providers and operators --------------------------------------------
 

@@ -1,12 +1,14 @@
-"""The launcher's read-only status API (stdlib HTTP, 127.0.0.1 by default).
+"""The launcher's read-only status API (127.0.0.1 by default).
 
 As upstream's: ``/node-list`` (``?node_id=``), ``/request-list`` and
 ``/label-list`` answer a table, or JSON with upstream's keys when the client
 sends ``Accept: application/json``; ``?fields=a,b`` narrows the table's
 columns (JSON keeps every key, as upstream's).  ``/image-list``,
-``/dib-image-list`` and ``/image-status`` are empty: this launcher builds no
-images.  ``/ready`` answers ``OK`` once the launcher serves (503 before).
-Every answer is cached for one second and carries upstream's headers
+``/dib-image-list`` and ``/image-status`` show what upstream's
+nodepool-builder keeps in ZooKeeper (read afresh at most once a second, as
+every answer).  ``/ready`` answers ``OK`` once the launcher serves (503 before).
+Every answer is cached for one second (keyed by the query parameters its
+endpoint knows; others are ignored) and carries upstream's headers
 (``Access-Control-Allow-Origin: *``, ``Cache-Control: max-age=1, public``,
 ``Last-Modified``, ``Expires``); ``If-Modified-Since``, ``Range`` and
 ``HEAD`` are answered as upstream's web framework answers them.
@@ -16,22 +18,26 @@ header), ``/health`` (503 when ZooKeeper is lost or a loop is stuck past
 its deadline), ``/quota`` and ``/quota.json`` (``?provider=``), the figures
 behind every create decision, and ``/providers.json`` with the API call
 counters, calls in flight and cache ages.  Nothing here prints a secret:
-the records served carry no credentials.
+the records served carry no credentials, and neither errors nor headers
+name the ZooKeeper servers.  Connections are served by a bounded front end
+(``bounded_http``): slow clients cost a socket until a deadline, never a
+thread.
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import logging
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 from nodepool import tables
+from nodepool.launcher.bounded_http import BoundedHTTPServer, PrefetchedRequestHandler
 
 if TYPE_CHECKING:
     from nodepool.launcher.launcher import Launcher
@@ -103,31 +109,46 @@ def _quality(accept: str | None, offer: str) -> float:
 
 
 class AnswerCache:
-    """Answers by path, query and format, reused for ``expiry`` seconds;
-    the time one was made is its ``Last-Modified``."""
+    """Answers by path, query and format, reused for ``expiry`` seconds of
+    the monotonic clock (a wall clock step must not keep or drop them); the
+    wall time one was made is its ``Last-Modified``."""
 
-    def __init__(self, expiry: float = CACHE_EXPIRY):
+    def __init__(self, expiry: float = CACHE_EXPIRY,
+                 clock: Callable[[], float] = time.monotonic):
         self.expiry = expiry
-        self._items: dict[str, tuple[float, tuple[int, str, str]]] = {}
+        self.clock = clock
+        # key -> (made on the clock, made at wall time, answer)
+        self._items: dict[str, tuple[float, float, tuple[int, str, str]]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str, make: Callable[[], tuple[int, str, str]]
             ) -> tuple[float, tuple[int, str, str]]:
-        now = time.time()
+        """(wall time it was made, answer)."""
+        now = self.clock()
         with self._lock:
             hit = self._items.get(key)
             if hit is not None and now <= hit[0] + self.expiry:
-                return hit
+                return hit[1], hit[2]
+        made_at = time.time()
         answer = make()
         with self._lock:
             self._items = {k: v for k, v in self._items.items()
                            if now <= v[0] + self.expiry}
             if answer[0] == 200:
-                self._items[key] = (now, answer)
-        return now, answer
+                self._items[key] = (now, made_at, answer)
+        return made_at, answer
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Positions past any answer's length: longer digit strings are not parsed
+# (int() of thousands of digits is slow, and past 4,300 an error).
+_MAX_DIGITS = 18
+_HUGE = 10 ** _MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return _HUGE if len(digits) > _MAX_DIGITS else int(digits)
 
 
 def byte_range(header: str | None, length: int) -> tuple[int, int] | None | bool:
@@ -137,12 +158,13 @@ def byte_range(header: str | None, length: int) -> tuple[int, int] | None | bool
     if not m or (not m.group(1) and not m.group(2)):
         return None
     if not m.group(1):
-        start, stop = max(0, length - int(m.group(2))), length
+        start, stop = max(0, length - _position(m.group(2))), length
     else:
-        start = int(m.group(1))
-        stop = min(length, int(m.group(2)) + 1) if m.group(2) else length
-        if m.group(2) and int(m.group(2)) < start:
+        start = _position(m.group(1))
+        last = _position(m.group(2)) if m.group(2) else None
+        if last is not None and last < start:
             return None
+        stop = length if last is None else min(length, last + 1)
     if start >= length or start >= stop:
         return False
     return start, stop
@@ -157,11 +179,17 @@ def _parse_http_date(value: str | None) -> float | None:
         return None
     try:
         return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
-class _Handler(BaseHTTPRequestHandler):
+def zookeeper_tag(hosts: str) -> str:
+    """What the API says of its ZooKeeper: a digest of the hosts and chroot,
+    enough for a client that knows them to compare, naming nothing."""
+    return hashlib.sha256(f"nodepool-zookeeper:{hosts}".encode()).hexdigest()[:16]
+
+
+class _Handler(PrefetchedRequestHandler):
     launcher: "Launcher"
     cache: AnswerCache
     server_version = "nodepool-launcher"
@@ -211,16 +239,17 @@ class _Handler(BaseHTTPRequestHandler):
                              ("Content-Length", str(len(data)))] + headers, data)
 
     def _source_headers(self) -> list[tuple[str, str]]:
-        """Which ZooKeeper (hosts and chroot) the answers come from and whether
-        the launcher's cache is in step with it: ``nodepool list`` uses this
-        API's node list only when both match its own configuration."""
+        """Which ZooKeeper (a digest of hosts and chroot) the answers come from
+        and whether the launcher's cache is in step with it: ``nodepool
+        list`` uses this API's node list only when both match its own
+        configuration."""
         launcher = self.launcher
         config = getattr(launcher, "config", None)
         zk = getattr(config, "zookeeper", None)
         store = getattr(launcher, "store", None)
         if zk is None or store is None:
             return []
-        return [("X-Nodepool-ZooKeeper", zk.hosts),
+        return [("X-Nodepool-ZooKeeper", zookeeper_tag(zk.hosts)),
                 ("X-Nodepool-Cache-Synced", "true" if store.synced else "false")]
 
     def _start(self, status: int, headers: list[tuple[str, str]], data: bytes = b"") -> None:
@@ -253,12 +282,19 @@ class _Handler(BaseHTTPRequestHandler):
             if base in UNCACHED:
                 self._answer(*route(self, as_json, query))
                 return
+            # Only what the endpoint reads: an unknown parameter must not
+            # make a new answer (and take the locks the pool workers need).
+            known = QUERY_PARAMS.get(base, TABLE_PARAMS)
+            query = {k: v for k, v in query.items() if k in known}
             key = json.dumps([base, sorted(query.items()), as_json])
             made_at, answer = self.cache.get(key, lambda: route(self, as_json, query))
             self._answer(*answer, made_at=made_at)
-        except Exception as e:  # an API error must not kill the server
+        except (ConnectionError, TimeoutError):
+            raise   # the client left or reads too slowly: not the API's failure
+        except Exception:  # an API error must not kill the server
+            # The log has the details; an unauthenticated client gets none.
             log.exception("status API %s failed", url.path)
-            self._json({"error": str(e)}, 500)
+            self._json({"error": "internal error; see the launcher's log"}, 500)
 
     # -- endpoints: each returns (status, body, content type) ---------------------------
 
@@ -287,14 +323,21 @@ class _Handler(BaseHTTPRequestHandler):
         labels = self.launcher.store.label_names(cached=True)
         return self._view(tables.label_view(labels), as_json, query)
 
+    def _images(self):
+        from nodepool.zk.image_reader import read_images
+        return read_images(self.launcher.client)
+
     def image_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
-        return self._view(([], tables.IMAGE_LIST_COLUMNS), as_json, query)
+        return self._view(tables.image_list_view(self._images().uploads), as_json, query)
 
     def dib_image_list(self, as_json: bool, query: dict) -> tuple[int, str, str]:
-        return self._view(([], tables.DIB_IMAGE_LIST_COLUMNS), as_json, query)
+        snap = self._images()
+        return self._view(tables.dib_image_list_view(snap.builds, snap.paused), as_json, query)
 
     def image_status(self, as_json: bool, query: dict) -> tuple[int, str, str]:
-        return self._view(([], tables.IMAGE_STATUS_COLUMNS), as_json, query)
+        snap = self._images()
+        return self._view(tables.image_status_view(snap.images, snap.paused, snap.requests),
+                          as_json, query)
 
     def ready(self, as_json: bool, query: dict) -> tuple[int, str, str]:
         ok = self.launcher.started.is_set() and bool(
@@ -345,29 +388,31 @@ ROUTES = {
 }
 # Probes answer the current state, never a cached one.
 UNCACHED = {"/ready", "/health"}
+# The query parameters each endpoint reads (others are dropped before the
+# answer and its cache key are made); the tables take ``fields``.
+TABLE_PARAMS: tuple[str, ...] = ("fields",)
+QUERY_PARAMS: dict[str, tuple[str, ...]] = {
+    "/node-list": ("node_id", "fields"),
+    "/ready": (),
+    "/health": (),
+    "/quota": ("provider",),
+    "/providers": (),
+}
 
 
 class StatusServer:
     def __init__(self, launcher: "Launcher", host: str, port: int):
         handler = type("Handler", (_Handler,), {"launcher": launcher,
                                                 "cache": AnswerCache()})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="webapp",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self.httpd = BoundedHTTPServer((host, port), handler)
 
     @property
     def port(self) -> int:
         return self.httpd.server_address[1]
 
     def start(self) -> None:
-        self._thread.start()
+        self.httpd.start()
         log.info("status API on http://%s:%d/", *self.httpd.server_address[:2])
 
     def stop(self) -> None:
-        # shutdown() waits for serve_forever() to end: it would never return
-        # for a server that was bound but never started.
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-            self._thread.join(5)
-        self.httpd.server_close()
+        self.httpd.stop()

@@ -12,6 +12,15 @@ from ``capacity`` as "no headroom now".
 A builder may also offer ``availability_zones() -> list[str]``, the zones
 the cloud lists: the handler picks one of them for a request whose pool
 names none (as upstream does), and passes it in ``BuildSpec.az``.
+
+A builder may also offer ``launch_concurrency() -> LaunchConcurrency``, the
+provider's ``max-concurrency`` and its launches in progress (across all its
+pools): the handler then takes no new request while the limit is reached,
+and none at all with a limit of 0, so that another provider takes them.
+
+A request that finds no room makes the pool delete its oldest unused ready
+node (as upstream does), unless the builder sets ``deleting_frees_capacity``
+to False (its nodes are not built, so a deletion frees nothing).
 """
 
 from __future__ import annotations
@@ -38,6 +47,19 @@ class DeleteState(enum.Enum):
     DELETING = "deleting"
     DONE = "done"            # the server is gone (or never existed)
     FAILED = "failed"        # try again on a later pass
+
+
+@dataclass(frozen=True)
+class LaunchConcurrency:
+    """``limit``: max-concurrency (None: no limit; 0: take no requests);
+    ``in_progress``: the provider's builds not finished yet."""
+
+    limit: int | None
+    in_progress: int
+
+    @property
+    def reached(self) -> bool:
+        return self.limit is not None and self.in_progress >= self.limit
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from typing import Any, Callable, Hashable
 
 from nodepool.requests import protocol
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
-                                       Capacity, DeleteSpec, NodeBuilder)
+                                       Capacity, DeleteSpec, LaunchConcurrency,
+                                       NodeBuilder)
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
@@ -59,6 +60,9 @@ log = logging.getLogger("nodepool.requests.handler")
 # At max-servers the builder is still asked for capacity this often, so that
 # it knows a request waits (builders remember that for a couple of seconds).
 MAX_SERVERS_TELL_INTERVAL = 1.0
+# A request without room looks for an unused node to delete at most this
+# often (each look reads the pool's nodes).
+UNUSED_DELETE_INTERVAL = 1.0
 
 
 @dataclass
@@ -142,6 +146,7 @@ class NodeRequestHandler:
         self._state_lock = threading.Lock()
         self._generation: int = store.session_generation
         self._max_servers_told_at = float("-inf")
+        self._unused_delete_at = float("-inf")
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
         self.draining = False
@@ -255,6 +260,12 @@ class NodeRequestHandler:
     def _assign_new(self, report: PassReport) -> None:
         if self.store.requests_cache is not None and not self.store.synced:
             return  # after a session loss, wait until the caches are current
+        concurrency = self._launch_concurrency()
+        if concurrency is not None and concurrency.limit == 0:
+            # max-concurrency 0, as upstream: the provider looks at no request
+            # (declines none either); another provider serves them.
+            return
+        limit_reached = False
         requests = self.store.list_requests(cached=True)
         pools = [PoolInfo.from_component(c) for c in self.store.registered_pools(cached=True)]
         for request in protocol.candidate_requests(requests, self.pool, self._active):
@@ -264,6 +275,8 @@ class NodeRequestHandler:
                 report.deferred.append(request.id)
                 continue
             reasons = protocol.decline_reasons(request, self.pool)
+            if not reasons:
+                reasons = self._images_reasons(request.node_types)
             if not reasons and self._capacity(request.node_types) is Capacity.NEVER:
                 reasons = ["it would never fit the provider's quota"]
             if not reasons:
@@ -281,7 +294,35 @@ class NodeRequestHandler:
             if self.paused and not reasons:
                 report.deferred.append(request.id)
                 continue
+            if not reasons and concurrency is not None and concurrency.limit is not None:
+                # Left for another provider while max-concurrency launches
+                # are in progress; once reached it stays so for this pass.
+                limit_reached = limit_reached or self._concurrency_reached()
+                if limit_reached:
+                    report.deferred.append(request.id)
+                    continue
             self._guard(report, request.id, self._lock_and_decide, request.id, reasons, report)
+
+    def _launch_concurrency(self) -> LaunchConcurrency | None:
+        """The builder's max-concurrency and launches in progress (None: it
+        has no such limit)."""
+        ask = getattr(self.builder, "launch_concurrency", None)
+        if not callable(ask):
+            return None
+        try:
+            return ask()
+        except Exception:  # without the figures, no limit is applied
+            log.exception("pool %s: reading the launch concurrency failed", self.pool.pool_id)
+            return None
+
+    def _concurrency_reached(self) -> bool:
+        concurrency = self._launch_concurrency()
+        if concurrency is None or not concurrency.reached:
+            return False
+        log.debug("pool %s: max-concurrency reached (%d launches in progress); leaving "
+                  "new requests to other providers", self.pool.pool_id,
+                  concurrency.in_progress)
+        return True
 
     def _lock_and_decide(self, request_id: str, reasons: list[str], report: PassReport) -> None:
         lock = self.store.try_lock_request(request_id)
@@ -316,6 +357,24 @@ class NodeRequestHandler:
             self._active[request_id] = active
         report.accepted.append(request_id)
         self._advance(active, report)
+
+    def _images_reasons(self, labels) -> list[str]:
+        """Upstream's "images are not available": a label's diskimage has
+        no READY upload for this provider, so another provider may serve
+        the request (checked before quota, as upstream does)."""
+        unavailable = getattr(self.builder, "unavailable_images", None)
+        if unavailable is None:
+            return []
+        try:
+            missing = unavailable(list(labels), pool=self.pool.pool_name)
+        except Exception:
+            log.exception("pool %s: image availability check failed; declining nothing",
+                          self.pool.pool_id)
+            return []
+        if not missing:
+            return []
+        return [f"images are not available: no READY upload of "
+                f"{', '.join(sorted(set(missing)))} for this provider"]
 
     def _tenant_capacity(self, request) -> Capacity:
         try:
@@ -384,6 +443,7 @@ class NodeRequestHandler:
                     log.info("request %s: no headroom for %s now; pausing pool %s",
                              request.id, slot.label, self.pool.pool_id)
                 active.waiting = True
+                self._delete_oldest_unused(request.id)
                 return False
             active.waiting = False
             slot.node = self._create_node(request, slot.label)
@@ -450,6 +510,26 @@ class NodeRequestHandler:
                 self._capacity([label])
             return Capacity.WAIT
         return self._capacity([label])
+
+    def _delete_oldest_unused(self, request_id: str) -> None:
+        """Upstream's way out of a pool filled by ready nodes nobody uses
+        (min-ready of other labels): delete the oldest of them."""
+        if not getattr(self.builder, "deleting_frees_capacity", True):
+            return  # e.g. static hosts: the slot is registered again at once
+        now = self._now()
+        if now - self._unused_delete_at < UNUSED_DELETE_INTERVAL:
+            return
+        self._unused_delete_at = now
+        nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
+        cache = self.store.nodes_cache
+        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
+        for candidate in protocol.oldest_unused_nodes(nodes, self.pool, locked, now):
+            if self.store.update_unlocked_node(
+                    candidate.id, lambda fresh: protocol.retire_ready(fresh, now),
+                    "delete the unused"):
+                log.info("request %s: pool %s is at capacity; deleting its oldest unused "
+                         "ready node %s", request_id, self.pool.pool_id, candidate.id)
+                return
 
     def _reuse(self, active: _Active, slot: _Slot) -> str | None:
         """The id of a ready node now allocated to the request, or None."""

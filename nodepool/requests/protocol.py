@@ -160,6 +160,26 @@ def retire_ready(node: Node, now: float) -> bool:
     return True
 
 
+# At capacity, a pool deletes no unused node while one of its nodes has been
+# deleting for less than this (upstream's five minutes): that deletion is
+# what the waiting request waits for.
+UNUSED_DELETE_WAIT = 300.0
+
+
+def oldest_unused_nodes(nodes: Iterable[Node], pool: PoolSettings, locked: Collection[str],
+                        now: float, wait: float = UNUSED_DELETE_WAIT) -> list[Node]:
+    """What a pool with a request it has no room for deletes, as upstream:
+    its ``ready`` nodes allocated to nobody and unlocked, oldest first (the
+    caller deletes the first it can lock), so that min-ready nodes of other
+    labels cannot starve the request.  None while a deletion is under way."""
+    mine = [n for n in nodes if n.provider == pool.provider_name and n.pool == pool.pool_name]
+    if any(n.state == DELETING and now - (n.state_time or now) < wait for n in mine):
+        return []
+    found = [n for n in mine
+             if n.state == READY and n.allocated_to is None and n.id not in locked]
+    return sorted(found, key=lambda n: (n.state_time or 0, n.id or ""))
+
+
 def can_reuse(node: Node, label: str, pool: PoolSettings, az: str | None = None) -> bool:
     """The re-check after locking a node for reuse."""
     return (node.state == READY and node.allocated_to is None and node.has_label(label)
@@ -252,10 +272,14 @@ def min_ready_wanted(min_ready: Mapping[str, int], nodes: Iterable[Node],
 
 
 # The request's fields a label's dynamic-instance-properties may format,
-# e.g. ``{request.requestor_data[job_name]}``; nothing else of it is exposed.
-TEMPLATE_FIELDS = ("id", "requestor", "requestor_data", "event_id", "tenant_name",
-                   "node_types", "relative_priority")
+# e.g. ``{request.requestor_data[job_name]}``: upstream's "safe attributes",
+# with its names (``labels`` is the request's ``node_types``); nothing else of
+# the request is exposed.
+TEMPLATE_FIELDS = ("id", "labels", "requestor", "requestor_data", "relative_priority",
+                   "event_id", "created_time", "tenant_name")
+_TEMPLATE_SOURCES = {"labels": "node_types"}
 
 
 def template_fields(request: NodeRequest) -> dict:
-    return {name: getattr(request, name) for name in TEMPLATE_FIELDS}
+    return {name: getattr(request, _TEMPLATE_SOURCES.get(name, name))
+            for name in TEMPLATE_FIELDS}

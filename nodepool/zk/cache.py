@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.recipe.cache import TreeCache, TreeEvent
@@ -36,6 +36,18 @@ T = TypeVar("T")
 # (child name, full path, data, stat) -> record; raises MalformedRecord.
 Parser = Callable[[str, str, bytes, object], T]
 
+
+
+def tree_queue_sizes(tree: TreeCache | None) -> dict[str, int]:
+    """A kazoo TreeCache's ``event_queue`` and ``playback_queue`` sizes (see
+    ``RecordCache.queue_sizes``); zeros when there is no tree."""
+    if tree is None:
+        return {"event_queue": 0, "playback_queue": 0}
+    # kazoo keeps no public counters for these; read its attributes
+    # defensively so a kazoo upgrade cannot break the stats loop.
+    queue = getattr(tree, "_task_queue", None)
+    return {"event_queue": queue.qsize() if hasattr(queue, "qsize") else 0,
+            "playback_queue": int(getattr(tree, "_outstanding_ops", 0) or 0)}
 
 class RecordCache(Generic[T]):
     """Parsed records for the children of ``root``; for nodes also the lock
@@ -123,14 +135,7 @@ class RecordCache(Generic[T]):
         ``event_queue``, the ZooKeeper events waiting for the cache's thread;
         ``playback_queue``, the reads it sent and awaits (kazoo's TreeCache
         fetches a znode's data after each event before applying it)."""
-        tree = self._tree
-        if tree is None:
-            return {"event_queue": 0, "playback_queue": 0}
-        # kazoo keeps no public counters for these; read its attributes
-        # defensively so a kazoo upgrade cannot break the stats loop.
-        queue = getattr(tree, "_task_queue", None)
-        return {"event_queue": queue.qsize() if hasattr(queue, "qsize") else 0,
-                "playback_queue": int(getattr(tree, "_outstanding_ops", 0) or 0)}
+        return tree_queue_sizes(self._tree)
 
     def malformed(self) -> dict[str, str]:
         """Children whose content could not be parsed: name -> reason."""
@@ -175,20 +180,10 @@ class RecordCache(Generic[T]):
         log.error("cache of %s: %s", self.root, exc, exc_info=exc)
 
     def _on_event(self, event) -> None:
-        kind = event.event_type
-        if kind == TreeEvent.INITIALIZED:
-            self._synced.set()
-            self._changed()
+        triaged = znode_event(event, self._synced, self._changed)
+        if triaged is None:
             return
-        if kind == TreeEvent.CONNECTION_LOST:
-            # Until the re-read after reconnecting completes we may be stale.
-            self._synced.clear()
-            return
-        if kind not in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED):
-            return
-        data = event.event_data
-        if data is None:
-            return
+        kind, data = triaged
         rel = self._relative(data.path)
         if not rel:
             return
@@ -211,26 +206,12 @@ class RecordCache(Generic[T]):
         if kind == TreeEvent.NODE_ADDED:
             self._confirm_added(parts, data.path)
 
-    # kazoo's TreeCache applies a znode's data read on its own thread and
-    # the znode's DELETED watch on the client's: when the znode goes while
-    # the read is in flight, the read can land after the deletion and
-    # re-add it, with no event ever to remove it (python-zk/kazoo#645).  A
-    # lock contender that came and went at once would then leave its node
-    # "locked" for good (never reaped: a leaked server).  Names here are
-    # never reused (sequential znodes), so an added znode that is already
-    # gone on the server is gone for good: look once, and drop it.
+    # A lock contender that came and went at once could leave its node
+    # "locked" for good (never reaped: a leaked server); see confirm_added.
+    # Names here are never reused (sequential znodes), so an added znode
+    # that is already gone on the server is gone for good.
     def _confirm_added(self, parts: list[str], path: str) -> None:
-        try:
-            result = self.client.exists_async(path)
-        except Exception:  # noqa: BLE001 - closing; a restart re-reads everything
-            return
-
-        def check(result) -> None:
-            try:
-                if result.get() is not None:
-                    return
-            except Exception:  # noqa: BLE001 - disconnected: the re-read repairs it
-                return
+        def gone() -> None:
             if len(parts) == 1:
                 with self._lock:
                     held = parts[0] in self._records or parts[0] in self._malformed
@@ -242,7 +223,7 @@ class RecordCache(Generic[T]):
                 # Usually the race above; possibly a delete still on its way.
                 log.debug("cache of %s: %s gone in ZooKeeper; dropped", self.root, path)
 
-        result.rawlink(check)
+        confirm_added(self.client, path, gone)
 
     def _drop_contender(self, name: str, contender: str) -> bool:
         with self._lock:
@@ -378,3 +359,46 @@ def component_cache(client: KazooClient, kind: str, on_change=None) -> RecordCac
 
 def sorted_requests(requests: Iterable[NodeRequest]) -> list[NodeRequest]:
     return sorted(requests, key=lambda r: r.priority)
+
+
+def znode_event(event, synced: threading.Event,
+                changed: Callable[[], None]) -> tuple[int, Any] | None:
+    """Triage a TreeCache event: ``synced`` follows the cache's state (set
+    once the tree is read, cleared on a lost connection until the re-read
+    after reconnecting completes); a znode added, updated or removed is
+    returned as ``(kind, event_data)``, anything else as None."""
+    kind = event.event_type
+    if kind == TreeEvent.INITIALIZED:
+        synced.set()
+        changed()
+        return None
+    if kind == TreeEvent.CONNECTION_LOST:
+        synced.clear()
+        return None
+    if kind not in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED, TreeEvent.NODE_REMOVED):
+        return None
+    data = event.event_data
+    return None if data is None else (kind, data)
+
+
+# kazoo's TreeCache applies a znode's data read on its own thread and the
+# znode's DELETED watch on the client's: when the znode goes while the read
+# is in flight, the read can land after the deletion and re-add it, with no
+# event ever to remove it (python-zk/kazoo#645).  So after each addition,
+# look once: ``gone`` is called (on kazoo's thread) when the znode is
+# already gone on the server.
+def confirm_added(client: KazooClient, path: str, gone: Callable[[], None]) -> None:
+    try:
+        result = client.exists_async(path)
+    except Exception:  # noqa: BLE001 - closing; a restart re-reads everything
+        return
+
+    def check(result) -> None:
+        try:
+            if result.get() is not None:
+                return
+        except Exception:  # noqa: BLE001 - disconnected: the re-read repairs it
+            return
+        gone()
+
+    result.rawlink(check)

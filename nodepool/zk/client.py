@@ -1,4 +1,5 @@
-"""Connecting to ZooKeeper: plain or TLS, session timeout, chroot.
+"""Connecting to ZooKeeper: plain or TLS, session timeout, chroot, and
+with ``zookeeper-auth`` the credentials and ACLs (``nodepool.zk.acls``).
 
 The rest of the ZooKeeper layer takes a connected ``KazooClient`` from here;
 nothing else builds one.  Connecting has a deadline: an unreachable ensemble
@@ -16,6 +17,7 @@ from kazoo.retry import KazooRetry
 from nodepool.config.zookeeper import (DEFAULT_SESSION_TIMEOUT,  # noqa: F401 - re-exported
                                        ZooKeeperServer, ZooKeeperSettings, ZooKeeperTLS,
                                        parse_hosts)
+from nodepool.zk.acls import AclKazooClient
 from nodepool.zk.session import SessionTracker
 
 log = logging.getLogger("nodepool.zk")
@@ -24,8 +26,10 @@ class ZooKeeperUnavailable(Exception):
     """The ensemble could not be reached within the deadline."""
 
 
-def make_client(settings: ZooKeeperSettings, read_only: bool = False) -> KazooClient:
-    """An unstarted client; call ``connect`` to start it with a deadline."""
+def make_client(settings: ZooKeeperSettings, read_only: bool = False,
+                outside: bool = False) -> KazooClient:
+    """An unstarted client; call ``connect`` to start it with a deadline.
+    ``outside``: the client creates only the chroot (its ACL, see acls.py)."""
     kwargs: dict = dict(
         hosts=settings.hosts,
         timeout=settings.session_timeout,
@@ -40,24 +44,30 @@ def make_client(settings: ZooKeeperSettings, read_only: bool = False) -> KazooCl
         # for any TLS client; a certificate of another server is refused.
         kwargs.update(use_ssl=True, ca=settings.tls.ca, certfile=settings.tls.cert,
                       keyfile=settings.tls.key, verify_certs=True, check_hostname=True)
+    auth = settings.auth
+    if auth is not None:
+        if auth.digest:
+            # kazoo sends it again on every reconnect.
+            kwargs["auth_data"] = [("digest", auth.digest)]
+        return AclKazooClient(acl_auth=auth, outside_only=outside, **kwargs)
     return KazooClient(**kwargs)
 
 
 def connect(settings: ZooKeeperSettings, connect_timeout: float | None = None,
-            ensure_chroot: bool = True) -> KazooClient:
+            ensure_chroot: bool = True, _outside: bool = False) -> KazooClient:
     """Start a client, waiting at most ``connect_timeout`` (default: the
     session timeout) for the first session."""
     timeout = connect_timeout if connect_timeout is not None else settings.session_timeout
     root = settings.chroot
     if root and ensure_chroot:
         # kazoo cannot create its own chroot; do it through a client without one.
-        bare = connect(settings.with_chroot(""), timeout, ensure_chroot=False)
+        bare = connect(settings.with_chroot(""), timeout, ensure_chroot=False, _outside=True)
         try:
             bare.ensure_path(root)
         finally:
             bare.stop()
             bare.close()
-    client = make_client(settings)
+    client = make_client(settings, outside=_outside)
     # Track the session from the first state change on (see zk/session.py).
     SessionTracker.of(client)
     try:

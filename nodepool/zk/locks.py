@@ -24,7 +24,7 @@ import re
 from typing import Iterable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, LockTimeout, NoNodeError
+from kazoo.exceptions import KazooException, LockTimeout, NoAuthError, NoNodeError
 from kazoo.recipe.lock import Lock
 from kazoo.retry import KazooRetry
 
@@ -138,6 +138,11 @@ def _acquire(client: KazooClient, path: str, identifier: str | None,
     except LockTimeout:
         _clean_up_attempt(kazoo_lock, session, generation)
         return None
+    except NoAuthError:
+        # The lock's ACL (zookeeper-auth) shuts us out: not "held by
+        # someone else", and no retry will change it.
+        _clean_up_attempt(kazoo_lock, session, generation)
+        raise
     except KazooException as e:
         log.warning("could not lock %s: %s", path, e or type(e).__name__)
         _clean_up_attempt(kazoo_lock, session, generation)

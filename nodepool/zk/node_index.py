@@ -25,14 +25,17 @@ log = logging.getLogger("nodepool.zk.node_index")
 PoolKey = tuple[str | None, str | None]
 TenantKey = tuple[str, str | None]
 # The keys of a node's ``resources`` as upstream writes them, in Resources' order.
-RESOURCE_KEYS = ("instances", "cores", "ram", "volumes", "volume_gb")
+RESOURCE_KEYS = ("instances", "cores", "ram", "volumes", "volume-gb")
+# Earlier versions of this launcher wrote ``volume_gb``; their nodes still count.
+_OLD_SPELLINGS = {"volume-gb": "volume_gb"}
 
 
 def node_resources(node: Node) -> Resources | None:
     """What the node's ``resources`` says it uses; None when unreadable."""
     res = node.resources if isinstance(node.resources, dict) else {}
     try:
-        return Resources(*(float(res.get(k) or 0) for k in RESOURCE_KEYS))
+        return Resources(*(float(res.get(k) or res.get(_OLD_SPELLINGS.get(k, k)) or 0)
+                           for k in RESOURCE_KEYS))
     except (TypeError, ValueError):
         return None
 

@@ -323,7 +323,9 @@ class Node:
     public_ipv6: str | None = None
     connection_type: str | None = None
     connection_port: Any = 22  # int, or a dict for kubectl/namespace/project
-    username: str | None = "zuul"
+    # A new node has none (upstream's): Zuul's executor then uses its own
+    # default.  A record without the key still reads as "zuul" (from_dict).
+    username: str | None = None
     python_path: str | None = None
     shell_type: str | None = None
     host_keys: list[str] = field(default_factory=list)

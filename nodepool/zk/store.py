@@ -28,7 +28,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, NoNodeError, NodeExistsError,
                               NotEmptyError)
 
-from nodepool.zk import ids, locks, paths
+from nodepool.zk import acls, ids, locks, paths
 from nodepool.zk.cache import (NodeCache, RecordCache, component_cache, node_cache,
                                request_cache, sorted_requests)
 from nodepool.quota.resources import Resources
@@ -81,6 +81,8 @@ class ZooKeeperStore:
         self.requests_cache: RecordCache[NodeRequest] | None = None
         self.nodes_cache: NodeCache | None = None
         self.pools_cache: RecordCache[PoolComponent] | None = None
+        # Requests whose ACL we set (zookeeper-auth): one write per request.
+        self._adopted: set[str] = set()
 
     # -- caches -----------------------------------------------------------------
 
@@ -149,8 +151,9 @@ class ZooKeeperStore:
     def queue_sizes(self) -> dict[str, int]:
         """Upstream's ZooKeeper queue gauges, relative to
         ``nodepool.launcher.<hostname>``: the client's outgoing request queue
-        and each cache's queues.  This launcher keeps no image cache (it
-        builds no images), so ``image_cache`` is always 0."""
+        and each cache's queues.  The image cache is the launcher's (kept
+        while a provider boots diskimages): its queues are 0 here and the
+        launcher fills them in."""
         queue = getattr(self.client, "_queue", None)
         out = {"zk.client.connection_queue": len(queue) if queue is not None else 0}
         for name, cache in (("node_cache", self.nodes_cache),
@@ -327,8 +330,22 @@ class ZooKeeperStore:
             return False
 
     def try_lock_request(self, request_id: str) -> ZooKeeperLock | None:
-        return locks.try_lock(self.client, paths.request_lock_path(request_id),
+        lock = locks.try_lock(self.client, paths.request_lock_path(request_id),
                               deadline=self.lock_deadline)
+        if lock is not None:
+            self._adopt_request(request_id)
+        return lock
+
+    def _adopt_request(self, request_id: str) -> None:
+        """With ``zookeeper-auth``: Zuul creates requests with the open ACL;
+        the first time we hold a request's lock, give it the request ACL
+        (nodepool/zk/acls.py)."""
+        if not isinstance(self.client, acls.AclKazooClient) or request_id in self._adopted:
+            return
+        if len(self._adopted) > 10_000:
+            self._adopted.clear()   # requests come and go; at worst one more write each
+        if acls.adopt(self.client, paths.request_path(request_id)):
+            self._adopted.add(request_id)
 
     def lock_request(self, request_id: str, timeout: float) -> ZooKeeperLock:
         return locks.lock(self.client, paths.request_lock_path(request_id), timeout)
@@ -626,11 +643,14 @@ class ZooKeeperStore:
             return None
 
     def ensure_roots(self, roots: Iterable[str] = (paths.REQUEST_ROOT, paths.NODE_ROOT)) -> None:
+        """Create the roots; with ``zookeeper-auth`` also every root of the
+        tree, with its ACL (nodepool/zk/acls.py)."""
         for root in roots:
             try:
                 self.client.ensure_path(root)
             except NodeExistsError:
                 pass
+        acls.protect_roots(self.client)
 
 
 def _version(version: int | None) -> int:

@@ -8,4 +8,4 @@ from nodepool.driver.registry import Driver
 DRIVER = Driver(name="openstack", schema=openstack_provider_schema, model=Provider,
                 build=build_provider, warn=warn_off_values,
                 provider_class="nodepool.driver.openstack.provider:OpenStackProvider",
-                uses_clouds_yaml=True)
+                uses_clouds_yaml=True, uses_diskimages=True)

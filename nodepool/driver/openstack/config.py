@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any
+from typing import Any, Mapping
 
 import voluptuous
 
 from nodepool.config import schema
 from nodepool.config.errors import Problems, check_unique
 from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, WINDOWS_NAME_MAX,
-                                   CloudImage, CloudSettings, Label, Pool, PoolLabel,
-                                   Provider)
+                                   CloudImage, CloudSettings, DiskImage, Label, Pool,
+                                   PoolLabel, Provider, ProviderDiskImage)
 from nodepool.config.schema import as_list, is_int
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 
@@ -98,10 +98,49 @@ def _build_cloud_image(img: dict) -> CloudImage:
         config_drive=img.get("config-drive"))
 
 
+def _build_diskimages(i: int, prov: dict, diskimages: Mapping[str, DiskImage],
+                      problems: Problems) -> dict[str, ProviderDiskImage]:
+    """The provider's ``diskimages`` entries: each names a top-level one."""
+    path = ["providers", i, "diskimages"]
+    entries = prov.get("diskimages", [])
+    check_unique(entries, "name", path, problems, "diskimage")
+    out = {}
+    for j, entry in enumerate(entries):
+        top = diskimages.get(entry["name"])
+        if top is None:
+            problems.error(path + [j, "name"],
+                           f"diskimage {entry['name']!r} is not defined in the top-level "
+                           "'diskimages' list (abstract ones cannot be uploaded); add "
+                           f"'- name: {entry['name']}' there (defined: "
+                           f"{', '.join(sorted(diskimages)) or 'none'})")
+            continue
+        ctype = entry.get("connection-type", "ssh")
+        out[top.name] = ProviderDiskImage(
+            name=top.name, image=top, pause=entry.get("pause", False),
+            config_drive=entry.get("config-drive"), connection_type=ctype,
+            connection_port=entry.get("connection-port",
+                                      DEFAULT_CONNECTION_PORTS.get(ctype, 22)),
+            meta=dict(entry.get("meta") or {}))
+    return out
+
+
+def _diskimage_settings(image: ProviderDiskImage) -> CloudImage:
+    """How a node booted from the diskimage is reached and used (the
+    label's ``cloud_image``): the user and Python from the top-level entry,
+    the connection and config drive from the provider's."""
+    return CloudImage(name=image.name, username=image.image.username,
+                      python_path=image.image.python_path,
+                      shell_type=image.image.shell_type,
+                      connection_type=image.connection_type,
+                      connection_port=image.connection_port,
+                      config_drive=image.config_drive)
+
+
 # Upstream keys this launcher reads but does not act on (documented in
-# doc/migration.rst); a warning keeps an operator from relying on them.
-INERT_PROVIDER_KEYS = ("image-upload-timeout", "image-name-format", "post-upload-hook",
-                       "nodepool-id")
+# doc/migration.rst); a warning keeps an operator from relying on them.  The
+# builder's own keys (image-upload-timeout, image-name-format,
+# post-upload-hook) are its business and load quietly.
+INERT_PROVIDER_KEYS = ("nodepool-id",)
 
 
 
@@ -118,6 +157,9 @@ def _check_request_template(template: Any) -> str | None:
             continue
         root, _, rest = field_name.partition(".")
         attr = rest.split(".")[0].split("[")[0]
+        if root == "request" and attr == "node_types":
+            return ("{request.node_types} is not available; upstream Nodepool names the "
+                    "request's labels {request.labels}: write that instead")
         if root != "request" or attr not in REQUEST_FIELDS:
             return (f"{{{field_name}}} is not available; use {{request.<field>}} with one of "
                     f"{', '.join(REQUEST_FIELDS)}, e.g. {{request.requestor_data[job_name]}}")
@@ -125,16 +167,13 @@ def _check_request_template(template: Any) -> str | None:
 
 
 def build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Problems,
-                    cloud_settings: CloudSettings | None) -> Provider:
+                   cloud_settings: CloudSettings | None,
+                   diskimages: Mapping[str, DiskImage] | None = None) -> Provider:
     base = ["providers", i]
     images_cfg = prov.get("cloud-images", [])
     check_unique(images_cfg, "name", base + ["cloud-images"], problems, "cloud-image")
     images = {img["name"]: _build_cloud_image(img) for img in images_cfg}
-    if prov.get("diskimages"):
-        problems.warning(base + ["diskimages"],
-                         "diskimages are built and uploaded by upstream's nodepool-builder, "
-                         "which this launcher does not serve; they are ignored. Use "
-                         "cloud-images for images that already exist in the cloud")
+    disks = _build_diskimages(i, prov, diskimages or {}, problems)
     for key in INERT_PROVIDER_KEYS:
         if key in prov:
             problems.warning(base + [key], "accepted for compatibility with upstream "
@@ -156,17 +195,26 @@ def build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Probl
             if name not in labels:
                 problems.error(lpath + ["name"], f"label {name!r} is not defined in the "
                                f"top-level 'labels' list; add '- name: {name}' there")
+            disk = None
             if "diskimage" in lab:
-                problems.warning(lpath + ["diskimage"],
-                                 f"label {name!r} boots a nodepool-builder diskimage, which "
-                                 "this launcher does not serve; the label is not offered by "
-                                 "this pool. Use cloud-image instead")
-                continue
-            if "cloud-image" not in lab:
+                disk = disks.get(lab["diskimage"])
+                if disk is None:
+                    problems.error(lpath + ["diskimage"],
+                                   f"diskimage {lab['diskimage']!r} is not defined in "
+                                   f"providers[{i}].diskimages (defined: "
+                                   f"{', '.join(disks) or 'none'}); add "
+                                   f"'- name: {lab['diskimage']}' there, as upstream's "
+                                   "builder uploads only the diskimages a provider lists")
+                    continue
+                image = _diskimage_settings(disk)
+            elif "cloud-image" not in lab:
                 problems.error(lpath, f"label {name!r} needs 'cloud-image' naming one of "
-                               f"this provider's cloud-images ({', '.join(images) or 'none'})")
+                               f"this provider's cloud-images ({', '.join(images) or 'none'})"
+                               " or 'diskimage' naming one of its diskimages "
+                               f"({', '.join(disks) or 'none'})")
                 continue
-            image = images.get(lab["cloud-image"])
+            else:
+                image = images.get(lab["cloud-image"])
             if image is None:
                 problems.error(lpath + ["cloud-image"],
                                f"cloud-image {lab['cloud-image']!r} is not defined in "
@@ -191,7 +239,7 @@ def build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Probl
                 instance_properties=dict(lab.get("instance-properties", {})),
                 dynamic_instance_properties={str(k): str(v) for k, v in dynamic.items()},
                 networks=tuple(lab.get("networks", pool_networks)),
-                host_key_checking=lab.get("host-key-checking", pool_hkc))
+                host_key_checking=lab.get("host-key-checking", pool_hkc), diskimage=disk)
         pools[pool["name"]] = Pool(
             name=pool["name"], provider_name=prov["name"], priority=pool.get("priority"),
             max_servers=pool.get("max-servers", math.inf),
@@ -217,7 +265,7 @@ def build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Probl
         hostname_format=hostname_format,
         clean_floating_ips=prov.get("clean-floating-ips", False),
         port_cleanup_interval=prov.get("port-cleanup-interval", 600),
-        cloud_images=images, pools=pools)
+        cloud_images=images, diskimages=disks, pools=pools)
 
 
 def warn_off_values(i: int, prov: dict, problems: Problems) -> None:

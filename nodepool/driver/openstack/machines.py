@@ -61,6 +61,8 @@ class LabelPlan:
     image: dict
     network_ids: list[str]
     cost: Resources
+    # A diskimage label: the upload booted (its znode path), the node's image_id.
+    image_path: str | None = None
 
 
 class CreateMachine:
@@ -106,7 +108,9 @@ class CreateMachine:
             cost = self.plan.cost
             out["resources"] = {"cores": cost.cores, "ram": cost.ram, "instances": 1}
             if cost.volumes:
-                out["resources"].update(volumes=cost.volumes, volume_gb=cost.volume_gb)
+                # Upstream's key (hyphen), which tenant limits on every
+                # launcher read.
+                out["resources"].update({"volumes": cost.volumes, "volume-gb": cost.volume_gb})
         if self.server:
             s = self.server
             addrs = addressing.addresses_of(s, self.ctx.network_layout)
@@ -118,8 +122,9 @@ class CreateMachine:
             out["host_id"] = s.get("hostId") or None
             out["az"] = s.get("OS-EXT-AZ:availability_zone") or self.spec.az or None
         image = self.label.cloud_image
+        image_id = self.plan.image_path if self.plan and self.plan.image_path else image.name
         out.update(cloud=self.ctx.cloud_name, region=self.ctx.region_name,
-                   image_id=image.name, username=image.username or "zuul",
+                   image_id=image_id, username=image.username,
                    connection_type=image.connection_type,
                    connection_port=image.connection_port, python_path=image.python_path,
                    shell_type=image.shell_type)
@@ -157,9 +162,6 @@ class CreateMachine:
 
     def _step_wait_quota(self, now: float) -> None:
         if now < self.not_before:
-            return
-        if not self.ctx.may_start_create():
-            self.reason = "max-concurrency reached"
             return
         key = srv.attempt_key(self.spec.node_id, self.attempt + 1)
         decision = self.ctx.reserve(key, self.spec, self.plan.cost)

@@ -39,9 +39,10 @@ from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLe
                             Resources, label_cost)
 from nodepool.quota.ledger import STALE_AFTER_DELETE
 from nodepool.quota.shared import SharedQuota
+from nodepool.zk.image_records import ImageUpload
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, DeleteState,
-                                       DeleteStatus, NodeInfo)
+                                       DeleteStatus, LaunchConcurrency, NodeInfo)
 
 log = logging.getLogger("nodepool.openstack.provider")
 
@@ -113,6 +114,12 @@ class NodeDeletion:
         return DeleteStatus(DeleteState.DELETING, "; ".join(reasons) or None)
 
 
+def _needs_second_look(last_seen: dict) -> bool:
+    """Whether a server missing from one list may still exist (a down cell
+    hides it); one last seen being deleted has gone as expected."""
+    return not srv.is_deleting(last_seen)
+
+
 class OpenStackProvider(LoopedProvider):
     """A ``NodeBuilder`` for one provider of nodepool.yaml."""
 
@@ -128,8 +135,12 @@ class OpenStackProvider(LoopedProvider):
                  shared_quota: SharedQuota | None = None,
                  api_share: Callable[[], int] | None = None,
                  is_leak_cleaner: Callable[[], bool] | None = None,
-                 build_progress: Callable[[], None] | None = None):
+                 build_progress: Callable[[], None] | None = None,
+                 image_upload: Callable[[str, str], ImageUpload | None] | None = None):
         self.config = config                   # config.model.Provider
+        # (diskimage, provider) -> the newest READY upload by upstream's
+        # builder (the launcher's image cache); None: no diskimage is served.
+        self.image_upload = image_upload
         # Other launchers on the same cloud project (doc/multiple-launchers.rst):
         # their claims, how many of us split the API budget, and whether
         # this launcher is the project's leak cleaner.
@@ -164,9 +175,13 @@ class OpenStackProvider(LoopedProvider):
         self._cloud = cloud
         self._connect_call: ApiCall | None = None
         self._reconnect = False
-        self._retired_clouds: list[OpenStackCloud] = []
+        # Replaced connections (when retired), closed once every call that
+        # could still use one has ended or been written off by the gate.
+        self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
+        self.retired_close_after = self.gate.deadline
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
-                                       clock)
+                                       clock, confirm_gone=_needs_second_look,
+                                       is_partial=srv.is_partial)
         # One project-wide port list for the servers that wait for a
         # floating IP, instead of a ``ports?device_id=`` lookup per server.
         self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
@@ -302,9 +317,10 @@ class OpenStackProvider(LoopedProvider):
     def stop(self, wait: float = 10.0) -> None:
         self._loop.stop(wait)
         self.gate.shutdown(wait=1.0)
-        for cloud in [self._cloud, *self._retired_clouds]:
+        for cloud in [self._cloud, *(c for _, c in self._retired_clouds)]:
             if cloud is not None:
                 cloud.close()
+        self._retired_clouds = []
 
     def _tick(self) -> None:
         """One pass: never blocks, safe to repeat."""
@@ -313,6 +329,8 @@ class OpenStackProvider(LoopedProvider):
                 self._connect()
                 if self._cloud is None:
                     return
+            if self._retired_clouds:
+                self._close_retired()
             if self.api_share is not None:
                 self.gate.set_share(self.api_share())
             if self.shared_quota is not None:
@@ -385,10 +403,20 @@ class OpenStackProvider(LoopedProvider):
                       self.cloud_name, errors.classify(e))
             return
         if self._cloud is not None and self._cloud is not cloud:
-            # Calls in flight may still use it; closed when the provider stops.
-            self._retired_clouds.append(self._cloud)
+            # Calls in flight may still use it; closed after the gate's deadline.
+            self._retired_clouds.append((self.clock(), self._cloud))
         self._cloud = cloud
         self._reconnect = False
+
+    def _close_retired(self) -> None:
+        now = self.clock()
+        keep = []
+        for retired_at, cloud in self._retired_clouds:
+            if now - retired_at > self.retired_close_after:
+                cloud.close()
+            else:
+                keep.append((retired_at, cloud))
+        self._retired_clouds = keep
 
     def _tell_shared_quota(self, deleted: list[str]) -> None:
         """Attempts that left the ledger this pass, and servers we saw gone
@@ -470,10 +498,25 @@ class OpenStackProvider(LoopedProvider):
         if not self.catalog.loaded("flavors", "images", "networks"):
             return None, "reading flavors, images and networks", False
         image_cfg = label.cloud_image
+        upload = None
+        diskimage = getattr(label, "diskimage", None)
+        if diskimage is not None:
+            # Chosen now, once per build: should the builder delete this
+            # upload while the server boots, the build goes on with it.
+            upload = self._newest_upload(diskimage.name)
+            if upload is None:
+                return None, (f"diskimage {diskimage.name} has no READY upload for provider "
+                              f"{self.name}"), True
         flavor = pick_flavor(self.catalog.items("flavors"), name=label.flavor_name,
                              min_ram=label.min_ram)
-        image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
-                               image_name=image_cfg.image_name, fallback_name=image_cfg.name)
+        if upload is not None:
+            # Booted by its id, as upstream does: no search of the catalog.
+            image: Any = {"id": upload.external_id,
+                          "name": upload.external_name or upload.external_id}
+        else:
+            image = srv.pick_image(self.catalog.items("images"), image_id=image_cfg.image_id,
+                                   image_name=image_cfg.image_name,
+                                   fallback_name=image_cfg.name)
         nets = []
         missing = []
         # Each miss is noted (so its list is re-read) before deciding whether
@@ -502,7 +545,30 @@ class OpenStackProvider(LoopedProvider):
         cost = label_cost(int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0),
                           boot_from_volume=label.boot_from_volume,
                           volume_size_gb=label.volume_size if label.boot_from_volume else 0)
-        return LabelPlan(dict(flavor), dict(image), nets, cost), None, False
+        return LabelPlan(dict(flavor), dict(image), nets, cost,
+                         image_path=upload.path if upload is not None else None), None, False
+
+    def _newest_upload(self, diskimage: str) -> ImageUpload | None:
+        if self.image_upload is None:
+            return None
+        try:
+            return self.image_upload(diskimage, self.name)
+        except Exception:  # the cache's bug must not stop planning
+            log.exception("%s: looking up the uploads of diskimage %s failed", self.name,
+                          diskimage)
+            return None
+
+    def unavailable_images(self, labels: Sequence[str], pool: str | None = None) -> list[str]:
+        """The diskimages of these labels (in ``pool``) that have no READY
+        upload for this provider now: upstream's launcher declines a
+        request for them, so that a provider that has one may serve it."""
+        missing = []
+        for name in labels:
+            found = self._find_label(name, pool)
+            disk = getattr(found[1], "diskimage", None) if found else None
+            if disk is not None and self._newest_upload(disk.name) is None:
+                missing.append(disk.name)
+        return missing
 
     def _log_unservable(self, label: Any, pool: Any, problem: str) -> None:
         """config-validate cannot see the cloud's catalog, so this is where a
@@ -546,6 +612,10 @@ class OpenStackProvider(LoopedProvider):
     def _look_for_gone_servers(self) -> None:
         """While requests wait for quota: ask for a list once the deleted
         servers we wait for have likely gone (one list serves them all)."""
+        if self.servers.snapshot.unconfirmed and any(self._waits()):
+            # The last list missed servers; only the next one can say they
+            # are gone, and somebody waits for that.
+            self.servers.want_now()
         sent = [d.sent_at for d in self._server_deletions
                 if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
         sent += self._deleting_elsewhere.values()
@@ -609,14 +679,13 @@ class OpenStackProvider(LoopedProvider):
         return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
                    for m in self._builds.values())
 
-    def may_start_create(self) -> bool:
+    def launch_concurrency(self) -> LaunchConcurrency:
+        """``max-concurrency`` and the builds in progress in every pool: the
+        pools take no new request at the limit (a negative limit: none)."""
         limit = self.config.max_concurrency
-        if limit is None or limit <= 0:
-            return True
-        busy = sum(1 for m in self._builds.values()
-                   if m.step in (Step.CREATING, Step.LOOKUP, Step.BOOTING, Step.FLOATING_IP,
-                                 Step.KEYSCAN))
-        return busy < limit
+        with self._lock:
+            busy = sum(1 for m in self._builds.values() if not m.done)
+        return LaunchConcurrency(limit if limit is not None and limit >= 0 else None, busy)
 
     def create_body(self, machine: CreateMachine, name: str) -> dict:
         label, pool, plan = machine.label, machine.pool, machine.plan
@@ -633,7 +702,9 @@ class OpenStackProvider(LoopedProvider):
             availability_zone=az, security_groups=pool.security_groups,
             config_drive=image_cfg.config_drive, boot_from_volume=label.boot_from_volume,
             volume_size=label.volume_size,
-            instance_properties=self._instance_properties(label, machine.spec))
+            instance_properties=self._instance_properties(label, machine.spec),
+            inventory_groups=srv.server_groups(provider=self.name, image=image_cfg.name,
+                                               label=machine.spec.label))
 
     def _instance_properties(self, label: Any, spec: BuildSpec) -> dict:
         """The label's instance-properties plus its dynamic ones, formatted

@@ -93,7 +93,10 @@ class ServerReconciler:
                 # (adopting it would count it as in flight until our next
                 # limits reading).  Adopted once its launcher is gone.
                 continue
-            flavor = flavors.get((server.get("flavor") or {}).get("id")) or {}
+            # From microversion 2.47 nova embeds the flavor (no id).
+            listed_flavor = server.get("flavor") or {}
+            flavor = listed_flavor if "vcpus" in listed_flavor else \
+                flavors.get(listed_flavor.get("id")) or {}
             cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
             p.ledger.adopt(key, provider=p.name, pool=meta[srv.META_POOL], cost=cost,
                            tenant=meta.get(srv.META_TENANT),

@@ -19,6 +19,9 @@ META_POOL = "nodepool_pool_name"
 META_LABEL = "nodepool_node_label"
 META_IMAGE = "nodepool_image_name"
 META_ATTEMPT = "nodepool_attempt"
+# "<provider>,<image>,<label>", as upstream writes it: Ansible inventory
+# scripts make host groups of it.
+META_GROUPS = "groups"
 
 
 class _Names:
@@ -54,9 +57,16 @@ def ledger_key(meta: Mapping[str, Any], node_id: str | None = None) -> str:
     return attempt_key(node, meta.get(META_ATTEMPT, "0"))
 
 
+def server_groups(*, provider: str, image: str, label: str) -> str:
+    """The ``groups`` metadata value: the provider, the image's name in the
+    config (cloud-image or diskimage) and the label."""
+    return ",".join((provider, image, label))
+
+
 def server_metadata(*, provider: str, pool: str, node_id: str, label: str,
                     image: str, attempt: int, tenant: str | None = None) -> dict[str, str]:
-    meta = {META_PROVIDER: provider, META_POOL: pool, META_NODE: node_id,
+    # Upstream's three keys first, in its order; then this launcher's.
+    meta = {META_NODE: node_id, META_POOL: pool, META_PROVIDER: provider,
             META_LABEL: label, META_IMAGE: image, META_ATTEMPT: str(attempt)}
     if tenant:
         # So a restarted launcher that adopts the server counts it against
@@ -70,12 +80,17 @@ def create_request(*, name: str, flavor_id: str, image_id: str, metadata: Mappin
                    userdata: str | None = None, availability_zone: str | None = None,
                    security_groups: Iterable[str] = (), config_drive: bool | None = None,
                    boot_from_volume: bool = False, volume_size: int = 50,
-                   instance_properties: Mapping[str, Any] | None = None) -> dict:
-    """The body of ``POST /servers`` (microversion 2.1 form)."""
+                   instance_properties: Mapping[str, Any] | None = None,
+                   inventory_groups: str | None = None) -> dict:
+    """The body of ``POST /servers`` (microversion 2.1 form).  The metadata
+    is built as upstream's: ``groups``, then the instance properties (which
+    may replace it), then ``metadata`` (ours win: they are how the server is
+    found again)."""
     # nova refuses keys or values over 255 characters (HTTP 400).
-    meta = {str(k)[:NOVA_METADATA_MAX]: str(v)[:NOVA_METADATA_MAX]
-            for k, v in (instance_properties or {}).items()}
-    meta.update(metadata)  # ours win: they are how the server is found again
+    meta = {META_GROUPS: inventory_groups[:NOVA_METADATA_MAX]} if inventory_groups else {}
+    meta.update({str(k)[:NOVA_METADATA_MAX]: str(v)[:NOVA_METADATA_MAX]
+                 for k, v in (instance_properties or {}).items()})
+    meta.update(metadata)
     body: dict[str, Any] = {"name": name, "flavorRef": flavor_id, "metadata": meta,
                             "min_count": 1, "max_count": 1}
     nets = list(network_ids)
@@ -106,6 +121,12 @@ def create_request(*, name: str, flavor_id: str, image_id: str, metadata: Mappin
 def fault_message(server: Mapping[str, Any]) -> str:
     fault = server.get("fault") or {}
     return str(fault.get("message") or fault.get("details") or "no fault given")
+
+
+def is_partial(server: Mapping[str, Any]) -> bool:
+    """A server of a nova cell that does not answer (microversion 2.69): an
+    id, status UNKNOWN and little else.  It exists; nothing more is known."""
+    return str(server.get("status", "")).upper() == "UNKNOWN" and "metadata" not in server
 
 
 def is_deleting(server: Mapping[str, Any]) -> bool:

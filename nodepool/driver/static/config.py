@@ -74,6 +74,9 @@ static_node_schema = Dict({
 static_pool_schema = Dict({
     v.Required("name"): NonEmptyStr,
     "priority": Int(),
+    # Upstream's common pool key: 0 or less disables the pool; otherwise the
+    # hosts' slots are the limit.
+    "max-servers": Int(),
     "node-attributes": Mapping,
     "nodes": ListOf(static_node_schema),
 })
@@ -82,6 +85,9 @@ static_provider_schema = Dict({
     v.Required("name"): NonEmptyStr,
     "driver": NonEmptyStr,
     "priority": Int(),
+    # Upstream's common provider key: 0 takes no requests (nothing is
+    # launched here, so other values change nothing).
+    "max-concurrency": Int(),
     "pools": ListOf(static_pool_schema),
 })
 
@@ -115,6 +121,8 @@ class StaticPool:
     node_attributes: dict | None = None
     # Every pool model carries these; a static pool has no zones.
     availability_zones: tuple[str, ...] = ()
+    # The pool's max-servers key (upstream's); only 0 or less has an effect.
+    max_servers_setting: float = math.inf
 
     @property
     def labels(self) -> frozenset[str]:
@@ -122,7 +130,10 @@ class StaticPool:
 
     @property
     def max_servers(self) -> float:
-        """Capacity in slots: the sum of the hosts' max-parallel-jobs."""
+        """Capacity in slots: the sum of the hosts' max-parallel-jobs; a
+        max-servers of 0 or less disables the pool, as upstream."""
+        if self.max_servers_setting <= 0:
+            return self.max_servers_setting
         return sum(node.max_parallel_jobs for node in self.nodes) or math.inf
 
 
@@ -132,6 +143,7 @@ class StaticProviderConfig:
     driver: str = "static"
     priority: int | None = None
     pools: dict[str, StaticPool] = field(default_factory=dict)
+    max_concurrency: int = -1
 
     def pool_priority(self, pool: StaticPool) -> int:
         return pool_priority(pool.priority, self.priority)
@@ -182,6 +194,7 @@ def build_provider(i: int, prov: dict, labels: dict[str, Label], problems: Probl
             nodes.append(built)
         pools[pool["name"]] = StaticPool(
             name=pool["name"], provider_name=prov["name"], nodes=tuple(nodes),
-            priority=pool.get("priority"), node_attributes=pool.get("node-attributes"))
+            priority=pool.get("priority"), node_attributes=pool.get("node-attributes"),
+            max_servers_setting=pool.get("max-servers", math.inf))
     return StaticProviderConfig(name=prov["name"], priority=prov.get("priority"),
-                                pools=pools)
+                                pools=pools, max_concurrency=prov.get("max-concurrency", -1))

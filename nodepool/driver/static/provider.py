@@ -2,15 +2,17 @@
 
 Each host of the config offers ``max-parallel-jobs`` slots.  The provider's
 loop checks every host in turn, without a thread per host: an SSH host
-whose keys are not given is scanned (``ssh-keyscan``, as new OpenStack
+with ``host-key-checking`` is scanned (``ssh-keyscan``, as new OpenStack
 servers are), any other host must accept a TCP connection on its
 ``connection-port``; a check may take the host's ``timeout``.  A host that
 answers offers its slots as ``standing_nodes()``; the launcher keeps one
 ready node registered per slot.  A host that stops answering offers none, so
 its ready nodes are retired until it answers again; nodes in use stay.
 
-Upstream Nodepool does not check a host whose ``host-key-checking`` is off;
-here such a host must still accept a TCP connection to be in service.
+With ``host-key-checking`` on, an SSH host's keys are always scanned and a
+configured ``host-key`` must be among them (as upstream).  Upstream Nodepool
+does not check a host whose ``host-key-checking`` is off; here such a host
+must still accept a TCP connection to be in service.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from nodepool.driver.loop import LoopedProvider, ProviderLoop
 from nodepool.driver.static.config import StaticNode, StaticProviderConfig
 from nodepool.quota import PoolQuota, QuotaLedger, Resources
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus, Capacity,
-                                       DeleteSpec, DeleteState, DeleteStatus, NodeInfo,
-                                       StandingNode)
+                                       DeleteSpec, DeleteState, DeleteStatus,
+                                       LaunchConcurrency, NodeInfo, StandingNode)
 
 log = logging.getLogger("nodepool.static.provider")
 
@@ -61,11 +63,37 @@ class _Host:
                 "checking": self.check is not None, "error": self.error}
 
 
+def _scanned(node: StaticNode) -> bool:
+    """Are the host's keys collected (``ssh-keyscan``) to check it?"""
+    return node.host_key_checking and node.connection_type in SSH_CONNECTION_TYPES
+
+
+def _keys_for_zuul(node: StaticNode, found: Sequence[str]) -> tuple[str, ...]:
+    """As upstream: the keys the host showed when they were checked, the
+    configured ones for an SSH host with checking off, none otherwise."""
+    if _scanned(node):
+        return tuple(found)
+    return node.host_keys if node.connection_type in SSH_CONNECTION_TYPES else ()
+
+
+def _key_mismatch(node: StaticNode, found: Sequence[str]) -> str | None:
+    """Why the host is refused: a configured ``host-key`` it did not show."""
+    if not _scanned(node) or set(node.host_keys) <= set(found):
+        return None
+    missing = sorted(set(node.host_keys) - set(found))
+    return (f"host key mismatch: the configured host-key {', '.join(missing)} is not among "
+            f"the keys the host shows ({', '.join(found) or 'none'})")
+
+
 class StaticProvider(LoopedProvider):
     """A ``LaunchProvider`` whose nodes are the hosts of its config.
 
     The launcher's views of ZooKeeper (``known_nodes``, ...) are not needed:
     nothing is ever built, so nothing can leak."""
+
+    # A deleted node's slot is registered again at once: deleting an unused
+    # node frees nothing for a request that waits (see requests.builder).
+    deleting_frees_capacity = False
 
     def __init__(self, config: StaticProviderConfig, ledger: QuotaLedger, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -130,9 +158,7 @@ class StaticProvider(LoopedProvider):
             if now < host.next_check:
                 return
             deadline = now + node.timeout
-            scan = (node.host_key_checking and not node.host_keys
-                    and node.connection_type in SSH_CONNECTION_TYPES)
-            host.check = (HostKeyScan if scan else PortCheck)(
+            host.check = (HostKeyScan if _scanned(node) else PortCheck)(
                 node.name, node.connection_port, deadline, clock=self.clock)
         found = host.check.poll()
         if found is None:
@@ -141,9 +167,12 @@ class StaticProvider(LoopedProvider):
         interval = CHECK_INTERVAL if self._check_interval is None else self._check_interval
         host.next_check = now + interval
         up = bool(check.ok)
-        if up:
-            given = node.host_keys if node.host_key_checking else ()
-            host.keys = tuple(given or found)
+        mismatch = _key_mismatch(node, found) if up else None
+        if mismatch:
+            up = False
+            host.error = mismatch
+        elif up:
+            host.keys = _keys_for_zuul(node, found)
             host.error = None
         else:
             host.error = check.error or getattr(check, "last_error", None) or "no answer"
@@ -202,6 +231,11 @@ class StaticProvider(LoopedProvider):
     def tenant_capacity(self, tenant: str | None, labels: Sequence[str],
                         pool: str | None = None) -> Capacity:
         return Capacity.AVAILABLE
+
+    def launch_concurrency(self) -> LaunchConcurrency:
+        """Only ``max-concurrency: 0`` matters (the pools take no request):
+        nothing is ever launched here."""
+        return LaunchConcurrency(0 if self.config.max_concurrency == 0 else None, 0)
 
     def start_build(self, spec: BuildSpec) -> Hashable:
         return spec.node_id
