@@ -212,6 +212,6 @@ def test_ha_pair_one_launcher_frozen_past_its_session_twice(tmp_path, make_fakec
                                                      "fulfilled after the last thaw")}
         return served_again
 
-    run_case("HA pair, one launcher frozen 10 s (session 4 s), twice", tmp_path,
+    run_case("HA pair: one launcher frozen 10 s, twice", tmp_path,
              make_fakecloud, fault, launchers=2, session_timeout=4, max_servers=5,
              total=24, concurrency=5)
