@@ -69,11 +69,11 @@ class ZooKeeperUnderTest:
 
 
 def write_launcher_files(directory: str, cloud, zk: ZooKeeperUnderTest,
-                         max_servers: int = 10) -> tuple[str, str]:
+                         max_servers: int = 10, session_timeout: int = 10) -> tuple[str, str]:
     clouds = cloud.write_clouds_yaml(os.path.join(directory, "clouds.yaml"), api_timeout=5)
     data = {"zookeeper-servers": [{"host": "127.0.0.1", "port": zk.port,
                                    "chroot": "/nodepool-faults"}],
-            "zookeeper-timeout": 10,
+            "zookeeper-timeout": session_timeout,
             "webapp": {"port": 0},
             "labels": [{"name": "small"}],
             "providers": [{"name": "fake", "cloud": "fakecloud", "rate": 0.01,
@@ -108,9 +108,35 @@ class LauncherProcess:
             self.proc.kill()
             self.proc.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process does nothing at all (a stalled VM, a long
+        GC pause) while its ZooKeeper session runs out."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def log_size(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        """What the launcher logged after ``offset`` (a ``log_size()``)."""
+        try:
+            with open(self.log_path) as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return ""
+
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGCONT)   # a frozen one could not stop
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=60)
@@ -271,10 +297,13 @@ class CaseResult:
 
 
 def check_invariants(case: str, workload: ZuulLikeWorkload, cloud,
-                     launcher: LauncherProcess, store: ZooKeeperStore,
-                     settle: float = 90.0) -> CaseResult:
-    """After the workload drained: wait (bounded) for the launcher to settle,
-    then check every invariant; the result says which held."""
+                     launcher: LauncherProcess | list[LauncherProcess], store: ZooKeeperStore,
+                     settle: float = 90.0,
+                     extra: dict[str, tuple[bool, str]] | None = None) -> CaseResult:
+    """After the workload drained: wait (bounded) for the launchers to
+    settle, then check every invariant (and the case's own, ``extra``); the
+    result says which held."""
+    launchers = launcher if isinstance(launcher, list) else [launcher]
     deadline = time.monotonic() + settle
 
     def servers_match_nodes() -> bool:
@@ -319,13 +348,14 @@ def check_invariants(case: str, workload: ZuulLikeWorkload, cloud,
                                             "floating IP(s)")
     quota = cloud.counters().get("quota_403", 0)
     inv["no quota 403"] = (quota == 0, f"{quota}")
-    inv["launcher alive"] = (launcher.proc is not None and launcher.proc.poll() is None,
-                             f"exit {launcher.proc.poll() if launcher.proc else None}")
-    port = launcher.webapp_port()
-    health = _get(f"http://127.0.0.1:{port}/health") if port else None
-    inv["/health OK at the end"] = (health == 200, f"HTTP {health}")
+    exits = [p.proc.poll() if p.proc else "never started" for p in launchers]
+    inv["launcher alive"] = (all(e is None for e in exits), f"exit {exits}")
+    health = [_get(f"http://127.0.0.1:{port}/health") if (port := p.webapp_port()) else None
+              for p in launchers]
+    inv["/health OK at the end"] = (all(h == 200 for h in health), f"HTTP {health}")
     locked = [n.id for n in nodes if store.node_locked(n.id)]
     inv["no lock left"] = (not locked, f"{locked}")
+    inv.update(extra or {})
     result = CaseResult(case, inv)
     report = os.environ.get(REPORT_ENV)
     if report:

@@ -10,6 +10,7 @@ expires, a long outage, minutes of failing deletes) run with
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -24,31 +25,42 @@ CLOUD = {"servers": {"boot_seconds": [1.0, 3.0], "delete_seconds": [0.5, 1.5]}}
 
 
 def run_case(name, tmp_path, make_fakecloud, fault, *, total=10, concurrency=5,
-             cloud_config=None, drain=240.0):
+             cloud_config=None, drain=240.0, launchers=1, session_timeout=10,
+             max_servers=10, job_seconds=(0.5, 1.5)):
+    """``fault(zk=, launcher=, launchers=, workload=, cloud=, store=)`` may
+    return a callable giving the case's own invariants, checked with the
+    others once the workload drained."""
     zk = ZooKeeperUnderTest(str(tmp_path / "zk"))
     zk.start()
-    launcher = workload = None
+    procs: list[LauncherProcess] = []
+    workload = None
     try:
         cloud = make_fakecloud(cloud_config or CLOUD)
-        config, clouds = write_launcher_files(str(tmp_path), cloud, zk)
-        launcher = LauncherProcess(config, clouds, str(tmp_path / "launcher.log"))
-        launcher.start()
-        workload = ZuulLikeWorkload(zk, total, concurrency)
+        config, clouds = write_launcher_files(str(tmp_path), cloud, zk, max_servers=max_servers,
+                                              session_timeout=session_timeout)
+        for i in range(launchers):
+            log_name = "launcher.log" if i == 0 else f"launcher-{i + 1}.log"
+            procs.append(LauncherProcess(config, clouds, str(tmp_path / log_name)))
+            procs[-1].start()
+        workload = ZuulLikeWorkload(zk, total, concurrency, job_seconds)
         workload.start()
         with observer(zk) as store:
-            fault(zk=zk, launcher=launcher, workload=workload, cloud=cloud, store=store)
+            own = fault(zk=zk, launcher=procs[0], launchers=procs, workload=workload,
+                        cloud=cloud, store=store)
             # Bounded; a workload that did not drain shows as stuck requests.
             deadline = time.monotonic() + drain
             while not workload.done and time.monotonic() < deadline:
                 time.sleep(0.5)
-            result = check_invariants(name, workload, cloud, launcher, store)
-        log = open(launcher.log_path).read()
-        assert result.ok, (result.invariants, log[-4000:])
+            result = check_invariants(name, workload, cloud, procs, store,
+                                      extra=own() if own is not None else None)
+        logs = "\n".join(f"--- {p.log_path}\n" + open(p.log_path).read()[-4000:]
+                         for p in procs)
+        assert result.ok, (result.invariants, logs)
     finally:
         if workload is not None:
             workload.close()
-        if launcher is not None:
-            launcher.stop()
+        for proc in procs:
+            proc.stop()
         zk.stop()
 
 
@@ -157,3 +169,49 @@ def test_api_hangs_for_20_seconds(tmp_path, make_fakecloud):
         time.sleep(20)
         cloud.set_faults(hang=False)
     run_case("cloud API hangs 20 s", tmp_path, make_fakecloud, fault, drain=360)
+
+
+@pytest.mark.slow
+def test_ha_pair_one_launcher_frozen_past_its_session_twice(tmp_path, make_fakecloud):
+    """Two launchers serve one provider; one is stopped (SIGSTOP) for longer
+    than its ZooKeeper session (4 s), twice, each time just after it began
+    a build.  Meanwhile the other resets its requests and reaps its nodes,
+    deleting their servers.  Resumed, the frozen one cancels the builds its
+    lost session held (no server for a node that is gone, no quota kept
+    for a server deleted elsewhere) and serves requests again."""
+    frozen_at: list[int] = []
+
+    def booting(frozen, cloud, offset) -> bool:
+        """A server boots for a node the launcher created since ``offset``."""
+        created = set(re.findall(r"created node (\d+)", frozen.log_since(offset)))
+        return any(s["metadata"].get("nodepool_node_id") in created and s["status"] == "BUILD"
+                   for s in cloud.servers())
+
+    def fault(launchers, cloud, **_):
+        frozen = launchers[0]
+        offset = frozen.log_size()
+        for _ in range(2):
+            wait_for(lambda o=offset: booting(frozen, cloud, o), 60,
+                     what="a server booting for the launcher")
+            frozen.freeze()
+            time.sleep(10)   # the fault's length: past the 4 s session
+            offset = frozen.log_size()
+            frozen_at.append(offset)
+            frozen.thaw()
+            wait_for(lambda o=offset: "session expired" in frozen.log_since(o), 60,
+                     what="the resumed launcher to see its session expired")
+        # Served again: the workload goes on while it catches up.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "fulfilled with" not in frozen.log_since(offset):
+            time.sleep(0.5)
+
+        def served_again():
+            log = frozen.log_since(frozen_at[-1])
+            served = log.count("fulfilled with")
+            return {"frozen launcher serves again": (served > 0, f"{served} request(s) "
+                                                     "fulfilled after the last thaw")}
+        return served_again
+
+    run_case("HA pair: one launcher frozen 10 s, twice", tmp_path,
+             make_fakecloud, fault, launchers=2, session_timeout=4, max_servers=5,
+             total=24, concurrency=5)

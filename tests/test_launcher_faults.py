@@ -49,6 +49,74 @@ def test_requests_of_a_dead_launcher_are_served_without_waiting_for_housekeeping
     assert launcher.health.errors == {}
 
 
+def _builds_of(launcher, node_id) -> list[dict]:
+    return [b for b in launcher.providers["fake"].status()["builds"] if b["node"] == node_id]
+
+
+def test_build_of_an_expired_launcher_is_cancelled_when_another_reaps_its_node(
+        tmp_path, make_fakecloud, zk_settings, store):
+    """An HA pair.  Launcher A is cut off from ZooKeeper while a server
+    boots for it, and its session expires; launcher B resets A's request
+    and reaps A's node, deleting the server.  A's build sees its server
+    deleted and would boot another one for the node that is gone.  Once A
+    has a new session, that build is cancelled: no server of the node is
+    left, its quota is released, nothing of it stays in A's provider."""
+    from kazoo.client import KazooClient
+
+    from nodepool.launcher.launcher import Launcher
+    from tests.fixtures.tcpproxy import TcpProxy
+    server = zk_settings.servers[0]
+    proxy = TcpProxy(server.host, server.port)
+    # Boots outlast the test: every server of it is still building.
+    cloud = make_fakecloud({"servers": {"boot_seconds": [120.0, 120.0]}})
+    options = {"server_list_interval": 0.5, "leak_interval": 2.0}
+    launchers = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            write_config(tmp_path / name, cloud, zk_settings)
+        data = _config_dict(tmp_path / "a")
+        data["zookeeper-servers"][0]["port"] = proxy.port
+        a = Launcher(_load(tmp_path / "a", data), hostname="launcher-a",
+                     provider_options=options)
+        launchers.append(a)
+        a.start()
+        req = zuul_request(store, ["small"])
+        (first,) = wait_for(lambda: cloud.servers(), 60, what="A's server")
+        node_id = first["metadata"]["nodepool_node_id"]
+        b = Launcher(_load(tmp_path / "b", _config_dict(tmp_path / "b")),
+                     hostname="launcher-b", provider_options=options)
+        launchers.append(b)
+        b.start()
+        session = a.client.client_id     # kazoo tells it only while connected
+        proxy.cut()
+        wait_for(lambda: not a.store.connected, 20, what="A to see the cut")
+        thief = KazooClient(hosts=zk_settings.hosts, client_id=session)
+        thief.start(timeout=10)
+        thief.stop()    # closes A's session on the server
+        thief.close()
+        wait_for(lambda: store.get_node(node_id) is None, 60, what="B to reap A's node")
+        # It retries (another server for the gone node) once its share of
+        # the quota book can be written again, after the reconnect.
+        wait_for(lambda: any(b["failures"] >= 1 for b in _builds_of(a, node_id)), 30,
+                 what="A's build to see its server deleted")
+        proxy.heal()
+        wait_for(lambda: a.store.connected, 30, what="A's new session")
+
+        def settled() -> bool:
+            servers = [s for s in cloud.servers()
+                       if s["metadata"].get("nodepool_node_id") == node_id]
+            keys = [k for k in a.ledger.keys("fake") if k.startswith(f"{node_id}/")]
+            return not servers and not keys and not _builds_of(a, node_id)
+
+        wait_for(settled, 30, what="A's build cancelled, its server deleted, its quota free")
+        assert store.get_request(req.id).state in ("pending", "fulfilled")   # B serves it
+    finally:
+        for launcher in launchers:
+            launcher.stop(wait=10)
+        proxy.close()
+
+
 def _leak_passes(launcher):
     provider = launcher.providers["fake"]
     return provider._last_leak_pass

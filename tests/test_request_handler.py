@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 
 
@@ -400,3 +401,40 @@ def test_a_request_waiting_at_max_servers_is_told_to_the_builder(zk_store, zk):
     drive(zk_store, handler, until=lambda: builder.capacity_asks >= asked + 2, timeout=10,
           message="the builder to be asked again while the request waits")
     assert state_of(zk_store, second) == "pending"
+
+
+# -- read from other threads -------------------------------------------------------------------
+
+def test_pool_state_is_read_safely_from_other_threads(zk_store, zk):
+    """The status API, statsd and the lost-request reset read what a pool
+    holds from their own threads while the pool's thread accepts, fulfils
+    and drops requests (a dict changed while it is iterated raises)."""
+    builder = FakeBuilder(polls_to_ready=2)
+    handler = start_pool(zk_store, labels=("small",), builder=builder)
+    rids = [zuul_request(zk, ["small"]) for _ in range(40)]
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                _ = (handler.paused, handler.active_request_ids, handler.orphan_node_ids)
+            except RuntimeError as e:  # "dictionary changed size during iteration"
+                errors.append(e)
+                return
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # switch threads as often as possible
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        drive(zk_store, handler, timeout=60,
+              until=lambda: errors or all(state_of(zk_store, r) == "fulfilled" for r in rids),
+              message="every request to be fulfilled")
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(10)
+        sys.setswitchinterval(old)
+    assert errors == []

@@ -139,6 +139,73 @@ def test_expired_session_drops_work_and_the_request_is_served_again(
           message="the request to be served again")
 
 
+def test_builds_of_an_expired_session_are_cancelled(zk_store, zk, zk_settings, observer):
+    """Another launcher reaps the nodes of a lost session and deletes their
+    servers: a build left running would keep its quota, or boot a new
+    server for a node that is gone.  Both the request's build and the
+    orphan build (its request cancelled) are stopped and their servers
+    deleted."""
+    builder = FakeBuilder(polls_to_ready=math.inf)
+    handler = start_pool(zk_store, labels=("small",), builder=builder)
+    kept = zuul_request(zk, ["small"])
+    cancelled = zuul_request(zk, ["small"])
+    drive(zk_store, handler, until=lambda: len(builder.builds) == 2,
+          message="two builds to start")
+    servers = sorted(b.server for b in builder.builds.values())
+    zk.delete(f"/nodepool/requests/{cancelled}")
+    drive(zk_store, handler, until=lambda: handler.orphan_node_ids,
+          message="the cancelled request's build to go on as an orphan")
+    expire_session(zk, zk_settings)
+    handler.run_once()
+    assert handler.active_request_ids == [] and handler.orphan_node_ids == []
+    assert sorted(builder.cancelled) == servers
+    assert handler.abandoned_node_ids == []
+    assert state_of(observer, kept) == "pending"   # reset by housekeeping, as before
+
+
+def test_finished_build_recorded_before_the_session_was_lost_is_kept(zk, zk_settings,
+                                                                     observer):
+    """The ready write landed but its reply was lost, then the session
+    expired: the node's record owns the server, so the build is forgotten,
+    not cancelled (its server may be handed out)."""
+    store = LossyStore(zk, after=True)
+    store.start_caches()
+    assert store.wait_synced(SYNC_TIMEOUT)
+    try:
+        builder = FakeBuilder()
+        handler = start_pool(store, labels=("small",), builder=builder)
+        zuul_request(zk, ["small"])
+        wait_for(lambda: handler.run_once() and store.lost, message="the lost reply")
+        (build,) = builder.builds.values()
+        node_id = build.spec.node_id
+        assert observer.get_node(node_id).state == "ready"
+        expire_session(zk, zk_settings)
+        handler.run_once()
+        assert builder.cancelled == [] and handler.abandoned_node_ids == []
+        assert f"build-{node_id}-{build.server}" in builder.forgotten
+    finally:
+        store.stop_caches()
+
+
+def test_delete_of_an_expired_session_is_polled_to_its_end(zk_store, zk, zk_settings,
+                                                           observer):
+    """The builder keeps a delete until it is polled to its end; the reaper
+    that lost the node's lock polls it on (and starts no second delete of
+    the node meanwhile)."""
+    builder = FakeBuilder(delete_polls=3)
+    node = observer.create_node(Node(state="used", type=["small"], provider="cloud",
+                                     pool="main", external_id="server-x"))
+    wait_for(lambda: zk_store.get_node(node.id, cached=True), message="the cache")
+    reaper = NodeReaper(zk_store, {"cloud": builder})
+    assert reaper.run_once().started == [node.id]
+    (handle,) = builder.deletes
+    expire_session(zk, zk_settings)
+    drive(zk_store, reaper, until=lambda: observer.get_node(node.id) is None,
+          message="the node to be deleted")
+    assert builder.deletes[handle][1] >= 3, "the first delete was left unpolled"
+    assert builder.deleted_servers[0] == "server-x"
+
+
 def proxied_settings(store, zk_settings):
     host, port = store.client.hosts[0]
     return ZooKeeperSettings((ZooKeeperServer(host, port, zk_settings.chroot),),

@@ -5,10 +5,11 @@
     tools/faults.py --all      every case, the slow ones too (about 6 minutes)
     tools/faults.py -k frozen  only cases whose name matches (pytest's -k)
 
-Each case runs the real ``nodepool-launcher`` process against its own
-ZooKeeper server and the fakecloud while a Zuul-like workload runs, injects
-one fault (ZooKeeper frozen or restarted, the launcher killed, the cloud API
-failing or hanging), and checks the invariants listed in tests/faults.py.
+Each case runs the real ``nodepool-launcher`` process (two of them for an
+HA pair) against its own ZooKeeper server and the fakecloud while a
+Zuul-like workload runs, injects one fault (ZooKeeper frozen or restarted,
+a launcher killed or frozen past its session, the cloud API failing or
+hanging), and checks the invariants listed in tests/faults.py.
 Exit status 0 when every invariant of every case held.
 """
 

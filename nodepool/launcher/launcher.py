@@ -187,7 +187,8 @@ class PoolWorker:
 
     @property
     def idle(self) -> bool:
-        return not self.handler.active_request_ids and not self.handler.orphan_node_ids
+        return not (self.handler.active_request_ids or self.handler.orphan_node_ids
+                    or self.handler.abandoned_node_ids)
 
     def _run(self) -> None:
         self.launcher.health.start(f"pool {self.name}")

@@ -193,11 +193,14 @@ class NodeBuilder(Protocol):
         """The caller has recorded the final status; drop the build."""
 
     def cancel_build(self, handle: Hashable, spec: DeleteSpec) -> None:
-        """The node is gone (its znode was removed): stop the build and
-        delete whatever it created, without anyone polling for it."""
+        """Nobody may finish this build (its znode was removed, or its lock
+        went with a lost session): stop it and delete whatever it created
+        (the finished server too), without anyone polling for it.  When a
+        delete of the node was started already, that delete covers it."""
 
     def start_delete(self, spec: DeleteSpec) -> Hashable:
         """Begin deleting the node's server; return a handle for ``poll_delete``."""
 
     def poll_delete(self, handle: Hashable) -> DeleteStatus:
-        """Where the delete is now; never blocks."""
+        """Where the delete is now; never blocks.  A delete is kept until
+        polled to its end (also after the caller lost the node's lock)."""

@@ -13,7 +13,17 @@ holds and the builder's handles.  While the connection to ZooKeeper is down
 its passes and carries on with the same locks when the connection is back.
 Only when the session is LOST are those locks gone: then everything in
 flight is dropped; the nodes left ``building`` and unlocked are reaped, and
-another launcher (or this one) resets the ``pending`` request.
+another launcher (or this one) resets the ``pending`` request.  The builds
+of those nodes are settled on the next pass that can read ZooKeeper: a
+build nobody may finish any more is cancelled (its servers deleted, its
+quota released), one whose ready node is recorded is forgotten (the record
+owns the server).  Without that the builder would keep them for ever: a
+finished build's quota counted after another launcher deleted its server,
+a booting one retrying with a new server for a node that is gone.
+
+Other threads read what the pool holds (the status API, statsd, the
+lost-request reset) while the pool's thread changes it: the public
+properties take a snapshot under a lock, which every change also takes.
 
 A write that fails (connection loss, or a lost reply that turns the retry
 into a version conflict) is made again on the next pass: node changes are
@@ -26,6 +36,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
@@ -92,6 +103,15 @@ class _Orphan:
 
 
 @dataclass
+class _Abandoned:
+    """A build whose node lock went with a lost session: settled (cancelled
+    or forgotten) on the next pass that can read ZooKeeper."""
+
+    node: Node
+    handle: Hashable
+
+
+@dataclass
 class PassReport:
     accepted: list[str] = field(default_factory=list)
     declined: list[str] = field(default_factory=list)
@@ -120,6 +140,10 @@ class NodeRequestHandler:
         self.clock = clock
         self._active: dict[str, _Active] = {}
         self._orphans: dict[str, _Orphan] = {}
+        self._abandoned: dict[str, _Abandoned] = {}
+        # Held for every change of _active and _orphans and by every reader
+        # from another thread (a dict changed while iterated raises).
+        self._state_lock = threading.Lock()
         self._generation: int = store.session_generation
         self._max_servers_told_at = float("-inf")
         self._unused_delete_at = float("-inf")
@@ -131,15 +155,24 @@ class NodeRequestHandler:
 
     @property
     def paused(self) -> bool:
-        return any(a.waiting for a in self._active.values())
+        with self._state_lock:
+            return any(a.waiting for a in self._active.values())
 
     @property
     def active_request_ids(self) -> list[str]:
-        return sorted(self._active)
+        with self._state_lock:
+            return sorted(self._active)
 
     @property
     def orphan_node_ids(self) -> list[str]:
-        return sorted(self._orphans)
+        with self._state_lock:
+            return sorted(self._orphans)
+
+    @property
+    def abandoned_node_ids(self) -> list[str]:
+        """Nodes whose builds a lost session left, not settled yet."""
+        with self._state_lock:
+            return sorted(self._abandoned)
 
     def run_once(self) -> PassReport:
         report = PassReport()
@@ -151,6 +184,8 @@ class NodeRequestHandler:
             report.paused = self.paused
             return report
         self.store.session.retry_deferred()
+        for node_id in list(self._abandoned):
+            self._guard(report, f"node {node_id}", self._settle_abandoned, node_id)
         if self.registration is not None:
             self._guard(report, "registration", self.registration.ensure_registered)
         for request_id in list(self._active):
@@ -179,8 +214,9 @@ class NodeRequestHandler:
             active.lock.release()
         for orphan in self._orphans.values():
             orphan.lock.release()
-        self._active.clear()
-        self._orphans.clear()
+        with self._state_lock:
+            self._active.clear()
+            self._orphans.clear()
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -205,6 +241,10 @@ class NodeRequestHandler:
             log.warning("pool %s: ZooKeeper session expired; dropping %d request(s) and "
                         "%d orphan build(s) whose locks are gone", self.pool.pool_id,
                         len(self._active), len(self._orphans))
+        for active in self._active.values():
+            self._abandon_builds(active)
+        for orphan in self._orphans.values():
+            self._abandon(orphan.node, orphan.handle)
         self._forget_everything()
         self._generation = generation
 
@@ -313,7 +353,8 @@ class NodeRequestHandler:
             raise
         log.info("request %s: accepted (%s)", request_id, ", ".join(request.node_types))
         active = _Active(request, lock, [_Slot(label) for label in request.node_types])
-        self._active[request_id] = active
+        with self._state_lock:
+            self._active[request_id] = active
         report.accepted.append(request_id)
         self._advance(active, report)
 
@@ -637,7 +678,8 @@ class NodeRequestHandler:
                       request_id, request.state)
             self._release_nodes(active, report)
             active.lock.release()
-            del self._active[request_id]
+            with self._state_lock:
+                del self._active[request_id]
             return
         if not active.nodes_released:
             # Zuul waits at most 30 s for each node lock once it sees
@@ -659,7 +701,8 @@ class NodeRequestHandler:
     def _finish_fulfilled(self, active: _Active, report: PassReport) -> None:
         request_id = active.request.id
         active.lock.release()
-        del self._active[request_id]
+        with self._state_lock:
+            del self._active[request_id]
         report.fulfilled.append(request_id)
         log.info("request %s: fulfilled with %s", request_id,
                  ", ".join(s.node.id for s in active.slots))
@@ -672,7 +715,8 @@ class NodeRequestHandler:
             return
         log.info("request %s: declining: %s", request_id, reason)
         self._release_nodes(active, report)
-        del self._active[request_id]
+        with self._state_lock:
+            del self._active[request_id]
         self._store_decline(request, active.lock, report)
 
     def _store_decline(self, request: NodeRequest, lock: ZooKeeperLock,
@@ -705,7 +749,8 @@ class NodeRequestHandler:
         log.info("request %s: deleted by its requestor; releasing its nodes", request_id)
         self._release_nodes(active, report)
         active.lock.release()
-        self._active.pop(request_id, None)
+        with self._state_lock:
+            self._active.pop(request_id, None)
         report.vanished.append(request_id)
 
     def _release_nodes(self, active: _Active, report: PassReport) -> None:
@@ -717,7 +762,8 @@ class NodeRequestHandler:
             if node is None or slot.failed:
                 continue
             if slot.building and not slot.ready:
-                self._orphans[node.id] = _Orphan(node, slot.lock, slot.handle)
+                with self._state_lock:
+                    self._orphans[node.id] = _Orphan(node, slot.lock, slot.handle)
                 slot.lock = None
                 continue
             lock = slot.lock if slot.lock is not None and slot.lock.held else None
@@ -747,11 +793,13 @@ class NodeRequestHandler:
     def _poll_orphan(self, node_id: str) -> None:
         orphan = self._orphans[node_id]
         if not orphan.lock.held:
-            # Released elsewhere or lost with the session: the reaper owns
-            # the node now.  Said, because a build is left unpolled.
+            # Lost with the session: the reaper owns the node now, and the
+            # build is settled once ZooKeeper can tell how it ended.
             log.warning("node %s: lock of the orphan build no longer held; "
                         "leaving the node to the reaper", node_id)
-            del self._orphans[node_id]
+            self._abandon(orphan.node, orphan.handle)
+            with self._state_lock:
+                del self._orphans[node_id]
             return
         if not self.store.node_exists(node_id, cached=True) \
                 and not self.store.node_exists(node_id):
@@ -759,7 +807,8 @@ class NodeRequestHandler:
                         "the build", node_id)
             self._cancel_build(orphan.node, orphan.handle)
             orphan.lock.release()
-            del self._orphans[node_id]
+            with self._state_lock:
+                del self._orphans[node_id]
             return
         try:
             status = self.builder.poll_build(orphan.handle)
@@ -776,11 +825,68 @@ class NodeRequestHandler:
         if status.state is not BuildState.BUILDING:
             self._forget_build(orphan.handle)
             orphan.lock.release()
-            del self._orphans[node_id]
+            with self._state_lock:
+                del self._orphans[node_id]
 
     def _drop(self, active: _Active) -> None:
+        """The request's lock went with a lost session."""
+        self._abandon_builds(active)
         for slot in active.slots:
             if slot.lock is not None:
                 slot.lock.release()
         active.lock.release()
-        self._active.pop(active.request.id, None)
+        with self._state_lock:
+            self._active.pop(active.request.id, None)
+
+    # -- builds a lost session left ------------------------------------------------------
+
+    def _abandon_builds(self, active: _Active) -> None:
+        for slot in active.slots:
+            # A ready slot's build was forgotten once recorded; a failed
+            # one's too (or it never started).
+            if slot.building and not slot.ready and not slot.failed \
+                    and slot.node is not None:
+                self._abandon(slot.node, slot.handle)
+
+    def _abandon(self, node: Node, handle: Hashable) -> None:
+        with self._state_lock:
+            self._abandoned[node.id] = _Abandoned(node, handle)
+
+    def _settle_abandoned(self, node_id: str) -> None:
+        """Nobody holds the node's lock any more, so nobody may finish its
+        build: another launcher (or our reaper) deletes the node and its
+        servers.  A build still going would go on (and, once its server is
+        deleted, boot another for a node that is gone); a finished one would
+        keep its server's quota counted after that server is deleted
+        elsewhere.  So the build is cancelled (its servers deleted, its
+        quota released when they are gone), unless it finished and the
+        node's record shows the ready server (its write landed, the reply
+        was lost): then the record owns the server, as for any ready node,
+        and the build is only forgotten."""
+        item = self._abandoned[node_id]
+        try:
+            status = self.builder.poll_build(item.handle)
+        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed build
+            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
+        if status.state is BuildState.READY:
+            try:
+                record = self.store.get_node(node_id)
+            except MalformedRecord:
+                record = item.node   # never delete a server an unreadable record may own
+            owned = (record is not None and record.state not in (INIT, BUILDING, DELETING)
+                     and record.external_id is not None
+                     and record.external_id == status.info.external_id)
+        else:
+            # Failed or aborted: the builder already handed its servers to
+            # deletions; only a build still going must be stopped.
+            owned = status.state is not BuildState.BUILDING
+        if owned:
+            self._forget_build(item.handle)
+        else:
+            node = copy.deepcopy(item.node)
+            node.external_id = status.info.external_id or node.external_id
+            log.warning("node %s: its lock went with the lost ZooKeeper session; "
+                        "cancelling its build", node_id)
+            self._cancel_build(node, item.handle)
+        with self._state_lock:
+            del self._abandoned[node_id]

@@ -7,6 +7,11 @@ delete; when the builder says it is done, the node is written ``deleted``
 and its znode removed with its lock.  A failed delete releases the lock and
 leaves the node ``deleting``, so it is retried (by us or another launcher)
 no sooner than ``retry_delay`` seconds later.
+
+A delete whose lock went with a lost session is not dropped: the builder
+keeps a delete until it is polled to its end, so it is polled on (never
+written to ZooKeeper; whoever holds the node now removes the record) and
+the node is not started again here meanwhile.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class NodeReaper:
         self.retry_delay = retry_delay
         self.clock = clock
         self._deleting: dict[str, _Deleting] = {}
+        # Deletes whose lock a lost session took: polled until they end.
+        self._unlocked: dict[str, _Deleting] = {}
         self._retry_after: dict[str, float] = {}
 
     @property
@@ -62,6 +69,7 @@ class NodeReaper:
 
     def run_once(self) -> ReapReport:
         report = ReapReport()
+        self._poll_unlocked()
         if not self.store.connected:
             # Deletes in flight keep their locks while the session may
             # survive; nothing is started or finished until the reconnect.
@@ -77,7 +85,8 @@ class NodeReaper:
         now = self.clock()
         self._retry_after = {k: t for k, t in self._retry_after.items() if t > now}
         for node in reap_candidates(self.store, self.builders):
-            if node.id in self._deleting or self._retry_after.get(node.id, 0) > now:
+            if node.id in self._deleting or node.id in self._unlocked \
+                    or self._retry_after.get(node.id, 0) > now:
                 continue
             try:
                 self._start(node.id, report)
@@ -136,11 +145,24 @@ class NodeReaper:
         self._deleting[node_id] = _Deleting(node, lock, handle)
         report.started.append(node_id)
 
+    def _poll_unlocked(self) -> None:
+        for node_id, item in list(self._unlocked.items()):
+            try:
+                status = self.builders[item.node.provider].poll_delete(item.handle)
+            except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed delete
+                status = DeleteStatus(DeleteState.FAILED, f"poll failed: {e}")
+            if status.state is not DeleteState.DELETING:
+                del self._unlocked[node_id]
+                log.info("node %s: delete begun before the session was lost ended (%s)",
+                         node_id, status.state.value)
+
     def _poll(self, node_id: str, report: ReapReport) -> None:
         item = self._deleting[node_id]
         if not item.lock.held:
-            # Session expired: another pass (or launcher) picks it up again.
+            # Session expired: another pass (or launcher) picks the node up
+            # again once this delete has ended.
             del self._deleting[node_id]
+            self._unlocked[node_id] = item
             return
         try:
             status = self.builders[item.node.provider].poll_delete(item.handle)

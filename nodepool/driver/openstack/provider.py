@@ -891,6 +891,10 @@ class OpenStackProvider(LoopedProvider):
         """The node's znode is gone: stop the machine and delete every server
         of the node; nobody polls this deletion, the loop drops it when done."""
         with self._lock:
+            if spec.node_id in self._deletes:
+                # A deletion of the node (the reaper's) already stopped the
+                # build; whoever started it polls it to its end.
+                return
             self.start_delete(spec)
             self._unattended_deletes.add(spec.node_id)
 
