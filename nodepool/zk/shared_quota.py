@@ -77,7 +77,7 @@ def new_launcher_id(hostname: str) -> str:
 @dataclass
 class _Mine:
     claim: Claim
-    generation: int | None   # the session it was written in; None: not known to exist
+    generation: int | None   # the session it was written in; None: its commit's answer was lost
 
 
 class ProjectBook:
@@ -272,11 +272,23 @@ class ProjectBook:
                 judge: Callable[[frozenset[str], list[str]], list[str]]) -> list[str]:
         """Take a claim for ``key`` if ``judge`` finds no reason against it
         in a fresh read of the book (claim names, launchers)."""
-        with self._lock:
-            if key in self._mine:
-                return []   # a loop repeating a step
         if not self.started or not self.session.connected:
             return [f"{LAYER}: ZooKeeper is not connected; creates wait for it"]
+        with self._writer:
+            with self._lock:
+                held = self._mine.get(key)
+            if held is not None and held.generation is not None:
+                return []   # a loop repeating a step
+            if held is not None:
+                # An earlier commit's answer was lost: granted only if it
+                # was committed (its claim exists: the transaction checked
+                # the version); otherwise a versioned commit as any other.
+                try:
+                    found = self._settle_lost(key, held)
+                except (KazooException, KazooTimeoutError) as e:
+                    return [f"{LAYER}: cannot read the book ({type(e).__name__})"]
+                if found:
+                    return []
         claim = Claim(ClaimState.RESERVED, key, self.launcher_id, cost)
         generation = self.session.generation
         for _ in range(RESERVE_ATTEMPTS):
@@ -348,6 +360,15 @@ class ProjectBook:
                     if self._mine.get(key) is held:
                         del self._mine[key]
                 continue
+            if held.generation is None:
+                # A commit whose answer was lost: it went through or it did
+                # not; never written here without the version check.
+                if not self._settle_lost(key, held):
+                    continue
+                with self._lock:
+                    held = self._mine.get(key, held)
+                claim = held.claim
+                path = f"{self.claims_path}/{claim.name}"
             owned = state in OWNED_STATES
             if held.generation == gen and (claim.state is ClaimState.OWNED or not owned):
                 continue   # nothing to write: the common case, kept cheap
@@ -356,10 +377,9 @@ class ProjectBook:
                 continue   # nova no longer lists it: nothing to write
             new_path = f"{self.claims_path}/{want.name}"
             if held.generation != gen:
-                # Written in a session that ended (or not known to exist):
-                # the server still counts, so the claim comes back.
-                if held.generation is not None or want != claim:
-                    self._delete_quietly(path)
+                # Written in a session that ended: the server still counts,
+                # so the claim comes back.
+                self._delete_quietly(path)
                 try:
                     self.client.create(new_path, b"", ephemeral=True)
                 except NodeExistsError:
@@ -377,6 +397,24 @@ class ProjectBook:
             with self._lock:
                 if self._mine.get(key) is held:
                     self._mine[key] = _Mine(want, gen)
+
+    def _settle_lost(self, key: str, held: _Mine) -> bool:
+        """A claim whose commit's answer was lost: True (and known to exist
+        in this session) if the commit went through; else forgotten.  Only
+        with ``_writer`` held (sync settles it too)."""
+        generation = self.session.generation
+        stat = self.client.exists_async(
+            f"{self.claims_path}/{held.claim.name}").get(timeout=CALL_TIMEOUT)
+        with self._lock:
+            if self._mine.get(key) is not held:
+                return key in self._mine
+            session = self.client.client_id
+            if stat is not None and session is not None \
+                    and stat.ephemeralOwner == session[0]:
+                self._mine[key] = _Mine(held.claim, generation)
+                return True
+            del self._mine[key]
+        return False
 
     def _delete_quietly(self, path: str) -> None:
         try:
