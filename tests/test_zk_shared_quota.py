@@ -311,3 +311,55 @@ def test_a_reservation_whose_reply_was_lost_commits_properly_or_refuses(zk_conne
     finally:
         proxy.close()
         disconnect(a_client)
+
+
+# -- issue 21 defect 4: only ephemeral claims of live members count -----------------
+
+def test_a_persistent_claim_left_by_hand_blocks_no_create(zk_connect):
+    """A claim a debugging session wrote (persistent, of a launcher that is
+    not a member) takes no quota: the project's one instance is free."""
+    client = zk_connect()
+    a = _book(client, "a")
+    junk = Claim(ClaimState.OWNED, "999/0", "debugging-session", ONE)
+    client.create(f"{a.claims_path}/{junk.name}", b"")
+    wait_for(lambda: junk.name in a.snapshot()[0], message="a sees the junk claim")
+    share = ProviderShare(a)
+    lim = Resources(1, 100, 100000)
+    args = (ONE, lim - ONE, lim, ZERO, ONE, frozenset({"a/1"}))
+    wait_for(lambda: share.check(*args) == [], message="the junk claim ignored")
+    assert share.reserve("a/1", *args) == []
+    wait_for(lambda: [c.key for c in a.claims()] == ["a/1"], message="a's own claim only")
+    assert not a.claimed_elsewhere("999/0")
+
+
+def test_an_ephemeral_claim_of_a_launcher_going_counts_until_the_next_reading(zk_connect):
+    """A claim whose launcher is not (or no longer) a member but whose
+    session lives is a dead launcher's: in flight until a limits reading
+    that started after it was first seen."""
+    client, other = zk_connect(), zk_connect()
+    a = _book(client, "a")
+    stray = Claim(ClaimState.RESERVED, "7/0", "leaving", ONE)
+    other.create(f"{a.claims_path}/{stray.name}", b"", ephemeral=True)
+    wait_for(lambda: stray.name in a.snapshot()[0], message="a sees the claim")
+    share = ProviderShare(a)
+    lim = Resources(1, 100, 100000)
+    args = (ONE, lim - ONE, lim, ZERO, ONE, frozenset({"a/1"}))
+    assert share.check(*args)
+    share.reading_applied(share.reading_started())
+    assert share.check(*args) == []
+
+
+def test_stray_children_under_launchers_neither_win_the_election_nor_split_the_budget(
+        zk_connect):
+    client = zk_connect()
+    a_probe = ProjectBook(client, "proj", {}, "probe", lambda k: None)
+    client.ensure_path(a_probe.members_path)
+    # Sorts first (sequence 0), and one more child: neither is a launcher.
+    client.create(f"{a_probe.members_path}/tool-0000000000", b"")
+    client.create(f"{a_probe.members_path}/notes", b"")
+    a, b = _book(client, "a"), _book(zk_connect(), "b")
+    wait_for(lambda: a.launcher_count() == 2 and b.launcher_count() == 2
+             and len(a.snapshot()[1]) == 4, message="both books see every child")
+    wait_for(lambda: (a.is_cleaner(), b.is_cleaner()) == (True, False),
+             message="a (the first launcher) elected")
+    assert [m.rsplit("-", 1)[0] for m in a.members()] == ["a", "b"]

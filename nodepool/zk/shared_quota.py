@@ -100,7 +100,16 @@ class ProjectBook:
         # more than this book's own ZooKeeper calls.
         self._writer = threading.RLock()
         self._names: frozenset[str] = frozenset()
-        self._members: list[str] = []
+        self._members: list[str] = []      # the listing, by sequence
+        # Children of ``launchers`` looked at (ephemeral, named as a
+        # registration): name -> trusted.  Others (a znode left by a tool or
+        # a debugging session) neither split the budget nor win elections.
+        self._member_trust: dict[str, bool] = {}
+        # Claims of launchers that are not members, when first seen, and
+        # those found persistent (ignored: no launcher's session holds them).
+        self._strays: dict[str, float] = {}
+        self._persistent: set[str] = set()
+        self._looking: set[str] = set()     # znodes being looked at
         self._mine: dict[str, _Mine] = {}
         self._member: str | None = None
         self._member_generation: int | None = None
@@ -163,6 +172,10 @@ class ProjectBook:
             for name, (_, at) in list(self._vanished.items()):
                 if now - at > GONE_MEMORY:
                     del self._vanished[name]
+            for name in list(self._strays):
+                if name not in self._names:
+                    del self._strays[name]
+                    self._persistent.discard(name)
             gen = self.session.generation
             vanished = [key for key, held in self._mine.items()
                         if held.generation == gen and held.claim.name in before
@@ -180,24 +193,111 @@ class ProjectBook:
     def _on_members(self, children: list[str]) -> None:
         with self._lock:
             self._members = sorted(children, key=_sequence)
+            listed = set(children)
+            for name in list(self._member_trust):
+                if name not in listed:
+                    del self._member_trust[name]
+        self._check_znodes()
+
+    def _check_znodes(self) -> None:
+        """Look once at each new child of ``launchers`` and at each claim of
+        a launcher that is not a member: only ephemeral znodes, held by a
+        session, are launchers and their claims.  Asynchronous (called from
+        watches and checks); a look that failed is made again by sync."""
+        with self._lock:
+            members = [m for m in self._members
+                       if m not in self._member_trust and m not in self._looking]
+            strays = [n for n in self._strays
+                      if n not in self._persistent and n not in self._looking]
+            self._looking.update(members, strays)
+        for name in members:
+            self._look(f"{self.members_path}/{name}", name, self._judge_member)
+        for name in strays:
+            self._look(f"{self.claims_path}/{name}", name, self._judge_claim)
+
+    def _look(self, path: str, name: str, judge: Callable) -> None:
+        def done(result) -> None:
+            with self._lock:
+                self._looking.discard(name)
+            try:
+                stat = result.get()
+            except Exception:  # noqa: BLE001 - looked at again by sync
+                return
+            judge(name, stat)
+        try:
+            self.client.exists_async(path).rawlink(done)
+        except KazooException:
+            with self._lock:
+                self._looking.discard(name)
+
+    def _judge_member(self, name: str, stat) -> None:
+        trusted = stat is not None and stat.ephemeralOwner != 0 and \
+            _sequence(name)[0] < 1 << 62
+        if stat is not None and not trusted:
+            log.warning("shared quota: %s/%s is not a launcher's registration (not "
+                        "ephemeral, or not named <launcher id>-<sequence>); ignored. "
+                        "Remove it with zkCli.sh delete", self.members_path, name)
+        with self._lock:
+            if name in self._members:
+                self._member_trust[name] = trusted
+
+    def _judge_claim(self, name: str, stat) -> None:
+        if stat is not None and stat.ephemeralOwner == 0:
+            log.warning("shared quota: claim %s/%s is persistent (no launcher's session "
+                        "holds it); ignored. Remove it with zkCli.sh delete",
+                        self.claims_path, name)
+            with self._lock:
+                self._persistent.add(name)
+
+    def trusted_launchers(self, members: Iterable[str]) -> set[str]:
+        """Launcher ids of the members (names under ``launchers``) known to
+        be registrations; ours always."""
+        with self._lock:
+            trust = self._member_trust
+            return {_launcher_of(m) for m in members if trust.get(m)} | {self.launcher_id}
+
+    def sort_claims(self, claims: list[Claim], live: set[str]
+                    ) -> tuple[list[Claim], list[tuple[Claim, float]]]:
+        """(claims of live members, other claims with when first seen).
+        Persistent claims are in neither."""
+        now = time.monotonic()
+        good: list[Claim] = []
+        strays: list[tuple[Claim, float]] = []
+        new = False
+        with self._lock:
+            for claim in claims:
+                if claim.launcher in live:
+                    good.append(claim)
+                elif claim.name not in self._persistent:
+                    new = new or claim.name not in self._strays
+                    strays.append((claim, self._strays.setdefault(claim.name, now)))
+        if new:
+            self._check_znodes()
+        return good, strays
 
     def _ensure_member(self) -> None:
         gen = self.session.generation
         if self._member is not None and self._member_generation == gen and \
                 self.client.exists(f"{self.members_path}/{self._member}"):
             return
-        path = self.client.create(f"{self.members_path}/{self.launcher_id}-", b"",
+        path = self.client.create(f"{self.members_path}/{self.launcher_id}-",
+                                  json.dumps({"launcher": self.launcher_id}).encode(),
                                   ephemeral=True, sequence=True)
         self._member = paths.name_of(path)
         self._member_generation = gen
+        with self._lock:
+            self._member_trust[self._member] = True
         log.info("joined the launchers of project %s as %s", self.key, self._member)
 
     # -- cached views ----------------------------------------------------------------
 
     def claims(self) -> list[Claim]:
+        """The claims of live members (ours included) that still count."""
         with self._lock:
             gone = self._gone
-            return [c for c in parse_book(self._names) if c.key not in gone]
+            names, members = self._names, self._members
+        good, _ = self.sort_claims(parse_book(names), self.trusted_launchers(members))
+        return [c for c in good if c.key not in gone]
 
     def forget(self, keys: Iterable[str], now: float) -> None:
         """Nova no longer lists these attempts' servers (a provider of ours
@@ -227,11 +327,12 @@ class ProjectBook:
         return frozenset(c.name for c in self.claims() if c.state is ClaimState.OWNED)
 
     def members(self) -> list[str]:
+        """The project's launchers' registrations, by sequence."""
         with self._lock:
-            return list(self._members)
+            return [m for m in self._members if self._member_trust.get(m)]
 
     def launcher_count(self) -> int:
-        return len(self.members())
+        return len({_launcher_of(m) for m in self.members()})
 
     def is_cleaner(self) -> bool:
         """Am I the project's leak cleaner?  Never while disconnected: the
@@ -239,8 +340,11 @@ class ProjectBook:
         if not self.session.connected or self._member is None \
                 or self._member_generation != self.session.generation:
             return False
-        members = self.members()
-        return bool(members) and members[0] == self._member
+        with self._lock:
+            # One not looked at yet may be a launcher: it blocks the
+            # election until it is (the next sync pass).
+            ahead = [m for m in self._members if self._member_trust.get(m, True)]
+        return bool(ahead) and ahead[0] == self._member
 
     def claimed_elsewhere(self, key: str) -> bool:
         return any(c.key == key and c.launcher != self.launcher_id for c in self.claims())
@@ -341,6 +445,7 @@ class ProjectBook:
                 self._start()
                 return
             self._ensure_member()
+            self._check_znodes()
             self._sync_claims()
 
     def _sync_claims(self) -> None:
@@ -452,7 +557,12 @@ class ProviderShare:
                  headroom: Resources, limit: Resources, local_covered: Resources,
                  local_in_flight: Resources, local_keys: frozenset) -> list[str]:
         gone = self.book.gone_keys()
-        claims = parse_book(names)
+        # Only live launchers' claims count; any other (a launcher's going
+        # between our two reads, or a znode written by hand) is in flight
+        # as a dead launcher's until a reading that started after it was
+        # first seen, and a persistent one not at all.
+        live = self.book.trusted_launchers(members)
+        claims, strays = self.book.sort_claims(parse_book(names), live)
         present = frozenset(c.name for c in claims if c.key not in gone)
         with self._lock:
             self._local_seen.update(k for k in local_keys if isinstance(k, str))
@@ -463,12 +573,11 @@ class ProviderShare:
             # Only a list requested after nova answered the reading proves
             # the server was still there when nova counted (as the ledger's
             # own rule for our servers).
-            live_now = {_launcher_of(m) for m in members}
             freed = freed_usage(candidates, present, self._listed_at,
-                                self._reading_applied_at, live_now)
+                                self._reading_applied_at, live)
             applied = self._reading_applied_at
             if applied is not None and any(
-                    c.name not in present and c.launcher in live_now
+                    c.name not in present and c.launcher in live
                     and self._listed_at.get(c.key, float("-inf")) < applied
                     for c in candidates):
                 # Gone (or going) unseen since the reading: it may still
@@ -478,9 +587,8 @@ class ProviderShare:
             # only a limits reading started after they went is sure to
             # count them; until then they stay in flight (unless our
             # ledger adopted them from the server list).
-            live = {_launcher_of(m) for m in members}
             started = self._reading_started
-            orphans = [c for c, at in self.book.vanished(names)
+            orphans = [c for c, at in [*self.book.vanished(names), *strays]
                        if c.launcher not in live and c.key not in local_keys
                        and c.key not in gone and (started is None or at >= started)]
         co, io = others_usage(claims, local_keys | gone, covered)
