@@ -43,9 +43,9 @@ from nodepool.zk.components import (ComponentRegistration, make_pool_id,
 from nodepool.zk import paths
 from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
-from nodepool.zk.shared_quota import ProviderShare, SharedQuotaBooks, new_launcher_id
+from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
 from nodepool.zk.store import ZooKeeperStore
-from nodepool.launcher.shared import project_of
+from nodepool.launcher.shared import ProjectShare
 
 log = logging.getLogger("nodepool.launcher")
 
@@ -447,21 +447,44 @@ class Launcher:
     def _make_provider(self, provider_cfg: Provider) -> LaunchProvider:
         factory = self.provider_factory or registry.provider_class(provider_cfg)
         shared: dict = {}
-        project = project_of(provider_cfg) if self.shared is not None else None
-        if project is not None and self.shared is not None:
+        made: list[LaunchProvider] = []
+        if self.shared is not None and callable(getattr(factory, "cloud_project", None)):
             # Other launchers may serve the same cloud project: one quota
-            # book, one API budget and one leak cleaner between us.
-            book = self.shared.book(*project)
-            shared = dict(shared_quota=ProviderShare(book),
-                          api_share=lambda: max(1, book.launcher_count()),
-                          is_leak_cleaner=book.is_cleaner)
+            # book, one API budget and one leak cleaner between us.  The
+            # project is the one the provider's connection works in, so it
+            # follows a reload that moves the provider elsewhere.
+            project = ProjectShare(self.shared, provider_cfg.name,
+                                   lambda: _cloud_project(made))
+            shared = dict(shared_quota=project, api_share=project.launcher_count,
+                          is_leak_cleaner=project.is_cleaner,
+                          cleans_servers_of=self._leak_scope(provider_cfg.name))
         views = LauncherViews(known_nodes=self._known_nodes,
                               node_claims_server=self._node_claims_server,
                               tenant_usage=self._tenant_usage_elsewhere,
                               launch_observer=self.stats.launch,
                               build_progress=self._waker_of(provider_cfg.name), **shared)
-        return factory(provider_cfg, self.ledger, **views.as_kwargs(),
-                       **self.provider_options)
+        provider = factory(provider_cfg, self.ledger, **views.as_kwargs(),
+                           **self.provider_options)
+        made.append(provider)
+        return provider
+
+    def _leak_scope(self, provider_name: str) -> Callable[[str], bool]:
+        """Which other provider names' leaked servers ``provider_name``
+        cleans: when it shares a project with providers of other launchers,
+        every name none of our providers on that project has, by the first
+        of ours there (by name), so one of ours looks at each server once.
+        Whether this launcher is the project's cleaner at all is asked
+        separately."""
+        def covers(other: str) -> bool:
+            shares = {name: getattr(p, "shared_quota", None)
+                      for name, p in list(self.providers.items())}
+            keys = {name: s.key for name, s in shares.items() if isinstance(s, ProjectShare)}
+            key = keys.get(provider_name)
+            if key is None:
+                return False
+            ours = sorted(name for name, k in keys.items() if k == key)
+            return other not in ours and ours[0] == provider_name
+        return covers
 
     def _retire_drained_pools(self) -> None:
         for name, worker in list(self.pool_workers.items()):
@@ -725,3 +748,8 @@ class Launcher:
             "launcher_id": self.launcher_id,
             "shared_projects": self.shared.status() if self.shared is not None else {},
         }
+
+
+def _cloud_project(made: list) -> dict | None:
+    """The project of the provider made (None before it was)."""
+    return made[0].cloud_project() if made else None

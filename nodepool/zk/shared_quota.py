@@ -125,6 +125,7 @@ class ProjectBook:
         # their launcher died, their servers may still exist.
         self._vanished: dict[str, tuple[Claim, float]] = {}
         self.started = False
+        self.closed = False     # left the project: the watches end
 
     # -- set-up ------------------------------------------------------------------
 
@@ -154,6 +155,7 @@ class ProjectBook:
 
     def stop(self) -> None:
         """Leave the project (claims go with the session)."""
+        self.closed = True
         member, self._member = self._member, None
         if member and self.session.connected:
             try:
@@ -161,7 +163,9 @@ class ProjectBook:
             except KazooException:
                 pass
 
-    def _on_claims(self, children: list[str]) -> None:
+    def _on_claims(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
         now = time.monotonic()
         with self._lock:
             before, self._names = self._names, frozenset(children)
@@ -181,7 +185,7 @@ class ProjectBook:
                         if held.generation == gen and held.claim.name in before
                         and held.claim.name not in self._names]
         if not vanished:
-            return
+            return None
         keys_now = {c.key for c in parse_book(children)}
         for key in vanished:
             # Not our own sync (it turns a claim owned in one transaction,
@@ -189,8 +193,11 @@ class ProjectBook:
             # launcher saw the server gone before we did.
             if key not in keys_now and self.entry_state(key) in OWNED_STATES:
                 self.removed_by_others += 1
+        return None
 
-    def _on_members(self, children: list[str]) -> None:
+    def _on_members(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
         with self._lock:
             self._members = sorted(children, key=_sequence)
             listed = set(children)
@@ -198,6 +205,7 @@ class ProjectBook:
                 if name not in listed:
                     del self._member_trust[name]
         self._check_znodes()
+        return None
 
     def _check_znodes(self) -> None:
         """Look once at each new child of ``launchers`` and at each claim of
@@ -678,6 +686,9 @@ class SharedQuotaBooks:
         self.wait_for_change = wait_for_change
         self.interval = interval
         self.books: dict[str, ProjectBook] = {}
+        # Providers using each book (acquire/release); a book nobody uses
+        # leaves its project once none of our claims is left in it.
+        self._users: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -697,6 +708,32 @@ class SharedQuotaBooks:
                     log.warning("shared quota book %s not ready yet: %s", key, e)
             return book
 
+    def acquire(self, key: str, description: dict) -> ProjectBook:
+        """The project's book, for one more provider."""
+        book = self.book(key, description)
+        with self._lock:
+            self._users[key] = self._users.get(key, 0) + 1
+        return book
+
+    def release(self, key: str) -> None:
+        """A provider no longer works in this project (a reload moved it)."""
+        with self._lock:
+            self._users[key] = max(0, self._users.get(key, 0) - 1)
+
+    def _retire_unused(self) -> None:
+        with self._lock:
+            unused = [b for k, b in self.books.items()
+                      if k in self._users and not self._users[k] and not b.mine()]
+            for book in unused:
+                del self.books[book.key]
+                del self._users[book.key]
+        for book in unused:
+            # Our claims in it are all gone: leave the launchers (the
+            # budget and the election are the remaining launchers').
+            log.info("left the launchers of project %s (no provider of ours uses it)",
+                     book.key)
+            book.stop()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="shared-quota", daemon=True)
         self._thread.start()
@@ -709,6 +746,7 @@ class SharedQuotaBooks:
             book.stop()
 
     def sync_once(self) -> None:
+        self._retire_unused()
         for book in list(self.books.values()):
             try:
                 book.sync()
