@@ -944,6 +944,8 @@ class OpenStackProvider(LoopedProvider):
                 "api_calls": self.gate.stats(),
                 "api_in_flight": self.gate.in_flight(),
                 "api_budget": self.gate.budget(),
+                # Several launchers on the project: is this one its cleaner?
+                "leak_cleaner": self.leak_cleaner(),
                 "delete_durations": self.delete_durations.describe(),
                 "boot_durations": self.boot_durations.describe(),
                 "builds": [m.describe() for m in self._builds.values()],
