@@ -98,24 +98,20 @@ class ProjectShare:
     def reserve(self, key: str, cost: Resources, headroom: Resources, limit: Resources,
                 local_covered: Resources, local_in_flight: Resources,
                 local_keys: frozenset) -> list[str]:
-        known, share = self.current()
-        if not known:
-            return [f"{LAYER}: the cloud project is not known until the provider connects"]
-        if share is None:
-            return []
-        return share.reserve(key, cost, headroom, limit, local_covered, local_in_flight,
-                             local_keys)
+        return self._ask(lambda share: share.reserve(
+            key, cost, headroom, limit, local_covered, local_in_flight, local_keys))
 
     def check(self, cost: Resources, headroom: Resources, limit: Resources,
               local_covered: Resources, local_in_flight: Resources,
               local_keys: frozenset) -> list[str]:
+        return self._ask(lambda share: share.check(
+            cost, headroom, limit, local_covered, local_in_flight, local_keys))
+
+    def _ask(self, question: Callable[[ProviderShare], list[str]]) -> list[str]:
         known, share = self.current()
         if not known:
             return [f"{LAYER}: the cloud project is not known until the provider connects"]
-        if share is None:
-            return []
-        return share.check(cost, headroom, limit, local_covered, local_in_flight,
-                           local_keys)
+        return question(share) if share is not None else []
 
     def reading_started(self) -> object:
         share = self.current()[1]

@@ -703,7 +703,10 @@ class SharedQuotaBooks:
                                    self.entry_state)
                 self.books[key] = book
                 try:
-                    book.start()
+                    # Never wait for a reconnect here (a provider's loop may
+                    # be asking): sync starts the book once connected.
+                    if book.session.connected:
+                        book.start()
                 except KazooException as e:
                     log.warning("shared quota book %s not ready yet: %s", key, e)
             return book
