@@ -155,8 +155,19 @@ def test_the_cleaner_deletes_leaks_of_another_launchers_provider_name(
                                srv.META_POOL: "main", srv.META_ATTEMPT: "1"})
     # Not a node's server: another tool's, whatever its metadata says.
     foreign = server("foreign", {srv.META_PROVIDER: "west"})
+    # A node's server of a provider name no launcher of this ZooKeeper uses
+    # (another installation on the same project): not ours to judge.
+    elsewhere = server("elsewhere", {srv.META_PROVIDER: "staging", srv.META_NODE: "0000099002",
+                                     srv.META_POOL: "main", srv.META_ATTEMPT: "1"})
     wait_for(lambda: leaked not in {s["id"] for s in cloud.servers()}, 30,
              what="west's leaked server deleted by the cleaner")
     assert east.providers["east"].counters["leaks_deleted"] == 1
     assert west.providers["west"].counters["leaks_deleted"] == 0
-    assert foreign in {s["id"] for s in cloud.servers()}
+    # West gone for good, its name is still the project's: its leaks too.
+    west.stop(wait=10)
+    later = server("later", {srv.META_PROVIDER: "west", srv.META_NODE: "0000099003",
+                             srv.META_POOL: "main", srv.META_ATTEMPT: "1"})
+    wait_for(lambda: later not in {s["id"] for s in cloud.servers()}, 30,
+             what="a gone launcher's leaked server deleted")
+    assert east.providers["east"].counters["leaks_deleted"] == 2
+    assert {foreign, elsewhere} <= {s["id"] for s in cloud.servers()}

@@ -470,19 +470,21 @@ class Launcher:
 
     def _leak_scope(self, provider_name: str) -> Callable[[str], bool]:
         """Which other provider names' leaked servers ``provider_name``
-        cleans: when it shares a project with providers of other launchers,
-        every name none of our providers on that project has, by the first
-        of ours there (by name), so one of ours looks at each server once.
-        Whether this launcher is the project's cleaner at all is asked
-        separately."""
+        cleans: those the project's book lists (names launchers of this
+        ZooKeeper used there, dead ones' included) that none of our
+        providers on the project has, by the first of ours there (by name),
+        so one of ours looks at each server once.  Whether this launcher is
+        the project's cleaner at all is asked separately."""
         def covers(other: str) -> bool:
             shares = {name: getattr(p, "shared_quota", None)
                       for name, p in list(self.providers.items())}
-            keys = {name: s.key for name, s in shares.items() if isinstance(s, ProjectShare)}
-            key = keys.get(provider_name)
-            if key is None:
+            projects = {name: s for name, s in shares.items()
+                        if isinstance(s, ProjectShare) and s.key is not None}
+            mine = projects.get(provider_name)
+            book = mine.book() if mine is not None else None
+            if mine is None or book is None or other not in book.provider_names():
                 return False
-            ours = sorted(name for name, k in keys.items() if k == key)
+            ours = sorted(name for name, s in projects.items() if s.key == mine.key)
             return other not in ours and ours[0] == provider_name
         return covers
 

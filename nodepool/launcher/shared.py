@@ -63,8 +63,11 @@ class ProjectShare:
             project = project_of(identity)
             key = project[0] if project is not None else None
             if key != old_key:
-                share = ProviderShare(self.books.acquire(*project)) \
-                    if project is not None else None
+                share = None
+                if project is not None:
+                    book = self.books.acquire(*project)
+                    book.add_provider(self.provider_name)
+                    share = ProviderShare(book)
                 if old_key is not None:
                     self.books.release(old_key)
                 self.key, self._share = key, share

@@ -6,6 +6,7 @@ Layout (see doc/multiple-launchers.rst)::
     /nodepool/shared-quota/<project key>/claims     its data version orders reservations
     /nodepool/shared-quota/<project key>/claims/<claim name>     ephemeral, no data
     /nodepool/shared-quota/<project key>/launchers/<launcher id>-<sequence>   ephemeral
+    /nodepool/shared-quota/<project key>/providers/<provider name>     persistent
 
 A claim's name encodes its state, cost, ledger key and launcher
 (nodepool.quota.shared.Claim), so one ``get_children`` reads the whole book.
@@ -27,7 +28,10 @@ pass, which only ever counts a server longer, never shorter.
 ``launchers`` lists the launchers serving the project (ephemeral sequential
 znodes).  Their number splits the API budget; the one with the lowest
 sequence is the project's leak cleaner (the classic election recipe read
-from a cached listing, so asking is free).
+from a cached listing, so asking is free).  ``providers`` keeps every
+provider name a launcher of ours used in the project (persistent: a dead
+launcher's leaks are still ours to clean), so the cleaner knows which
+servers of the project are this ZooKeeper's launchers'.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable
+from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError)
@@ -95,6 +100,11 @@ class ProjectBook:
         self.root = paths.shared_project_path(key)
         self.claims_path = f"{self.root}/claims"
         self.members_path = f"{self.root}/launchers"
+        self.providers_path = f"{self.root}/providers"
+        # Our provider names in the project, and everyone's (``providers``).
+        self._our_providers: set[str] = set()
+        self._registered: set[str] = set()
+        self._provider_names: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         # Held by start and sync (two threads may call them), never across
         # more than this book's own ZooKeeper calls.
@@ -140,6 +150,7 @@ class ProjectBook:
     def _start(self) -> None:
         self.client.ensure_path(self.claims_path)
         self.client.ensure_path(self.members_path)
+        self.client.ensure_path(self.providers_path)
         try:
             data, _ = self.client.get(self.root)
             if not data:
@@ -149,9 +160,36 @@ class ProjectBook:
         if not self._watching:
             ChildrenWatch(self.client, self.claims_path, self._on_claims)
             ChildrenWatch(self.client, self.members_path, self._on_members)
+            ChildrenWatch(self.client, self.providers_path, self._on_providers)
             self._watching = True
         self._ensure_member()
+        self._register_providers()
         self.started = True
+
+    def add_provider(self, name: str) -> None:
+        """A provider of ours works in this project (registered by sync)."""
+        with self._lock:
+            self._our_providers.add(name)
+
+    def _register_providers(self) -> None:
+        with self._lock:
+            todo = self._our_providers - self._registered
+        for name in todo:
+            self.client.ensure_path(f"{self.providers_path}/{quote(name, safe='')}")
+            with self._lock:
+                self._registered.add(name)
+
+    def _on_providers(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
+        with self._lock:
+            self._provider_names = frozenset(unquote(c) for c in children)
+        return None
+
+    def provider_names(self) -> frozenset[str]:
+        """Every provider name our launchers used in the project."""
+        with self._lock:
+            return self._provider_names | self._our_providers
 
     def stop(self) -> None:
         """Leave the project (claims go with the session)."""
@@ -453,6 +491,7 @@ class ProjectBook:
                 self._start()
                 return
             self._ensure_member()
+            self._register_providers()
             self._check_znodes()
             self._sync_claims()
 

@@ -11,8 +11,8 @@
   owns) are deleted once seen leaked on two passes in a row and confirmed
   by a fresh look at the node.  With several launchers on one cloud project
   only the elected cleaner looks, at every node's server of the project
-  whatever provider name it carries (one provider of the cleaner per
-  foreign name, see ``cleans_leaks_of``), and a server another live
+  that carries a provider name of the project's launchers (one provider of
+  the cleaner per foreign name, see ``cleans_leaks_of``), and a server another live
   launcher holds a claim for in the shared quota book is never a leak.
 """
 
