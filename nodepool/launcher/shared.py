@@ -93,8 +93,10 @@ class ProjectShare:
         return launcher_share(book.launcher_count() if book is not None else 1)
 
     def is_cleaner(self) -> bool:
-        book = self.book()
-        return book is None or book.is_cleaner()
+        known, share = self.current()
+        if not known:
+            return False   # nothing to clean before the provider connects
+        return share is None or share.book.is_cleaner()
 
     # -- SharedQuota -----------------------------------------------------------
 
