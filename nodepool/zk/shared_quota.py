@@ -338,12 +338,15 @@ class ProjectBook:
     # -- cached views ----------------------------------------------------------------
 
     def claims(self) -> list[Claim]:
-        """The claims of live members (ours included) that still count."""
+        """The claims in the book, but persistent ones and those of servers
+        seen gone.  A claim of a launcher that is not (or no longer) a
+        member is in: held by a live session, its server may be being made
+        (see ``sort_claims`` for how the arithmetic counts it)."""
         with self._lock:
             gone = self._gone
             names, members = self._names, self._members
-        good, _ = self.sort_claims(parse_book(names), self.trusted_launchers(members))
-        return [c for c in good if c.key not in gone]
+        good, strays = self.sort_claims(parse_book(names), self.trusted_launchers(members))
+        return [c for c in [*good, *(c for c, _ in strays)] if c.key not in gone]
 
     def forget(self, keys: Iterable[str], now: float) -> None:
         """Nova no longer lists these attempts' servers (a provider of ours
