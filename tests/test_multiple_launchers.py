@@ -8,9 +8,11 @@ counts the quota 403s; the book is read from ZooKeeper.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
+import urllib.request
 
 import pytest
 import yaml
@@ -231,6 +233,85 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
     (members,) = facts["survivor_members"].values()
     assert members[0].startswith(launcher_id(str(tmp_path / "launcher-1.log")))
     assert facts["survivor_most_claims"] == 3
+
+
+class Observed:
+    """Each launcher's provider as its status API shows it: the API budget's
+    share and whether it is the project's leak cleaner.  A launcher that
+    does not answer (stopped, killed) is left out."""
+
+    def __init__(self, procs):
+        self.procs = procs
+
+    def sample(self) -> dict[int, tuple[int, bool]]:
+        seen = {}
+        for i, proc in enumerate(self.procs):
+            port = proc.webapp_port()
+            if port is None or proc.proc is None or proc.proc.poll() is not None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/providers",
+                                            timeout=5) as answer:
+                    fake = json.load(answer)["fake"]
+            except (OSError, ValueError, KeyError):
+                continue
+            seen[i] = (fake["api_budget"]["share"], fake["leak_cleaner"])
+        return seen
+
+
+def test_three_launcher_processes_split_the_budget_and_elect_one_cleaner(
+        tmp_path, make_fakecloud, zk_settings):
+    """Three real launchers on one project: each uses a third of the API
+    budget and one of them cleans; one leaving re-splits the budget among
+    the other two; the cleaner killed, the last one is elected once the
+    cleaner's session ends."""
+    cloud = make_fakecloud(FAST_BOOTS)
+    config, clouds = write_config(tmp_path, cloud, zk_settings, session_timeout=4)
+    procs = [LauncherProcess(config, clouds, str(tmp_path / f"launcher-{i}.log"))
+             for i in range(3)]
+    observed = Observed(procs)
+    cleaners_at_once: list[int] = []
+
+    def settle(share: int, answering: int) -> dict[int, tuple[int, bool]]:
+        """Wait until every launcher that answers says ``share``; every
+        sample on the way counts its cleaners."""
+        found: dict = {}
+
+        def ready():
+            found.clear()
+            found.update(observed.sample())
+            cleaners_at_once.append(sum(cleaner for _, cleaner in found.values()))
+            return len(found) == answering and \
+                all(s == share for s, _ in found.values()) and \
+                sum(cleaner for _, cleaner in found.values()) == 1
+        wait_for(ready, 60, what=f"{answering} launcher(s) with share {share} and one "
+                                 f"cleaner (last seen {found})")
+        return dict(found)
+
+    try:
+        for p in procs:
+            p.start()
+        first = settle(3, 3)
+        (cleaner,) = [i for i, (_, c) in first.items() if c]
+        # A launcher that is not the cleaner leaves: the other two split
+        # the budget; the cleaner stays the cleaner.
+        leaving = next(i for i in first if i != cleaner)
+        procs[leaving].stop()
+        second = settle(2, 2)
+        assert second[cleaner][1], second
+        # The cleaner dies: the last one is elected once its session ends.
+        procs[cleaner].kill9()
+        killed_at = time.monotonic()
+        third = settle(1, 1)
+        elected_after = time.monotonic() - killed_at
+        (last,) = third
+        assert last not in (cleaner, leaving) and third[last] == (1, True)
+        print(f"new cleaner elected {elected_after:.1f}s after the old one was killed "
+              "(zookeeper-timeout 4 s)")
+        assert max(cleaners_at_once) == 1, cleaners_at_once
+    finally:
+        for p in procs:
+            p.stop()
 
 
 @pytest.mark.slow

@@ -253,3 +253,113 @@ def test_a_dead_launchers_claims_count_until_a_reading_that_started_after(zk_con
     # A reading that started after a's claims went counts a's server if
     # it exists; nova says 0 here, so there is room.
     assert share.reserve("b/1", *args) == []
+
+
+# -- issue 21 defect 5: a reservation whose reply was lost ----------------------------
+
+def _proxied_client(zk_settings, proxy):
+    from nodepool.zk.client import ZooKeeperServer, ZooKeeperSettings, connect
+    settings = ZooKeeperSettings((ZooKeeperServer("127.0.0.1", proxy.port,
+                                                  zk_settings.chroot),),
+                                 session_timeout=10)
+    return connect(settings)
+
+
+def test_a_reservation_whose_reply_was_lost_commits_properly_or_refuses(zk_connect,
+                                                                        zk_settings):
+    """The commit's reply is lost (the connection drops as it goes); another
+    launcher takes the last instance meanwhile.  The retry must not take
+    the lost commit as granted: it reads the book again and refuses."""
+    from nodepool.zk.client import disconnect
+    from tests.fixtures.tcpproxy import TcpProxy
+    server = zk_settings.servers[0]
+    proxy = TcpProxy(server.host, server.port)
+    a_client = _proxied_client(zk_settings, proxy)
+    try:
+        a = _book(a_client, "a")
+        b = _book(zk_connect(), "b")
+        wait_for(lambda: a.launcher_count() == 2, message="a sees b")
+        lim = Resources(1, 100, 100000)
+        share = ProviderShare(a)
+
+        def judge(names, members):
+            reasons = share._reasons(names, members, ONE, lim - ONE, lim, ZERO, ONE,
+                                     frozenset({"a/1"}))
+            proxy.cut()      # the commit goes out on a connection that drops
+            return reasons
+
+        def fresh(names, members):
+            return share._reasons(names, members, ONE, lim - ONE, lim, ZERO, ONE,
+                                  frozenset({"a/1"}))
+
+        reasons = a.reserve("a/1", ONE, judge)
+        assert reasons and "lost" in reasons[0]
+        # Meanwhile b takes the project's only instance (a's commit, if it
+        # is sent at all after the reconnect, meets a newer version).
+        assert _reserve(b, "b/1", 1) == []
+        proxy.heal()
+        wait_for(lambda: a.session.connected, timeout=20, message="a reconnected")
+        # The retry judges a fresh read of the book (whatever a's cached
+        # copy says by then).
+        reasons = a.reserve("a/1", ONE, fresh)
+        assert reasons and "instances short by 1" in reasons[0], reasons
+        assert [c.key for c in _children(a_client, a)] == ["b/1"]
+        # With the room back, a second attempt commits properly.
+        b.client.delete(f"{b.claims_path}/{_children(a_client, a)[0].name}")
+        assert a.reserve("a/1", ONE, fresh) == []
+        assert [c.key for c in _children(a_client, a)] == ["a/1"]
+    finally:
+        proxy.close()
+        disconnect(a_client)
+
+
+# -- issue 21 defect 4: only ephemeral claims of live members count -----------------
+
+def test_a_persistent_claim_left_by_hand_blocks_no_create(zk_connect):
+    """A claim a debugging session wrote (persistent, of a launcher that is
+    not a member) takes no quota: the project's one instance is free."""
+    client = zk_connect()
+    a = _book(client, "a")
+    junk = Claim(ClaimState.OWNED, "999/0", "debugging-session", ONE)
+    client.create(f"{a.claims_path}/{junk.name}", b"")
+    wait_for(lambda: junk.name in a.snapshot()[0], message="a sees the junk claim")
+    share = ProviderShare(a)
+    lim = Resources(1, 100, 100000)
+    args = (ONE, lim - ONE, lim, ZERO, ONE, frozenset({"a/1"}))
+    wait_for(lambda: share.check(*args) == [], message="the junk claim ignored")
+    assert share.reserve("a/1", *args) == []
+    wait_for(lambda: [c.key for c in a.claims()] == ["a/1"], message="a's own claim only")
+    assert not a.claimed_elsewhere("999/0")
+
+
+def test_an_ephemeral_claim_of_a_launcher_going_counts_until_the_next_reading(zk_connect):
+    """A claim whose launcher is not (or no longer) a member but whose
+    session lives is a dead launcher's: in flight until a limits reading
+    that started after it was first seen."""
+    client, other = zk_connect(), zk_connect()
+    a = _book(client, "a")
+    stray = Claim(ClaimState.RESERVED, "7/0", "leaving", ONE)
+    other.create(f"{a.claims_path}/{stray.name}", b"", ephemeral=True)
+    wait_for(lambda: stray.name in a.snapshot()[0], message="a sees the claim")
+    share = ProviderShare(a)
+    lim = Resources(1, 100, 100000)
+    args = (ONE, lim - ONE, lim, ZERO, ONE, frozenset({"a/1"}))
+    assert share.check(*args)
+    share.reading_applied(share.reading_started())
+    assert share.check(*args) == []
+
+
+def test_stray_children_under_launchers_neither_win_the_election_nor_split_the_budget(
+        zk_connect):
+    client = zk_connect()
+    a_probe = ProjectBook(client, "proj", {}, "probe", lambda k: None)
+    client.ensure_path(a_probe.members_path)
+    # Sorts first (sequence 0), and one more child: neither is a launcher.
+    client.create(f"{a_probe.members_path}/tool-0000000000", b"")
+    client.create(f"{a_probe.members_path}/notes", b"")
+    a, b = _book(client, "a"), _book(zk_connect(), "b")
+    wait_for(lambda: a.launcher_count() == 2 and b.launcher_count() == 2
+             and len(a.snapshot()[1]) == 4, message="both books see every child")
+    wait_for(lambda: (a.is_cleaner(), b.is_cleaner()) == (True, False),
+             message="a (the first launcher) elected")
+    assert [m.rsplit("-", 1)[0] for m in a.members()] == ["a", "b"]

@@ -127,8 +127,11 @@ class LauncherViews:
     shared_quota: SharedQuota | None = None
     # how many launchers serve the project (they split the API budget);
     api_share: Callable[[], int] | None = None
-    # whether this launcher is the project's elected leak cleaner.
+    # whether this launcher is the project's elected leak cleaner;
     is_leak_cleaner: Callable[[], bool] | None = None
+    # which other provider names' leaked servers this provider cleans (the
+    # project's other launchers' providers, when this launcher cleans).
+    cleans_servers_of: Callable[[str], bool] | None = None
     # Called (from the provider's thread, cheaply) when a build ends, so the
     # pools of the provider pass at once.
     build_progress: Callable[[], None] | None = None
@@ -143,8 +146,8 @@ class LauncherViews:
                                   "tenant_usage": self.tenant_usage,
                                   "launch_observer": self.launch_observer}
         # Only when set: a driver that predates them need not know them.
-        for name in ("shared_quota", "api_share", "is_leak_cleaner", "build_progress",
-                     "image_upload"):
+        for name in ("shared_quota", "api_share", "is_leak_cleaner", "cleans_servers_of",
+                     "build_progress", "image_upload"):
             if getattr(self, name) is not None:
                 kwargs[name] = getattr(self, name)
         return kwargs

@@ -43,11 +43,11 @@ from nodepool.zk.components import (ComponentRegistration, make_pool_id,
 from nodepool.zk import paths
 from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
-from nodepool.zk.shared_quota import ProviderShare, SharedQuotaBooks, new_launcher_id
+from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
 from nodepool.zk.store import ZooKeeperStore
 from nodepool.zk.image_records import ImageUpload
 from nodepool.zk.images import ImageCache
-from nodepool.launcher.shared import project_of
+from nodepool.launcher.shared import ProjectShare
 
 log = logging.getLogger("nodepool.launcher")
 
@@ -457,14 +457,17 @@ class Launcher:
     def _make_provider(self, provider_cfg: Provider) -> LaunchProvider:
         factory = self.provider_factory or registry.provider_class(provider_cfg)
         shared: dict = {}
-        project = project_of(provider_cfg) if self.shared is not None else None
-        if project is not None and self.shared is not None:
+        made: list[LaunchProvider] = []
+        if self.shared is not None and callable(getattr(factory, "cloud_project", None)):
             # Other launchers may serve the same cloud project: one quota
-            # book, one API budget and one leak cleaner between us.
-            book = self.shared.book(*project)
-            shared = dict(shared_quota=ProviderShare(book),
-                          api_share=lambda: max(1, book.launcher_count()),
-                          is_leak_cleaner=book.is_cleaner)
+            # book, one API budget and one leak cleaner between us.  The
+            # project is the one the provider's connection works in, so it
+            # follows a reload that moves the provider elsewhere.
+            project = ProjectShare(self.shared, provider_cfg.name,
+                                   lambda: _cloud_project(made))
+            shared = dict(shared_quota=project, api_share=project.launcher_count,
+                          is_leak_cleaner=project.is_cleaner,
+                          cleans_servers_of=self._leak_scope(provider_cfg.name))
         # Providers that can boot diskimages (OpenStack's) get the lookup
         # even without any now: a reload may add some.
         images = self._image_upload if hasattr(provider_cfg, "diskimages") else None
@@ -474,8 +477,30 @@ class Launcher:
                               launch_observer=self.stats.launch,
                               build_progress=self._waker_of(provider_cfg.name),
                               image_upload=images, **shared)
-        return factory(provider_cfg, self.ledger, **views.as_kwargs(),
-                       **self.provider_options)
+        provider = factory(provider_cfg, self.ledger, **views.as_kwargs(),
+                           **self.provider_options)
+        made.append(provider)
+        return provider
+
+    def _leak_scope(self, provider_name: str) -> Callable[[str], bool]:
+        """Which other provider names' leaked servers ``provider_name``
+        cleans: those the project's book lists (names launchers of this
+        ZooKeeper used there, dead ones' included) that none of our
+        providers on the project has, by the first of ours there (by name),
+        so one of ours looks at each server once.  Whether this launcher is
+        the project's cleaner at all is asked separately."""
+        def covers(other: str) -> bool:
+            shares = {name: getattr(p, "shared_quota", None)
+                      for name, p in list(self.providers.items())}
+            projects = {name: s for name, s in shares.items()
+                        if isinstance(s, ProjectShare) and s.key is not None}
+            mine = projects.get(provider_name)
+            book = mine.book() if mine is not None else None
+            if mine is None or book is None or other not in book.provider_names():
+                return False
+            ours = sorted(name for name, s in projects.items() if s.key == mine.key)
+            return other not in ours and ours[0] == provider_name
+        return covers
 
     def _sync_image_cache(self, config: NodepoolConfig) -> None:
         """Keep the image cache while some provider boots diskimages, as
@@ -777,3 +802,8 @@ class Launcher:
             "launcher_id": self.launcher_id,
             "shared_projects": self.shared.status() if self.shared is not None else {},
         }
+
+
+def _cloud_project(made: list) -> dict | None:
+    """The project of the provider made (None before it was)."""
+    return made[0].cloud_project() if made else None

@@ -6,6 +6,7 @@ Layout (see doc/multiple-launchers.rst)::
     /nodepool/shared-quota/<project key>/claims     its data version orders reservations
     /nodepool/shared-quota/<project key>/claims/<claim name>     ephemeral, no data
     /nodepool/shared-quota/<project key>/launchers/<launcher id>-<sequence>   ephemeral
+    /nodepool/shared-quota/<project key>/providers/<provider name>     persistent
 
 A claim's name encodes its state, cost, ledger key and launcher
 (nodepool.quota.shared.Claim), so one ``get_children`` reads the whole book.
@@ -27,7 +28,10 @@ pass, which only ever counts a server longer, never shorter.
 ``launchers`` lists the launchers serving the project (ephemeral sequential
 znodes).  Their number splits the API budget; the one with the lowest
 sequence is the project's leak cleaner (the classic election recipe read
-from a cached listing, so asking is free).
+from a cached listing, so asking is free).  ``providers`` keeps every
+provider name a launcher of ours used in the project (persistent: a dead
+launcher's leaks are still ours to clean), so the cleaner knows which
+servers of the project are this ZooKeeper's launchers'.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable
+from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError)
@@ -77,7 +82,7 @@ def new_launcher_id(hostname: str) -> str:
 @dataclass
 class _Mine:
     claim: Claim
-    generation: int | None   # the session it was written in; None: not known to exist
+    generation: int | None   # the session it was written in; None: its commit's answer was lost
 
 
 class ProjectBook:
@@ -95,12 +100,26 @@ class ProjectBook:
         self.root = paths.shared_project_path(key)
         self.claims_path = f"{self.root}/claims"
         self.members_path = f"{self.root}/launchers"
+        self.providers_path = f"{self.root}/providers"
+        # Our provider names in the project, and everyone's (``providers``).
+        self._our_providers: set[str] = set()
+        self._registered: set[str] = set()
+        self._provider_names: frozenset[str] = frozenset()
         self._lock = threading.Lock()
         # Held by start and sync (two threads may call them), never across
         # more than this book's own ZooKeeper calls.
         self._writer = threading.RLock()
         self._names: frozenset[str] = frozenset()
-        self._members: list[str] = []
+        self._members: list[str] = []      # the listing, by sequence
+        # Children of ``launchers`` looked at (ephemeral, named as a
+        # registration): name -> trusted.  Others (a znode left by a tool or
+        # a debugging session) neither split the budget nor win elections.
+        self._member_trust: dict[str, bool] = {}
+        # Claims of launchers that are not members, when first seen, and
+        # those found persistent (ignored: no launcher's session holds them).
+        self._strays: dict[str, float] = {}
+        self._persistent: set[str] = set()
+        self._looking: set[str] = set()     # znodes being looked at
         self._mine: dict[str, _Mine] = {}
         self._member: str | None = None
         self._member_generation: int | None = None
@@ -116,6 +135,7 @@ class ProjectBook:
         # their launcher died, their servers may still exist.
         self._vanished: dict[str, tuple[Claim, float]] = {}
         self.started = False
+        self.closed = False     # left the project: the watches end
 
     # -- set-up ------------------------------------------------------------------
 
@@ -130,6 +150,7 @@ class ProjectBook:
     def _start(self) -> None:
         self.client.ensure_path(self.claims_path)
         self.client.ensure_path(self.members_path)
+        self.client.ensure_path(self.providers_path)
         try:
             data, _ = self.client.get(self.root)
             if not data:
@@ -139,12 +160,40 @@ class ProjectBook:
         if not self._watching:
             ChildrenWatch(self.client, self.claims_path, self._on_claims)
             ChildrenWatch(self.client, self.members_path, self._on_members)
+            ChildrenWatch(self.client, self.providers_path, self._on_providers)
             self._watching = True
         self._ensure_member()
+        self._register_providers()
         self.started = True
+
+    def add_provider(self, name: str) -> None:
+        """A provider of ours works in this project (registered by sync)."""
+        with self._lock:
+            self._our_providers.add(name)
+
+    def _register_providers(self) -> None:
+        with self._lock:
+            todo = self._our_providers - self._registered
+        for name in todo:
+            self.client.ensure_path(f"{self.providers_path}/{quote(name, safe='')}")
+            with self._lock:
+                self._registered.add(name)
+
+    def _on_providers(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
+        with self._lock:
+            self._provider_names = frozenset(unquote(c) for c in children)
+        return None
+
+    def provider_names(self) -> frozenset[str]:
+        """Every provider name our launchers used in the project."""
+        with self._lock:
+            return self._provider_names | self._our_providers
 
     def stop(self) -> None:
         """Leave the project (claims go with the session)."""
+        self.closed = True
         member, self._member = self._member, None
         if member and self.session.connected:
             try:
@@ -152,7 +201,9 @@ class ProjectBook:
             except KazooException:
                 pass
 
-    def _on_claims(self, children: list[str]) -> None:
+    def _on_claims(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
         now = time.monotonic()
         with self._lock:
             before, self._names = self._names, frozenset(children)
@@ -163,12 +214,16 @@ class ProjectBook:
             for name, (_, at) in list(self._vanished.items()):
                 if now - at > GONE_MEMORY:
                     del self._vanished[name]
+            for name in list(self._strays):
+                if name not in self._names:
+                    del self._strays[name]
+                    self._persistent.discard(name)
             gen = self.session.generation
             vanished = [key for key, held in self._mine.items()
                         if held.generation == gen and held.claim.name in before
                         and held.claim.name not in self._names]
         if not vanished:
-            return
+            return None
         keys_now = {c.key for c in parse_book(children)}
         for key in vanished:
             # Not our own sync (it turns a claim owned in one transaction,
@@ -176,28 +231,122 @@ class ProjectBook:
             # launcher saw the server gone before we did.
             if key not in keys_now and self.entry_state(key) in OWNED_STATES:
                 self.removed_by_others += 1
+        return None
 
-    def _on_members(self, children: list[str]) -> None:
+    def _on_members(self, children: list[str]) -> bool | None:
+        if self.closed:
+            return False
         with self._lock:
             self._members = sorted(children, key=_sequence)
+            listed = set(children)
+            for name in list(self._member_trust):
+                if name not in listed:
+                    del self._member_trust[name]
+        self._check_znodes()
+        return None
+
+    def _check_znodes(self) -> None:
+        """Look once at each new child of ``launchers`` and at each claim of
+        a launcher that is not a member: only ephemeral znodes, held by a
+        session, are launchers and their claims.  Asynchronous (called from
+        watches and checks); a look that failed is made again by sync."""
+        with self._lock:
+            members = [m for m in self._members
+                       if m not in self._member_trust and m not in self._looking]
+            strays = [n for n in self._strays
+                      if n not in self._persistent and n not in self._looking]
+            self._looking.update(members, strays)
+        for name in members:
+            self._look(f"{self.members_path}/{name}", name, self._judge_member)
+        for name in strays:
+            self._look(f"{self.claims_path}/{name}", name, self._judge_claim)
+
+    def _look(self, path: str, name: str, judge: Callable) -> None:
+        def done(result) -> None:
+            with self._lock:
+                self._looking.discard(name)
+            try:
+                stat = result.get()
+            except Exception:  # noqa: BLE001 - looked at again by sync
+                return
+            judge(name, stat)
+        try:
+            self.client.exists_async(path).rawlink(done)
+        except KazooException:
+            with self._lock:
+                self._looking.discard(name)
+
+    def _judge_member(self, name: str, stat) -> None:
+        trusted = stat is not None and stat.ephemeralOwner != 0 and \
+            _sequence(name)[0] < 1 << 62
+        if stat is not None and not trusted:
+            log.warning("shared quota: %s/%s is not a launcher's registration (not "
+                        "ephemeral, or not named <launcher id>-<sequence>); ignored. "
+                        "Remove it with zkCli.sh delete", self.members_path, name)
+        with self._lock:
+            if name in self._members:
+                self._member_trust[name] = trusted
+
+    def _judge_claim(self, name: str, stat) -> None:
+        if stat is not None and stat.ephemeralOwner == 0:
+            log.warning("shared quota: claim %s/%s is persistent (no launcher's session "
+                        "holds it); ignored. Remove it with zkCli.sh delete",
+                        self.claims_path, name)
+            with self._lock:
+                self._persistent.add(name)
+
+    def trusted_launchers(self, members: Iterable[str]) -> set[str]:
+        """Launcher ids of the members (names under ``launchers``) known to
+        be registrations; ours always."""
+        with self._lock:
+            trust = self._member_trust
+            return {_launcher_of(m) for m in members if trust.get(m)} | {self.launcher_id}
+
+    def sort_claims(self, claims: list[Claim], live: set[str]
+                    ) -> tuple[list[Claim], list[tuple[Claim, float]]]:
+        """(claims of live members, other claims with when first seen).
+        Persistent claims are in neither."""
+        now = time.monotonic()
+        good: list[Claim] = []
+        strays: list[tuple[Claim, float]] = []
+        new = False
+        with self._lock:
+            for claim in claims:
+                if claim.launcher in live:
+                    good.append(claim)
+                elif claim.name not in self._persistent:
+                    new = new or claim.name not in self._strays
+                    strays.append((claim, self._strays.setdefault(claim.name, now)))
+        if new:
+            self._check_znodes()
+        return good, strays
 
     def _ensure_member(self) -> None:
         gen = self.session.generation
         if self._member is not None and self._member_generation == gen and \
                 self.client.exists(f"{self.members_path}/{self._member}"):
             return
-        path = self.client.create(f"{self.members_path}/{self.launcher_id}-", b"",
+        path = self.client.create(f"{self.members_path}/{self.launcher_id}-",
+                                  json.dumps({"launcher": self.launcher_id}).encode(),
                                   ephemeral=True, sequence=True)
         self._member = paths.name_of(path)
         self._member_generation = gen
+        with self._lock:
+            self._member_trust[self._member] = True
         log.info("joined the launchers of project %s as %s", self.key, self._member)
 
     # -- cached views ----------------------------------------------------------------
 
     def claims(self) -> list[Claim]:
+        """The claims in the book, but persistent ones and those of servers
+        seen gone.  A claim of a launcher that is not (or no longer) a
+        member is in: held by a live session, its server may be being made
+        (see ``sort_claims`` for how the arithmetic counts it)."""
         with self._lock:
             gone = self._gone
-            return [c for c in parse_book(self._names) if c.key not in gone]
+            names, members = self._names, self._members
+        good, strays = self.sort_claims(parse_book(names), self.trusted_launchers(members))
+        return [c for c in [*good, *(c for c, _ in strays)] if c.key not in gone]
 
     def forget(self, keys: Iterable[str], now: float) -> None:
         """Nova no longer lists these attempts' servers (a provider of ours
@@ -227,11 +376,12 @@ class ProjectBook:
         return frozenset(c.name for c in self.claims() if c.state is ClaimState.OWNED)
 
     def members(self) -> list[str]:
+        """The project's launchers' registrations, by sequence."""
         with self._lock:
-            return list(self._members)
+            return [m for m in self._members if self._member_trust.get(m)]
 
     def launcher_count(self) -> int:
-        return len(self.members())
+        return len({_launcher_of(m) for m in self.members()})
 
     def is_cleaner(self) -> bool:
         """Am I the project's leak cleaner?  Never while disconnected: the
@@ -239,8 +389,11 @@ class ProjectBook:
         if not self.session.connected or self._member is None \
                 or self._member_generation != self.session.generation:
             return False
-        members = self.members()
-        return bool(members) and members[0] == self._member
+        with self._lock:
+            # One not looked at yet may be a launcher: it blocks the
+            # election until it is (the next sync pass).
+            ahead = [m for m in self._members if self._member_trust.get(m, True)]
+        return bool(ahead) and ahead[0] == self._member
 
     def claimed_elsewhere(self, key: str) -> bool:
         return any(c.key == key and c.launcher != self.launcher_id for c in self.claims())
@@ -272,11 +425,23 @@ class ProjectBook:
                 judge: Callable[[frozenset[str], list[str]], list[str]]) -> list[str]:
         """Take a claim for ``key`` if ``judge`` finds no reason against it
         in a fresh read of the book (claim names, launchers)."""
-        with self._lock:
-            if key in self._mine:
-                return []   # a loop repeating a step
         if not self.started or not self.session.connected:
             return [f"{LAYER}: ZooKeeper is not connected; creates wait for it"]
+        with self._writer:
+            with self._lock:
+                held = self._mine.get(key)
+            if held is not None and held.generation is not None:
+                return []   # a loop repeating a step
+            if held is not None:
+                # An earlier commit's answer was lost: granted only if it
+                # was committed (its claim exists: the transaction checked
+                # the version); otherwise a versioned commit as any other.
+                try:
+                    found = self._settle_lost(key, held)
+                except (KazooException, KazooTimeoutError) as e:
+                    return [f"{LAYER}: cannot read the book ({type(e).__name__})"]
+                if found:
+                    return []
         claim = Claim(ClaimState.RESERVED, key, self.launcher_id, cost)
         generation = self.session.generation
         for _ in range(RESERVE_ATTEMPTS):
@@ -329,6 +494,8 @@ class ProjectBook:
                 self._start()
                 return
             self._ensure_member()
+            self._register_providers()
+            self._check_znodes()
             self._sync_claims()
 
     def _sync_claims(self) -> None:
@@ -348,6 +515,15 @@ class ProjectBook:
                     if self._mine.get(key) is held:
                         del self._mine[key]
                 continue
+            if held.generation is None:
+                # A commit whose answer was lost: it went through or it did
+                # not; never written here without the version check.
+                if not self._settle_lost(key, held):
+                    continue
+                with self._lock:
+                    held = self._mine.get(key, held)
+                claim = held.claim
+                path = f"{self.claims_path}/{claim.name}"
             owned = state in OWNED_STATES
             if held.generation == gen and (claim.state is ClaimState.OWNED or not owned):
                 continue   # nothing to write: the common case, kept cheap
@@ -356,10 +532,9 @@ class ProjectBook:
                 continue   # nova no longer lists it: nothing to write
             new_path = f"{self.claims_path}/{want.name}"
             if held.generation != gen:
-                # Written in a session that ended (or not known to exist):
-                # the server still counts, so the claim comes back.
-                if held.generation is not None or want != claim:
-                    self._delete_quietly(path)
+                # Written in a session that ended: the server still counts,
+                # so the claim comes back.
+                self._delete_quietly(path)
                 try:
                     self.client.create(new_path, b"", ephemeral=True)
                 except NodeExistsError:
@@ -377,6 +552,24 @@ class ProjectBook:
             with self._lock:
                 if self._mine.get(key) is held:
                     self._mine[key] = _Mine(want, gen)
+
+    def _settle_lost(self, key: str, held: _Mine) -> bool:
+        """A claim whose commit's answer was lost: True (and known to exist
+        in this session) if the commit went through; else forgotten.  Only
+        with ``_writer`` held (sync settles it too)."""
+        generation = self.session.generation
+        stat = self.client.exists_async(
+            f"{self.claims_path}/{held.claim.name}").get(timeout=CALL_TIMEOUT)
+        with self._lock:
+            if self._mine.get(key) is not held:
+                return key in self._mine
+            session = self.client.client_id
+            if stat is not None and session is not None \
+                    and stat.ephemeralOwner == session[0]:
+                self._mine[key] = _Mine(held.claim, generation)
+                return True
+            del self._mine[key]
+        return False
 
     def _delete_quietly(self, path: str) -> None:
         try:
@@ -414,7 +607,12 @@ class ProviderShare:
                  headroom: Resources, limit: Resources, local_covered: Resources,
                  local_in_flight: Resources, local_keys: frozenset) -> list[str]:
         gone = self.book.gone_keys()
-        claims = parse_book(names)
+        # Only live launchers' claims count; any other (a launcher's going
+        # between our two reads, or a znode written by hand) is in flight
+        # as a dead launcher's until a reading that started after it was
+        # first seen, and a persistent one not at all.
+        live = self.book.trusted_launchers(members)
+        claims, strays = self.book.sort_claims(parse_book(names), live)
         present = frozenset(c.name for c in claims if c.key not in gone)
         with self._lock:
             self._local_seen.update(k for k in local_keys if isinstance(k, str))
@@ -425,12 +623,11 @@ class ProviderShare:
             # Only a list requested after nova answered the reading proves
             # the server was still there when nova counted (as the ledger's
             # own rule for our servers).
-            live_now = {_launcher_of(m) for m in members}
             freed = freed_usage(candidates, present, self._listed_at,
-                                self._reading_applied_at, live_now)
+                                self._reading_applied_at, live)
             applied = self._reading_applied_at
             if applied is not None and any(
-                    c.name not in present and c.launcher in live_now
+                    c.name not in present and c.launcher in live
                     and self._listed_at.get(c.key, float("-inf")) < applied
                     for c in candidates):
                 # Gone (or going) unseen since the reading: it may still
@@ -440,9 +637,8 @@ class ProviderShare:
             # only a limits reading started after they went is sure to
             # count them; until then they stay in flight (unless our
             # ledger adopted them from the server list).
-            live = {_launcher_of(m) for m in members}
             started = self._reading_started
-            orphans = [c for c, at in self.book.vanished(names)
+            orphans = [c for c, at in [*self.book.vanished(names), *strays]
                        if c.launcher not in live and c.key not in local_keys
                        and c.key not in gone and (started is None or at >= started)]
         co, io = others_usage(claims, local_keys | gone, covered)
@@ -532,6 +728,9 @@ class SharedQuotaBooks:
         self.wait_for_change = wait_for_change
         self.interval = interval
         self.books: dict[str, ProjectBook] = {}
+        # Providers using each book (acquire/release); a book nobody uses
+        # leaves its project once none of our claims is left in it.
+        self._users: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -546,10 +745,39 @@ class SharedQuotaBooks:
                                    self.entry_state)
                 self.books[key] = book
                 try:
-                    book.start()
+                    # Never wait for a reconnect here (a provider's loop may
+                    # be asking): sync starts the book once connected.
+                    if book.session.connected:
+                        book.start()
                 except KazooException as e:
                     log.warning("shared quota book %s not ready yet: %s", key, e)
             return book
+
+    def acquire(self, key: str, description: dict) -> ProjectBook:
+        """The project's book, for one more provider."""
+        book = self.book(key, description)
+        with self._lock:
+            self._users[key] = self._users.get(key, 0) + 1
+        return book
+
+    def release(self, key: str) -> None:
+        """A provider no longer works in this project (a reload moved it)."""
+        with self._lock:
+            self._users[key] = max(0, self._users.get(key, 0) - 1)
+
+    def _retire_unused(self) -> None:
+        with self._lock:
+            unused = [b for k, b in self.books.items()
+                      if k in self._users and not self._users[k] and not b.mine()]
+            for book in unused:
+                del self.books[book.key]
+                del self._users[book.key]
+        for book in unused:
+            # Our claims in it are all gone: leave the launchers (the
+            # budget and the election are the remaining launchers').
+            log.info("left the launchers of project %s (no provider of ours uses it)",
+                     book.key)
+            book.stop()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="shared-quota", daemon=True)
@@ -563,6 +791,7 @@ class SharedQuotaBooks:
             book.stop()
 
     def sync_once(self) -> None:
+        self._retire_unused()
         for book in list(self.books.values()):
             try:
                 book.sync()

@@ -72,6 +72,23 @@ def connect(cloud: str, clouds_file: str, region_name: str | None = None):
     return connection.Connection(config=region)
 
 
+def connect_to_project(cloud: str, clouds_file: str, region_name: str | None = None
+                       ) -> tuple[Any, dict]:
+    """``connect``, and the cloud project the connection works in, from its
+    token: what identifies the project whatever clouds.yaml calls it (a
+    project id or a name, a vendor profile).  The project is ``{}`` when the
+    token names none (domain-scoped).  Fetches a token: every later call
+    needs one anyway."""
+    conn = connect(cloud, clouds_file, region_name)
+    project_id = conn.current_project_id
+    if not project_id:
+        return conn, {}
+    auth_url = (conn.config.get_auth_args() or {}).get("auth_url") or \
+        conn.session.get_endpoint(service_type="identity", interface="public")
+    return conn, {"auth_url": auth_url, "project_id": project_id,
+                  "region": conn.config.region_name}
+
+
 def _get(proxy, url: str, what: str, microversion: str | None = None) -> Any:
     """One GET, never answered from openstacksdk's cache (see the module doc)."""
     if microversion is None:
@@ -109,9 +126,12 @@ _NOT_ACCEPTABLE = 406
 
 
 class OpenStackCloud:
-    def __init__(self, conn):
+    def __init__(self, conn, project: dict | None = None):
         self.conn = conn
         self.server_list_microversion: str | None = SERVER_LIST_MICROVERSION
+        # The project the connection works in (connect_to_project); None
+        # when not asked.
+        self.project = project
 
     # -- compute ----------------------------------------------------------
 

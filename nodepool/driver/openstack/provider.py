@@ -26,7 +26,7 @@ from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_choice,
                                                pick_flavor)
-from nodepool.driver.openstack.cloud import OpenStackCloud, connect
+from nodepool.driver.openstack.cloud import OpenStackCloud, connect_to_project
 from nodepool.driver.openstack.floating_ips import FloatingIpTracker
 from nodepool.driver.openstack.reconcile import ServerReconciler
 from nodepool.driver.openstack.machines import (CreateMachine, DeleteStep, LabelPlan,
@@ -135,6 +135,7 @@ class OpenStackProvider(LoopedProvider):
                  shared_quota: SharedQuota | None = None,
                  api_share: Callable[[], int] | None = None,
                  is_leak_cleaner: Callable[[], bool] | None = None,
+                 cleans_servers_of: Callable[[str], bool] | None = None,
                  build_progress: Callable[[], None] | None = None,
                  image_upload: Callable[[str, str], ImageUpload | None] | None = None):
         self.config = config                   # config.model.Provider
@@ -147,6 +148,9 @@ class OpenStackProvider(LoopedProvider):
         self.shared_quota = shared_quota
         self.api_share = api_share
         self.is_leak_cleaner = is_leak_cleaner
+        # Other provider names of the project whose leaked servers this
+        # provider cleans (another launcher's, when ours is the cleaner).
+        self.cleans_servers_of = cleans_servers_of
         # Told when a build ends (ready or failed), so the pool waiting on it
         # passes now instead of at its next pass.
         self.build_progress = build_progress
@@ -391,13 +395,14 @@ class OpenStackProvider(LoopedProvider):
         settings = self.config.cloud_settings
         if self._connect_call is None:
             self._connect_call = self.gate.submit(
-                "connect", connect, self.cloud_name, settings.clouds_file, self.region_name)
+                "connect", connect_to_project, self.cloud_name, settings.clouds_file,
+                self.region_name)
             return
         if not self._connect_call.done():
             return
         call, self._connect_call = self._connect_call, None
         try:
-            cloud = OpenStackCloud(call.result())
+            cloud = OpenStackCloud(*call.result())
         except Exception as e:  # noqa: BLE001 - retried next pass
             log.error("%s: cannot set up the connection to cloud %s: %s", self.name,
                       self.cloud_name, errors.classify(e))
@@ -429,6 +434,24 @@ class OpenStackProvider(LoopedProvider):
         self._ledger_keys = keys
         if gone:
             self.shared_quota.servers_gone(frozenset(k for k in gone if isinstance(k, str)))
+
+    def cloud_project(self) -> dict | None:
+        """The cloud project this provider's calls go to (auth URL, project
+        id, region; ``{}`` if its token names none); None until connected.
+        Changes only when a new connection replaces the old one."""
+        cloud = self._cloud
+        if cloud is None:
+            return None
+        return cloud.project if cloud.project is not None else {}
+
+    def cleans_leaks_of(self, provider_name: Any) -> bool:
+        """Does this provider's leak cleaning cover servers tagged with this
+        provider name?  Its own always; with several launchers on the
+        project, the launcher says which others (see clean_leaks)."""
+        if provider_name == self.name:
+            return True
+        return isinstance(provider_name, str) and self.cleans_servers_of is not None \
+            and self.cleans_servers_of(provider_name)
 
     def leak_cleaner(self) -> bool:
         """Only one launcher per cloud project looks for leaks (elected)."""
@@ -996,6 +1019,8 @@ class OpenStackProvider(LoopedProvider):
                 "api_calls": self.gate.stats(),
                 "api_in_flight": self.gate.in_flight(),
                 "api_budget": self.gate.budget(),
+                # Several launchers on the project: is this one its cleaner?
+                "leak_cleaner": self.leak_cleaner(),
                 "delete_durations": self.delete_durations.describe(),
                 "boot_durations": self.boot_durations.describe(),
                 "builds": [m.describe() for m in self._builds.values()],

@@ -10,8 +10,10 @@
   metadata whose node is gone from ZooKeeper (or that a node no longer
   owns) are deleted once seen leaked on two passes in a row and confirmed
   by a fresh look at the node.  With several launchers on one cloud project
-  only the elected cleaner looks, and a server another live launcher holds
-  a claim for in the shared quota book is never a leak.
+  only the elected cleaner looks, at every node's server of the project
+  that carries a provider name of the project's launchers (one provider of
+  the cleaner per foreign name, see ``cleans_leaks_of``), and a server another live
+  launcher holds a claim for in the shared quota book is never a leak.
 """
 
 from __future__ import annotations
@@ -155,9 +157,11 @@ class ServerReconciler:
         suspects = set()
         for server in snap.servers.values():
             meta = server.get("metadata") or {}
-            if meta.get(srv.META_PROVIDER) != p.name or server["id"] in tracked:
-                continue
             node_id = meta.get(srv.META_NODE)
+            if server["id"] in tracked or not p.cleans_leaks_of(meta.get(srv.META_PROVIDER)):
+                continue
+            if meta.get(srv.META_PROVIDER) != p.name and not node_id:
+                continue   # another provider's, not a node's: not ours to judge
             if node_id in building_nodes:
                 continue
             if p.shared_quota is not None and \
