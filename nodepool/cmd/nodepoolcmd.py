@@ -507,7 +507,8 @@ def cmd_migrate_zuul_launcher(args: argparse.Namespace) -> int:
         print(output.zuul_conf(mig, args.config))
         print(output.report(mig, args.config), end="")
     print(f"{len(mig.migrated_labels)} label(s) for zuul-launcher, {len(mig.kept_labels)} "
-          f"staying here; {len(mig.choices)} point(s) to decide (see the report)",
+          f"staying here; {len({o.decide for o in mig.choices})} point(s) to decide (see the "
+          "report)",
           file=sys.stderr)
     return 0
 

@@ -45,9 +45,13 @@ def report(mig: Migration, source: str) -> str:
     out.append("Labels that stay on this launcher: " + (", ".join(mig.kept_labels) or "none"))
     out.append("")
     out.extend(f"* {n}" for n in mig.notes)
-    choices = mig.choices
-    out += ["", f"To decide or do ({len(choices)}):"]
-    out.extend(f"{i}. {o.path}: {o.decide}" for i, o in enumerate(choices, 1))
+    # Keys that share a decision (the builder's keys, say) are listed together.
+    grouped: dict[str, list[str]] = {}
+    for o in mig.choices:
+        grouped.setdefault(o.decide, []).append(o.path)
+    out += ["", f"To decide or do ({len(grouped)}):"]
+    for i, (decide, paths) in enumerate(grouped.items(), 1):
+        out.append(f"{i}. {', '.join(paths)}: {decide}")
     out += ["", "Every key of the file and what it became:"]
     out.extend(f"{o.path}: {o.became}" for o in mig.outcomes)
     return "\n".join(out) + "\n"

@@ -303,7 +303,7 @@ class _Translator:
         for cloud, rates in self.rates.items():
             # Several providers on one cloud share one connection: the slowest pace.
             self.connections[cloud]["rate"] = f"{min(rates):g}"
-        for cloud, settings in self.connections.items():
+        for settings in self.connections.values():
             settings.setdefault("rate", f"{ZUUL_DEFAULT_RATE:g}")
 
 
@@ -317,6 +317,18 @@ def _copy_connection(entry: dict, username, python_path, shell_type, connection_
         entry["shell-type"] = shell_type
     entry["connection-type"] = connection_type
     entry["connection-port"] = connection_port
+
+
+def _ancestors(diskimages: list[dict], names: set[str]) -> set[str]:
+    """``names`` and every diskimage they inherit from (the loader has
+    checked that the parents exist and form no loop)."""
+    by_name = {d.get("name"): d for d in diskimages}
+    out = set()
+    for name in names:
+        while name in by_name and name not in out:
+            out.add(name)
+            name = by_name[name].get("parent")
+    return out
 
 
 def served_labels(config: NodepoolConfig) -> list[str]:
@@ -353,9 +365,11 @@ def translate(config: NodepoolConfig, raw: dict, labels: list[str] | None = None
         else:
             t.note(["labels", j], f"nothing: label {name} stays on this launcher"
                    if name in served else f"nothing: no OpenStack pool serves label {name}")
+    lending = _ancestors(raw.get("diskimages") or [], set(t.images))
     for j, disk in enumerate(raw.get("diskimages") or []):
-        if disk.get("name") not in t.images:
-            t.note(["diskimages", j], "nothing: no migrated label boots it")
+        if disk.get("name") not in lending:
+            t.note(["diskimages", j], "nothing: no migrated label boots it or an image "
+                                      "that inherits from it")
     scheduler = {}
     if config.max_hold_age:
         scheduler["max_hold_expiration"] = str(config.max_hold_age)
