@@ -34,6 +34,8 @@ probe() {
 import importlib.metadata as md
 assert md.version("zuul") == "$ZUUL_VERSION"
 import zuul.zk.nodepool, zuul.lib.tracing, zuul.model  # noqa: F401
+# The configuration parsers tests/test_migrate_zuul.py checks its output with.
+import zuul.configloader, zuul.driver.openstack  # noqa: F401
 EOF
 }
 
