@@ -22,8 +22,6 @@ import pytest
 import yaml
 
 from nodepool.cmd import nodepoolcmd
-from nodepool.config import validate
-from nodepool.driver import registry
 
 zuul_configloader = pytest.importorskip("zuul.configloader")
 from zuul import model as zuul_model  # noqa: E402
@@ -433,7 +431,28 @@ def test_without_output_dir_everything_is_printed(tmp_path, capsys):
     assert "Every key of the file and what it became:" in printed
 
 
-def test_validated_model_and_report_agree_on_served_labels():
-    config, _ = validate(EXAMPLE, EXAMPLE_CLOUDS, drivers=registry.drivers())
-    from nodepool.migrate.zuul_launcher import served_labels
-    assert served_labels(config) == ["ubuntu-jammy", "ubuntu-jammy-large"]
+def test_zuuls_parsers_catch_what_zuul_would_refuse(tmp_path):
+    """The check has teeth: output Zuul would refuse fails it."""
+    rc, out = migrate(tmp_path, EXAMPLE, EXAMPLE_CLOUDS)
+    assert rc == 0
+    objects, conf, _ = outputs(out)
+    import voluptuous
+    no_id = re.sub(r"\n *image-id: .*", "", objects)
+    with pytest.raises(voluptuous.MultipleInvalid, match="image-id"):
+        load_with_zuul(no_id, conf)
+    with pytest.raises(Exception, match="cloud"):
+        load_with_zuul(objects, conf.replace("cloud=fakecloud\n", ""))
+
+
+def test_an_image_name_of_two_types_is_refused(tmp_path, capsys):
+    data = copy.deepcopy(UPSTREAM_STYLE)
+    data["providers"][2]["cloud-images"][0]["name"] = "ubuntu-noble"
+    data["providers"][2]["pools"][0]["labels"][0]["cloud-image"] = "ubuntu-noble"
+    path = tmp_path / "nodepool.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    clouds = write_clouds(tmp_path / "clouds.yaml", ["east", "west"])
+    rc, out = migrate(tmp_path, path, clouds)
+    assert rc == 1
+    assert not out.exists()
+    assert "image name 'ubuntu-noble' is a cloud-image in one provider and a diskimage" \
+        in capsys.readouterr().err
