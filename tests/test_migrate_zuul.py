@@ -139,6 +139,13 @@ def write_clouds(path, names) -> str:
     return str(path)
 
 
+def write_site(tmp_path, data, clouds=("east", "west")):
+    """nodepool.yaml from ``data`` and a clouds.yaml for ``clouds``."""
+    path = tmp_path / "nodepool.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path, write_clouds(tmp_path / "clouds.yaml", clouds)
+
+
 def migrate(tmp_path, config_path, clouds, *extra):
     out = tmp_path / "out"
     rc = nodepoolcmd.main(["-c", str(config_path), "--clouds", clouds, "migrate",
@@ -205,6 +212,15 @@ def load_with_zuul(objects_text: str, conf_text: str) -> dict:
     return flat
 
 
+def migrated(tmp_path, config_path, clouds, *extra):
+    """The three outputs of a successful run, and the providers as Zuul
+    flattens them."""
+    rc, out = migrate(tmp_path, config_path, clouds, *extra)
+    assert rc == 0
+    objects, conf, report = outputs(out)
+    return objects, conf, report, load_with_zuul(objects, conf)
+
+
 def outputs(out):
     return ((out / "zuul-launcher.yaml").read_text(), (out / "zuul.conf").read_text(),
             (out / "migration-report.txt").read_text())
@@ -236,10 +252,7 @@ def assert_report_names_every_key(raw: dict, report: str) -> None:
 # -- tests -----------------------------------------------------------------------------
 
 def test_example_config_passes_zuuls_parsers(tmp_path):
-    rc, out = migrate(tmp_path, EXAMPLE, EXAMPLE_CLOUDS)
-    assert rc == 0
-    objects, conf, report = outputs(out)
-    flat = load_with_zuul(objects, conf)
+    objects, conf, report, flat = migrated(tmp_path, EXAMPLE, EXAMPLE_CLOUDS)
     provider = flat["fakecloud-region1-main"]
     assert provider["region"] == "RegionOne"
     assert provider["resource-limits"] == {"instances": 10, "cores": 40}
@@ -269,13 +282,8 @@ def test_example_config_passes_zuuls_parsers(tmp_path):
 
 
 def test_upstream_style_multi_provider_config(tmp_path):
-    path = tmp_path / "nodepool.yaml"
-    path.write_text(yaml.safe_dump(UPSTREAM_STYLE, sort_keys=False))
-    clouds = write_clouds(tmp_path / "clouds.yaml", ["east", "west"])
-    rc, out = migrate(tmp_path, path, clouds, "--tenant", "openstack")
-    assert rc == 0
-    objects, conf, report = outputs(out)
-    flat = load_with_zuul(objects, conf)
+    path, clouds = write_site(tmp_path, UPSTREAM_STYLE)
+    objects, conf, report, flat = migrated(tmp_path, path, clouds, "--tenant", "openstack")
     assert sorted(flat) == ["east-1-main", "east-1-windows", "east-2-main", "west-p"]
     images = {i["name"]: i for i in flat["east-1-main"]["images"]}
     # A diskimage is a Zuul-built image, with the builder's inherited user.
@@ -334,10 +342,8 @@ def test_doc_examples_pass_zuuls_parsers(tmp_path):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     clouds = write_clouds(tmp_path / "clouds.yaml",
                           {p["cloud"] for p in data["providers"]})
-    rc, out = migrate(tmp_path, path, clouds)
-    assert rc == 0
-    objects, conf, report = outputs(out)
-    assert sorted(load_with_zuul(objects, conf)) == ["cloud1-region1-main"]
+    objects, conf, report, flat = migrated(tmp_path, path, clouds)
+    assert sorted(flat) == ["cloud1-region1-main"]
     assert_report_names_every_key(data, report)
 
 
@@ -363,21 +369,14 @@ def test_upstream_nodepool_example_config(tmp_path):
     path.write_text(text)
     clouds = write_clouds(tmp_path / "clouds.yaml",
                           {p["cloud"] for p in data["providers"] if "cloud" in p})
-    rc, out = migrate(tmp_path, path, clouds)
-    assert rc == 0
-    objects, conf, report = outputs(out)
-    assert load_with_zuul(objects, conf)
+    objects, conf, report, flat = migrated(tmp_path, path, clouds)
+    assert flat
     assert_report_names_every_key(data, report)
 
 
 def test_some_labels_first(tmp_path, capsys):
-    path = tmp_path / "nodepool.yaml"
-    path.write_text(yaml.safe_dump(UPSTREAM_STYLE, sort_keys=False))
-    clouds = write_clouds(tmp_path / "clouds.yaml", ["east", "west"])
-    rc, out = migrate(tmp_path, path, clouds, "--labels", "centos-9")
-    assert rc == 0
-    objects, conf, report = outputs(out)
-    flat = load_with_zuul(objects, conf)
+    path, clouds = write_site(tmp_path, UPSTREAM_STYLE)
+    objects, conf, report, flat = migrated(tmp_path, path, clouds, "--labels", "centos-9")
     # Only the pool serving the label, its image and flavor, its cloud.
     assert sorted(flat) == ["east-2-main"]
     assert [lab["name"] for lab in flat["east-2-main"]["labels"]] == ["centos-9"]
@@ -407,9 +406,7 @@ def test_config_errors_are_config_validates_and_nothing_written(tmp_path, capsys
     data = copy.deepcopy(UPSTREAM_STYLE)
     data["providers"][0]["pools"][0]["max-servres"] = 3
     data["providers"][1]["cloud"] = "nowhere"
-    path = tmp_path / "nodepool.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    clouds = write_clouds(tmp_path / "clouds.yaml", ["east", "west"])
+    path, clouds = write_site(tmp_path, data)
     assert nodepoolcmd.main(["-c", str(path), "--clouds", clouds, "config-validate"]) == 1
     validate_err = capsys.readouterr().err
     rc, out = migrate(tmp_path, path, clouds)
@@ -448,9 +445,7 @@ def test_an_image_name_of_two_types_is_refused(tmp_path, capsys):
     data = copy.deepcopy(UPSTREAM_STYLE)
     data["providers"][2]["cloud-images"][0]["name"] = "ubuntu-noble"
     data["providers"][2]["pools"][0]["labels"][0]["cloud-image"] = "ubuntu-noble"
-    path = tmp_path / "nodepool.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    clouds = write_clouds(tmp_path / "clouds.yaml", ["east", "west"])
+    path, clouds = write_site(tmp_path, data)
     rc, out = migrate(tmp_path, path, clouds)
     assert rc == 1
     assert not out.exists()

@@ -82,9 +82,6 @@ class _Paths:
         return self.pool(p, pool) + ["labels",
                                      _index(self.pool_raw(p, pool)["labels"], name)]
 
-    def label_raw(self, p: Provider, pool: Pool, name: str) -> dict:
-        return self.pool_raw(p, pool)["labels"][self.label(p, pool, name)[5]]
-
     def cloud_image(self, p: Provider, name: str) -> list:
         return self.provider(p) + ["cloud-images",
                                    _index(self._provider_raw(p)["cloud-images"], name)]
@@ -95,8 +92,10 @@ def _limit(value: float) -> int | None:
 
 
 def _tag_value(value: object) -> str:
-    return value if isinstance(value, str) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
+    """Zuul's tags are strings; YAML's true is written as it was read."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 class _Translator:
@@ -218,7 +217,6 @@ class _Translator:
 
     def provider_of(self, prov: Provider, pool: Pool, section: dict) -> dict | None:
         path = self.paths.pool(prov, pool)
-        raw_pool = self.paths.pool_raw(prov, pool)
         chosen = [n for n in pool.labels if n in self.wanted]
         for name in pool.labels:
             if name not in self.wanted:
@@ -259,12 +257,12 @@ class _Translator:
                       f"Zuul sets no free-form node attributes ({', '.join(others)}); "
                       "jobs that read them must change")
         out["label-defaults"] = defaults
-        out["labels"] = [self.label_entry(prov, pool, pool.labels[n], section, raw_pool)
+        out["labels"] = [self.label_entry(prov, pool, pool.labels[n], section)
                          for n in chosen]
         return out
 
-    def label_entry(self, prov: Provider, pool: Pool, label: PoolLabel, section: dict,
-                    raw_pool: dict) -> dict:
+    def label_entry(self, prov: Provider, pool: Pool, label: PoolLabel,
+                    section: dict) -> dict:
         image = self.image_of(prov, label, section)
         flavor = self.flavor_of(prov, pool, label, section)
         self.labels.setdefault(label.name, {"name": label.name, "image": image,
