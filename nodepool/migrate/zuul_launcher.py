@@ -29,6 +29,8 @@ from nodepool.config.model import NodepoolConfig, Pool, PoolLabel, Provider
 from nodepool.migrate.keys import Outcome, Rule, key_outcomes
 
 PLACEHOLDER = "CHOOSE-"
+# What Zuul 14.3's images accept as connection-type.
+ZUUL_CONNECTION_TYPES = ("ssh", "winrm")
 # Zuul's OpenStack connection default (calls per second) when rate is unset.
 ZUUL_DEFAULT_RATE = 2.0
 _LIMITS = (("max_servers", "max-servers", "instances"), ("max_cores", "max-cores", "cores"),
@@ -141,6 +143,13 @@ class _Translator:
                              img.connection_type, img.connection_port)
             if img.config_drive is not None:
                 entry["config-drive"] = img.config_drive
+        connection_type = entry["connection-type"]
+        if connection_type not in ZUUL_CONNECTION_TYPES:
+            raise MigrationError(
+                f"label {label.name!r} of provider {prov.name!r} connects with "
+                f"connection-type {connection_type!r}; zuul-launcher 14.3 knows only "
+                f"{' and '.join(ZUUL_CONNECTION_TYPES)}: leave the label on this launcher "
+                "(--labels without it)")
         known = self.images.get(name)
         if known is not None and known["type"] != kind:
             raise MigrationError(
