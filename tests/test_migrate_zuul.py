@@ -325,6 +325,13 @@ def test_upstream_style_multi_provider_config(tmp_path):
                   "nodepool-builder"):
         assert words in report, words
     assert "# max_hold_expiration=86400" in conf
+    assert "instance-properties: Zuul's tags are strings: quota written as strings" in report
+    assert "ram 1638400)" in report
+    # Values that change nothing under Zuul ask for no decision.
+    decisions = report.split("To decide or do")[1].split("Every key of the file")[0]
+    for quiet in ("providers[0].diskimages[1].pause", "diskimages[2].pause",
+                  "ignore-provider-quota", "console-log"):
+        assert quiet not in decisions, quiet
 
 
 def test_doc_examples_pass_zuuls_parsers(tmp_path):

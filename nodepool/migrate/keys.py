@@ -21,6 +21,8 @@ class Rule:
     became: str
     # What the operator must decide or do; empty when the key carries over.
     decide: str = ""
+    # Only a true value needs the decision (``pause: false`` changes nothing).
+    decide_if_true: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ RULES: dict[str, Rule] = {
                                 "builder's inheritance is the image-build job's business"),
     "diskimages[].abstract": Rule("nothing: an abstract diskimage only lends values"),
     "diskimages[].pause": Rule("nothing: zuul-launcher has no paused image",
-                               "to stop new builds, stop running the image-build job"),
+                               "to stop new builds, stop running the image-build job",
+                               decide_if_true=True),
     "elements-dir": BUILDER,
     "images-dir": BUILDER,
     "build-log-dir": BUILDER,
@@ -138,7 +141,8 @@ RULES: dict[str, Rule] = {
     f"{P}.diskimages": Rule("the section's images (type zuul)"),
     f"{PDISK}.name": Rule("the section's images entry of the type-zuul image"),
     f"{PDISK}.pause": Rule("nothing: zuul-launcher has no paused upload",
-                           "leave the image out of the section to keep it off this cloud"),
+                           "leave the image out of the section to keep it off this cloud",
+                           decide_if_true=True),
     f"{PDISK}.meta": Rule("the section's images entry: tags (image properties at upload)"),
     f"{PDISK}.config-drive": Rule("the section's images entry: config-drive"),
     f"{PDISK}.connection-type": Rule("the section's images entry: connection-type"),
@@ -158,7 +162,8 @@ RULES: dict[str, Rule] = {
     f"{POOL}.host-key-checking": Rule("provider.label-defaults.host-key-checking"),
     f"{POOL}.ignore-provider-quota": Rule(
         "nothing: zuul-launcher always checks the cloud's quota",
-        "with resource-limits below the cloud's quota, the result is the same"),
+        "zuul-launcher will not launch past the cloud's quota; keep resource-limits "
+        "below it", decide_if_true=True),
     # Other attributes than executor-zone get a note from the translation.
     f"{POOL}.node-attributes": Rule("executor-zone: provider.label-defaults.executor-zone"),
     f"{POOL}.labels": Rule("provider.labels"),
@@ -177,9 +182,8 @@ RULES: dict[str, Rule] = {
     f"{PLABEL}.boot-from-volume": Rule("provider.labels entry boot-from-volume"),
     f"{PLABEL}.volume-size": Rule("provider.labels entry volume-size (with boot-from-volume)"),
     f"{PLABEL}.userdata": Rule("provider.labels entry userdata"),
-    f"{PLABEL}.instance-properties": Rule(
-        "provider.labels entry tags (server metadata)",
-        "Zuul's tags are strings; other values are written as strings"),
+    # Values that are not strings get a note from the translation.
+    f"{PLABEL}.instance-properties": Rule("provider.labels entry tags (server metadata)"),
     f"{PLABEL}.dynamic-instance-properties": Rule(
         "nothing: zuul-launcher sets its own request metadata on servers",
         "tooling that reads these properties must read Zuul's zuul_* metadata"),
@@ -196,14 +200,14 @@ def pattern_of(path: list) -> str:
     return format_path(["[]" if isinstance(p, int) else p for p in path]).replace(".[]", "[]")
 
 
-def walk_keys(data: Any, path: list | None = None) -> Iterator[list]:
-    """The path of every mapping key in ``data``, parents before children;
-    free-form mappings are not entered."""
+def walk_keys(data: Any, path: list | None = None) -> Iterator[tuple[list, Any]]:
+    """The path and value of every mapping key in ``data``, parents before
+    children; free-form mappings are not entered."""
     path = path or []
     if isinstance(data, dict):
         for key, value in data.items():
             here = path + [str(key)]
-            yield here
+            yield here, value
             if str(key) not in FREE_FORM:
                 yield from walk_keys(value, here)
     elif isinstance(data, list):
@@ -224,7 +228,7 @@ def key_outcomes(raw: dict, notes: dict[str, Rule]) -> list[Outcome]:
     a particular key, or on everything under a path (a provider, a label
     of a pool); the note of the nearest path wins over the rule."""
     out = []
-    for path in walk_keys(raw):
+    for path, value in walk_keys(raw):
         rule = None
         for end in range(len(path), 0, -1):
             rule = notes.get(format_path(path[:end]))
@@ -233,5 +237,6 @@ def key_outcomes(raw: dict, notes: dict[str, Rule]) -> list[Outcome]:
         if rule is None:
             rule = rule_for(path) or Rule("nothing: a key this tool does not know",
                                           "translate it by hand")
-        out.append(Outcome(format_path(path), rule.became, rule.decide))
+        decide = "" if rule.decide_if_true and not value else rule.decide
+        out.append(Outcome(format_path(path), rule.became, decide))
     return out

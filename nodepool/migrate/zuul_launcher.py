@@ -291,6 +291,13 @@ class _Translator:
         if label.instance_properties:
             entry["tags"] = {str(k): _tag_value(v)
                              for k, v in label.instance_properties.items()}
+            converted = sorted(str(k) for k, v in label.instance_properties.items()
+                               if not isinstance(v, str))
+            if converted:
+                self.note(self.paths.label(prov, pool, label.name) + ["instance-properties"],
+                          "provider.labels entry tags (server metadata)",
+                          f"Zuul's tags are strings: {', '.join(converted)} written as "
+                          "strings; check what reads them")
         return entry
 
     def run(self) -> None:
@@ -421,7 +428,7 @@ def _general_notes(config: NodepoolConfig, tenant: str | None, migrated: list[st
     if tenant and tenant in config.tenant_limits:
         limits = {k: v for k, v in config.tenant_limits[tenant].limits.items()
                   if v != math.inf}
-        shown = ", ".join(f"{k} {v:g}" for k, v in limits.items()) or "none"
+        shown = ", ".join(f"{k} {int(v)}" for k, v in limits.items()) or "none"
         notes.append(f"Tenant {tenant} has tenant-resource-limits here ({shown}); "
                      "zuul-launcher 14.3 cannot limit a tenant's resources: decide before "
                      "moving its labels (see the key list).")
