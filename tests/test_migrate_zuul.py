@@ -493,6 +493,15 @@ def test_config_errors_are_config_validates_and_nothing_written(tmp_path, capsys
     assert "nothing written" in err
 
 
+def test_an_unusable_output_dir_is_a_clean_error(tmp_path, capsys):
+    taken = tmp_path / "file"
+    taken.write_text("")
+    rc = nodepoolcmd.main(["-c", EXAMPLE, "--clouds", EXAMPLE_CLOUDS, "migrate",
+                           "zuul-launcher", "-o", str(taken)])
+    assert rc == 1
+    assert f"nodepool migrate: -o {taken}: File exists" in capsys.readouterr().err
+
+
 def test_without_output_dir_everything_is_printed(tmp_path, capsys):
     rc = nodepoolcmd.main(["-c", EXAMPLE, "--clouds", EXAMPLE_CLOUDS, "migrate",
                            "zuul-launcher"])

@@ -500,7 +500,11 @@ def cmd_migrate_zuul_launcher(args: argparse.Namespace) -> int:
     except MigrationError as e:
         raise CommandError(f"{e}; nothing written") from None
     if args.output:
-        for path in output.write(mig, args.config, args.output):
+        try:
+            written = output.write(mig, args.config, args.output)
+        except OSError as e:
+            raise CommandError(f"-o {args.output}: {e.strerror or e}") from None
+        for path in written:
             print(f"wrote {path}")
     else:
         print(output.objects_yaml(mig, args.config))
