@@ -327,6 +327,7 @@ def test_upstream_style_multi_provider_config(tmp_path):
     assert "# max_hold_expiration=86400" in conf
     assert "instance-properties: Zuul's tags are strings: quota written as strings" in report
     assert "ram 1638400)" in report
+    assert "Images of type zuul (ubuntu-noble, centos-9) are built by Zuul" in report
     # Values that change nothing under Zuul ask for no decision.
     decisions = report.split("To decide or do")[1].split("Every key of the file")[0]
     for quiet in ("providers[0].diskimages[1].pause", "diskimages[2].pause",

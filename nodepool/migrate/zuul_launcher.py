@@ -137,7 +137,7 @@ class _Translator:
         else:
             img = label.cloud_image
             name, kind = img.name, "cloud"
-            desc = f"cloud image of nodepool provider {prov.name}"
+            desc = "cloud image (its id is given per section)"
             entry = {"name": name, "image-id": self._image_id(prov, img)}
             _copy_connection(entry, img.username, img.python_path, img.shell_type,
                              img.connection_type, img.connection_port)
@@ -401,14 +401,15 @@ def translate(config: NodepoolConfig, raw: dict, labels: list[str] | None = None
                 "aws, azure, gce, kubernetes ... drivers), or keep it on this launcher")
     outcomes = key_outcomes(raw, t.notes)
     kept = [n for n in served if n not in t.labels]
+    built = [i["name"] for i in t.images.values() if i["type"] == "zuul"]
     return Migration(objects=objects, connections=t.connections, scheduler=scheduler,
                      outcomes=outcomes, migrated_labels=list(t.labels),
                      kept_labels=kept, tenant=tenant,
-                     notes=_general_notes(config, tenant, list(t.labels), kept))
+                     notes=_general_notes(config, tenant, kept, built))
 
 
-def _general_notes(config: NodepoolConfig, tenant: str | None, migrated: list[str],
-                   kept: list[str]) -> list[str]:
+def _general_notes(config: NodepoolConfig, tenant: str | None, kept: list[str],
+                   built: list[str]) -> list[str]:
     who = f"tenant {tenant}" if tenant else "each tenant that gets these objects"
     notes = [
         f"Zuul serves a job from zuul-launcher only when the providers of {who} offer "
@@ -425,6 +426,11 @@ def _general_notes(config: NodepoolConfig, tenant: str | None, migrated: list[st
         notes.append(f"Every label is migrated: once the objects are merged and nodes "
                      f"flow, set use-nodepool: false in {who}'s tenant configuration and "
                      "stop this launcher.")
+    if built:
+        notes.append(f"Images of type zuul ({', '.join(built)}) are built by Zuul: each "
+                     "needs an image-build job (a job with image-build-name) run in a "
+                     "pipeline before zuul-launcher can boot its labels; nodepool-builder's "
+                     "uploads are not reused.")
     if tenant and tenant in config.tenant_limits:
         limits = {k: v for k, v in config.tenant_limits[tenant].limits.items()
                   if v != math.inf}
