@@ -2,6 +2,7 @@
 
 ``migrate.zuul_launcher`` maps the loaded nodepool.yaml to Zuul's
 configuration objects and the ``zuul.conf`` connections; ``migrate.keys``
-says, for every key of nodepool.yaml, what it became.  Both read only the
-configuration: no ZooKeeper, no cloud.
+says, for every key of nodepool.yaml, what it became; ``migrate.output``
+writes the objects, the connections and the report.  None of them reads
+ZooKeeper or a cloud.
 """
