@@ -28,7 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "nodepool"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure", ("nodepool.version", "nodepool.tables", "nodepool.config", "nodepool.quota",
               "nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids",
-              "nodepool.zk.image_records", "nodepool.driver.outcomes")),
+              "nodepool.zk.image_records", "nodepool.driver.outcomes",
+              # The translation for zuul-launcher reads only the config model.
+              "nodepool.migrate")),
     ("zk", ("nodepool.zk",)),
     ("requests", ("nodepool.requests",)),
     ("driver", ("nodepool.driver",)),

@@ -34,6 +34,10 @@ probe() {
 import importlib.metadata as md
 assert md.version("zuul") == "$ZUUL_VERSION"
 import zuul.zk.nodepool, zuul.lib.tracing, zuul.model  # noqa: F401
+# The configuration parsers tests/test_migrate_zuul.py checks its output
+# with; beyond the list below they need openstacksdk and statsd, which this
+# project requires (run-tests.sh installs it first).
+import zuul.configloader, zuul.driver.openstack  # noqa: F401
 EOF
 }
 
