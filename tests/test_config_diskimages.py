@@ -5,7 +5,6 @@ with their fix."""
 from __future__ import annotations
 
 import copy
-import glob
 import os
 
 import pytest
@@ -13,6 +12,7 @@ import yaml
 
 from nodepool.config import validate
 from nodepool.driver import registry
+from tests.fixtures.upstream import upstream_fixtures
 from tests.test_config import EXAMPLE_CLOUDS, errors, run, warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,15 +121,9 @@ def test_diskimage_mistakes_are_errors_with_the_fix(tmp_path, changes, where, wo
 
 def _upstream_fixture(name: str) -> str | None:
     """A config file of upstream Nodepool's own test fixtures, when upstream
-    is installed next to us (tools/install-upstream.sh) or on this machine."""
-    for venv in (os.path.join(ROOT, ".upstream-venv"), os.environ.get("NODEPOOL_UPSTREAM_VENV"),
-                 "/work/upstream-venv"):
-        if not venv:
-            continue
-        for found in glob.glob(os.path.join(venv, "lib", "python3*", "site-packages",
-                                            "nodepool", "tests", "fixtures", name)):
-            return found
-    return None
+    is installed next to us (tools/install-upstream.sh)."""
+    folder = upstream_fixtures()
+    return os.path.join(folder, name) if folder else None
 
 
 def test_upstreams_config_validate_example_runs_unchanged(tmp_path):

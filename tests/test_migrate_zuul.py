@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from nodepool.cmd import nodepoolcmd
+from tests.fixtures.upstream import upstream_fixtures
 
 zuul_configloader = pytest.importorskip("zuul.configloader")
 from zuul import model as zuul_model  # noqa: E402
@@ -34,7 +35,7 @@ from zuul.driver.openstack.openstackprovider import (  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "etc", "nodepool.yaml")
 EXAMPLE_CLOUDS = os.path.join(ROOT, "etc", "clouds.yaml")
-UPSTREAM_FIXTURES = "/work/upstream-venv/lib/python3.11/site-packages/nodepool/tests/fixtures"
+UPSTREAM_FIXTURES = upstream_fixtures() or "(upstream Nodepool not installed)"
 
 # An upstream-style site: two clouds, three providers, several pools, cloud
 # images by id and by name, diskimages with inheritance, a min-ram label,
