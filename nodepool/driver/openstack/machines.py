@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.driver import outcomes
 from nodepool.driver.gate import ApiCall
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,

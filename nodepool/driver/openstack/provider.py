@@ -16,7 +16,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.config.model import AddressPolicy
 from nodepool.driver.base import ProviderMetrics
 from nodepool.driver.delete_timing import BootDurations, DeleteDurations
