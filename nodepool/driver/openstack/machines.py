@@ -69,8 +69,8 @@ class CreateMachine:
     def __init__(self, ctx: "MachineContext", spec: Any, pool: Any, label: Any):
         self.ctx = ctx
         self.spec = spec                  # requests.builder.BuildSpec
-        self.pool = pool                  # config.model.Pool
-        self.label = label                # config.model.PoolLabel
+        self.pool = pool                  # model.Pool
+        self.label = label                # model.PoolLabel
         self.step = Step.RESOLVE
         self.attempt = 0                  # POSTs sent (or about to be)
         self.failures = 0                 # real failures, count against launch-retries

@@ -137,7 +137,7 @@ class OpenStackProvider(LoopedProvider):
                  is_leak_cleaner: Callable[[], bool] | None = None,
                  build_progress: Callable[[], None] | None = None,
                  image_upload: Callable[[str, str], ImageUpload | None] | None = None):
-        self.config = config                   # config.model.Provider
+        self.config = config                   # model.Provider
         # (diskimage, provider) -> the newest READY upload by upstream's
         # builder (the launcher's image cache); None: no diskimage is served.
         self.image_upload = image_upload
