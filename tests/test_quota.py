@@ -671,23 +671,23 @@ class TestPoolsAndTenants:
         d = ledger.try_reserve("b", provider="p", pool="main", cost=SMALL, tenant="t")
         assert d.blocked_by == {POOL, CLOUD, TENANT} and len(d.reasons) == 3
 
-    def test_can_ever_fit(self):
+    def test_why_never_fits(self):
         ledger, _ = make_ledger({"main": PoolQuota(Resources(5, 8, INF, INF, INF)),
                                  "free": PoolQuota(ignore_provider_quota=True)},
                                 tenant_limits={"t": Resources(10, 6, INF, INF, INF)})
         big = label_cost(16, 1024)
         # limits unknown: only the pool can say no
-        assert ledger.can_ever_fit(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
+        assert ledger.why_never_fits(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
         read_limits(ledger, nova_limits(10, cores=12, used=(10, 12, 0)))
         # full right now, but it would fit an empty cloud: wait, do not decline
-        assert ledger.can_ever_fit(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
-        reasons = ledger.can_ever_fit(provider="p", pool="main", cost=big)
+        assert ledger.why_never_fits(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
+        reasons = ledger.why_never_fits(provider="p", pool="main", cost=big)
         assert len(reasons) == 2 and "pool p/main" in reasons[0] and "cloud p" in reasons[1]
-        assert ledger.can_ever_fit(provider="p", pool="free", cost=big) == ()
-        assert len(ledger.can_ever_fit(provider="p", pool="main", cost=label_cost(7, 1),
-                                       tenant="t")) == 1
+        assert ledger.why_never_fits(provider="p", pool="free", cost=big) == ()
+        assert len(ledger.why_never_fits(provider="p", pool="main", cost=label_cost(7, 1),
+                                         tenant="t")) == 1
         # a whole request: six servers exceed max-servers 5
-        assert ledger.can_ever_fit(provider="p", pool="main", cost=SMALL * 6)
+        assert ledger.why_never_fits(provider="p", pool="main", cost=SMALL * 6)
 
     def test_config_reload_keeps_entries(self):
         ledger, _ = make_ledger()

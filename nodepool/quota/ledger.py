@@ -362,8 +362,8 @@ class QuotaLedger:
             self._changed()
             return QuotaDecision(True)
 
-    def can_ever_fit(self, *, provider: str, pool: str, cost: Resources,
-                     tenant: str | None = None) -> tuple[str, ...]:
+    def why_never_fits(self, *, provider: str, pool: str, cost: Resources,
+                       tenant: str | None = None) -> tuple[str, ...]:
         """Reasons ``cost`` (one node, or a whole request's sum) could not be
         granted even with none of our servers running; empty when it could.
         Against the cloud only the maxima count: usage we do not own may go

@@ -776,7 +776,7 @@ class OpenStackProvider(LoopedProvider):
             total = Resources()
             for _, plan in plans:
                 total = total + plan.cost
-            if self.ledger.can_ever_fit(provider=self.name, pool=pool_cfg.name, cost=total):
+            if self.ledger.why_never_fits(provider=self.name, pool=pool_cfg.name, cost=total):
                 return Capacity.NEVER
             # A trial reservation is the exact, atomic check; give it back.
             probes = []
