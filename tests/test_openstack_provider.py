@@ -647,6 +647,30 @@ def test_error_boots_fail_after_launch_retries_without_leaking(harness):
     assert h.cloud.counters()["quota_403"] == 0
 
 
+def test_a_retry_delay_is_not_a_wait_for_quota(harness, monkeypatch):
+    # After a failed attempt the build waits out its retry delay (step
+    # wait-retry): it waits for no headroom, so the provider must not hurry
+    # server lists for deletes on its behalf, and /quota does not list it.
+    # A build refused headroom is the one that waits for quota.
+    # Deletes are slow: the ERROR server keeps the one instance taken.
+    h = harness(limited(instances=1, boot_seconds=0.1, delete_seconds=60,
+                        error_boot_share=1.0))
+    monkeypatch.setattr(machines, "RETRY_DELAY", 60.0)
+    h.wait_available()
+    [node] = h.start(1)
+
+    def steps() -> dict[str, str]:
+        return {b["node"]: b["step"] for b in h.provider.status()["builds"]}
+
+    wait_for(lambda: steps() == {node: "wait-retry"}, timeout=10, what="the retry's delay")
+    # (A capacity check that waited is remembered for a moment.)
+    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no quota wait")
+    assert steps() == {node: "wait-retry"}
+    [other] = h.start(1)
+    wait_for(lambda: steps().get(other) == "wait-quota", timeout=10, what="refused headroom")
+    assert h.provider.quota_waiting()
+
+
 def test_launch_timeout_counts_from_the_create_and_fails_slow_boots(harness):
     h = harness(limited(boot_seconds=30, delete_seconds=0.2),
                 provider_config(**{"launch-timeout": 1, "launch-retries": 1}))

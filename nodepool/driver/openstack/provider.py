@@ -676,8 +676,7 @@ class OpenStackProvider(LoopedProvider):
         """Does a request (or a build) wait for headroom right now?"""
         if self.clock() - self._quota_wait_seen_at < QUOTA_WAIT_MEMORY:
             return True
-        return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
-                   for m in self._builds.values())
+        return any(m.step is Step.WAIT_QUOTA for m in self._builds.values())
 
     def launch_concurrency(self) -> LaunchConcurrency:
         """``max-concurrency`` and the builds in progress in every pool: the
@@ -863,7 +862,7 @@ class OpenStackProvider(LoopedProvider):
             self._builds[spec.node_id] = machine
             # Reserve right away so the next capacity() check sees it.
             machine.advance()
-            if machine.step is Step.WAIT_QUOTA:
+            if machine.step is Step.RESERVE:
                 machine.advance()
             return spec.node_id
 
