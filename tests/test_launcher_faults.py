@@ -15,6 +15,7 @@ import pytest
 from nodepool.driver import registry
 from nodepool.requests import protocol
 from nodepool.zk import paths
+from nodepool.zk.components import read_components
 from nodepool.zk.store import ZooKeeperStore
 from tests.fixtures.fakecloud import wait_for
 from tests.fixtures.zk import other_pool
@@ -51,7 +52,7 @@ def test_requests_of_a_dead_launcher_are_served_without_waiting_for_housekeeping
 
 def _leak_passes(launcher):
     provider = launcher.providers["fake"]
-    return provider._last_leak_pass
+    return provider.reconciler.last_leak_pass
 
 
 def test_server_of_a_malformed_node_is_not_deleted(tmp_path, make_fakecloud, zk_settings,
@@ -175,9 +176,9 @@ def test_reload_while_zookeeper_is_unreachable_waits_for_it(tmp_path, make_fakec
 def test_launcher_registration_removed_is_made_again(tmp_path, make_fakecloud, zk_settings,
                                                      store, run_launcher):
     launcher = run_launcher(write_config(tmp_path, make_fakecloud(), zk_settings))
-    (first,) = [c.path for c in store.registered_launchers()]
+    (first,) = [c.path for c in read_components(store.client, "launcher")]
     store.client.delete(first)
-    wait_for(lambda: [c.path for c in store.registered_launchers()], 20,
+    wait_for(lambda: [c.path for c in read_components(store.client, "launcher")], 20,
              what="the launcher registration to be made again")
     assert launcher.health_problems() == []
 

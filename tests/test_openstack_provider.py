@@ -996,17 +996,18 @@ def test_leaked_servers_are_deleted_after_two_passes(harness, fakecloud_connect)
         h.known.update({"0000009002": kept.id, "0000009003": None})
     gone = {leaked.id, stale_attempt.id}
     # First pass: suspects only, nothing deleted.
-    wait_for(lambda: gone <= h.provider._leak_suspects, timeout=10, what="first leak pass")
+    wait_for(lambda: gone <= h.provider.reconciler.leak_suspects, timeout=10,
+             what="first leak pass")
     assert h.cloud.request_count(DELETE_ROUTE) == 0
     # Second pass: deleted.
     wait_for(lambda: not gone & {s["id"] for s in h.cloud.servers()}, timeout=15,
              what="leaked servers deleted")
     assert h.provider.counters["leaks_deleted"] == 2
     # Two more passes leave the others alone.
-    passes = h.provider._last_leak_pass
-    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10)
-    passes = h.provider._last_leak_pass
-    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10)
+    passes = h.provider.reconciler.last_leak_pass
+    wait_for(lambda: h.provider.reconciler.last_leak_pass != passes, timeout=10)
+    passes = h.provider.reconciler.last_leak_pass
+    wait_for(lambda: h.provider.reconciler.last_leak_pass != passes, timeout=10)
     assert {s["id"] for s in h.cloud.servers()} == {kept.id, kept_no_id.id, not_ours.id}
     assert h.cloud.request_count(DELETE_ROUTE) == 2
     # The leaked servers were counted (adopted) while they existed, and released.
@@ -1071,8 +1072,9 @@ def test_network_cleanup_is_off_unless_configured(harness):
     h.wait_available()
     assert h.provider.fip_sweep is None and h.provider.port_sweep is None
     h.finish_builds(h.start(1))
-    passes = h.provider._last_leak_pass
-    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10, what="a leak pass")
+    passes = h.provider.reconciler.last_leak_pass
+    wait_for(lambda: h.provider.reconciler.last_leak_pass != passes, timeout=10,
+             what="a leak pass")
     assert h.cloud.request_count(PORTS_ROUTE) == h.cloud.request_count(FIPS_ROUTE) == 0
 
 

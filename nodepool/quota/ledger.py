@@ -567,10 +567,6 @@ class QuotaLedger:
             return ProviderEstimate(provider, prov.limits, covered, in_flight, headroom,
                                     age, prov.limits_error, prov.backoff.state(now))
 
-    def backoff_state(self, provider: str) -> BackoffState:
-        with self._cond:
-            return self._provider(provider).backoff.state(self._clock())
-
     def entry_state(self, key: Hashable) -> EntryState | None:
         with self._cond:
             entry = self._entries.get(key)

@@ -2,9 +2,11 @@
 
 The provider loop calls ``advance()`` on every machine each pass.  A machine
 never waits: it submits calls to the gate and looks at them, and at the
-shared server list, on later passes.  All I/O goes through ``MachineContext``
-(``context.py``; the provider implements it), which keeps these classes
-free of threads and sockets.
+shared server list, on later passes.  All cloud I/O goes through
+``MachineContext`` (``context.py``; the provider implements it), so these
+classes start no threads; the one thing a machine runs itself is its
+node's readiness check (``keyscan.py``: an ``ssh-keyscan`` process or a
+TCP connection), which it polls and cancels like a call.
 
 Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
 create call of the attempt (waiting for quota is not launch time), and a
@@ -477,8 +479,6 @@ class CreateMachine:
                                    attempt=self.attempt, since=self.ctx.clock(),
                                    after_call=self.call)
             self.key = None
-        elif self.key is not None and self.step is Step.WAIT_QUOTA:
-            pass
         else:
             self._abandon_server()
         self.cancelled = True

@@ -47,7 +47,9 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
 log = logging.getLogger("nodepool.openstack.provider")
 
 # The shared server list's pace while something waits for a fresher one
-# (builds, deletes): each list serves them all; idle, every 4 intervals.
+# (a boot the learned boot times no longer cover, a delete while requests
+# wait for quota or an operator for it, ...): each list serves them all;
+# idle, every 4 intervals.
 SERVER_LIST_INTERVAL = 2.5
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
@@ -960,14 +962,6 @@ class OpenStackProvider(LoopedProvider):
 
     def forget_server(self, server_id: str | None) -> None:
         self.reconciler.forget_server(server_id)
-
-    @property
-    def _last_leak_pass(self) -> float | None:
-        return self.reconciler.last_leak_pass
-
-    @property
-    def _leak_suspects(self) -> set[str]:
-        return self.reconciler.leak_suspects
 
     # -- for operators -----------------------------------------------------------------
 
