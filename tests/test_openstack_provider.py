@@ -210,7 +210,7 @@ def test_build_ready_then_delete_returns_everything(harness):
     done = h.finish_builds(handles)
     flavor = next(f for f in h.provider.catalog.items("flavors") if f["name"] == "m1.small")
     ids = set()
-    for handle, st in done.items():
+    for st in done.values():
         assert st.state is BuildState.READY, st.reason
         info = st.info
         assert info.external_id and info.interface_ip
@@ -1055,7 +1055,8 @@ def test_leaked_ports_and_floating_ips_are_deleted_after_two_samples(harness,
     for sweep in (h.provider.port_sweep, h.provider.fip_sweep):
         for _ in range(2):
             mark = sweep.next_at
-            wait_for(lambda: sweep.next_at != mark, timeout=10, what="another sample")
+            wait_for(lambda sweep=sweep, mark=mark: sweep.next_at != mark, timeout=10,
+                     what="another sample")
     assert {p.id for p in other.network.ports()} == {building_port.id, "router-port",
                                                      "operator-port"}
     assert {f.id for f in other.network.ips()} == {attached.id}

@@ -409,7 +409,8 @@ class TestRefreshPolicy:
                     last_success = now
             if last_success is not None and last_success == last_attempt:
                 assert now - last_success < self.P.max_age + step
-        assert all(b - a >= self.P.min_interval for a, b in zip(attempts, attempts[1:]))
+        assert all(b - a >= self.P.min_interval
+                   for a, b in zip(attempts, attempts[1:], strict=False))
 
 
 # --------------------------------------------------------------------------
@@ -1000,7 +1001,7 @@ def test_concurrent_try_reserve_never_exceeds_the_limit():
             granted: list[tuple] = []
             barrier = threading.Barrier(12)
 
-            def worker(n):
+            def worker(n, barrier=barrier, ledger=ledger, granted=granted):
                 barrier.wait()
                 for i in range(60):
                     key = (n, i)
