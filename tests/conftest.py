@@ -89,5 +89,5 @@ def zk(zk_settings):
     client = connect(zk_settings)
     yield client
     disconnect(client)
-from tests.fixtures.zk import *  # noqa: E402,F401,F403
-from tests.fixtures.fakecloud import *  # noqa: E402,F401,F403
+from tests.fixtures.zk import *  # noqa: E402, F403
+from tests.fixtures.fakecloud import *  # noqa: E402, F403

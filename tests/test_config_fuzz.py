@@ -82,7 +82,8 @@ def test_arbitrary_text_never_raises(tmp_path_factory, text):
 
 @settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(0, 2000), st.sampled_from(["", ":", "- ", "[", "{", "&a ", "*a", "\t", "!!python/object:os.system ''"]))
+@given(st.integers(0, 2000), st.sampled_from(["", ":", "- ", "[", "{", "&a ", "*a", "\t",
+                                             "!!python/object:os.system ''"]))
 def test_corrupted_example_never_raises(tmp_path_factory, pos, junk):
     with open(os.path.join(ROOT, "etc", "nodepool.yaml")) as f:
         text = f.read()

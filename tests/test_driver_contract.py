@@ -3,8 +3,9 @@
 Each driver brings a setup below (``SETUPS``, keyed by its ``driver:``
 value) that writes a nodepool.yaml with one provider ``p1``, pool ``main``
 and label ``small``, plus whatever the driver serves nodes from (the
-fakecloud for OpenStack, a listening socket for a static host).  The checks only use what the launcher, stats and
-the status API use: ``nodepool.driver.base.LaunchProvider``.  A driver
+fakecloud for OpenStack, a listening socket for a static host).  The checks
+only use what the launcher, stats and the status API use:
+``nodepool.driver.base.LaunchProvider``.  A driver
 registered without a setup fails ``test_every_registered_driver_is_checked``.
 """
 

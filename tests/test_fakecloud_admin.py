@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as os_exc
 
 from nodepool.fakecloud import FakeCloudConfigError, config_from_dict, load_config
@@ -111,7 +112,7 @@ def test_release_and_wipe_over_http(fakecloud, fakecloud_connect):
     conn = fakecloud_connect(fakecloud, api_timeout=0.5)
     conn.list_servers(bare=True)
     admin(fakecloud, "PATCH", "settings", {"faults": {"hang": True}})
-    with pytest.raises(Exception):
+    with pytest.raises(ksa_exceptions.ConnectionError):  # the read timed out
         conn.list_servers(bare=True)
     assert admin(fakecloud, "POST", "release")[1] == {"released": 1}
     admin(fakecloud, "PATCH", "settings", {"faults": {"hang": False}})

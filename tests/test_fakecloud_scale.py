@@ -19,7 +19,8 @@ class Clock:
 
 
 def _request(state: CloudState, name: str) -> ServerRequest:
-    return ServerRequest(name=name, flavor_ref="2", image_ref=next(iter(state.images)), networks="auto",
+    return ServerRequest(name=name, flavor_ref="2", image_ref=next(iter(state.images)),
+                         networks="auto",
                          metadata={}, key_name=None, user_data=None, config_drive=False,
                          availability_zone=None, block_devices=[])
 

@@ -215,7 +215,7 @@ def test_upstreams_cli_prints_the_same_image_tables(tmp_path, zk_tls_settings, c
         assert our_headers == their_headers and their_rows, command
         age_cols = [i for i, h in enumerate(our_headers) if h.endswith("Age")]
 
-        def without_age(rows):
+        def without_age(rows, age_cols=age_cols):
             return sorted([c for i, c in enumerate(r) if i not in age_cols] for r in rows)
         assert without_age(our_rows) == without_age(their_rows), command
 

@@ -93,7 +93,7 @@ def test_zuul_requests_uses_and_returns_nodes_through_the_daemon(zk, launcher_pr
     assert set(fetched.nodes) <= set(listed)
 
     nodes = [zuul.model.Node([f"n{i}"], "small") for i in range(2)]
-    for node, node_id in zip(nodes, fetched.nodes):
+    for node, node_id in zip(nodes, fetched.nodes, strict=True):
         zuul_side.nodepool.updateNode(node, node_id)
         assert node.allocated_to == fetched.id and node.interface_ip
         zuul_side.nodepool.lockNode(node, timeout=30)

@@ -86,8 +86,8 @@ def test_a_diskimage_label_boots_the_newest_ready_upload_and_nothing_touches_ima
     # Housekeeping and the leak cleaner passed, then the operator erases the
     # provider: the builder's records and the cloud's images stay as they were.
     provider = launcher.providers["fake"]
-    passes = provider._last_leak_pass
-    wait_for(lambda: provider._last_leak_pass != passes, 15, what="a leak pass")
+    passes = provider.reconciler.last_leak_pass
+    wait_for(lambda: provider.reconciler.last_leak_pass != passes, 15, what="a leak pass")
     launcher._housekeeping()
     config_path = str(tmp_path / "nodepool.yaml")
     assert nodepoolcmd.main(["-c", config_path, "erase", "fake", "--force"]) == 0

@@ -15,6 +15,7 @@ import pytest
 from nodepool.driver import registry
 from nodepool.requests import protocol
 from nodepool.zk import paths
+from nodepool.zk.components import read_components
 from nodepool.zk.store import ZooKeeperStore
 from tests.fixtures.fakecloud import wait_for
 from tests.fixtures.zk import other_pool
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_requests_of_a_dead_launcher_are_served_without_waiting_for_housekeeping(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher, zk_connect):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, zk_connect):  # noqa: F811
     cloud = make_fakecloud()
     # Another launcher accepted two requests and dies (its session ends).
     other = ZooKeeperStore(zk_connect())
@@ -45,7 +46,8 @@ def test_requests_of_a_dead_launcher_are_served_without_waiting_for_housekeeping
     other.client.stop()  # the session ends: its locks and registration go
     # Housekeeping runs every 60 s; this must not wait for it.
     for rid in held:
-        wait_for(lambda: finished(store, rid), 25, what=f"lost request {rid} to be served")
+        wait_for(lambda rid=rid: finished(store, rid), 25,
+                 what=f"lost request {rid} to be served")
     assert launcher.health.errors == {}
 
 
@@ -119,11 +121,11 @@ def test_build_of_an_expired_launcher_is_cancelled_when_another_reaps_its_node(
 
 def _leak_passes(launcher):
     provider = launcher.providers["fake"]
-    return provider._last_leak_pass
+    return provider.reconciler.last_leak_pass
 
 
 def test_server_of_a_malformed_node_is_not_deleted(tmp_path, make_fakecloud, zk_settings,
-                                                   store, run_launcher):
+                                                   store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     launcher = run_launcher(write_config(tmp_path, cloud, zk_settings))
     req = zuul_request(store, ["small"])
@@ -157,7 +159,7 @@ def test_server_of_a_malformed_node_is_not_deleted(tmp_path, make_fakecloud, zk_
 
 
 def test_reload_that_fails_half_way_changes_nothing(tmp_path, make_fakecloud, zk_settings,
-                                                    store, run_launcher):
+                                                    store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     config = write_config(tmp_path, cloud, zk_settings)
     launcher = run_launcher(config)
@@ -208,8 +210,7 @@ def _load(tmp_path, data: dict):
 
 
 def test_reload_while_zookeeper_is_unreachable_waits_for_it(tmp_path, make_fakecloud,
-                                                            zk_settings, run_launcher):
-    from nodepool.zk.client import ZooKeeperServer, ZooKeeperSettings
+                                                            zk_settings, run_launcher):  # noqa: F811
     from tests.fixtures.tcpproxy import TcpProxy
     server = zk_settings.servers[0]
     proxy = TcpProxy(server.host, server.port)
@@ -241,11 +242,11 @@ def test_reload_while_zookeeper_is_unreachable_waits_for_it(tmp_path, make_fakec
 
 
 def test_launcher_registration_removed_is_made_again(tmp_path, make_fakecloud, zk_settings,
-                                                     store, run_launcher):
+                                                     store, run_launcher):  # noqa: F811
     launcher = run_launcher(write_config(tmp_path, make_fakecloud(), zk_settings))
-    (first,) = [c.path for c in store.registered_launchers()]
+    (first,) = [c.path for c in read_components(store.client, "launcher")]
     store.client.delete(first)
-    wait_for(lambda: [c.path for c in store.registered_launchers()], 20,
+    wait_for(lambda: [c.path for c in read_components(store.client, "launcher")], 20,
              what="the launcher registration to be made again")
     assert launcher.health_problems() == []
 

@@ -18,7 +18,7 @@ from tests.test_openstack_provider import (CREATE_ROUTE, Harness, harness,  # no
 pytestmark = pytest.mark.timeout(90)
 
 
-def test_finished_build_answers_until_forgotten(harness):
+def test_finished_build_answers_until_forgotten(harness):  # noqa: F811
     h = harness()
     h.wait_available()
     (handle,) = h.start(1)
@@ -32,7 +32,7 @@ def test_finished_build_answers_until_forgotten(harness):
     assert h.provider.poll_build(handle).state is BuildState.FAILED
 
 
-def test_cancelled_build_deletes_its_server_without_a_poll(harness):
+def test_cancelled_build_deletes_its_server_without_a_poll(harness):  # noqa: F811
     h = harness(limited(instances=5, boot_seconds=[3, 3]))
     h.wait_available()
     (handle,) = h.start(1)
@@ -48,7 +48,7 @@ def test_cancelled_build_deletes_its_server_without_a_poll(harness):
     assert h.provider.poll_build(handle).state is BuildState.FAILED
 
 
-def test_capacity_is_that_of_the_pool_being_served(harness):
+def test_capacity_is_that_of_the_pool_being_served(harness):  # noqa: F811
     config = provider_config(pool={"max-servers": 1})
     pools = config["providers"][0]["pools"]
     pools.append(dict(pools[0], name="second", **{"max-servers": 5}))
@@ -60,7 +60,7 @@ def test_capacity_is_that_of_the_pool_being_served(harness):
     assert h.provider.capacity(["small"], pool="second") is Capacity.AVAILABLE
 
 
-def test_changed_cloud_entry_reconnects(harness, tmp_path):
+def test_changed_cloud_entry_reconnects(harness, tmp_path):  # noqa: F811
     h = harness()
     h.wait_available()
     first = h.provider.cloud
@@ -79,7 +79,7 @@ def test_changed_cloud_entry_reconnects(harness, tmp_path):
     assert h.finish_builds([handle])[handle].state is BuildState.READY
 
 
-def test_adopted_server_still_counts_for_its_tenant(harness, tmp_path):
+def test_adopted_server_still_counts_for_its_tenant(harness, tmp_path):  # noqa: F811
     import dataclasses
     import math
 
@@ -106,7 +106,7 @@ def test_adopted_server_still_counts_for_its_tenant(harness, tmp_path):
         again.stop()
 
 
-def test_rotated_credentials_leave_no_old_connections_behind(harness, tmp_path):
+def test_rotated_credentials_leave_no_old_connections_behind(harness, tmp_path):  # noqa: F811
     from nodepool.config import load_config
     from nodepool.driver import registry
     h = harness()
@@ -118,7 +118,8 @@ def test_rotated_credentials_leave_no_old_connections_behind(harness, tmp_path):
         config, _ = load_config(str(tmp_path / "nodepool.yaml"), clouds,
                                 drivers=registry.drivers())
         h.provider.update_config(config.providers["p1"])
-        wait_for(lambda: h.provider.cloud is not before, timeout=20, what="a new connection")
+        wait_for(lambda before=before: h.provider.cloud is not before, timeout=20,
+                 what="a new connection")
     wait_for(lambda: not h.provider._retired_clouds, timeout=10,
              what="the replaced connections to be closed")
     (handle,) = h.start(1)
@@ -156,7 +157,7 @@ def _ready_node_and_a_booting_one(h):
     return booting
 
 
-def test_a_down_cell_frees_no_quota_and_fails_no_build(harness):
+def test_a_down_cell_frees_no_quota_and_fails_no_build(harness):  # noqa: F811
     h = harness(limited(boot_seconds=0.2))
     h.wait_available()
     booting = _ready_node_and_a_booting_one(h)
@@ -174,7 +175,7 @@ def test_a_down_cell_frees_no_quota_and_fails_no_build(harness):
     assert len(h.ledger.keys("p1")) == 3
 
 
-def test_one_list_missing_servers_is_not_proof_that_they_are_gone(harness):
+def test_one_list_missing_servers_is_not_proof_that_they_are_gone(harness):  # noqa: F811
     h = harness(limited(boot_seconds=0.2))
     h.wait_available()
     booting = _ready_node_and_a_booting_one(h)

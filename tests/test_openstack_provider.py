@@ -210,7 +210,7 @@ def test_build_ready_then_delete_returns_everything(harness):
     done = h.finish_builds(handles)
     flavor = next(f for f in h.provider.catalog.items("flavors") if f["name"] == "m1.small")
     ids = set()
-    for handle, st in done.items():
+    for st in done.values():
         assert st.state is BuildState.READY, st.reason
         info = st.info
         assert info.external_id and info.interface_ip
@@ -647,6 +647,30 @@ def test_error_boots_fail_after_launch_retries_without_leaking(harness):
     assert h.cloud.counters()["quota_403"] == 0
 
 
+def test_a_retry_delay_is_not_a_wait_for_quota(harness, monkeypatch):
+    # After a failed attempt the build waits out its retry delay (step
+    # wait-retry): it waits for no headroom, so the provider must not hurry
+    # server lists for deletes on its behalf, and /quota does not list it.
+    # A build refused headroom is the one that waits for quota.
+    # Deletes are slow: the ERROR server keeps the one instance taken.
+    h = harness(limited(instances=1, boot_seconds=0.1, delete_seconds=60,
+                        error_boot_share=1.0))
+    monkeypatch.setattr(machines, "RETRY_DELAY", 60.0)
+    h.wait_available()
+    [node] = h.start(1)
+
+    def steps() -> dict[str, str]:
+        return {b["node"]: b["step"] for b in h.provider.status()["builds"]}
+
+    wait_for(lambda: steps() == {node: "wait-retry"}, timeout=10, what="the retry's delay")
+    # (A capacity check that waited is remembered for a moment.)
+    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no quota wait")
+    assert steps() == {node: "wait-retry"}
+    [other] = h.start(1)
+    wait_for(lambda: steps().get(other) == "wait-quota", timeout=10, what="refused headroom")
+    assert h.provider.quota_waiting()
+
+
 def test_launch_timeout_counts_from_the_create_and_fails_slow_boots(harness):
     h = harness(limited(boot_seconds=30, delete_seconds=0.2),
                 provider_config(**{"launch-timeout": 1, "launch-retries": 1}))
@@ -972,17 +996,18 @@ def test_leaked_servers_are_deleted_after_two_passes(harness, fakecloud_connect)
         h.known.update({"0000009002": kept.id, "0000009003": None})
     gone = {leaked.id, stale_attempt.id}
     # First pass: suspects only, nothing deleted.
-    wait_for(lambda: gone <= h.provider._leak_suspects, timeout=10, what="first leak pass")
+    wait_for(lambda: gone <= h.provider.reconciler.leak_suspects, timeout=10,
+             what="first leak pass")
     assert h.cloud.request_count(DELETE_ROUTE) == 0
     # Second pass: deleted.
     wait_for(lambda: not gone & {s["id"] for s in h.cloud.servers()}, timeout=15,
              what="leaked servers deleted")
     assert h.provider.counters["leaks_deleted"] == 2
     # Two more passes leave the others alone.
-    passes = h.provider._last_leak_pass
-    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10)
-    passes = h.provider._last_leak_pass
-    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10)
+    passes = h.provider.reconciler.last_leak_pass
+    wait_for(lambda: h.provider.reconciler.last_leak_pass != passes, timeout=10)
+    passes = h.provider.reconciler.last_leak_pass
+    wait_for(lambda: h.provider.reconciler.last_leak_pass != passes, timeout=10)
     assert {s["id"] for s in h.cloud.servers()} == {kept.id, kept_no_id.id, not_ours.id}
     assert h.cloud.request_count(DELETE_ROUTE) == 2
     # The leaked servers were counted (adopted) while they existed, and released.
@@ -1030,7 +1055,8 @@ def test_leaked_ports_and_floating_ips_are_deleted_after_two_samples(harness,
     for sweep in (h.provider.port_sweep, h.provider.fip_sweep):
         for _ in range(2):
             mark = sweep.next_at
-            wait_for(lambda: sweep.next_at != mark, timeout=10, what="another sample")
+            wait_for(lambda sweep=sweep, mark=mark: sweep.next_at != mark, timeout=10,
+                     what="another sample")
     assert {p.id for p in other.network.ports()} == {building_port.id, "router-port",
                                                      "operator-port"}
     assert {f.id for f in other.network.ips()} == {attached.id}
@@ -1047,8 +1073,9 @@ def test_network_cleanup_is_off_unless_configured(harness):
     h.wait_available()
     assert h.provider.fip_sweep is None and h.provider.port_sweep is None
     h.finish_builds(h.start(1))
-    passes = h.provider._last_leak_pass
-    wait_for(lambda: h.provider._last_leak_pass != passes, timeout=10, what="a leak pass")
+    passes = h.provider.reconciler.last_leak_pass
+    wait_for(lambda: h.provider.reconciler.last_leak_pass != passes, timeout=10,
+             what="a leak pass")
     assert h.cloud.request_count(PORTS_ROUTE) == h.cloud.request_count(FIPS_ROUTE) == 0
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.driver.openstack import servers as srv
 from nodepool.quota import is_quota_fault
 

@@ -76,6 +76,10 @@ def headroom(ledger, provider="p") -> Resources:
     return ledger.estimate(provider).headroom
 
 
+def backoff_state(ledger, provider="p"):
+    return ledger.estimate(provider).backoff
+
+
 def test_quota_core_imports_no_adapters():
     """The quota core is pure: no ZooKeeper, cloud library or driver code."""
     code = ("import sys, nodepool.quota; "
@@ -124,7 +128,7 @@ class TestResources:
         assert not Resources(2, 5, 4096).fits(limit)
         assert Resources(3, 5, 0).exceeding(limit) == ("instances", "cores")
         assert (limit - Resources(3, 4, 0)).negative() == ("instances",)
-        assert ZERO.non_negative and ZERO.is_zero()
+        assert ZERO.non_negative and ZERO == Resources()
         assert not Resources(cores=-1).non_negative
 
     def test_from_mapping(self):
@@ -405,7 +409,8 @@ class TestRefreshPolicy:
                     last_success = now
             if last_success is not None and last_success == last_attempt:
                 assert now - last_success < self.P.max_age + step
-        assert all(b - a >= self.P.min_interval for a, b in zip(attempts, attempts[1:]))
+        assert all(b - a >= self.P.min_interval
+                   for a, b in zip(attempts, attempts[1:], strict=False))
 
 
 # --------------------------------------------------------------------------
@@ -671,23 +676,23 @@ class TestPoolsAndTenants:
         d = ledger.try_reserve("b", provider="p", pool="main", cost=SMALL, tenant="t")
         assert d.blocked_by == {POOL, CLOUD, TENANT} and len(d.reasons) == 3
 
-    def test_can_ever_fit(self):
+    def test_why_never_fits(self):
         ledger, _ = make_ledger({"main": PoolQuota(Resources(5, 8, INF, INF, INF)),
                                  "free": PoolQuota(ignore_provider_quota=True)},
                                 tenant_limits={"t": Resources(10, 6, INF, INF, INF)})
         big = label_cost(16, 1024)
         # limits unknown: only the pool can say no
-        assert ledger.can_ever_fit(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
+        assert ledger.why_never_fits(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
         read_limits(ledger, nova_limits(10, cores=12, used=(10, 12, 0)))
         # full right now, but it would fit an empty cloud: wait, do not decline
-        assert ledger.can_ever_fit(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
-        reasons = ledger.can_ever_fit(provider="p", pool="main", cost=big)
+        assert ledger.why_never_fits(provider="p", pool="main", cost=label_cost(8, 1024)) == ()
+        reasons = ledger.why_never_fits(provider="p", pool="main", cost=big)
         assert len(reasons) == 2 and "pool p/main" in reasons[0] and "cloud p" in reasons[1]
-        assert ledger.can_ever_fit(provider="p", pool="free", cost=big) == ()
-        assert len(ledger.can_ever_fit(provider="p", pool="main", cost=label_cost(7, 1),
-                                       tenant="t")) == 1
+        assert ledger.why_never_fits(provider="p", pool="free", cost=big) == ()
+        assert len(ledger.why_never_fits(provider="p", pool="main", cost=label_cost(7, 1),
+                                         tenant="t")) == 1
         # a whole request: six servers exceed max-servers 5
-        assert ledger.can_ever_fit(provider="p", pool="main", cost=SMALL * 6)
+        assert ledger.why_never_fits(provider="p", pool="main", cost=SMALL * 6)
 
     def test_config_reload_keeps_entries(self):
         ledger, _ = make_ledger()
@@ -874,7 +879,7 @@ class TestLedgerBackoffAndRefresh:
             assert not d and BACKOFF in d.blocked_by and d.retry_at == clock.now + 10
         est = ledger.estimate("p")
         assert est.headroom.instances == 10 and est.effective_headroom.instances == 0
-        state = ledger.backoff_state("p")
+        state = backoff_state(ledger)
         assert state.in_backoff and state.consecutive == 1 and state.remaining == 10
         clock.advance(10)
         assert ledger.try_reserve("b", provider="p", pool="main", cost=SMALL)
@@ -887,13 +892,13 @@ class TestLedgerBackoffAndRefresh:
             key = f"k{i}"
             assert ledger.try_reserve(key, provider="p", pool="main", cost=SMALL)
             ledger.create_rejected(key, quota_error=True)
-            delays.append(ledger.backoff_state("p").remaining)
+            delays.append(backoff_state(ledger).remaining)
             clock.advance(delays[-1])
         assert delays == [10, 20, 40, 80]
         create(ledger, "ok")
         ledger.try_reserve("x", provider="p", pool="main", cost=SMALL)
         ledger.create_rejected("x", quota_error=True)
-        assert ledger.backoff_state("p").remaining == 10
+        assert backoff_state(ledger).remaining == 10
 
     def test_creates_in_flight_when_nova_filled_up_do_not_escalate(self):
         ledger, _ = make_ledger()
@@ -903,7 +908,7 @@ class TestLedgerBackoffAndRefresh:
             ledger.create_issued(key)
         for key in "abc":
             ledger.create_rejected(key, quota_error=True)
-        state = ledger.backoff_state("p")
+        state = backoff_state(ledger)
         assert state.consecutive == 1 and state.total == 3 and state.remaining == 10
 
     def test_error_fault_keeps_server_counted(self):
@@ -913,7 +918,7 @@ class TestLedgerBackoffAndRefresh:
         ledger.report_quota_error("p", key="a")
         assert ledger.entry_state("a") is EntryState.CREATED
         assert ledger.estimate("p").ledger_used.instances == 1
-        assert ledger.backoff_state("p").in_backoff
+        assert backoff_state(ledger).in_backoff
 
     def test_backoff_ends_early_after_delete_and_fresh_room(self):
         ledger, clock = make_ledger()
@@ -924,16 +929,16 @@ class TestLedgerBackoffAndRefresh:
         ledger.create_rejected("c", quota_error=True)  # something we could not see
         clock.advance(1)
         read_limits(ledger, nova_limits(3, used=(3, 3, 3072)))  # nova believed: full
-        assert ledger.backoff_state("p").in_backoff
+        assert backoff_state(ledger).in_backoff
         ledger.delete_issued("a")
         token_before_gone = ledger.begin_limits_read("p")
         ledger.server_gone("a")
         ledger.apply_limits(token_before_gone, nova_limits(3, used=(2, 2, 2048)))
-        assert ledger.backoff_state("p").in_backoff  # read began before the delete finished
+        assert backoff_state(ledger).in_backoff  # read began before the delete finished
         read_limits(ledger, nova_limits(3, used=(3, 3, 3072)))
-        assert ledger.backoff_state("p").in_backoff  # fresh, but no room
+        assert backoff_state(ledger).in_backoff  # fresh, but no room
         read_limits(ledger, nova_limits(3, used=(2, 2, 2048)))
-        state = ledger.backoff_state("p")
+        state = backoff_state(ledger)
         assert not state.in_backoff and state.ended_by == "room"
         assert ledger.try_reserve("d", provider="p", pool="main", cost=SMALL)
 
@@ -943,7 +948,7 @@ class TestLedgerBackoffAndRefresh:
         ledger.try_reserve("c", provider="p", pool="main", cost=SMALL)
         ledger.create_rejected("c", quota_error=True)
         read_limits(ledger, nova_limits(30))
-        assert ledger.backoff_state("p").in_backoff
+        assert backoff_state(ledger).in_backoff
 
     def test_refresh_due(self):
         ledger, clock = make_ledger(refresh_policy=RefreshPolicy(min_interval=10, max_age=30))
@@ -996,7 +1001,7 @@ def test_concurrent_try_reserve_never_exceeds_the_limit():
             granted: list[tuple] = []
             barrier = threading.Barrier(12)
 
-            def worker(n):
+            def worker(n, barrier=barrier, ledger=ledger, granted=granted):
                 barrier.wait()
                 for i in range(60):
                     key = (n, i)
@@ -1117,7 +1122,7 @@ class NovaSimulation(RuleBasedStateMachine):
           tenant=st.sampled_from([None, "t1"]))
     def reserve(self, label, pool, tenant):
         self.counter += 1
-        in_backoff = self.ledger.backoff_state("p").in_backoff
+        in_backoff = backoff_state(self.ledger).in_backoff
         d = self.ledger.try_reserve(self.counter, provider="p", pool=pool,
                                     cost=LABELS[label], tenant=tenant)
         if in_backoff:
@@ -1179,7 +1184,7 @@ class NovaSimulation(RuleBasedStateMachine):
             self.ledger.create_unknown(key)
         elif answer == "quota":
             self.ledger.create_rejected(key, quota_error=True)
-            assert self.ledger.backoff_state("p").in_backoff
+            assert backoff_state(self.ledger).in_backoff
         else:
             self.ledger.create_rejected(key)
 

@@ -263,7 +263,7 @@ def test_request_deleted_after_fulfilment_releases_nodes_via_housekeeping(zk_sto
     assert zk_store.get_node(node_id).allocated_to is None
 
 
-# -- several launchers, session loss, bad data ------------------------------------------------------
+# -- several launchers, session loss, bad data -----------------------------------------------
 
 def test_two_launchers_serve_each_request_once(zk_store, zk, zk_connect):
     other_store = ZooKeeperStore(zk_connect())

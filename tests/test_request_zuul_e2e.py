@@ -117,7 +117,7 @@ def test_request_fulfil_use_and_return_with_zuuls_client(zk_store, zk, zuul_side
     assert fetched.state == "fulfilled" and len(fetched.nodes) == 2
     assert fetched.build_set_uuid == "bs-1" and fetched.job_name == "tox-py311"
     nodes = [zuul.model.Node(["controller"], "small"), zuul.model.Node(["compute"], "large")]
-    for node, node_id in zip(nodes, fetched.nodes):
+    for node, node_id in zip(nodes, fetched.nodes, strict=True):
         zuul_side.nodepool.updateNode(node, node_id)
         assert node.allocated_to == fetched.id
         assert node.interface_ip and node.host_keys and node.connection_type == "ssh"

@@ -121,7 +121,7 @@ def write_static(tmp_path, zk_settings, providers: list[dict], labels=("metal",)
     return config
 
 
-def ready_nodes(store, provider="lab"):
+def ready_nodes(store, provider="lab"):  # noqa: F811
     return sorted((n for n in store.list_nodes()
                    if n.provider == provider and n.state == "ready" and not n.allocated_to),
                   key=lambda n: n.id)
@@ -213,7 +213,7 @@ def test_plan_registers_missing_slots_and_retires_what_no_longer_matches():
 
 
 def test_slots_registered_used_node_re_registered_max_parallel_jobs(
-        tmp_path, zk_settings, store, run_launcher, hosts):
+        tmp_path, zk_settings, store, run_launcher, hosts):  # noqa: F811
     host = hosts()
     config = write_static(tmp_path, zk_settings, [static_entry(
         host_node(host, **{"max-parallel-jobs": 2}))])
@@ -254,7 +254,7 @@ def test_slots_registered_used_node_re_registered_max_parallel_jobs(
 @pytest.mark.skipif(not HAVE_ZUUL, reason="zuul is not importable; run "
                     "tools/install-zuul-client.sh .venv/bin/python")
 def test_served_to_zuuls_client_returned_used_and_registered_again(
-        tmp_path, zk_settings, store, run_launcher, ssh_host, zuul_side):
+        tmp_path, zk_settings, store, run_launcher, ssh_host, zuul_side):  # noqa: F811
     host = ssh_host()
     run_launcher(write_static(tmp_path, zk_settings, [static_entry(
         host_node(host, **{"host-key-checking": True, "host-key": host.key, "username": "ci",
@@ -287,8 +287,8 @@ def test_served_to_zuuls_client_returned_used_and_registered_again(
     assert (again[0].slot, again[0].connection_port) == (first.slot, host.port)
 
 
-def test_statsd_counts_slots_and_nodes(tmp_path, zk_settings, store, run_launcher, hosts,
-                                       statsd):
+def test_statsd_counts_slots_and_nodes(tmp_path, zk_settings, store, run_launcher, hosts,  # noqa: F811
+                                       statsd):  # noqa: F811
     host = hosts()
     run_launcher(write_static(tmp_path, zk_settings, [static_entry(
         host_node(host, **{"max-parallel-jobs": 2}))]))
@@ -299,7 +299,7 @@ def test_statsd_counts_slots_and_nodes(tmp_path, zk_settings, store, run_launche
 
 
 def test_host_that_stops_answering_leaves_service_and_comes_back(
-        tmp_path, zk_settings, store, run_launcher, hosts):
+        tmp_path, zk_settings, store, run_launcher, hosts):  # noqa: F811
     a, b = hosts(), hosts()
     config = write_static(tmp_path, zk_settings, [static_entry(
         host_node(a), host_node(b, **{"host-key-checking": False, "host-key": [KEY]}))])
@@ -324,7 +324,7 @@ def test_host_that_stops_answering_leaves_service_and_comes_back(
 
 
 def test_config_change_adds_and_removes_hosts_without_touching_nodes_in_use(
-        tmp_path, zk_settings, store, run_launcher, hosts):
+        tmp_path, zk_settings, store, run_launcher, hosts):  # noqa: F811
     a, b = hosts(), hosts()
     launcher = run_launcher(write_static(tmp_path, zk_settings, [static_entry(host_node(a))]))
     wait_for(lambda: len(ready_nodes(store)) == 1, 20, what="host a in service")
@@ -349,8 +349,8 @@ def test_config_change_adds_and_removes_hosts_without_touching_nodes_in_use(
     assert [n.connection_port for n in store.list_nodes() if n.provider == "lab"] == [b.port]
 
 
-def test_static_and_openstack_in_one_launcher(tmp_path, make_fakecloud, zk_settings, store,
-                                             run_launcher, hosts):
+def test_static_and_openstack_in_one_launcher(tmp_path, make_fakecloud, zk_settings, store,  # noqa: F811
+                                             run_launcher, hosts):  # noqa: F811
     host = hosts()
     cloud = make_fakecloud()
     base = write_config(tmp_path, cloud, zk_settings)  # writes clouds.yaml and nodepool.yaml
@@ -377,7 +377,7 @@ def test_static_and_openstack_in_one_launcher(tmp_path, make_fakecloud, zk_setti
 
 
 def test_a_configured_host_key_is_checked_against_the_keys_the_host_shows(
-        tmp_path, zk_settings, store, run_launcher, ssh_host):
+        tmp_path, zk_settings, store, run_launcher, ssh_host):  # noqa: F811
     good, impostor = ssh_host(), ssh_host()
     launcher = run_launcher(write_static(tmp_path, zk_settings, [static_entry(
         host_node(good, **{"host-key-checking": True, "host-key": good.key}),
@@ -396,7 +396,7 @@ def test_a_configured_host_key_is_checked_against_the_keys_the_host_shows(
 
 
 def test_static_pool_takes_upstreams_max_servers_and_max_concurrency(
-        tmp_path, zk_settings, store, run_launcher, hosts):
+        tmp_path, zk_settings, store, run_launcher, hosts):  # noqa: F811
     host = hosts()
     entry = static_entry(host_node(host, **{"max-parallel-jobs": 2}))
     entry["max-concurrency"] = 5
@@ -411,7 +411,7 @@ def test_static_pool_takes_upstreams_max_servers_and_max_concurrency(
 
 
 def test_a_static_pool_at_capacity_deletes_no_unused_node(
-        tmp_path, zk_settings, store, run_launcher, hosts):
+        tmp_path, zk_settings, store, run_launcher, hosts):  # noqa: F811
     a, b = hosts(), hosts()
     launcher = run_launcher(write_static(tmp_path, zk_settings, [static_entry(
         host_node(a), host_node(b, labels=["gpu"]))], labels=("metal", "gpu")))

@@ -141,7 +141,7 @@ def test_upstream_metrics_for_a_launch_a_failure_and_a_delete(
                    "nodepool.launch.provider.fake.nova.ready",
                    "nodepool.launch.requestor.zuul-test.ready"]
     for name in ready_names:
-        wait_for(lambda: statsd.values(name, "ms"), 15, what=f"timer {name}")
+        wait_for(lambda name=name: statsd.values(name, "ms"), 15, what=f"timer {name}")
         assert statsd.values(name, "c") == [1.0], name
     wait_for(lambda: _latest(statsd, "nodepool.label.small.nodes.ready") == 1.0, 15,
              what="ready label gauge")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_a_cloud_image_without_username_leaves_the_nodes_username_null(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     named = {"name": "named", "cloud-image": "named-img", "flavor-name": "m1.small"}
     run_launcher(write_config(
@@ -40,7 +40,7 @@ def test_a_cloud_image_without_username_leaves_the_nodes_username_null(
 
 
 def test_servers_carry_upstreams_groups_metadata(tmp_path, make_fakecloud, zk_settings,
-                                                 store, run_launcher):
+                                                 store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     run_launcher(write_config(tmp_path, cloud, zk_settings))
     req = zuul_request(store, ["small"])
@@ -54,7 +54,7 @@ def test_servers_carry_upstreams_groups_metadata(tmp_path, make_fakecloud, zk_se
 
 
 def test_dynamic_instance_properties_format_upstreams_request_fields(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     label = dict(SMALL, **{"dynamic-instance-properties": {
         "zuul_labels": "{request.labels}",
@@ -74,7 +74,7 @@ def test_dynamic_instance_properties_format_upstreams_request_fields(
 
 
 def test_boot_from_volume_nodes_record_volume_gb_with_upstreams_key(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     label = dict(SMALL, **{"boot-from-volume": True, "volume-size": 40})
     run_launcher(write_config(tmp_path, cloud, zk_settings, pool={"labels": [label]}))
@@ -86,7 +86,7 @@ def test_boot_from_volume_nodes_record_volume_gb_with_upstreams_key(
     assert "volume_gb" not in resources
 
 
-def _tenant_node_elsewhere(store, launcher, provider: str, volume_key: str) -> Node:
+def _tenant_node_elsewhere(store, launcher, provider: str, volume_key: str) -> Node:  # noqa: F811
     """Another launcher's in-use node of tenant-one with a 40 GB volume,
     once the launcher's cache has it."""
     node = store.create_node(Node(
@@ -98,7 +98,7 @@ def _tenant_node_elsewhere(store, launcher, provider: str, volume_key: str) -> N
 
 
 def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     label = dict(SMALL, **{"boot-from-volume": True, "volume-size": 20})
     launcher = run_launcher(write_config(
@@ -128,7 +128,7 @@ def test_tenant_max_volume_gb_counts_upstreams_volume_gb_key(
 
 
 def test_max_concurrency_zero_takes_no_request_and_declines_none(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     launcher = run_launcher(write_config(tmp_path, cloud, zk_settings,
                                          provider={"max-concurrency": 0}))
@@ -147,7 +147,7 @@ def test_max_concurrency_zero_takes_no_request_and_declines_none(
 
 
 def test_max_concurrency_leaves_new_requests_while_launches_are_in_progress(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher):  # noqa: F811
     # Boots long enough that requests taken at once would build together.
     cloud = make_fakecloud({"servers": {"boot_seconds": 0.6}})
     run_launcher(write_config(tmp_path, cloud, zk_settings,
@@ -170,7 +170,7 @@ def test_max_concurrency_leaves_new_requests_while_launches_are_in_progress(
 
 
 def test_at_capacity_the_oldest_unused_ready_node_is_deleted(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher, monkeypatch):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, monkeypatch):  # noqa: F811
     monkeypatch.setattr(launcher_mod, "MIN_READY_INTERVAL", 0.5)
     cloud = make_fakecloud()
     big = {"name": "big", "cloud-image": "img", "flavor-name": "m1.small"}

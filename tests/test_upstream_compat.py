@@ -98,11 +98,11 @@ def test_cli_tables_have_upstreams_headers_on_upstream_records(tmp_path, zk_sett
 
     headers, rows = table(cli(config, "list", "--detail"))
     assert headers == DETAIL_HEADERS
-    detail = dict(zip(headers, rows[0]))
+    detail = dict(zip(headers, rows[0], strict=True))
     assert detail["AZ"] == "nova" and detail["Port"] == "22"
     assert detail["Driver Data"] == "{'opaque': [1, 2, 3]}" and detail["User Data"] == ""
     # A port carrying connection details (kubernetes) is not printed.
-    assert dict(zip(headers, rows[1]))["Port"] == "redacted"
+    assert dict(zip(headers, rows[1], strict=True))["Port"] == "redacted"
 
     headers, rows = table(cli(config, "request-list"))
     assert headers == REQUEST_HEADERS

@@ -18,7 +18,7 @@ ZONES = ["az1", "az2", "az3"]
 
 
 def test_server_names_are_np_and_the_node_id_by_default(tmp_path, make_fakecloud,
-                                                         zk_settings, store, run_launcher):
+                                                         zk_settings, store, run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     run_launcher(write_config(tmp_path, cloud, zk_settings))
     req = zuul_request(store, ["small"])
@@ -29,8 +29,8 @@ def test_server_names_are_np_and_the_node_id_by_default(tmp_path, make_fakecloud
     assert len(server["name"]) <= 15  # a Windows computer name fits
 
 
-def test_hostname_format_still_names_servers(tmp_path, make_fakecloud, zk_settings, store,
-                                             run_launcher):
+def test_hostname_format_still_names_servers(tmp_path, make_fakecloud, zk_settings, store,  # noqa: F811
+                                             run_launcher):  # noqa: F811
     cloud = make_fakecloud()
     run_launcher(write_config(tmp_path, cloud, zk_settings, provider={
         "hostname-format": "{label.name}-{provider.name}-{node.id}"}))
@@ -41,14 +41,14 @@ def test_hostname_format_still_names_servers(tmp_path, make_fakecloud, zk_settin
 
 
 def test_all_nodes_of_a_request_share_one_of_the_pools_zones(tmp_path, make_fakecloud,
-                                                               zk_settings, store,
-                                                               run_launcher):
+                                                               zk_settings, store,  # noqa: F811
+                                                               run_launcher):  # noqa: F811
     cloud = make_fakecloud({"availability_zones": ZONES})
     run_launcher(write_config(tmp_path, cloud, zk_settings,
                               pool={"availability-zones": ZONES}))
     for _ in range(2):
         req = zuul_request(store, ["small", "small", "small"])
-        done = wait_for(lambda: finished(store, req.id), 30, what="fulfilment")
+        done = wait_for(lambda req=req: finished(store, req.id), 30, what="fulfilment")
         assert done.state == "fulfilled"
         zones = {store.get_node(n).az for n in done.nodes}
         assert len(zones) == 1 and zones <= set(ZONES), zones
@@ -64,8 +64,8 @@ def cloud_zone(cloud, server_id: str) -> str:
 
 
 def test_a_reused_ready_node_decides_the_zone_of_the_new_ones(tmp_path, make_fakecloud,
-                                                                zk_settings, store,
-                                                                run_launcher):
+                                                                zk_settings, store,  # noqa: F811
+                                                                run_launcher):  # noqa: F811
     cloud = make_fakecloud({"availability_zones": ZONES})
     run_launcher(write_config(tmp_path, cloud, zk_settings,
                               labels=[{"name": "small", "min-ready": 1}],
@@ -80,8 +80,8 @@ def test_a_reused_ready_node_decides_the_zone_of_the_new_ones(tmp_path, make_fak
 
 
 def test_without_configured_zones_one_the_cloud_lists_is_chosen(tmp_path, make_fakecloud,
-                                                                  zk_settings, store,
-                                                                  run_launcher):
+                                                                  zk_settings, store,  # noqa: F811
+                                                                  run_launcher):  # noqa: F811
     cloud = make_fakecloud({"availability_zones": ZONES})
     launcher = run_launcher(write_config(tmp_path, cloud, zk_settings))
     wait_for(lambda: launcher.providers["fake"].availability_zones() == ZONES, 15,
@@ -112,7 +112,7 @@ def _closed_port() -> int:
 
 
 def test_winrm_nodes_are_ready_when_their_port_accepts_connections(
-        tmp_path, make_fakecloud, zk_settings, store, run_launcher, listener):
+        tmp_path, make_fakecloud, zk_settings, store, run_launcher, listener):  # noqa: F811
     # Servers get loopback addresses, so the test's listener is "the node".
     cloud = make_fakecloud({"networks": [{"name": "loop", "cidr": "127.0.0.0/24"}]})
     images = [{"name": "win", "image-name": "cirros", "connection-type": "winrm",

@@ -157,7 +157,6 @@ def test_lock_churn_leaves_no_node_looking_locked(zk_store, zk_connect):
     # The real race behind the two tests above: locks taken and let go at
     # once (try-locks of busy nodes, quick hand-overs).  Before the check,
     # most of these nodes stayed "locked" in the cache for good.
-    import threading
     other = ZooKeeperStore(zk_connect())
     nodes = [other.create_node(Node(state="used", type=["a"], provider="p", pool="m"))
              for _ in range(8)]

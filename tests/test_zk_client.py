@@ -89,8 +89,9 @@ def test_parse_hosts_and_hosts_string():
     assert servers == (ZooKeeperServer("zk1", 2181, "/nodepool"),
                        ZooKeeperServer("::1", 2282, "/nodepool"))
     assert ZooKeeperSettings(servers).hosts == "zk1:2181,[::1]:2282/nodepool"
+    mixed = ZooKeeperSettings((ZooKeeperServer("a", 1, "/x"), ZooKeeperServer("b", 1, "/y")))
     with pytest.raises(ValueError):
-        ZooKeeperSettings((ZooKeeperServer("a", 1, "/x"), ZooKeeperServer("b", 1, "/y"))).chroot
+        _ = mixed.chroot
 
 
 def test_tls_refuses_a_certificate_of_another_host(zk_tls_settings):

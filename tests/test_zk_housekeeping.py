@@ -159,7 +159,7 @@ def test_malformed_nodes_do_not_stop_housekeeping(zk_store, zk, caplog):
     assert json.loads(zk.get("/nodepool/nodes/0000000500")[0])["type"] == 7  # untouched
 
 
-# -- the reaper ---------------------------------------------------------------------------------------
+# -- the reaper -------------------------------------------------------------------------------
 
 def test_reaper_deletes_server_and_znode(zk_store, zk, zk_connect):
     builder = FakeBuilder(delete_polls=2)

@@ -51,7 +51,7 @@ def test_two_clients_contend(zk, zk_connect):
     # The failed attempt left no contender behind.
     assert len(a.request_lock_holders("100-0000000000")) == 1
     with pytest.raises(LockNotAcquired):
-        b.lock_request("100-0000000000", timeout=0.3)
+        locks.lock(b.client, paths.request_lock_path("100-0000000000"), timeout=0.3)
     held.release()
     got = b.try_lock_request("100-0000000000")
     assert got is not None and got.held

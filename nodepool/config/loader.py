@@ -225,7 +225,7 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
         data = {}
     if not isinstance(data, dict):
         problems.error("", f"expected a mapping of settings at the top, got "
-                           f"{schema._type_name(data)}")
+                           f"{schema.type_name(data)}")
         return None, problems.items
     if secure_path:
         secure_problems = Problems(secure_path)

@@ -1,10 +1,12 @@
-"""The voluptuous schema of nodepool.yaml.
+"""The voluptuous schema of nodepool.yaml's top level, and the checkers
+every driver's schema is built from (``nodepool/driver/<name>/``).
 
-It accepts upstream Nodepool 11's documented keys for OpenStack providers and
-for its image builder, so an operator's existing file loads unchanged.  Keys
-that only upstream's builder uses are accepted quietly (the builder runs
-beside this launcher); other drivers' providers are reported by the loader as
-"not served by this launcher" rather than rejected as typos.
+It accepts upstream Nodepool 11's documented top-level keys and those of its
+image builder, so an operator's existing file loads unchanged.  Keys that
+only upstream's builder uses are accepted quietly (the builder runs beside
+this launcher); each provider entry is checked by its driver's schema, and
+other drivers' providers are reported by the loader as "not served by this
+launcher" rather than rejected as typos.
 
 Type checks are as strict as upstream's (``true`` is not an integer, ``"10"``
 is not an integer) and lenient where upstream is: ``rate`` may be a number in a
@@ -35,14 +37,14 @@ def as_list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -52,7 +54,7 @@ def Int(minimum: int | None = None, why: str = "") -> Callable[[Any], int]:
     did with such a value and what to write instead)."""
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise v.Invalid(f"expected an integer, got {_type_name(value)} {_shown(value)}")
+            raise v.Invalid(f"expected an integer, got {type_name(value)} {shown(value)}")
         if minimum is not None and value < minimum:
             raise v.Invalid(f"must be at least {minimum}, got {value}" + (f"; {why}" if why
                                                                            else ""))
@@ -60,38 +62,10 @@ def Int(minimum: int | None = None, why: str = "") -> Callable[[Any], int]:
     return check
 
 
-def Seconds(example: int) -> Callable[[Any], int]:
-    """A timeout: upstream takes 0 or less, and then every launch times out."""
-    return Int(1, "upstream Nodepool accepts 0 or less, and then every launch times out "
-                  f"at once; write a number of seconds, e.g. {example}")
-
-
-def Rate(value: Any) -> float:
-    """``rate`` and ``read-rate``: seconds between API calls.  Upstream
-    converts it with float(), so ``"0.5"`` works there and here; 0 means no
-    fixed ceiling, as if the key were absent."""
-    if isinstance(value, bool):
-        raise v.Invalid(f"expected a number of seconds, got a boolean {value}")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise v.Invalid(f"expected a number of seconds such as 1.0, got {_shown(value)}; "
-                            "upstream Nodepool converts numbers given as strings, but this "
-                            "is not one") from None
-    if not isinstance(value, (int, float)):
-        raise v.Invalid(f"expected a number of seconds, got {_type_name(value)} "
-                        f"{_shown(value)}")
-    if value < 0 or value != value:  # NaN too
-        raise v.Invalid(f"must not be negative, got {value}; write the seconds between two "
-                        "API calls, e.g. 1.0 (0 or no key: no fixed ceiling)")
-    return float(value)
-
-
 def Number(positive: bool = False) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise v.Invalid(f"expected a number, got {_type_name(value)} {_shown(value)}")
+            raise v.Invalid(f"expected a number, got {type_name(value)} {shown(value)}")
         if positive and not value > 0:
             raise v.Invalid(f"must be greater than 0, got {value}")
         return float(value)
@@ -100,7 +74,7 @@ def Number(positive: bool = False) -> Callable[[Any], float]:
 
 def Str(value: Any) -> str:
     if not isinstance(value, str):
-        raise v.Invalid(f"expected a string, got {_type_name(value)} {_shown(value)}")
+        raise v.Invalid(f"expected a string, got {type_name(value)} {shown(value)}")
     return value
 
 
@@ -113,13 +87,13 @@ def NonEmptyStr(value: Any) -> str:
 
 def Bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise v.Invalid(f"expected true or false, got {_type_name(value)} {_shown(value)}")
+        raise v.Invalid(f"expected true or false, got {type_name(value)} {shown(value)}")
     return value
 
 
 def Mapping(value: Any) -> dict:
     if not isinstance(value, dict):
-        raise v.Invalid(f"expected a mapping, got {_type_name(value)} {_shown(value)}")
+        raise v.Invalid(f"expected a mapping, got {type_name(value)} {shown(value)}")
     return value
 
 
@@ -127,7 +101,7 @@ def ListOf(item: Callable[[Any], Any]) -> Callable[[Any], list]:
     """A list whose items are each checked; errors carry the item's index."""
     def check(value: Any) -> list:
         if not isinstance(value, list):
-            raise v.Invalid(f"expected a list, got {_type_name(value)} {_shown(value)}")
+            raise v.Invalid(f"expected a list, got {type_name(value)} {shown(value)}")
         errors = []
         out = []
         for i, element in enumerate(value):
@@ -195,7 +169,7 @@ zookeeper_tls_schema = Dict({
 def ZooKeeperUser(value: Any) -> str:
     NonEmptyStr(value)
     if ":" in value:
-        raise v.Invalid(f"a digest user name cannot contain ':', got {_shown(value)}")
+        raise v.Invalid(f"a digest user name cannot contain ':', got {shown(value)}")
     return value
 
 
@@ -269,95 +243,6 @@ top_level_schema = Dict({
     "images-dir": Str,
     "build-log-dir": Str,
     "build-log-retention": Int(),
-})
-
-cloud_image_schema = Dict({
-    v.Required("name"): NonEmptyStr,
-    v.Exclusive("image-id", "image", msg="give either image-id or image-name, not both"):
-        NonEmptyStr,
-    v.Exclusive("image-name", "image", msg="give either image-id or image-name, not both"):
-        NonEmptyStr,
-    "username": NonEmptyStr,
-    "python-path": NonEmptyStr,
-    "shell-type": NonEmptyStr,
-    "connection-type": NonEmptyStr,
-    "connection-port": Port,
-    "config-drive": Bool,
-})
-
-provider_diskimage_schema = Dict({
-    v.Required("name"): NonEmptyStr,
-    "pause": Bool,
-    "meta": Mapping,
-    "config-drive": Bool,
-    "connection-type": NonEmptyStr,
-    "connection-port": Port,
-})
-
-pool_label_schema = Dict({
-    v.Required("name"): NonEmptyStr,
-    v.Exclusive("cloud-image", "image", msg="give either cloud-image or diskimage, not both"):
-        NonEmptyStr,
-    v.Exclusive("diskimage", "image", msg="give either cloud-image or diskimage, not both"):
-        NonEmptyStr,
-    "flavor-name": NonEmptyStr,
-    "min-ram": Int(0),
-    "key-name": NonEmptyStr,
-    "console-log": Bool,
-    "boot-from-volume": Bool,
-    "volume-size": Int(1),
-    "userdata": Str,
-    "instance-properties": Mapping,
-    "dynamic-instance-properties": Mapping,
-    "networks": ListOf(NonEmptyStr),
-    "host-key-checking": Bool,
-})
-
-pool_schema = Dict({
-    v.Required("name"): NonEmptyStr,
-    "priority": Int(),
-    # Upstream: 0 or less disables the pool (it declines every request); a
-    # negative value loads with a warning and does the same here.
-    "max-servers": Int(),
-    "max-cores": Int(0, NEGATIVE_LIMIT),
-    "max-ram": Int(0, NEGATIVE_LIMIT),
-    "max-volumes": Int(0, NEGATIVE_LIMIT),
-    "max-volume-gb": Int(0, NEGATIVE_LIMIT),
-    "networks": ListOf(NonEmptyStr),
-    "security-groups": ListOf(NonEmptyStr),
-    "availability-zones": ListOf(NonEmptyStr),
-    "auto-floating-ip": Bool,
-    "host-key-checking": Bool,
-    "ignore-provider-quota": Bool,
-    "node-attributes": Mapping,
-    "labels": ListOf(pool_label_schema),
-})
-
-openstack_provider_schema = Dict({
-    v.Required("name"): NonEmptyStr,
-    "driver": NonEmptyStr,
-    v.Required("cloud"): NonEmptyStr,
-    "region-name": NonEmptyStr,
-    "priority": Int(),
-    "max-concurrency": Int(),
-    "rate": Rate,
-    "read-rate": Rate,
-    "boot-timeout": Seconds(60),
-    "launch-timeout": Seconds(3600),
-    # Upstream makes one attempt with 0 or less; so do we (the loader warns).
-    "launch-retries": Int(),
-    "hostname-format": NonEmptyStr,
-    "clean-floating-ips": Bool,
-    "port-cleanup-interval": Int(0),
-    "cloud-images": ListOf(cloud_image_schema),
-    "pools": ListOf(pool_schema),
-    # Images built and uploaded by upstream's nodepool-builder.
-    "diskimages": ListOf(provider_diskimage_schema),
-    # Upstream keys that serve its image builder; accepted, reported by the loader.
-    "image-upload-timeout": Int(1),
-    "image-name-format": NonEmptyStr,
-    "post-upload-hook": Str,
-    "nodepool-id": Str,
 })
 
 # Upstream's other drivers, recognised so their providers are reported as

@@ -140,10 +140,6 @@ class DeleteDurations:
             return DEFAULT_WINDOW
         return self._quantile(0.1), self.longest() + LATE_MARGIN
 
-    def likely_gone(self, since_delete: float) -> bool:
-        start, end = self.window()
-        return start <= since_delete <= end
-
     def chance_gone(self, listed_at: float, now: float) -> float:
         """How likely a server still listed ``listed_at`` seconds after its
         DELETE is gone ``now`` seconds after it (0..1).

@@ -234,15 +234,6 @@ class ApiGate:
             self._cond.notify_all()
         return call
 
-    def call(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Submit and wait; for start-up and tools, never from a loop."""
-        c = self.submit(kind, fn, *args, **kwargs)
-        # Waiting for a slot is bounded by the budget and the queued calls;
-        # the call itself by the deadline.
-        while not c.done():
-            c._event.wait(0.05)
-        return c.result()
-
     # -- observing --------------------------------------------------------
 
     def stats(self) -> dict[str, dict]:

@@ -25,10 +25,8 @@ class Driver:
 
     * ``schema``: checks one entry of ``providers:`` (a voluptuous schema;
       the loader reports its errors with the entry's path).
-    * ``model``: the config model class ``build`` returns; it has ``name``,
-      ``driver``, ``pools`` (name -> pool with ``name``, ``labels``,
-      ``max_servers``, ``priority``, ``node_attributes``,
-      ``availability_zones``) and ``pool_priority(pool)``.
+    * ``model``: the config model class ``build`` returns; it is a
+      ``nodepool.config.model.ProviderConfig`` (its pools ``PoolConfig``s).
     * ``build(index, entry, labels, problems, cloud_settings)``: the model
       for an entry that passed ``schema``; reports what the schema cannot
       see (unknown labels, duplicates) to ``problems``.

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from nodepool.config.model import NodepoolConfig, Pool, Provider
+from nodepool.config.model import NodepoolConfig, PoolConfig, ProviderConfig
 from nodepool.driver import registry
 from nodepool.driver.base import LaunchProvider, LauncherViews
 from nodepool.launcher.stats import Stats
@@ -122,7 +122,7 @@ class LauncherStartError(Exception):
 class PoolWorker:
     """One pool: its registration and its request handler's passes."""
 
-    def __init__(self, launcher: "Launcher", provider: Provider, pool: Pool,
+    def __init__(self, launcher: "Launcher", provider: ProviderConfig, pool: PoolConfig,
                  builder=None):
         """``builder``: the provider, when it is not (yet) the launcher's."""
         self.launcher = launcher
@@ -156,7 +156,7 @@ class PoolWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def update(self, provider: Provider, pool: Pool) -> None:
+    def update(self, provider: ProviderConfig, pool: PoolConfig) -> None:
         """Config reload: same pool id, new labels and limits; requests in
         flight go on."""
         settings = PoolSettings(
@@ -454,7 +454,7 @@ class Launcher:
             worker.start()
             log.info("pool %s added", name)
 
-    def _make_provider(self, provider_cfg: Provider) -> LaunchProvider:
+    def _make_provider(self, provider_cfg: ProviderConfig) -> LaunchProvider:
         factory = self.provider_factory or registry.provider_class(provider_cfg)
         shared: dict = {}
         made: list[LaunchProvider] = []

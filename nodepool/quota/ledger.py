@@ -362,8 +362,8 @@ class QuotaLedger:
             self._changed()
             return QuotaDecision(True)
 
-    def can_ever_fit(self, *, provider: str, pool: str, cost: Resources,
-                     tenant: str | None = None) -> tuple[str, ...]:
+    def why_never_fits(self, *, provider: str, pool: str, cost: Resources,
+                       tenant: str | None = None) -> tuple[str, ...]:
         """Reasons ``cost`` (one node, or a whole request's sum) could not be
         granted even with none of our servers running; empty when it could.
         Against the cloud only the maxima count: usage we do not own may go
@@ -566,10 +566,6 @@ class QuotaLedger:
             age = None if prov.last_success_at is None else now - prov.last_success_at
             return ProviderEstimate(provider, prov.limits, covered, in_flight, headroom,
                                     age, prov.limits_error, prov.backoff.state(now))
-
-    def backoff_state(self, provider: str) -> BackoffState:
-        with self._cond:
-            return self._provider(provider).backoff.state(self._clock())
 
     def entry_state(self, key: Hashable) -> EntryState | None:
         with self._cond:

@@ -124,9 +124,6 @@ class Resources:
         """Names of the resources where ``self`` is above ``limit``."""
         return tuple(n for n in RESOURCE_NAMES if getattr(self, n) > getattr(limit, n))
 
-    def is_zero(self) -> bool:
-        return all(getattr(self, n) == 0 for n in RESOURCE_NAMES)
-
     # -- presentation -----------------------------------------------------
 
     def as_dict(self, json_safe: bool = False) -> dict[str, Any]:

@@ -56,7 +56,6 @@ class SessionTracker:
         self.suspended_count = 0
         self._session_id: int | None = _live_session(client)
         self._deferred: set[str] = set()
-        self._changed = threading.Condition(self._lock)
         client.add_listener(self._on_state)
 
     @classmethod
@@ -89,7 +88,6 @@ class SessionTracker:
                 self.suspended_since = None
                 # client_id is live here: this callback follows _live.set().
                 self._session_id = _live_session(self.client)
-            self._changed.notify_all()
             retry = state == KazooState.CONNECTED and bool(self._deferred)
         if retry:
             # Not on kazoo's connection thread: it must never wait on a call.
@@ -131,16 +129,6 @@ class SessionTracker:
         """Seconds since the connection dropped; 0 while connected."""
         since = self.suspended_since
         return 0.0 if since is None else time.monotonic() - since
-
-    def wait_connected(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not self.connected:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(min(left, 0.5))
-        return True
 
     # -- contenders left behind by a failed delete -----------------------------
 

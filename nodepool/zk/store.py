@@ -37,7 +37,7 @@ from nodepool.zk.locks import LockNotAcquired, ZooKeeperLock
 from nodepool.zk.node_index import NodeIndex
 from nodepool.zk.session import SessionTracker
 from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR, READY,
-                                 REQUESTED, LauncherComponent,
+                                 REQUESTED,
                                  MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
 
@@ -347,9 +347,6 @@ class ZooKeeperStore:
         if acls.adopt(self.client, paths.request_path(request_id)):
             self._adopted.add(request_id)
 
-    def lock_request(self, request_id: str, timeout: float) -> ZooKeeperLock:
-        return locks.lock(self.client, paths.request_lock_path(request_id), timeout)
-
     def request_lock_holders(self, request_id: str) -> list[str]:
         return locks.lock_holders(self.client, paths.request_lock_path(request_id))
 
@@ -553,9 +550,6 @@ class ZooKeeperStore:
         if cached and self.pools_cache is not None:
             return sorted(self.pools_cache.values(), key=lambda p: p.path or "")
         return read_components(self.client, "pool")  # type: ignore[return-value]
-
-    def registered_launchers(self) -> list[LauncherComponent]:
-        return read_components(self.client, "launcher")
 
     def label_names(self, cached: bool = False) -> list[str]:
         """The union of the registered pools' labels (``label-list``)."""

@@ -1,8 +1,8 @@
 """The OpenStack driver: REST adapter, shared server list, state machines."""
 
-from nodepool.config.schema import openstack_provider_schema
-from nodepool.config.model import Provider
 from nodepool.driver.openstack.config import build_provider, warn_off_values
+from nodepool.driver.openstack.model import Provider
+from nodepool.driver.openstack.schema import openstack_provider_schema
 from nodepool.driver.registry import Driver
 
 DRIVER = Driver(name="openstack", schema=openstack_provider_schema, model=Provider,

@@ -20,8 +20,6 @@ from nodepool.driver.gate import ApiCall, ApiGate
 
 log = logging.getLogger("nodepool.catalog")
 
-KINDS = ("flavors", "images", "networks")
-
 
 def pick_flavor(flavors: Iterable[Mapping[str, Any]], *, name: str | None,
                 min_ram: int) -> Mapping[str, Any] | None:

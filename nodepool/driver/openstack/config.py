@@ -1,8 +1,7 @@
 """The OpenStack driver's part of nodepool.yaml: its provider entries, checked
-by ``openstack_provider_schema`` and built into ``config.model.Provider``.
+by ``schema.openstack_provider_schema`` and built into ``model.Provider``.
 
-Moved here from the config loader unchanged; the loader reaches it through
-the driver registry its caller passes in.
+The loader reaches it through the driver registry its caller passes in.
 """
 
 from __future__ import annotations
@@ -13,12 +12,12 @@ from typing import Any, Mapping
 
 import voluptuous
 
-from nodepool.config import schema
 from nodepool.config.errors import Problems, check_unique
-from nodepool.config.model import (DEFAULT_CONNECTION_PORTS, WINDOWS_NAME_MAX,
-                                   CloudImage, CloudSettings, DiskImage, Label, Pool,
-                                   PoolLabel, Provider, ProviderDiskImage)
+from nodepool.config.model import DEFAULT_CONNECTION_PORTS, CloudSettings, DiskImage, Label
 from nodepool.config.schema import as_list, is_int
+from nodepool.driver.openstack import schema
+from nodepool.driver.openstack.model import (WINDOWS_NAME_MAX, CloudImage, Pool, PoolLabel,
+                                             Provider, ProviderDiskImage)
 from nodepool.requests.protocol import TEMPLATE_FIELDS as REQUEST_FIELDS
 
 

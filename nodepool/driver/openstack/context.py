@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
-    from nodepool.driver import errors
+    from nodepool.driver.openstack import errors
     from nodepool.driver.delete_timing import DeleteDurations
     from nodepool.driver.gate import ApiCall, ApiGate
     from nodepool.driver.openstack.addressing import NetworkLayout

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.openstack.network_cleanup import unattached_floating_ips
 

@@ -2,9 +2,11 @@
 
 The provider loop calls ``advance()`` on every machine each pass.  A machine
 never waits: it submits calls to the gate and looks at them, and at the
-shared server list, on later passes.  All I/O goes through ``MachineContext``
-(``context.py``; the provider implements it), which keeps these classes
-free of threads and sockets.
+shared server list, on later passes.  All cloud I/O goes through
+``MachineContext`` (``context.py``; the provider implements it), so these
+classes start no threads; the one thing a machine runs itself is its
+node's readiness check (``keyscan.py``: an ``ssh-keyscan`` process or a
+TCP connection), which it polls and cancels like a call.
 
 Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
 create call of the attempt (waiting for quota is not launch time), and a
@@ -20,7 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.driver import outcomes
 from nodepool.driver.gate import ApiCall
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
@@ -43,7 +45,9 @@ MAX_DELETE_BACKOFF = 60.0
 
 class Step(str, enum.Enum):
     RESOLVE = "resolve"          # flavor, image, networks from the catalog
-    WAIT_QUOTA = "wait-quota"    # no headroom (or backing off): nothing sent
+    RESERVE = "reserve"          # resolved: reserve headroom, then create
+    WAIT_QUOTA = "wait-quota"    # refused headroom, or the cloud refused for quota
+    WAIT_RETRY = "wait-retry"    # after a failed or rate-limited attempt: not before
     CREATING = "creating"        # POST /servers in flight
     LOOKUP = "lookup"            # POST timed out: is the server there anyway?
     BOOTING = "booting"          # nova has it; waiting for ACTIVE
@@ -69,8 +73,8 @@ class CreateMachine:
     def __init__(self, ctx: "MachineContext", spec: Any, pool: Any, label: Any):
         self.ctx = ctx
         self.spec = spec                  # requests.builder.BuildSpec
-        self.pool = pool                  # config.model.Pool
-        self.label = label                # config.model.PoolLabel
+        self.pool = pool                  # model.Pool
+        self.label = label                # model.PoolLabel
         self.step = Step.RESOLVE
         self.attempt = 0                  # POSTs sent (or about to be)
         self.failures = 0                 # real failures, count against launch-retries
@@ -158,15 +162,18 @@ class CreateMachine:
             return
         self.plan = plan
         self.reason = None
-        self.step = Step.WAIT_QUOTA
+        self.step = Step.RESERVE
 
-    def _step_wait_quota(self, now: float) -> None:
+    def _step_reserve(self, now: float) -> None:
+        """Reserve headroom for the next attempt and send its create; nothing
+        is sent while the reservation is refused (WAIT_QUOTA)."""
         if now < self.not_before:
             return
         key = srv.attempt_key(self.spec.node_id, self.attempt + 1)
         decision = self.ctx.reserve(key, self.spec, self.plan.cost)
         if not decision:
             self.reason = "; ".join(decision.reasons) or "no headroom"
+            self.step = Step.WAIT_QUOTA
             return
         self.attempt += 1
         self.key = key
@@ -188,6 +195,10 @@ class CreateMachine:
                                          self.ctx.cloud.create_server, body)
         self.step = Step.CREATING
 
+    # Waiting for headroom or for a retry's delay: each pass tries again.
+    _step_wait_quota = _step_reserve
+    _step_wait_retry = _step_reserve
+
     def _step_creating(self, now: float) -> None:
         if not self.call.done():
             return
@@ -206,8 +217,8 @@ class CreateMachine:
                 # Rate limited: nothing was made and nothing is wrong with
                 # the node; the gate holds calls back, the create is resent.
                 self.ctx.ledger.create_rejected(self.key)
-                self._wait_for_quota(f"cloud rate limited the create: {err.message}")
-                self.not_before = now + RETRY_DELAY
+                self._wait_to_retry(f"cloud rate limited the create: {err.message}",
+                                    now + RETRY_DELAY)
             elif err.kind == errors.UNAVAILABLE or err.status_code is None:
                 # The server may exist even though we got no usable answer
                 # (a timeout, or a 202 whose body we could not read).
@@ -424,6 +435,14 @@ class CreateMachine:
         self.server_id = None
         self.step = Step.WAIT_QUOTA
 
+    def _wait_to_retry(self, reason: str, not_before: float) -> None:
+        """Nothing was made (a rate-limited create): resend from ``not_before``."""
+        self.reason = reason
+        self.key = None
+        self.server_id = None
+        self.not_before = not_before
+        self.step = Step.WAIT_RETRY
+
     def _report(self, outcome: str) -> None:
         """One launch outcome for the statsd ``nodepool.launch.*`` timers,
         timed from this attempt's create call (or from the build's start)."""
@@ -446,7 +465,7 @@ class CreateMachine:
             return
         self.reason = f"retrying after: {reason}"
         self.not_before = self.ctx.clock() + RETRY_DELAY * self.failures
-        self.step = Step.WAIT_QUOTA
+        self.step = Step.WAIT_RETRY
 
     def _give_up(self, reason: str) -> None:
         self.reason = reason
@@ -460,8 +479,6 @@ class CreateMachine:
                                    attempt=self.attempt, since=self.ctx.clock(),
                                    after_call=self.call)
             self.key = None
-        elif self.key is not None and self.step is Step.WAIT_QUOTA:
-            pass
         else:
             self._abandon_server()
         self.cancelled = True

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Callable
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.driver.budget import Priority
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.server_list import ServerListCache

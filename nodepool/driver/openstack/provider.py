@@ -16,7 +16,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Hashable, Sequence
 
-from nodepool.driver import errors
+from nodepool.driver.openstack import errors
 from nodepool.config.model import AddressPolicy
 from nodepool.driver.base import ProviderMetrics
 from nodepool.driver.delete_timing import BootDurations, DeleteDurations
@@ -47,7 +47,9 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
 log = logging.getLogger("nodepool.openstack.provider")
 
 # The shared server list's pace while something waits for a fresher one
-# (builds, deletes): each list serves them all; idle, every 4 intervals.
+# (a boot the learned boot times no longer cover, a delete while requests
+# wait for quota or an operator for it, ...): each list serves them all;
+# idle, every 4 intervals.
 SERVER_LIST_INTERVAL = 2.5
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
@@ -138,7 +140,7 @@ class OpenStackProvider(LoopedProvider):
                  cleans_servers_of: Callable[[str], bool] | None = None,
                  build_progress: Callable[[], None] | None = None,
                  image_upload: Callable[[str, str], ImageUpload | None] | None = None):
-        self.config = config                   # config.model.Provider
+        self.config = config                   # model.Provider
         # (diskimage, provider) -> the newest READY upload by upstream's
         # builder (the launcher's image cache); None: no diskimage is served.
         self.image_upload = image_upload
@@ -699,8 +701,7 @@ class OpenStackProvider(LoopedProvider):
         """Does a request (or a build) wait for headroom right now?"""
         if self.clock() - self._quota_wait_seen_at < QUOTA_WAIT_MEMORY:
             return True
-        return any(m.step is Step.WAIT_QUOTA and m.plan is not None and m.reason
-                   for m in self._builds.values())
+        return any(m.step is Step.WAIT_QUOTA for m in self._builds.values())
 
     def launch_concurrency(self) -> LaunchConcurrency:
         """``max-concurrency`` and the builds in progress in every pool: the
@@ -799,7 +800,7 @@ class OpenStackProvider(LoopedProvider):
             total = Resources()
             for _, plan in plans:
                 total = total + plan.cost
-            if self.ledger.can_ever_fit(provider=self.name, pool=pool_cfg.name, cost=total):
+            if self.ledger.why_never_fits(provider=self.name, pool=pool_cfg.name, cost=total):
                 return Capacity.NEVER
             # A trial reservation is the exact, atomic check; give it back.
             probes = []
@@ -886,7 +887,7 @@ class OpenStackProvider(LoopedProvider):
             self._builds[spec.node_id] = machine
             # Reserve right away so the next capacity() check sees it.
             machine.advance()
-            if machine.step is Step.WAIT_QUOTA:
+            if machine.step is Step.RESERVE:
                 machine.advance()
             return spec.node_id
 
@@ -988,14 +989,6 @@ class OpenStackProvider(LoopedProvider):
 
     def forget_server(self, server_id: str | None) -> None:
         self.reconciler.forget_server(server_id)
-
-    @property
-    def _last_leak_pass(self) -> float | None:
-        return self.reconciler.last_leak_pass
-
-    @property
-    def _leak_suspects(self) -> set[str]:
-        return self.reconciler.leak_suspects
 
     # -- for operators -----------------------------------------------------------------
 
