@@ -56,7 +56,7 @@ def _builds_of(launcher, node_id) -> list[dict]:
 
 
 def test_build_of_an_expired_launcher_is_cancelled_when_another_reaps_its_node(
-        tmp_path, make_fakecloud, zk_settings, store):
+        tmp_path, make_fakecloud, zk_settings, store):  # noqa: F811
     """An HA pair.  Launcher A is cut off from ZooKeeper while a server
     boots for it, and its session expires; launcher B resets A's request
     and reaps A's node, deleting the server.  A's build sees its server

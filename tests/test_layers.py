@@ -29,7 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pure", ("nodepool.version", "nodepool.tables", "nodepool.config", "nodepool.quota",
               "nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk.ids",
               "nodepool.zk.image_records", "nodepool.driver.outcomes",
-              # The translation for zuul-launcher reads only the config model.
+              # OpenStack's config model: plain dataclasses.
+              "nodepool.driver.openstack.model",
+              # The translation for zuul-launcher reads only the config models.
               "nodepool.migrate")),
     ("zk", ("nodepool.zk",)),
     ("requests", ("nodepool.requests",)),

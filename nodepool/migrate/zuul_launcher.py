@@ -25,7 +25,8 @@ import math
 from dataclasses import dataclass, field
 
 from nodepool.config.errors import format_path
-from nodepool.config.model import NodepoolConfig, Pool, PoolLabel, Provider
+from nodepool.config.model import NodepoolConfig
+from nodepool.driver.openstack.model import Pool, PoolLabel, Provider
 from nodepool.migrate.keys import Outcome, Rule, key_outcomes
 
 PLACEHOLDER = "CHOOSE-"
@@ -302,7 +303,7 @@ class _Translator:
 
     def run(self) -> None:
         for prov in self.config.providers.values():
-            if prov.driver != "openstack":
+            if not isinstance(prov, Provider):     # OpenStack's only
                 continue
             section = self.section_of(prov)
             made = [p for p in (self.provider_of(prov, pool, section)
