@@ -21,4 +21,14 @@ if [ -x tools/install-zuul-client.sh ]; then
     tools/install-zuul-client.sh "$VENV/bin/python"
 fi
 
-exec "$VENV/bin/python" -m pytest "$@"
+# Upstream Nodepool 11 in a venv of its own (.upstream-venv): the tests that
+# compare with upstream or run its nodepool-builder beside this launcher.
+if [ -z "${NODEPOOL_UPSTREAM_VENV:-}" ]; then
+    tools/install-upstream.sh
+fi
+
+# Test files run in parallel (pytest-xdist; a file's tests stay together on
+# one worker, as they share fixtures).  Most tests wait on simulated boots
+# and deletes rather than compute, so three workers suit two cores.
+# NODEPOOL_TEST_WORKERS=0 runs them in this process.
+exec "$VENV/bin/python" -m pytest -n "${NODEPOOL_TEST_WORKERS:-3}" --dist loadfile "$@"
