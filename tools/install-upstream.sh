@@ -2,7 +2,7 @@
 # Install upstream Nodepool 11 from PyPI into a venv of its own, for the
 # benchmark's reference column (tools/benchmark.py --launcher upstream|both)
 # and for the tests that run upstream's programs (its nodepool-builder beside
-# our launcher: tests/test_builder_e2e.py; CI runs this first).
+# our launcher: tests/test_builder_e2e.py; tools/run-tests.sh runs this first).
 #
 #   tools/install-upstream.sh [VENV_DIR]     (default: .upstream-venv, git-ignored)
 #
