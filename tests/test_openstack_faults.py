@@ -8,9 +8,11 @@ The simulated cloud over HTTP through the real openstacksdk; no ZooKeeper.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from nodepool.requests.builder import BuildState, Capacity, DeleteSpec
+from nodepool.requests.builder import BuildState, Capacity, DeleteSpec, DeleteState
 from tests.fixtures.fakecloud import wait_for
 from tests.test_openstack_provider import (CREATE_ROUTE, Harness, harness,  # noqa: F401
                                           limited, provider_config)
@@ -194,6 +196,30 @@ def test_one_list_missing_servers_is_not_proof_that_they_are_gone(harness):  # n
     done = h.finish_builds([booting])[booting]
     assert done.state is BuildState.READY and done.info.external_id == server
     assert set(h.ledger.keys("p1")) == keys and len(h.cloud.servers()) == 3
+
+
+def test_a_server_whose_delete_we_sent_is_gone_with_the_first_list_that_misses_it(
+        harness):  # noqa: F811
+    """The second look is for servers that may still exist.  One whose
+    DELETE nova accepted from us has gone as expected: a second list would
+    keep its quota (and the retry of an ERROR boot) waiting a list more."""
+    h = harness(limited(boot_seconds=0.2))
+    h.wait_available()
+    (handle,) = h.start(1)
+    st = h.finish_builds([handle])[handle]
+    assert st.state is BuildState.READY, st.reason
+    h.provider.forget_build(handle)
+    server = st.info.external_id
+    # Gone at once: no list sees it being deleted.
+    h.cloud.set_server_behaviour(delete_seconds=0)
+    deleting = h.delete(handle, server, awaited=True)
+    kept_unconfirmed = False
+    deadline = time.monotonic() + 30
+    while h.provider.poll_delete(deleting).state is not DeleteState.DONE:
+        kept_unconfirmed |= server in h.provider.servers.snapshot.unconfirmed
+        assert time.monotonic() < deadline, h.provider.status()["deletes"]
+        time.sleep(0.02)
+    assert not kept_unconfirmed
 
 
 def test_a_server_missing_from_two_lists_is_gone():

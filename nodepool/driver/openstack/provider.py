@@ -116,12 +116,6 @@ class NodeDeletion:
         return DeleteStatus(DeleteState.DELETING, "; ".join(reasons) or None)
 
 
-def _needs_second_look(last_seen: dict) -> bool:
-    """Whether a server missing from one list may still exist (a down cell
-    hides it); one last seen being deleted has gone as expected."""
-    return not srv.is_deleting(last_seen)
-
-
 class OpenStackProvider(LoopedProvider):
     """A ``NodeBuilder`` for one provider of nodepool.yaml."""
 
@@ -186,7 +180,7 @@ class OpenStackProvider(LoopedProvider):
         self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
         self.retired_close_after = self.gate.deadline
         self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
-                                       clock, confirm_gone=_needs_second_look,
+                                       clock, confirm_gone=self._needs_second_look,
                                        is_partial=srv.is_partial)
         # One project-wide port list for the servers that wait for a
         # floating IP, instead of a ``ports?device_id=`` lookup per server.
@@ -414,6 +408,18 @@ class OpenStackProvider(LoopedProvider):
             self._retired_clouds.append((self.clock(), self._cloud))
         self._cloud = cloud
         self._reconnect = False
+
+    def _needs_second_look(self, last_seen: dict) -> bool:
+        """Whether a server missing from one list may still exist (a down
+        cell hides it).  One last seen being deleted, or whose delete nova
+        accepted from us, has gone as expected: waiting for a second list
+        would keep its quota (and the retry of an ERROR boot) for a list
+        interval more."""
+        if srv.is_deleting(last_seen):
+            return False
+        server_id = last_seen.get("id")
+        return not any(d.server_id == server_id and d.sent_at is not None
+                       for d in self._server_deletions)
 
     def _close_retired(self) -> None:
         now = self.clock()
