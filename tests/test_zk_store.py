@@ -11,6 +11,7 @@ import pytest
 
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.locks import LockNotAcquired
+from nodepool.zk.node_admin import hold_node, mark_node_deleting
 from nodepool.zk.records import MIN_READY_REQUESTOR, Node, NodeRequest
 from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
                                RecordNotFound, ZooKeeperStore)
@@ -176,19 +177,19 @@ def test_listings_skip_malformed_znodes_with_their_path(store, zk, caplog):
 
 def test_operator_delete_and_hold(store, zk, zk_connect):
     node = store.create_node(Node(state="ready", type=["a"], provider="p", pool="main"))
-    held = store.hold_node(node.id, reason="debugging")
+    held = hold_node(store, node.id, reason="debugging")
     assert (held.state, held.comment) == ("hold", "debugging")
     assert store.get_node(node.id).state == "hold"
-    assert store.mark_node_deleting(node.id).state == "deleting"
+    assert mark_node_deleting(store, node.id).state == "deleting"
     assert not store.node_locked(node.id)
     with pytest.raises(RecordNotFound) as e:
-        store.mark_node_deleting("0000000077")
+        mark_node_deleting(store, "0000000077")
     assert "0000000077" in str(e.value)
     with pytest.raises(RecordNotFound):
-        store.hold_node("0000000077")
+        hold_node(store, "0000000077")
     blocker = ZooKeeperStore(zk_connect()).try_lock_node(node.id)
     with pytest.raises(LockNotAcquired) as e:
-        store.hold_node(node.id, timeout=0.3)
+        hold_node(store, node.id, timeout=0.3)
     assert "locked by someone else" in str(e.value)
     blocker.release()
 
