@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from nodepool.requests.builder import DeleteSpec
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.locks import LockNotAcquired
 from nodepool.zk.node_admin import hold_node, mark_node_deleting
@@ -192,6 +193,28 @@ def test_operator_delete_and_hold(store, zk, zk_connect):
         hold_node(store, node.id, timeout=0.3)
     assert "locked by someone else" in str(e.value)
     blocker.release()
+
+
+def test_a_delete_begins_one_way_and_its_spec_carries_the_state_before(store):
+    node = store.create_node(Node(state="ready", type=["a", "b"], provider="p", pool="main",
+                                  external_id="server-1"))
+    lock = store.try_lock_node(node.id)
+    try:
+        assert store.begin_delete(node, lock) == "ready"
+        assert store.get_node(node.id).state == "deleting"
+        version = node.version
+        # Already deleting (a retry): nothing is written again.
+        assert store.begin_delete(node, lock) == "deleting"
+        assert node.version == version
+    finally:
+        lock.release()
+    spec = DeleteSpec.for_node(node, state="ready")
+    assert spec == DeleteSpec(node_id=node.id, provider_name="p", pool_name="main",
+                              labels=("a", "b"), external_id="server-1", state="ready")
+    assert DeleteSpec.for_node(node).state == "deleting"
+    other = store.create_node(Node(state="ready", type=["a"], provider="p", pool="main"))
+    with pytest.raises(NotLocked):
+        store.begin_delete(other, None)
 
 
 def test_label_names_and_registered_pools(store, zk):
