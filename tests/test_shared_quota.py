@@ -141,13 +141,14 @@ LIMIT = Resources(2, 100, 100_000)
 
 
 def _judge(claims=(), strays=(), vanished=(), gone=frozenset(), live=frozenset({"me", "other"}),
-           reading=ReadingCover(), local_seen=frozenset(), local_keys=frozenset({"me/1"}),
+           reading=None, local_seen=frozenset(), local_keys=frozenset({"me/1"}),
            local_covered=ZERO, local_in_flight=ONE, nova_used=None):
     # The ledger's estimate, with our create (``ONE``) reserved already:
     # max - max(N, cl) - il, where nova's reading N is at least cl here.
     headroom = LIMIT - (local_covered if nova_used is None else nova_used) - local_in_flight
     return judge_create(ONE, claims=list(claims), strays=list(strays), vanished=list(vanished),
-                        gone=gone, live=live, me="me", reading=reading, local_seen=local_seen,
+                        gone=gone, live=live, me="me", reading=reading or ReadingCover(),
+                        local_seen=local_seen,
                         local_keys=local_keys, headroom=headroom, limit=LIMIT,
                         local_covered=local_covered, local_in_flight=local_in_flight,
                         layer="shared quota")

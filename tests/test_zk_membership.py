@@ -42,7 +42,7 @@ def test_the_first_to_join_leads_and_the_next_takes_over(zk_connect):
 
 def test_a_session_that_ends_takes_its_membership_with_it(zk_connect):
     a_client, b_client = zk_connect(), zk_connect()
-    a = _member(a_client, "a")
+    _member(a_client, "a")
     b = _member(b_client, "b")
     wait_for(lambda: b.member_count() == 2, message="b sees a")
     a_client.stop()

@@ -122,9 +122,8 @@ class NodeReaper:
                 or abandoned_init(self.store, node, self.builders)):
             lock.release()
             return
-        previous = node.state
         try:
-            self.store.begin_delete(node, lock)
+            previous = self.store.begin_delete(node, lock)
             spec = DeleteSpec.for_node(node, state=previous)
             handle = self.builders[node.provider].start_delete(spec)
         except (RecordGone, RecordChanged):
