@@ -13,6 +13,7 @@ from nodepool.driver import registry
 from nodepool.launcher import launcher as launcher_mod
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.client import connect, disconnect
+from nodepool.zk.node_admin import mark_node_deleting
 from nodepool.zk.records import Node, NodeRequest
 from nodepool.zk.store import ZooKeeperStore
 from tests.fixtures.fakecloud import wait_for
@@ -267,7 +268,7 @@ def test_cli_marked_node_is_deleted_in_the_cloud(tmp_path, make_fakecloud, zk_se
     node = wait_for(lambda: next((n for n in store.list_nodes() if n.state == "ready"), None),
                     40, what="a ready node")
     server_id = node.external_id
-    store.mark_node_deleting(node.id)
+    mark_node_deleting(store, node.id)
     wait_for(lambda: store.get_node(node.id) is None, 30, what="node removed")
     wait_for(lambda: all(s["id"] != server_id for s in cloud.servers()), 30,
              what="server deleted")

@@ -11,12 +11,21 @@ data).  And the configuration imports nothing of ``driver`` or ``zk``, not
 even their pure modules: drivers read config types, and whoever loads
 nodepool.yaml passes the driver registry to the loader.
 
+Inside ``zk`` and ``driver`` some arrows are ruled out too (the contracts
+in ``INSIDE_PACKAGES``): the ZooKeeper recipes stand on nothing above
+them, the node store and the shared quota book know nothing of each
+other, operator actions are built on the store and not the other way
+round; the generic driver modules name no cloud, each cloud's driver
+stands apart from the others, and OpenStack's configuration imports
+nothing of its machinery.
+
 Every import counts, at the top of a module or inside a function.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import pathlib
 import subprocess
@@ -45,6 +54,51 @@ DRIVER_MAY_USE_OF_ZK = ("nodepool.zk.records", "nodepool.zk.paths", "nodepool.zk
                         "nodepool.zk.image_records")
 # What the configuration may use of those packages: nothing.
 CONFIG_NEVER_USES = ("nodepool.driver", "nodepool.zk")
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+    """``sources`` (but ``except_sources``) never import ``targets`` (but
+    ``except_targets``); every name is a module or package prefix."""
+
+    why: str
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    except_sources: tuple[str, ...] = ()
+    except_targets: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return (*self.sources, *self.targets, *self.except_sources, *self.except_targets)
+
+
+NODE_STORE = ("nodepool.zk.store", "nodepool.zk.cache", "nodepool.zk.node_index",
+              "nodepool.zk.node_admin")
+SHARED_BOOK = ("nodepool.zk.shared_quota", "nodepool.zk.membership",
+               "nodepool.zk.provider_share")
+CLOUDS = ("nodepool.driver.openstack", "nodepool.driver.static")
+INSIDE_PACKAGES: list[Contract] = [
+    Contract("a ZooKeeper recipe stands on plain records and the session only",
+             ("nodepool.zk.session", "nodepool.zk.locks", "nodepool.zk.membership"),
+             ("nodepool.zk",),
+             except_targets=("nodepool.zk.session", "nodepool.zk.paths", "nodepool.zk.ids",
+                             "nodepool.zk.records")),
+    Contract("the shared quota book keeps no node or request records",
+             SHARED_BOOK, NODE_STORE),
+    Contract("the node and request store knows nothing of the shared quota book",
+             NODE_STORE, SHARED_BOOK),
+    Contract("operator actions are built on the store, never the store on them",
+             ("nodepool.zk",), ("nodepool.zk.node_admin", "nodepool.zk.image_admin"),
+             except_sources=("nodepool.zk.node_admin", "nodepool.zk.image_admin")),
+    Contract("the generic driver modules name no cloud",
+             ("nodepool.driver",), CLOUDS, except_sources=CLOUDS),
+    Contract("each cloud's driver stands apart from the others",
+             ("nodepool.driver.openstack",), ("nodepool.driver.static",)),
+    Contract("each cloud's driver stands apart from the others",
+             ("nodepool.driver.static",), ("nodepool.driver.openstack",)),
+    Contract("OpenStack's configuration model and schema import nothing of its machinery",
+             ("nodepool.driver.openstack.model", "nodepool.driver.openstack.schema"),
+             ("nodepool.driver",)),
+]
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -120,12 +174,23 @@ def wrong_arrow(source: str, target: str) -> str | None:
     return None
 
 
+def broken_contract(source: str, target: str) -> str | None:
+    """Which contract inside a package ``source -> target`` breaks; None if none."""
+    for c in INSIDE_PACKAGES:
+        if _in(source, c.sources) and not _in(source, c.except_sources) \
+                and _in(target, c.targets) and not _in(target, c.except_targets):
+            return f"{source} -> {target}: {c.why}"
+    return None
+
+
 def wrong_arrows() -> list[str]:
     wrong = []
     for path in sorted(ROOT.rglob("*.py")):
         source = _module_name(path)
         for target in sorted(imports_of(path)):
-            if target != "nodepool" and (why := wrong_arrow(source, target)):
+            if target == "nodepool":
+                continue
+            if why := wrong_arrow(source, target) or broken_contract(source, target):
                 wrong.append(why)
     return wrong
 
@@ -164,3 +229,24 @@ def test_loading_a_configuration_imports_no_driver_or_zookeeper_module():
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_contracts_inside_packages_name_modules_that_exist():
+    """A module renamed or moved would otherwise empty a contract silently."""
+    missing = sorted({n for c in INSIDE_PACKAGES for n in c.names() if not _is_module(n)})
+    assert missing == []
+
+
+def test_the_contracts_inside_packages_see_an_arrow_they_forbid():
+    assert broken_contract("nodepool.zk.membership", "nodepool.zk.store")
+    assert broken_contract("nodepool.zk.locks", "nodepool.zk.cache")
+    assert broken_contract("nodepool.zk.locks", "nodepool.zk.session") is None
+    assert broken_contract("nodepool.zk.store", "nodepool.zk.shared_quota")
+    assert broken_contract("nodepool.zk.provider_share", "nodepool.zk.cache")
+    assert broken_contract("nodepool.zk.store", "nodepool.zk.node_admin")
+    assert broken_contract("nodepool.zk.node_admin", "nodepool.zk.store") is None
+    assert broken_contract("nodepool.driver.server_list", "nodepool.driver.openstack.cloud")
+    assert broken_contract("nodepool.driver.static.provider", "nodepool.driver.openstack")
+    assert broken_contract("nodepool.driver.openstack.provider",
+                           "nodepool.driver.server_list") is None
+    assert broken_contract("nodepool.driver.openstack.model", "nodepool.driver.gate")

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodepool.quota import CloudLimits, PoolQuota, QuotaLedger, Resources, ZERO
-from nodepool.quota.shared import (Claim, ClaimState, freed_usage, launcher_share,
-                                   others_usage, parse_book, project_key, shared_headroom,
-                                   shortfalls)
+from nodepool.quota.shared import (Claim, ClaimState, ReadingCover, freed_usage,
+                                   judge_create, launcher_share, others_usage, parse_book,
+                                   project_key, shared_headroom, shortfalls)
 
 finite = st.integers(min_value=0, max_value=10_000)
 costs = st.builds(Resources, finite, finite, finite, finite, finite)
@@ -132,3 +132,75 @@ def test_freed_needs_a_list_after_the_reading_a_live_launcher_and_a_claim_gone()
                         reading_started=5.0, live_launchers={"alive"})
     assert freed == gone.cost
     assert freed_usage([gone], set(), listed, None, {"alive"}) == ZERO
+
+
+# -- the book's policy, judge_create: facts in, verdict out ------------------------------
+
+ONE = Resources(1, 2, 1024)
+LIMIT = Resources(2, 100, 100_000)
+
+
+def _judge(claims=(), strays=(), vanished=(), gone=frozenset(), live=frozenset({"me", "other"}),
+           reading=None, local_seen=frozenset(), local_keys=frozenset({"me/1"}),
+           local_covered=ZERO, local_in_flight=ONE, nova_used=None):
+    # The ledger's estimate, with our create (``ONE``) reserved already:
+    # max - max(N, cl) - il, where nova's reading N is at least cl here.
+    headroom = LIMIT - (local_covered if nova_used is None else nova_used) - local_in_flight
+    return judge_create(ONE, claims=list(claims), strays=list(strays), vanished=list(vanished),
+                        gone=gone, live=live, me="me", reading=reading or ReadingCover(),
+                        local_seen=local_seen,
+                        local_keys=local_keys, headroom=headroom, limit=LIMIT,
+                        local_covered=local_covered, local_in_flight=local_in_flight,
+                        layer="shared quota")
+
+
+def test_the_policy_counts_a_live_launchers_claim_and_lets_the_create_fit_beside_one():
+    other = _claim(ClaimState.OWNED, "o/1")
+    assert _judge().reasons == []
+    assert _judge(claims=[other]).reasons == []
+    verdict = _judge(claims=[other, _claim(ClaimState.RESERVED, "o/2")])
+    assert verdict.reasons and verdict.reasons[0].startswith("shared quota: ")
+    assert not verdict.doubtful
+
+
+def test_the_policy_ignores_claims_of_servers_seen_gone_and_the_ledgers_own():
+    others = [_claim(ClaimState.OWNED, "o/1"), _claim(ClaimState.OWNED, "o/2")]
+    assert _judge(claims=others).reasons
+    assert _judge(claims=others, gone=frozenset({"o/2"})).reasons == []
+    assert _judge(claims=others, local_keys=frozenset({"me/1", "o/2"})).reasons == []
+
+
+def test_a_dead_launchers_claim_counts_until_a_reading_started_after_it_went():
+    dead = _claim(ClaimState.OWNED, "d/1", launcher="dead")
+    mine_too = [_claim(ClaimState.OWNED, "o/1")]
+    for facts in ({"strays": [(dead, 10.0)]}, {"vanished": [(dead, 10.0)]}):
+        assert _judge(claims=mine_too, **facts).reasons, facts
+        assert _judge(claims=mine_too, reading=ReadingCover(started=5.0), **facts).reasons
+        assert _judge(claims=mine_too, reading=ReadingCover(started=20.0),
+                      **facts).reasons == []
+        # Adopted by our ledger from the server list, or seen gone: not twice.
+        assert _judge(claims=mine_too, local_keys=frozenset({"me/1", "d/1"}),
+                      **facts).reasons == []
+        assert _judge(claims=mine_too, gone=frozenset({"d/1"}), **facts).reasons == []
+
+
+def test_a_covered_claim_gone_frees_its_server_only_with_a_list_after_the_reading():
+    """Nova's reading counted another launcher's server that has gone since:
+    freed when a list requested after nova answered showed it (proof that
+    the reading counted it), doubtful otherwise (read the limits again)."""
+    gone_since = _claim(ClaimState.OWNED, "o/1")
+    # Nova's reading counts two servers: ours and the other's; one more
+    # fits only once the other's is freed.
+    covered = dict(local_covered=ONE, local_in_flight=ONE, nova_used=ONE + ONE)
+    unproven = ReadingCover(frozenset({gone_since.name}), started=1.0, applied_at=2.0,
+                            listed_at={"o/1": 1.5})
+    proven = ReadingCover(frozenset({gone_since.name}), started=1.0, applied_at=2.0,
+                          listed_at={"o/1": 2.5})
+    verdict = _judge(reading=unproven, **covered)
+    assert verdict.doubtful and verdict.reasons
+    verdict = _judge(reading=proven, **covered)
+    assert not verdict.doubtful and verdict.reasons == []
+    # Its launcher gone too: it may still be there (no proof it left with its server).
+    assert not _judge(reading=proven, live=frozenset({"me"}), **covered).doubtful
+    # A key our ledger counted at some point is the ledger's to free.
+    assert not _judge(reading=unproven, local_seen=frozenset({"o/1"}), **covered).doubtful

@@ -7,7 +7,8 @@ import threading
 
 from nodepool.quota import Resources, ZERO
 from nodepool.quota.shared import Claim, ClaimState, parse_book
-from nodepool.zk.shared_quota import ProjectBook, ProviderShare
+from nodepool.zk.provider_share import ProviderShare
+from nodepool.zk.shared_quota import ProjectBook
 from tests.fixtures.zk import wait_for
 
 ONE = Resources(1, 1, 512)

@@ -9,8 +9,10 @@ import os
 
 import pytest
 
+from nodepool.requests.builder import DeleteSpec
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.locks import LockNotAcquired
+from nodepool.zk.node_admin import hold_node, mark_node_deleting
 from nodepool.zk.records import MIN_READY_REQUESTOR, Node, NodeRequest
 from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
                                RecordNotFound, ZooKeeperStore)
@@ -176,21 +178,43 @@ def test_listings_skip_malformed_znodes_with_their_path(store, zk, caplog):
 
 def test_operator_delete_and_hold(store, zk, zk_connect):
     node = store.create_node(Node(state="ready", type=["a"], provider="p", pool="main"))
-    held = store.hold_node(node.id, reason="debugging")
+    held = hold_node(store, node.id, reason="debugging")
     assert (held.state, held.comment) == ("hold", "debugging")
     assert store.get_node(node.id).state == "hold"
-    assert store.mark_node_deleting(node.id).state == "deleting"
+    assert mark_node_deleting(store, node.id).state == "deleting"
     assert not store.node_locked(node.id)
     with pytest.raises(RecordNotFound) as e:
-        store.mark_node_deleting("0000000077")
+        mark_node_deleting(store, "0000000077")
     assert "0000000077" in str(e.value)
     with pytest.raises(RecordNotFound):
-        store.hold_node("0000000077")
+        hold_node(store, "0000000077")
     blocker = ZooKeeperStore(zk_connect()).try_lock_node(node.id)
     with pytest.raises(LockNotAcquired) as e:
-        store.hold_node(node.id, timeout=0.3)
+        hold_node(store, node.id, timeout=0.3)
     assert "locked by someone else" in str(e.value)
     blocker.release()
+
+
+def test_a_delete_begins_one_way_and_its_spec_carries_the_state_before(store):
+    node = store.create_node(Node(state="ready", type=["a", "b"], provider="p", pool="main",
+                                  external_id="server-1"))
+    lock = store.try_lock_node(node.id)
+    try:
+        assert store.begin_delete(node, lock) == "ready"
+        assert store.get_node(node.id).state == "deleting"
+        version = node.version
+        # Already deleting (a retry): nothing is written again.
+        assert store.begin_delete(node, lock) == "deleting"
+        assert node.version == version
+    finally:
+        lock.release()
+    spec = DeleteSpec.for_node(node, state="ready")
+    assert spec == DeleteSpec(node_id=node.id, provider_name="p", pool_name="main",
+                              labels=("a", "b"), external_id="server-1", state="ready")
+    assert DeleteSpec.for_node(node).state == "deleting"
+    other = store.create_node(Node(state="ready", type=["a"], provider="p", pool="main"))
+    with pytest.raises(NotLocked):
+        store.begin_delete(other, None)
 
 
 def test_label_names_and_registered_pools(store, zk):

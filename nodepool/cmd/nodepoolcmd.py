@@ -265,23 +265,17 @@ def delete_now(config, store, node_id: str, timeout: float = DELETE_NOW_TIMEOUT)
     its record.  On a timeout the node stays ``deleting`` for a launcher."""
     from nodepool.driver.delete_now import delete_node_servers
     from nodepool.requests.builder import DeleteSpec, DeleteState
-    from nodepool.zk.records import DELETING
+    from nodepool.zk.node_admin import operator_lock
 
     with operator_errors():
-        node, lock = store.operator_lock(node_id)
+        node, lock = operator_lock(store, node_id)
     try:
         provider = config.providers.get(node.provider)
         if provider is None:
             raise CommandError(
                 f"node {node.id}: provider {node.provider!r} is not in {config.config_file}; "
                 f"'nodepool erase {node.provider}' removes the records of a removed provider")
-        previous = node.state
-        if node.state != DELETING:
-            node.set_state(DELETING)
-            store.store_node(node, lock)
-        spec = DeleteSpec(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
-                          labels=tuple(node.type), external_id=node.external_id,
-                          state=previous)
+        spec = DeleteSpec.for_node(node, state=store.begin_delete(node, lock))
         status = delete_node_servers(provider, spec, timeout)
         if status.state is not DeleteState.DONE:
             raise CommandError(
@@ -299,8 +293,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if args.now:
             delete_now(config, store, args.id)
         else:
+            from nodepool.zk.node_admin import mark_node_deleting
             with operator_errors():
-                store.mark_node_deleting(args.id)
+                mark_node_deleting(store, args.id)
         # As upstream: the node's row (none left after --now).
         print(tables.view_table(node_view(store, args.id)))
     finally:
@@ -309,10 +304,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
+    from nodepool.zk.node_admin import hold_node
+
     _, store = open_store(args)
     try:
         with operator_errors():
-            store.hold_node(args.id, args.reason)
+            hold_node(store, args.id, args.reason)
         print(tables.view_table(node_view(store, args.id)))
     finally:
         close_store(store)
@@ -337,7 +334,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
             if answer.strip().lower() != "y":
                 print("Nothing erased.")
                 return 0
-        erased = store.erase_provider_nodes(args.provider)
+        from nodepool.zk.node_admin import erase_provider_nodes
+        erased = erase_provider_nodes(store, args.provider)
     finally:
         close_store(store)
     print(f"Erased {len(erased)} node record(s) of provider {args.provider}.")

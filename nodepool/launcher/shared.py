@@ -18,7 +18,8 @@ from typing import Callable, Iterable
 
 from nodepool.quota.resources import Resources
 from nodepool.quota.shared import launcher_share, project_key
-from nodepool.zk.shared_quota import ProjectBook, ProviderShare, SharedQuotaBooks
+from nodepool.zk.provider_share import ProviderShare
+from nodepool.zk.shared_quota import ProjectBook, SharedQuotaBooks
 
 log = logging.getLogger("nodepool.launcher")
 

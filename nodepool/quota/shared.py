@@ -50,8 +50,8 @@ import enum
 import functools
 import hashlib
 import math
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Protocol, Sequence
 from urllib.parse import quote, unquote
 
 from nodepool.quota.resources import RESOURCE_NAMES, ZERO, Resources
@@ -196,6 +196,75 @@ def shortfalls(headroom: Resources, cost: Resources, layer: str) -> list[str]:
             reasons.append(f"{layer}: {res} short by {_num(-room)} "
                            "(claims of other launchers on the project)")
     return reasons
+
+
+@dataclass(frozen=True)
+class ReadingCover:
+    """What one provider's current limits reading covers of the book."""
+
+    # Names of the owned claims in the book when the reading started.
+    covered: frozenset[str] = frozenset()
+    started: float | None = None        # when the reading started
+    applied_at: float | None = None     # when nova's answer became the ledger's
+    # Ledger key -> when the latest server list that showed it was requested.
+    listed_at: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reasons: list[str]      # empty: the create fits the book
+    # A server of another live launcher that the reading covers went
+    # without a list after the reading proving nova counted it: read the
+    # limits again.
+    doubtful: bool
+
+
+def judge_create(cost: Resources, *, claims: Sequence[Claim],
+                 strays: Iterable[tuple[Claim, float]],
+                 vanished: Iterable[tuple[Claim, float]], gone: frozenset | set,
+                 live: frozenset | set, me: str, reading: ReadingCover,
+                 local_seen: frozenset | set, local_keys: frozenset,
+                 headroom: Resources, limit: Resources, local_covered: Resources,
+                 local_in_flight: Resources, layer: str) -> Verdict:
+    """Does a create of ``cost`` fit the shared book?  The book's policy,
+    from plain facts:
+
+    ``claims``: the claims of live launchers (``live``: their ids, ours
+    included); ``strays``: claims of launchers that are not members, with
+    when each was first seen (persistent ones left out); ``vanished``:
+    other launchers' claims that left the book lately, with when; ``gone``:
+    ledger keys whose servers nova no longer lists; ``me``: our launcher
+    id; ``local_seen``: keys this provider's ledger counted at some point
+    (it frees those itself); ``local_keys``: the keys the ledger counts
+    now; the rest are the ledger's figures (see the module docstring)."""
+    present = frozenset(c.name for c in claims if c.key not in gone)
+    candidates = [c for c in parse_book(reading.covered)
+                  if c.launcher != me and c.key not in local_seen]
+    # Only a list requested after nova answered the reading proves the
+    # server was still there when nova counted (as the ledger's own rule
+    # for our servers).
+    freed = freed_usage(candidates, present, reading.listed_at, reading.applied_at, live)
+    applied = reading.applied_at
+    # Gone (or going) unseen since the reading: it may still count there
+    # until the limits are read again.
+    doubtful = applied is not None and any(
+        c.name not in present and c.launcher in live
+        and reading.listed_at.get(c.key, float("-inf")) < applied
+        for c in candidates)
+    # Claims of launchers that died: their servers may exist, and only a
+    # limits reading started after they went is sure to count them; until
+    # then they stay in flight (unless our ledger adopted them from the
+    # server list).
+    started = reading.started
+    orphans = [c for c, at in [*vanished, *strays]
+               if c.launcher not in live and c.key not in local_keys
+               and c.key not in gone and (started is None or at >= started)]
+    co, io = others_usage(claims, local_keys | gone, reading.covered)
+    for orphan in orphans:
+        io = io + orphan.cost
+    reasons = shortfalls(shared_headroom(limit, headroom, local_covered, local_in_flight,
+                                         co, io, freed), cost, layer)
+    return Verdict(reasons, doubtful)
 
 
 def project_key(auth_url: str | None, project_id: str | None, project_name: str | None,

@@ -27,7 +27,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import (TYPE_CHECKING, Any, Hashable, Mapping, Protocol, Sequence,
+                    runtime_checkable)
+
+if TYPE_CHECKING:
+    from nodepool.zk.records import Node
 
 
 class Capacity(enum.Enum):
@@ -139,6 +143,15 @@ class DeleteSpec:
     # Somebody waits for this deletion to end (``nodepool delete --now``):
     # the builder should not let it ride on its slow pace.
     awaited: bool = False
+
+    @classmethod
+    def for_node(cls, node: Node, state: str | None = None) -> DeleteSpec:
+        """The delete of ``node``'s server; ``state``: the node's state
+        before its delete began (``ZooKeeperStore.begin_delete`` returns
+        it), its current state by default."""
+        return cls(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
+                   labels=tuple(node.type), external_id=node.external_id,
+                   state=node.state if state is None else state)
 
 
 @dataclass(frozen=True)

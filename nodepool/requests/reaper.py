@@ -27,7 +27,7 @@ from nodepool.requests.builder import (DeleteSpec, DeleteState, DeleteStatus,
 from nodepool.requests.housekeeping import abandoned_init, reap_candidates
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.records import DELETED, DELETING, MalformedRecord, Node
+from nodepool.zk.records import DELETED, MalformedRecord, Node
 from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
 log = logging.getLogger("nodepool.requests.reaper")
@@ -122,14 +122,9 @@ class NodeReaper:
                 or abandoned_init(self.store, node, self.builders)):
             lock.release()
             return
-        previous = node.state
         try:
-            if node.state != DELETING:
-                node.set_state(DELETING)
-                self.store.store_node(node, lock)
-            spec = DeleteSpec(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
-                              labels=tuple(node.type), external_id=node.external_id,
-                              state=previous)
+            previous = self.store.begin_delete(node, lock)
+            spec = DeleteSpec.for_node(node, state=previous)
             handle = self.builders[node.provider].start_delete(spec)
         except (RecordGone, RecordChanged):
             lock.release()

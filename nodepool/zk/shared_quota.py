@@ -13,8 +13,9 @@ A claim's name encodes its state, cost, ledger key and launcher
 Claims are ephemeral: when a launcher's session ends, its claims go with it.
 
 Reserving is optimistic: read the children and the data version ``v`` of
-``claims``, check the create against the book (pure arithmetic in
-nodepool.quota.shared), then commit ``[set_data(claims, version=v),
+``claims``, check the create against the book (the policy is pure:
+``judge_create`` in nodepool.quota.shared, asked by each provider's
+``ProviderShare`` in provider_share.py), then commit ``[set_data(claims, version=v),
 create(claim, ephemeral)]`` as one transaction.  Two launchers that read the
 same ``v`` cannot both commit: the loser reads again.  No lock is held
 across a cloud call, and nobody waits for anybody for longer than a
@@ -26,9 +27,9 @@ triggered, from ``SharedQuotaBooks.sync``: a claim may lag the ledger by a
 pass, which only ever counts a server longer, never shorter.
 
 ``launchers`` lists the launchers serving the project (ephemeral sequential
-znodes).  Their number splits the API budget; the one with the lowest
-sequence is the project's leak cleaner (the classic election recipe read
-from a cached listing, so asking is free).  ``providers`` keeps every
+znodes, membership.py).  Their number splits the API budget; the one with
+the lowest sequence is the project's leak cleaner (the classic election
+recipe read from a cached listing, so asking is free).  ``providers`` keeps every
 provider name a launcher of ours used in the project (persistent: a dead
 launcher's leaks are still ours to clean), so the cleaner knows which
 servers of the project are this ZooKeeper's launchers'.
@@ -50,10 +51,10 @@ from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, 
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from nodepool.quota.shared import (Claim, ClaimState, freed_usage, others_usage,
-                                   parse_book, shared_headroom, shortfalls)
+from nodepool.quota.shared import Claim, ClaimState, parse_book
 from nodepool.quota import Resources
 from nodepool.zk import paths
+from nodepool.zk.membership import Membership
 from nodepool.zk.session import SessionTracker
 
 log = logging.getLogger("nodepool.zk.shared_quota")
@@ -100,6 +101,9 @@ class ProjectBook:
         self.root = paths.shared_project_path(key)
         self.claims_path = f"{self.root}/claims"
         self.members_path = f"{self.root}/launchers"
+        # The project's launchers (``launchers``) and its leak cleaner.
+        self.launchers = Membership(client, self.members_path, launcher_id,
+                                    f"the launchers of project {key}", self._check_strays)
         self.providers_path = f"{self.root}/providers"
         # Our provider names in the project, and everyone's (``providers``).
         self._our_providers: set[str] = set()
@@ -110,19 +114,12 @@ class ProjectBook:
         # more than this book's own ZooKeeper calls.
         self._writer = threading.RLock()
         self._names: frozenset[str] = frozenset()
-        self._members: list[str] = []      # the listing, by sequence
-        # Children of ``launchers`` looked at (ephemeral, named as a
-        # registration): name -> trusted.  Others (a znode left by a tool or
-        # a debugging session) neither split the budget nor win elections.
-        self._member_trust: dict[str, bool] = {}
         # Claims of launchers that are not members, when first seen, and
         # those found persistent (ignored: no launcher's session holds them).
         self._strays: dict[str, float] = {}
         self._persistent: set[str] = set()
-        self._looking: set[str] = set()     # znodes being looked at
+        self._looking: set[str] = set()     # stray claims being looked at
         self._mine: dict[str, _Mine] = {}
-        self._member: str | None = None
-        self._member_generation: int | None = None
         self._watching = False
         self.conflicts = 0      # reservations that lost a race and read again
         # Ledger keys whose servers nova no longer lists (told by a provider
@@ -149,7 +146,7 @@ class ProjectBook:
 
     def _start(self) -> None:
         self.client.ensure_path(self.claims_path)
-        self.client.ensure_path(self.members_path)
+        self.launchers.ensure_path()
         self.client.ensure_path(self.providers_path)
         try:
             data, _ = self.client.get(self.root)
@@ -159,10 +156,10 @@ class ProjectBook:
             pass
         if not self._watching:
             ChildrenWatch(self.client, self.claims_path, self._on_claims)
-            ChildrenWatch(self.client, self.members_path, self._on_members)
+            self.launchers.watch()
             ChildrenWatch(self.client, self.providers_path, self._on_providers)
             self._watching = True
-        self._ensure_member()
+        self.launchers.join()
         self._register_providers()
         self.started = True
 
@@ -194,12 +191,7 @@ class ProjectBook:
     def stop(self) -> None:
         """Leave the project (claims go with the session)."""
         self.closed = True
-        member, self._member = self._member, None
-        if member and self.session.connected:
-            try:
-                self.client.delete(f"{self.members_path}/{member}")
-            except KazooException:
-                pass
+        self.launchers.leave()
 
     def _on_claims(self, children: list[str]) -> bool | None:
         if self.closed:
@@ -233,35 +225,19 @@ class ProjectBook:
                 self.removed_by_others += 1
         return None
 
-    def _on_members(self, children: list[str]) -> bool | None:
-        if self.closed:
-            return False
+    def _check_strays(self) -> None:
+        """Look once at each claim of a launcher that is not a member: only
+        an ephemeral claim, held by a session, counts.  Asynchronous
+        (called from watches and checks); a look that failed is made again
+        by sync."""
         with self._lock:
-            self._members = sorted(children, key=_sequence)
-            listed = set(children)
-            for name in list(self._member_trust):
-                if name not in listed:
-                    del self._member_trust[name]
-        self._check_znodes()
-        return None
-
-    def _check_znodes(self) -> None:
-        """Look once at each new child of ``launchers`` and at each claim of
-        a launcher that is not a member: only ephemeral znodes, held by a
-        session, are launchers and their claims.  Asynchronous (called from
-        watches and checks); a look that failed is made again by sync."""
-        with self._lock:
-            members = [m for m in self._members
-                       if m not in self._member_trust and m not in self._looking]
             strays = [n for n in self._strays
                       if n not in self._persistent and n not in self._looking]
-            self._looking.update(members, strays)
-        for name in members:
-            self._look(f"{self.members_path}/{name}", name, self._judge_member)
+            self._looking.update(strays)
         for name in strays:
-            self._look(f"{self.claims_path}/{name}", name, self._judge_claim)
+            self._look(f"{self.claims_path}/{name}", name)
 
-    def _look(self, path: str, name: str, judge: Callable) -> None:
+    def _look(self, path: str, name: str) -> None:
         def done(result) -> None:
             with self._lock:
                 self._looking.discard(name)
@@ -269,23 +245,12 @@ class ProjectBook:
                 stat = result.get()
             except Exception:  # noqa: BLE001 - looked at again by sync
                 return
-            judge(name, stat)
+            self._judge_claim(name, stat)
         try:
             self.client.exists_async(path).rawlink(done)
         except KazooException:
             with self._lock:
                 self._looking.discard(name)
-
-    def _judge_member(self, name: str, stat) -> None:
-        trusted = stat is not None and stat.ephemeralOwner != 0 and \
-            _sequence(name)[0] < 1 << 62
-        if stat is not None and not trusted:
-            log.warning("shared quota: %s/%s is not a launcher's registration (not "
-                        "ephemeral, or not named <launcher id>-<sequence>); ignored. "
-                        "Remove it with zkCli.sh delete", self.members_path, name)
-        with self._lock:
-            if name in self._members:
-                self._member_trust[name] = trusted
 
     def _judge_claim(self, name: str, stat) -> None:
         if stat is not None and stat.ephemeralOwner == 0:
@@ -298,9 +263,7 @@ class ProjectBook:
     def trusted_launchers(self, members: Iterable[str]) -> set[str]:
         """Launcher ids of the members (names under ``launchers``) known to
         be registrations; ours always."""
-        with self._lock:
-            trust = self._member_trust
-            return {_launcher_of(m) for m in members if trust.get(m)} | {self.launcher_id}
+        return self.launchers.trusted_ids(members)
 
     def sort_claims(self, claims: list[Claim], live: set[str]
                     ) -> tuple[list[Claim], list[tuple[Claim, float]]]:
@@ -318,22 +281,8 @@ class ProjectBook:
                     new = new or claim.name not in self._strays
                     strays.append((claim, self._strays.setdefault(claim.name, now)))
         if new:
-            self._check_znodes()
+            self._check_strays()
         return good, strays
-
-    def _ensure_member(self) -> None:
-        gen = self.session.generation
-        if self._member is not None and self._member_generation == gen and \
-                self.client.exists(f"{self.members_path}/{self._member}"):
-            return
-        path = self.client.create(f"{self.members_path}/{self.launcher_id}-",
-                                  json.dumps({"launcher": self.launcher_id}).encode(),
-                                  ephemeral=True, sequence=True)
-        self._member = paths.name_of(path)
-        self._member_generation = gen
-        with self._lock:
-            self._member_trust[self._member] = True
-        log.info("joined the launchers of project %s as %s", self.key, self._member)
 
     # -- cached views ----------------------------------------------------------------
 
@@ -344,7 +293,8 @@ class ProjectBook:
         (see ``sort_claims`` for how the arithmetic counts it)."""
         with self._lock:
             gone = self._gone
-            names, members = self._names, self._members
+            names = self._names
+        members = self.launchers.listing()
         good, strays = self.sort_claims(parse_book(names), self.trusted_launchers(members))
         return [c for c in [*good, *(c for c, _ in strays)] if c.key not in gone]
 
@@ -377,23 +327,14 @@ class ProjectBook:
 
     def members(self) -> list[str]:
         """The project's launchers' registrations, by sequence."""
-        with self._lock:
-            return [m for m in self._members if self._member_trust.get(m)]
+        return self.launchers.members()
 
     def launcher_count(self) -> int:
-        return len({_launcher_of(m) for m in self.members()})
+        return self.launchers.member_count()
 
     def is_cleaner(self) -> bool:
-        """Am I the project's leak cleaner?  Never while disconnected: the
-        others may have elected someone else meanwhile."""
-        if not self.session.connected or self._member is None \
-                or self._member_generation != self.session.generation:
-            return False
-        with self._lock:
-            # One not looked at yet may be a launcher: it blocks the
-            # election until it is (the next sync pass).
-            ahead = [m for m in self._members if self._member_trust.get(m, True)]
-        return bool(ahead) and ahead[0] == self._member
+        """Am I the project's leak cleaner (its launchers' leader)?"""
+        return self.launchers.is_leader()
 
     def claimed_elsewhere(self, key: str) -> bool:
         return any(c.key == key and c.launcher != self.launcher_id for c in self.claims())
@@ -401,9 +342,11 @@ class ProjectBook:
     # -- reserving -----------------------------------------------------------------
 
     def snapshot(self) -> tuple[frozenset[str], list[str]]:
-        """(claim names, launchers) from the cached listings."""
+        """(claim names, launchers) from the cached listings (claims read
+        first, as ``reserve`` does)."""
         with self._lock:
-            return self._names, list(self._members)
+            names = self._names
+        return names, self.launchers.listing()
 
     def gone_keys(self) -> frozenset[str]:
         with self._lock:
@@ -493,9 +436,10 @@ class ProjectBook:
             if not self.started:
                 self._start()
                 return
-            self._ensure_member()
+            self.launchers.join()
             self._register_providers()
-            self._check_znodes()
+            self.launchers.check()
+            self._check_strays()
             self._sync_claims()
 
     def _sync_claims(self) -> None:
@@ -581,137 +525,6 @@ class ProjectBook:
         """Our claims: ledger key -> state, for the status API."""
         with self._lock:
             return {k: m.claim.state.name.lower() for k, m in self._mine.items()}
-
-
-class ProviderShare:
-    """What one provider sees of its project's book (``SharedQuota``): the
-    book, plus what this provider's current limits reading covers and what
-    its server lists showed since."""
-
-    def __init__(self, book: ProjectBook, clock: Callable[[], float] = time.monotonic):
-        self.book = book
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._covered: frozenset[str] = frozenset()
-        self._reading_started: float | None = None
-        # When that reading became the ledger's: nova had answered it.
-        self._reading_applied_at: float | None = None
-        self._listed_at: dict[str, float] = {}
-        # Keys this provider's ledger counted at some point: the ledger
-        # frees those itself, so they are never freed here as well.
-        self._local_seen: set[str] = set()
-        self._removed_seen = 0
-        self._doubtful = False
-
-    def _reasons(self, names: frozenset[str], members: list[str], cost: Resources,
-                 headroom: Resources, limit: Resources, local_covered: Resources,
-                 local_in_flight: Resources, local_keys: frozenset) -> list[str]:
-        gone = self.book.gone_keys()
-        # Only live launchers' claims count; any other (a launcher's going
-        # between our two reads, or a znode written by hand) is in flight
-        # as a dead launcher's until a reading that started after it was
-        # first seen, and a persistent one not at all.
-        live = self.book.trusted_launchers(members)
-        claims, strays = self.book.sort_claims(parse_book(names), live)
-        present = frozenset(c.name for c in claims if c.key not in gone)
-        with self._lock:
-            self._local_seen.update(k for k in local_keys if isinstance(k, str))
-            covered = self._covered
-            candidates = [c for c in parse_book(covered)
-                          if c.launcher != self.book.launcher_id
-                          and c.key not in self._local_seen]
-            # Only a list requested after nova answered the reading proves
-            # the server was still there when nova counted (as the ledger's
-            # own rule for our servers).
-            freed = freed_usage(candidates, present, self._listed_at,
-                                self._reading_applied_at, live)
-            applied = self._reading_applied_at
-            if applied is not None and any(
-                    c.name not in present and c.launcher in live
-                    and self._listed_at.get(c.key, float("-inf")) < applied
-                    for c in candidates):
-                # Gone (or going) unseen since the reading: it may still
-                # count there until the limits are read again.
-                self._doubtful = True
-            # Claims of launchers that died: their servers may exist, and
-            # only a limits reading started after they went is sure to
-            # count them; until then they stay in flight (unless our
-            # ledger adopted them from the server list).
-            started = self._reading_started
-            orphans = [c for c, at in [*self.book.vanished(names), *strays]
-                       if c.launcher not in live and c.key not in local_keys
-                       and c.key not in gone and (started is None or at >= started)]
-        co, io = others_usage(claims, local_keys | gone, covered)
-        for orphan in orphans:
-            io = io + orphan.cost
-        return shortfalls(shared_headroom(limit, headroom, local_covered, local_in_flight,
-                                          co, io, freed), cost, LAYER)
-
-    def reserve(self, key: str, cost: Resources, headroom: Resources, limit: Resources,
-                local_covered: Resources, local_in_flight: Resources,
-                local_keys: frozenset) -> list[str]:
-        # The cached book first: a create that waits for quota costs no
-        # round trip on every pass.
-        reasons = self.check(cost, headroom, limit, local_covered, local_in_flight,
-                             local_keys)
-        if reasons:
-            return reasons
-        return self.book.reserve(key, cost, lambda names, members: self._reasons(
-            names, members, cost, headroom, limit, local_covered, local_in_flight,
-            local_keys))
-
-    def check(self, cost: Resources, headroom: Resources, limit: Resources,
-              local_covered: Resources, local_in_flight: Resources,
-              local_keys: frozenset) -> list[str]:
-        names, members = self.book.snapshot()
-        return self._reasons(names, members, cost, headroom, limit, local_covered,
-                             local_in_flight, local_keys)
-
-    def reading_started(self) -> object:
-        return (self.book.owned_names(), self.clock())
-
-    def reading_applied(self, token: object) -> None:
-        if not isinstance(token, tuple):
-            return
-        names, started = token
-        with self._lock:
-            self._covered = names
-            self._reading_started = started
-            self._reading_applied_at = self.clock()
-            # Only lists requested after this reading started count now.
-            self._listed_at = {k: t for k, t in self._listed_at.items() if t >= started}
-            self._doubtful = False
-            keys = {c.key for c in parse_book(names)}
-            self._local_seen &= keys
-
-    def listed(self, keys: Iterable[str], requested_at: float) -> None:
-        with self._lock:
-            for key in keys:
-                self._listed_at[key] = requested_at
-
-    def claimed_elsewhere(self, key: str) -> bool:
-        return self.book.claimed_elsewhere(key)
-
-    def servers_gone(self, keys: frozenset) -> None:
-        self.book.forget(keys, self.clock())
-
-    def reading_doubtful(self) -> bool:
-        with self._lock:
-            doubtful, self._doubtful = self._doubtful, False
-        return doubtful
-
-    def others_covered(self) -> bool:
-        with self._lock:
-            covered = self._covered
-        me = self.book.launcher_id
-        return any(c.launcher != me for c in parse_book(covered))
-
-    def look_again(self) -> bool:
-        removed = self.book.removed_by_others
-        if removed != self._removed_seen:
-            self._removed_seen = removed
-            return True
-        return False
 
 
 class SharedQuotaBooks:
@@ -822,11 +635,3 @@ class SharedQuotaBooks:
                       "mine": b.mine(), "conflicts": b.conflicts}
                 for key, b in list(self.books.items())}
 
-
-def _launcher_of(member: str) -> str:
-    return member.rsplit("-", 1)[0]
-
-
-def _sequence(member: str) -> tuple[int, str]:
-    tail = member.rsplit("-", 1)[-1]
-    return (int(tail) if tail.isdigit() else 1 << 62, member)

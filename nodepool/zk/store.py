@@ -1,5 +1,6 @@
 """The launcher's and the CLI's view of ZooKeeper: read, write and lock
-requests and nodes, list registered pools.
+requests and nodes, list registered pools.  An operator's node actions
+(``nodepool hold``, ``delete``, ``erase``) are built on it in node_admin.py.
 
 Reads are fresh unless ``cached=True`` is given and ``start_caches()`` was
 called.  Writes are whole-object ``set``s with a version check (the version
@@ -36,16 +37,12 @@ from nodepool.zk.components import read_components
 from nodepool.zk.locks import LockNotAcquired, ZooKeeperLock
 from nodepool.zk.node_index import NodeIndex
 from nodepool.zk.session import SessionTracker
-from nodepool.zk.records import (DELETED, DELETING, HOLD, MIN_READY_REQUESTOR, READY,
+from nodepool.zk.records import (DELETED, DELETING, MIN_READY_REQUESTOR, READY,
                                  REQUESTED,
                                  MalformedRecord, Node, NodeRequest,
                                  PoolComponent)
 
 log = logging.getLogger("nodepool.zk.store")
-
-# The CLI's waits for a node lock (upstream uses 5 s as well).
-OPERATOR_LOCK_TIMEOUT = 5.0
-
 
 class StoreError(Exception):
     pass
@@ -448,6 +445,17 @@ class ZooKeeperStore:
             return self.nodes_cache.has_znode(node_id)
         return self._read(paths.node_path(node_id)) is not None
 
+    def begin_delete(self, node: Node, lock: ZooKeeperLock) -> str:
+        """The one way a delete begins (the reaper's, ``nodepool delete``
+        with or without ``--now``): the node becomes ``deleting``, written
+        holding its lock unless it says so already.  The state it had
+        before, which the builder's ``DeleteSpec`` carries."""
+        previous = node.state
+        if node.state != DELETING:
+            node.set_state(DELETING)
+            self.store_node(node, lock)
+        return previous
+
     def delete_node(self, node: Node, lock: ZooKeeperLock) -> None:
         """Write ``deleted`` (so a racing locker can tell), then remove the
         znode with its lock.  The lock is consumed."""
@@ -555,78 +563,6 @@ class ZooKeeperStore:
         """The union of the registered pools' labels (``label-list``)."""
         return sorted({label for p in self.registered_pools(cached)
                        for label in p.supported_labels})
-
-    # -- operator actions (the CLI) -----------------------------------------------------
-
-    def operator_lock(self, node_id: str, timeout: float = OPERATOR_LOCK_TIMEOUT
-                      ) -> tuple[Node, ZooKeeperLock]:
-        """Lock a node for an operator's command, waiting up to ``timeout``;
-        the fresh record and the lock.  RecordNotFound or LockNotAcquired
-        carry a message for the operator."""
-        if self.get_node(node_id) is None:
-            raise RecordNotFound(f"no node with id {node_id!r}")
-        try:
-            lock = self.lock_node(node_id, timeout)
-        except LockNotAcquired:
-            raise LockNotAcquired(
-                f"node {node_id} is locked by someone else (tried for {timeout:g}s)") from None
-        node = self.get_node(node_id)
-        if node is None:
-            lock.release()
-            self._remove_if_empty(node_id)
-            raise RecordNotFound(f"node {node_id!r} was deleted meanwhile")
-        return node, lock
-
-    def mark_node_deleting(self, node_id: str, timeout: float = OPERATOR_LOCK_TIMEOUT) -> Node:
-        """``nodepool delete``: set ``deleting``; the launcher's reaper does
-        the cloud work."""
-        node, lock = self.operator_lock(node_id, timeout)
-        try:
-            if node.state != DELETING:
-                node.set_state(DELETING)
-                self.store_node(node, lock)
-            return node
-        finally:
-            lock.release()
-
-    def hold_node(self, node_id: str, reason: str | None = None,
-                  timeout: float = OPERATOR_LOCK_TIMEOUT) -> Node:
-        """``nodepool hold``: set ``hold`` with the reason as ``comment``."""
-        node, lock = self.operator_lock(node_id, timeout)
-        try:
-            node.set_state(HOLD)
-            if reason is not None:
-                node.comment = reason
-            self.store_node(node, lock)
-            return node
-        finally:
-            lock.release()
-
-    def erase_provider_nodes(self, provider: str) -> list[str]:
-        """``nodepool erase``: remove every node record of ``provider``
-        without touching the cloud, locked or not (for a provider that is
-        gone).  Each is marked ``deleted`` first so a racing locker can tell.
-        The ids removed."""
-        erased = []
-        for node in self.list_nodes():
-            if node.provider != provider:
-                continue
-            node.set_state(DELETED)
-            try:
-                self.client.set(paths.node_path(node.id), node.to_json())
-            except NoNodeError:
-                continue
-            self.delete_node_znode(node.id)
-            erased.append(node.id)
-        return erased
-
-    def _remove_if_empty(self, node_id: str) -> None:
-        try:
-            data, _ = self.client.get(paths.node_path(node_id))
-        except NoNodeError:
-            return
-        if not data:
-            self.delete_node_znode(node_id)
 
     # -- raw access for housekeeping -------------------------------------------------------
 
