@@ -403,6 +403,17 @@ def test_a_request_waiting_at_max_servers_is_told_to_the_builder(zk_store, zk):
     assert state_of(zk_store, second) == "pending"
 
 
+def test_a_request_accepted_and_built_in_one_pass_asks_about_room_once(zk_store, zk):
+    # Accepting it asks whether it would ever fit; its node then needs no
+    # second answer in the same pass.
+    builder = _CountingBuilder()
+    handler = start_pool(zk_store, builder=builder)
+    rid = zuul_request(zk, ["small"])
+    drive(zk_store, handler, until=lambda: len(builder.started) == 1, message="the build")
+    assert state_of(zk_store, rid) in ("pending", "fulfilled")
+    assert builder.capacity_asks == 1
+
+
 # -- read from other threads -------------------------------------------------------------------
 
 def test_pool_state_is_read_safely_from_other_threads(zk_store, zk):

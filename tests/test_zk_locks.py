@@ -59,6 +59,19 @@ def test_two_clients_contend(zk, zk_connect):
     got.release()
 
 
+def test_a_lock_used_in_a_with_block_is_released_however_the_block_ends(zk):
+    store = ZooKeeperStore(zk)
+    with store.try_lock_node("0000000011") as held:
+        assert held.held and store.node_locked("0000000011")
+    assert not held.held and not store.node_locked("0000000011")
+    lock = store.try_lock_node("0000000011")
+    with pytest.raises(RuntimeError):
+        with lock:
+            raise RuntimeError("a step failed")
+    assert not lock.held and not store.node_locked("0000000011")
+    lock.release()          # a second release is harmless
+
+
 def test_same_client_second_attempt_fails(zk):
     # Two pool workers sharing one connection must exclude each other too.
     store = ZooKeeperStore(zk)

@@ -7,7 +7,10 @@ on any call.  Plain data only, so a cloud driver implements this without
 importing the ZooKeeper layer; a test double implements it in the tests.
 
 Exceptions from ``start_*``/``poll_*`` count as a failed build or delete;
-from ``capacity`` as "no headroom now".
+from ``capacity`` as "no headroom now".  The handler keeps an answer of
+``capacity`` for the rest of its pass, until it starts a build or one
+ends (``nodepool/requests/admission.py``): a builder is asked about once
+per node, not once per request that waits.
 
 A builder may also offer ``availability_zones() -> list[str]``, the zones
 the cloud lists: the handler picks one of them for a request whose pool

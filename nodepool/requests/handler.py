@@ -21,6 +21,13 @@ owns the server).  Without that the builder would keep them for ever: a
 finished build's quota counted after another launcher deleted its server,
 a booting one retrying with a new server for a node that is gone.
 
+Whether a request may be taken and a node created now is asked of one
+``Admission`` (``admission.py``), which owns every question about room put
+to the builder.  Each slot of an accepted request is in one ``SlotState``.
+Locks held for one step are released by their ``with`` block; the locks of
+accepted requests and their nodes live in ``_Active`` and ``_Slot``, which
+let go of them.
+
 Other threads read what the pool holds (the status API, statsd, the
 lost-request reset) while the pool's thread changes it: the public
 properties take a snapshot under a lock, which every change also takes.
@@ -33,7 +40,9 @@ finished build's result until the handler says it is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import enum
 import logging
 import random
 import threading
@@ -42,9 +51,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from nodepool.requests import protocol
+from nodepool.requests.admission import NEVER_FITS_QUOTA, Admission
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
-                                       Capacity, DeleteSpec, LaunchConcurrency,
-                                       NodeBuilder)
+                                       Capacity, DeleteSpec, NodeBuilder)
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
@@ -57,12 +66,17 @@ from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
 
 log = logging.getLogger("nodepool.requests.handler")
 
-# At max-servers the builder is still asked for capacity this often, so that
-# it knows a request waits (builders remember that for a couple of seconds).
-MAX_SERVERS_TELL_INTERVAL = 1.0
 # A request without room looks for an unused node to delete at most this
 # often (each look reads the pool's nodes).
 UNUSED_DELETE_INTERVAL = 1.0
+
+
+class SlotState(enum.Enum):
+    EMPTY = "empty"          # no node: one is reused or created
+    CREATED = "created"      # a node is recorded; its build is not started yet
+    BUILDING = "building"    # a build was started and is being polled
+    READY = "ready"          # reused, or built to ready
+    FAILED = "failed"        # the node failed (unlocked): the request is declined
 
 
 @dataclass
@@ -70,12 +84,21 @@ class _Slot:
     """One entry of ``node_types`` and the node that serves it."""
 
     label: str
+    state: SlotState = SlotState.EMPTY
     node: Node | None = None
     lock: ZooKeeperLock | None = None
     handle: Hashable | None = None
-    building: bool = False      # a build was started and is being polled
-    ready: bool = False
-    failed: bool = False
+
+    def let_go(self) -> None:
+        """Release the node's lock (if any); the node stays the slot's."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def empty(self) -> None:
+        """The node is given up (left to the reaper): start over."""
+        self.let_go()
+        self.state, self.node, self.handle = SlotState.EMPTY, None, None
 
 
 @dataclass
@@ -90,6 +113,12 @@ class _Active:
     # (None when there is nothing to choose from: the cloud places them).
     az: str | None = None
     az_chosen: bool = False
+
+    def let_go(self) -> None:
+        """Release the locks of the request and of its nodes."""
+        for slot in self.slots:
+            slot.let_go()
+        self.lock.release()
 
 
 @dataclass
@@ -138,6 +167,7 @@ class NodeRequestHandler:
         self.builder = builder
         self.registration = registration
         self.clock = clock
+        self.admission = Admission(builder, pool, clock)
         self._active: dict[str, _Active] = {}
         self._orphans: dict[str, _Orphan] = {}
         self._abandoned: dict[str, _Abandoned] = {}
@@ -145,7 +175,6 @@ class NodeRequestHandler:
         # from another thread (a dict changed while iterated raises).
         self._state_lock = threading.Lock()
         self._generation: int = store.session_generation
-        self._max_servers_told_at = float("-inf")
         self._unused_delete_at = float("-inf")
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
@@ -184,6 +213,7 @@ class NodeRequestHandler:
             report.paused = self.paused
             return report
         self.store.session.retry_deferred()
+        self.admission.begin_pass()
         for node_id in list(self._abandoned):
             self._guard(report, f"node {node_id}", self._settle_abandoned, node_id)
         if self.registration is not None:
@@ -208,10 +238,7 @@ class NodeRequestHandler:
 
     def _forget_everything(self) -> None:
         for active in self._active.values():
-            for slot in active.slots:
-                if slot.lock is not None:
-                    slot.lock.release()
-            active.lock.release()
+            active.let_go()
         for orphan in self._orphans.values():
             orphan.lock.release()
         with self._state_lock:
@@ -260,12 +287,8 @@ class NodeRequestHandler:
     def _assign_new(self, report: PassReport) -> None:
         if self.store.requests_cache is not None and not self.store.synced:
             return  # after a session loss, wait until the caches are current
-        concurrency = self._launch_concurrency()
-        if concurrency is not None and concurrency.limit == 0:
-            # max-concurrency 0, as upstream: the provider looks at no request
-            # (declines none either); another provider serves them.
+        if not self.admission.begin_assignment():
             return
-        limit_reached = False
         requests = self.store.list_requests(cached=True)
         pools = [PoolInfo.from_component(c) for c in self.store.registered_pools(cached=True)]
         for request in protocol.candidate_requests(requests, self.pool, self._active):
@@ -276,122 +299,50 @@ class NodeRequestHandler:
                 continue
             reasons = protocol.decline_reasons(request, self.pool)
             if not reasons:
-                reasons = self._images_reasons(request.node_types)
-            if not reasons and self._capacity(request.node_types) is Capacity.NEVER:
-                reasons = ["it would never fit the provider's quota"]
-            if not reasons:
-                # A tenant at its limit waits without pausing the pool, so
-                # other tenants' requests go on.
-                tenant = self._tenant_capacity(request)
-                if tenant is Capacity.NEVER:
-                    reasons = [f"it would never fit tenant {request.tenant_name}'s "
-                               "resource limits"]
-                elif tenant is Capacity.WAIT:
+                verdict = self.admission.of_request(request)
+                if verdict.tenant_waits:
                     log.debug("request %s: tenant %s is at its limit", request.id,
                               request.tenant_name)
                     report.deferred.append(request.id)
                     continue
+                reasons = list(verdict.declines)
             if self.paused and not reasons:
                 report.deferred.append(request.id)
                 continue
-            if not reasons and concurrency is not None and concurrency.limit is not None:
+            if not reasons and self.admission.concurrency_reached():
                 # Left for another provider while max-concurrency launches
                 # are in progress; once reached it stays so for this pass.
-                limit_reached = limit_reached or self._concurrency_reached()
-                if limit_reached:
-                    report.deferred.append(request.id)
-                    continue
+                report.deferred.append(request.id)
+                continue
             self._guard(report, request.id, self._lock_and_decide, request.id, reasons, report)
-
-    def _launch_concurrency(self) -> LaunchConcurrency | None:
-        """The builder's max-concurrency and launches in progress (None: it
-        has no such limit)."""
-        ask = getattr(self.builder, "launch_concurrency", None)
-        if not callable(ask):
-            return None
-        try:
-            return ask()
-        except Exception:  # without the figures, no limit is applied
-            log.exception("pool %s: reading the launch concurrency failed", self.pool.pool_id)
-            return None
-
-    def _concurrency_reached(self) -> bool:
-        concurrency = self._launch_concurrency()
-        if concurrency is None or not concurrency.reached:
-            return False
-        log.debug("pool %s: max-concurrency reached (%d launches in progress); leaving "
-                  "new requests to other providers", self.pool.pool_id,
-                  concurrency.in_progress)
-        return True
 
     def _lock_and_decide(self, request_id: str, reasons: list[str], report: PassReport) -> None:
         lock = self.store.try_lock_request(request_id)
         if lock is None:
             return
-        try:
-            request = self.store.get_request(request_id)
-        except MalformedRecord as e:
-            log.error("skipping malformed request %s: %s", e.path, e.reason)
-            lock.release()
-            return
-        except Exception:
-            lock.release()
-            raise
-        if (request is None or request.state != REQUESTED
-                or self.pool.pool_id in request.declined_by):
-            lock.release()
-            return
-        if reasons:
-            log.info("request %s: declining: %s", request_id, "; ".join(reasons))
-            self._store_decline(request, lock, report)
-            return
-        protocol.apply_accept(request, self._now())
-        try:
+        with contextlib.ExitStack() as unless_accepted:
+            unless_accepted.enter_context(lock)
+            try:
+                request = self.store.get_request(request_id)
+            except MalformedRecord as e:
+                log.error("skipping malformed request %s: %s", e.path, e.reason)
+                return
+            if (request is None or request.state != REQUESTED
+                    or self.pool.pool_id in request.declined_by):
+                return
+            if reasons:
+                log.info("request %s: declining: %s", request_id, "; ".join(reasons))
+                self._store_decline(request, lock, report)
+                return
+            protocol.apply_accept(request, self._now())
             self.store.store_request(request, lock)
-        except Exception:
-            lock.release()
-            raise
+            unless_accepted.pop_all()    # accepted: the lock is kept while pending
         log.info("request %s: accepted (%s)", request_id, ", ".join(request.node_types))
         active = _Active(request, lock, [_Slot(label) for label in request.node_types])
         with self._state_lock:
             self._active[request_id] = active
         report.accepted.append(request_id)
         self._advance(active, report)
-
-    def _images_reasons(self, labels) -> list[str]:
-        """Upstream's "images are not available": a label's diskimage has
-        no READY upload for this provider, so another provider may serve
-        the request (checked before quota, as upstream does)."""
-        unavailable = getattr(self.builder, "unavailable_images", None)
-        if unavailable is None:
-            return []
-        try:
-            missing = unavailable(list(labels), pool=self.pool.pool_name)
-        except Exception:
-            log.exception("pool %s: image availability check failed; declining nothing",
-                          self.pool.pool_id)
-            return []
-        if not missing:
-            return []
-        return [f"images are not available: no READY upload of "
-                f"{', '.join(sorted(set(missing)))} for this provider"]
-
-    def _tenant_capacity(self, request) -> Capacity:
-        try:
-            return self.builder.tenant_capacity(request.tenant_name, list(request.node_types),
-                                                pool=self.pool.pool_name)
-        except Exception:
-            log.exception("pool %s: tenant capacity check failed; treating as no headroom",
-                          self.pool.pool_id)
-            return Capacity.WAIT
-
-    def _capacity(self, labels) -> Capacity:
-        try:
-            return self.builder.capacity(list(labels), pool=self.pool.pool_name)
-        except Exception:
-            log.exception("pool %s: capacity check failed; treating as no headroom",
-                          self.pool.pool_id)
-            return Capacity.WAIT
 
     # -- accepted requests ----------------------------------------------------------------
 
@@ -413,26 +364,26 @@ class NodeRequestHandler:
         if active.request.id not in self._active:
             return  # declined while filling
         for slot in active.slots:
-            if slot.building and not slot.ready:
+            if slot.state is SlotState.BUILDING:
                 self._poll(slot, report)
-        if any(s.failed for s in active.slots):
+        if any(s.state is SlotState.FAILED for s in active.slots):
             self._decline_active(active, "a node failed to launch", report)
-        elif all(s.ready for s in active.slots):
+        elif all(s.state is SlotState.READY for s in active.slots):
             self._fulfil(active, report)
 
     def _fill(self, active: _Active, slot: _Slot, report: PassReport) -> bool:
         """Bring one slot as far as it goes without waiting.  False stops the
         filling of later slots (no headroom, or the request was declined)."""
         request = active.request
-        if slot.node is None:
+        if slot.state is SlotState.EMPTY:
             reused = (self._reuse(active, slot)
                       if request.reuse and self.pool.reuse_ready_nodes else None)
             if reused is not None:
                 report.nodes_reused.append(reused)
                 return True
-            verdict = self._launch_verdict(active, slot.label)
+            verdict = self._node_admission(slot.label)
             if verdict is Capacity.NEVER:
-                self._decline_active(active, "it would never fit the provider's quota", report)
+                self._decline_active(active, NEVER_FITS_QUOTA, report)
                 return False
             if verdict is Capacity.WAIT:
                 if request.is_min_ready:
@@ -447,8 +398,9 @@ class NodeRequestHandler:
                 return False
             active.waiting = False
             slot.node = self._create_node(request, slot.label)
+            slot.state = SlotState.CREATED
             report.nodes_created.append(slot.node.id)
-        if slot.ready or slot.failed:
+        if slot.state is not SlotState.CREATED:
             return True
         if slot.lock is None:
             # Nobody else locks a node in init; a miss is a transient error.
@@ -461,23 +413,23 @@ class NodeRequestHandler:
             building.set_state(BUILDING, self._now())
             self.store.store_locked_node(building, slot.lock)
             slot.node = building
-        if not slot.building:
-            if active.az is None and not active.az_chosen:
-                active.az = self._choose_az()
-            active.az_chosen = True
-            spec = BuildSpec(node_id=slot.node.id, label=slot.label,
-                             provider_name=self.pool.provider_name,
-                             pool_name=self.pool.pool_name, request_id=request.id,
-                             tenant_name=request.tenant_name,
-                             attributes=self.pool.node_attributes,
-                             request=protocol.template_fields(request), az=active.az)
-            try:
-                slot.handle = self.builder.start_build(spec)
-            except Exception as e:
-                log.exception("node %s: could not start the build", slot.node.id)
-                self._fail_node(slot, f"start failed: {e}", report)
-                return False  # the request will be declined; start nothing more
-            slot.building = True
+        if active.az is None and not active.az_chosen:
+            active.az = self._choose_az()
+        active.az_chosen = True
+        spec = BuildSpec(node_id=slot.node.id, label=slot.label,
+                         provider_name=self.pool.provider_name,
+                         pool_name=self.pool.pool_name, request_id=request.id,
+                         tenant_name=request.tenant_name,
+                         attributes=self.pool.node_attributes,
+                         request=protocol.template_fields(request), az=active.az)
+        try:
+            slot.handle = self.builder.start_build(spec)
+        except Exception as e:
+            log.exception("node %s: could not start the build", slot.node.id)
+            self._fail_node(slot, f"start failed: {e}", report)
+            return False  # the request will be declined; start nothing more
+        slot.state = SlotState.BUILDING
+        self.admission.room_changed()
         return True
 
     def _choose_az(self) -> str | None:
@@ -494,22 +446,13 @@ class NodeRequestHandler:
                 zones = []
         return random.choice(zones) if zones else None
 
-    def _launch_verdict(self, active: _Active, label: str) -> Capacity:
+    def _node_admission(self, label: str) -> Capacity:
         ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
         ours |= set(self._orphans)
         # The cache's per-pool index: O(pool's nodes), not a scan of every node.
         pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
-        if protocol.at_max_servers(pool_nodes, self.pool, launching):
-            # The builder is asked anyway, about once a second: it learns
-            # that a request waits for capacity (and then hurries to see its
-            # deleted servers gone, which frees max-servers too).
-            now = self.clock()
-            if now - self._max_servers_told_at >= MAX_SERVERS_TELL_INTERVAL:
-                self._max_servers_told_at = now
-                self._capacity([label])
-            return Capacity.WAIT
-        return self._capacity([label])
+        return self.admission.of_node(label, pool_nodes, launching)
 
     def _delete_oldest_unused(self, request_id: str) -> None:
         """Upstream's way out of a pool filled by ready nodes nobody uses
@@ -549,18 +492,19 @@ class NodeRequestHandler:
             if got is None:
                 continue
             node, lock = got
-            if not protocol.can_reuse(node, slot.label, self.pool, az=active.az):
-                lock.release()
-                continue
-            node.allocated_to = active.request.id
-            node.tenant_name = active.request.tenant_name
-            node.requestor = active.request.requestor
-            try:
-                self.store.store_node(node, lock)
-            except (RecordChanged, RecordGone):
-                lock.release()
-                continue
-            slot.node, slot.lock, slot.ready = node, lock, True
+            with contextlib.ExitStack() as unless_allocated:
+                unless_allocated.enter_context(lock)
+                if not protocol.can_reuse(node, slot.label, self.pool, az=active.az):
+                    continue
+                node.allocated_to = active.request.id
+                node.tenant_name = active.request.tenant_name
+                node.requestor = active.request.requestor
+                try:
+                    self.store.store_node(node, lock)
+                except (RecordChanged, RecordGone):
+                    continue
+                unless_allocated.pop_all()    # the slot holds it now
+            slot.state, slot.node, slot.lock = SlotState.READY, node, lock
             active.az = active.az or node.az
             log.info("request %s: reusing ready node %s", active.request.id, node.id)
             return node.id
@@ -586,10 +530,8 @@ class NodeRequestHandler:
             log.warning("node %s: its znode was removed while building; cancelling "
                         "the build", slot.node.id)
             self._cancel_build(slot.node, slot.handle)
-            slot.lock.release()
             report.nodes_failed.append(slot.node.id)
-            slot.node = slot.lock = slot.handle = None
-            slot.building = False
+            slot.empty()
             return
         try:
             status = self.builder.poll_build(slot.handle)
@@ -606,21 +548,20 @@ class NodeRequestHandler:
         if status.state is not BuildState.BUILDING:
             self._forget_build(slot.handle)
         if status.state is BuildState.READY:
-            slot.ready = True
+            slot.state = SlotState.READY
             report.nodes_ready.append(slot.node.id)
         elif status.state is BuildState.FAILED:
-            slot.failed = True
+            slot.state = SlotState.FAILED
             report.nodes_failed.append(slot.node.id)
-            slot.lock.release()
+            slot.let_go()
         elif status.state is BuildState.ABORTED:
             # Transient: the node is left for the reaper and a new one is
             # built on a later pass.
             report.nodes_failed.append(slot.node.id)
-            slot.lock.release()
-            slot.node = slot.lock = slot.handle = None
-            slot.building = False
+            slot.empty()
 
     def _forget_build(self, handle: Hashable) -> None:
+        self.admission.room_changed()   # the build ended
         try:
             self.builder.forget_build(handle)
         except Exception:  # bookkeeping only
@@ -630,6 +571,7 @@ class NodeRequestHandler:
         spec = DeleteSpec(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
                           labels=tuple(node.type), external_id=node.external_id,
                           state=node.state)
+        self.admission.room_changed()
         try:
             self.builder.cancel_build(handle, spec)
         except Exception:  # the leak cleaner is the backstop
@@ -656,9 +598,9 @@ class NodeRequestHandler:
     def _fail_node(self, slot: _Slot, reason: str, report: PassReport) -> None:
         slot.node = self._apply_status(slot.node, slot.lock,
                                        BuildStatus(BuildState.FAILED, reason=reason))
-        slot.failed = True
+        slot.state = SlotState.FAILED
         report.nodes_failed.append(slot.node.id)
-        slot.lock.release()
+        slot.let_go()
 
     # -- finishing ----------------------------------------------------------------------
 
@@ -685,8 +627,7 @@ class NodeRequestHandler:
             # Zuul waits at most 30 s for each node lock once it sees
             # fulfilled: let go of them first.
             for slot in active.slots:
-                if slot.lock is not None:
-                    slot.lock.release()
+                slot.let_go()
             active.nodes_released = True
         protocol.apply_fulfil(request, node_ids, self._now())
         try:
@@ -721,7 +662,8 @@ class NodeRequestHandler:
 
     def _store_decline(self, request: NodeRequest, lock: ZooKeeperLock,
                        report: PassReport) -> None:
-        try:
+        """Write the decline and let go of the request's lock."""
+        with lock, contextlib.suppress(RecordGone):
             for attempt in range(2):
                 registered = [p.id for p in self.store.registered_pools()]
                 protocol.apply_decline(request, self.pool.pool_id, registered, self._now())
@@ -738,10 +680,6 @@ class NodeRequestHandler:
             if request.state == FAILED:
                 report.failed.append(request.id)
                 log.info("request %s: failed: every registered pool declined", request.id)
-        except RecordGone:
-            pass
-        finally:
-            lock.release()
 
     def _vanished(self, active: _Active, report: PassReport) -> None:
         """The request was deleted (Zuul cancelled it): keep nothing for it."""
@@ -759,16 +697,17 @@ class NodeRequestHandler:
         deleting.  Failed nodes are already unlocked for the reaper."""
         for slot in active.slots:
             node = slot.node
-            if node is None or slot.failed:
+            if node is None or slot.state is SlotState.FAILED:
                 continue
-            if slot.building and not slot.ready:
+            if slot.state is SlotState.BUILDING:
                 with self._state_lock:
                     self._orphans[node.id] = _Orphan(node, slot.lock, slot.handle)
                 slot.lock = None
                 continue
             lock = slot.lock if slot.lock is not None and slot.lock.held else None
             slot.lock = None
-            if lock is None:
+            relocked = lock is None
+            if relocked:
                 # Let go already (fulfilling) or never locked: lock it again.
                 got = self.store.lock_and_read_node(node.id)
                 if got is None:
@@ -776,19 +715,17 @@ class NodeRequestHandler:
                                 "housekeeping will", node.id)
                     continue
                 node, lock = got
-                if node.allocated_to != active.request.id:
-                    lock.release()
+            with lock:
+                if relocked and node.allocated_to != active.request.id:
                     continue
-            node.allocated_to = None
-            if not slot.ready:
-                # Nothing was started in the cloud for it.
-                node.set_state(DELETING, self._now())
-            try:
-                self.store.store_node(node, lock)
-            except (RecordGone, RecordChanged, NotLocked) as e:
-                log.warning("node %s: could not release it: %s", node.id, e)
-            finally:
-                lock.release()
+                node.allocated_to = None
+                if slot.state is SlotState.CREATED:
+                    # Nothing was started in the cloud for it.
+                    node.set_state(DELETING, self._now())
+                try:
+                    self.store.store_node(node, lock)
+                except (RecordGone, RecordChanged, NotLocked) as e:
+                    log.warning("node %s: could not release it: %s", node.id, e)
 
     def _poll_orphan(self, node_id: str) -> None:
         orphan = self._orphans[node_id]
@@ -831,10 +768,7 @@ class NodeRequestHandler:
     def _drop(self, active: _Active) -> None:
         """The request's lock went with a lost session."""
         self._abandon_builds(active)
-        for slot in active.slots:
-            if slot.lock is not None:
-                slot.lock.release()
-        active.lock.release()
+        active.let_go()
         with self._state_lock:
             self._active.pop(active.request.id, None)
 
@@ -844,8 +778,7 @@ class NodeRequestHandler:
         for slot in active.slots:
             # A ready slot's build was forgotten once recorded; a failed
             # one's too (or it never started).
-            if slot.building and not slot.ready and not slot.failed \
-                    and slot.node is not None:
+            if slot.state is SlotState.BUILDING and slot.node is not None:
                 self._abandon(slot.node, slot.handle)
 
     def _abandon(self, node: Node, handle: Hashable) -> None:

@@ -15,6 +15,9 @@ the lock still held; only a LOST session ends it (``SessionTracker``).  A
 release that fails because the connection dropped at that moment leaves the
 contender on the server, so its delete is retried once the connection is
 back instead of leaving the lock taken by nobody.
+
+A lock is a context manager: ``with lock:`` releases it when the block
+ends, for the code that holds a lock only for one step.
 """
 
 from __future__ import annotations
@@ -91,6 +94,13 @@ class ZooKeeperLock:
             if node:
                 self._session.defer_delete(f"{self.path}/{node}", self.generation)
             self.forget()
+
+    def __enter__(self) -> ZooKeeperLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with lock:`` lets go of it however the block ends."""
+        self.release()
 
     def forget(self) -> None:
         """The contender znode was removed with its parent (recursive delete)."""
