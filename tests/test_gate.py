@@ -314,10 +314,10 @@ def test_lists_asked_for_now_stay_within_one_per_interval():
     # want_now lists before the interval when the budget allows (after a
     # quiet spell), but under steady demand the lists still come at one per
     # interval on average, plus the burst.
-    from nodepool.driver.server_list import URGENT_BURST, ServerListCache
+    from nodepool.driver.list_cache import URGENT_BURST, ListCache
     now = [1000.0]
     gate = ApiGate("p", deadline=5, clock=lambda: now[0])
-    cache = ServerListCache(gate, lambda: [], interval=2.0, clock=lambda: now[0])
+    cache = ListCache(gate, lambda: [], interval=2.0, clock=lambda: now[0])
     started: list = []
 
     def step() -> None:

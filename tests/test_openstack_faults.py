@@ -225,7 +225,7 @@ def test_a_server_whose_delete_we_sent_is_gone_with_the_first_list_that_misses_i
 def test_a_server_missing_from_two_lists_is_gone():
     from nodepool.driver.gate import ApiGate
     from nodepool.driver.openstack.servers import is_deleting, is_partial
-    from nodepool.driver.server_list import ServerListCache
+    from nodepool.driver.list_cache import ListCache
     lists = [[{"id": "a", "status": "ACTIVE", "metadata": {"k": "v"}},
               {"id": "b", "status": "ACTIVE", "metadata": {}},
               {"id": "c", "status": "ACTIVE", "OS-EXT-STS:task_state": "deleting"}],
@@ -234,9 +234,9 @@ def test_a_server_missing_from_two_lists_is_gone():
              []]
     now = [1000.0]
     gate = ApiGate("p", deadline=5, clock=lambda: now[0])
-    cache = ServerListCache(gate, lambda: lists.pop(0), interval=1.0, clock=lambda: now[0],
-                            confirm_gone=lambda s: not is_deleting(s),
-                            is_partial=is_partial)
+    cache = ListCache(gate, lambda: lists.pop(0), interval=1.0, clock=lambda: now[0],
+                      confirm_gone=lambda s: not is_deleting(s),
+                      is_partial=is_partial)
     snapshots = []
     try:
         while lists:
@@ -250,11 +250,11 @@ def test_a_server_missing_from_two_lists_is_gone():
     finally:
         gate.shutdown()
     first, second, third, fourth = snapshots
-    assert set(first.servers) == {"a", "b", "c"}
+    assert set(first.items) == {"a", "b", "c"}
     # b is kept as last seen (c was being deleted: gone as expected); a
     # keeps its metadata though its cell said little.
-    assert set(second.servers) == {"a", "b"} and second.unconfirmed == {"b"}
-    assert second.servers["a"]["metadata"] == {"k": "v"}
-    assert second.servers["a"]["status"] == "UNKNOWN"
-    assert set(third.servers) == {"a"} and not third.unconfirmed
-    assert set(fourth.servers) == {"a"} and fourth.unconfirmed == {"a"}
+    assert set(second.items) == {"a", "b"} and second.unconfirmed == {"b"}
+    assert second.items["a"]["metadata"] == {"k": "v"}
+    assert second.items["a"]["status"] == "UNKNOWN"
+    assert set(third.items) == {"a"} and not third.unconfirmed
+    assert set(fourth.items) == {"a"} and fourth.unconfirmed == {"a"}

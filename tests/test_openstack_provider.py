@@ -337,7 +337,7 @@ def test_a_limits_reading_taken_while_a_deleted_server_waits_is_anchored_by_a_li
     h = harness(dict(limited(instances=1, boot_seconds=0.1, delete_seconds=5.0),
                      request_log=log_path))
     for _ in range(3):
-        h.provider.delete_durations.record(5.0, 5.0)
+        h.provider.pacer.delete_durations.record(5.0, 5.0)
     h.wait_available()
     [first] = h.start(1)
     done = h.finish_builds([first])
@@ -395,7 +395,7 @@ def _build_one_after_learned_boots(h, seconds: float, log_path: str) -> tuple[fl
     after its server went ACTIVE the build was seen ready, server lists made
     meanwhile), from the fakecloud's transition log at ``log_path``."""
     for _ in range(3):
-        h.provider.boot_durations.record(seconds, seconds)
+        h.provider.pacer.boot_durations.record(seconds, seconds)
     lists = h.cloud.request_count(LIST_ROUTE)
     [node] = h.start(1)
     done = h.finish_builds([node], timeout=seconds + 12)
@@ -432,7 +432,7 @@ def test_a_delete_nobody_waits_for_rides_on_lists_made_anyway(harness, tmp_path,
     h.wait_available()
     [node] = h.start(1)
     done = h.finish_builds([node])
-    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no wait remembered")
+    wait_for(lambda: not h.provider.pacer.quota_waiting(), timeout=5, what="no wait remembered")
     before = time.time()
     h.finish_deletes([h.delete(node, done[node].info.external_id, awaited=awaited)],
                      timeout=15)
@@ -462,9 +462,9 @@ def test_a_request_waiting_for_its_tenant_counts_as_waiting(harness):
                                               provider_name="p1", pool_name="main",
                                               tenant_name="t"))
     h.finish_builds([handle])
-    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no wait remembered")
+    wait_for(lambda: not h.provider.pacer.quota_waiting(), timeout=5, what="no wait remembered")
     assert h.provider.tenant_capacity("t", ["small"]) is Capacity.WAIT
-    assert h.provider.quota_waiting()
+    assert h.provider.pacer.quota_waiting()
 
 
 def reuse_lag(log_path: str, delete_seconds: float) -> tuple[float, list]:
@@ -494,7 +494,7 @@ def _one_instance_deletes_learned(harness, tmp_path):
                              delete_seconds=LEARNED_DELETE_SECONDS),
                      request_log=log_path), server_list_interval=2.0)
     for _ in range(3):
-        h.provider.delete_durations.record(LEARNED_DELETE_SECONDS, LEARNED_DELETE_SECONDS)
+        h.provider.pacer.delete_durations.record(LEARNED_DELETE_SECONDS, LEARNED_DELETE_SECONDS)
     h.wait_available()
     [first] = h.start(1)
     return h, log_path, first
@@ -531,7 +531,7 @@ def test_a_server_someone_else_deletes_is_looked_for_while_requests_wait(
     assert h.provider.capacity(["small"]) is Capacity.WAIT   # a request waits
     fakecloud_connect(h.cloud).delete_server(server_id)
     h.provider.servers.want_fresh()
-    wait_for(lambda: server_id in h.provider._deleting_elsewhere, timeout=5,
+    wait_for(lambda: server_id in h.provider.pacer._deleting_elsewhere, timeout=5,
              what="a list showing the server being deleted")
     wait_for(lambda: h.provider.capacity(["small"]) is Capacity.AVAILABLE, timeout=15,
              what="the instance free again")
@@ -664,11 +664,11 @@ def test_a_retry_delay_is_not_a_wait_for_quota(harness, monkeypatch):
 
     wait_for(lambda: steps() == {node: "wait-retry"}, timeout=10, what="the retry's delay")
     # (A capacity check that waited is remembered for a moment.)
-    wait_for(lambda: not h.provider.quota_waiting(), timeout=5, what="no quota wait")
+    wait_for(lambda: not h.provider.pacer.quota_waiting(), timeout=5, what="no quota wait")
     assert steps() == {node: "wait-retry"}
     [other] = h.start(1)
     wait_for(lambda: steps().get(other) == "wait-quota", timeout=10, what="refused headroom")
-    assert h.provider.quota_waiting()
+    assert h.provider.pacer.quota_waiting()
 
 
 def test_launch_timeout_counts_from_the_create_and_fails_slow_boots(harness):

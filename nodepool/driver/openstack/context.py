@@ -2,7 +2,8 @@
 
 ``CreateMachine`` and ``ServerDeletion`` never hold a socket or a thread:
 every call to the cloud goes through ``gate``, every server they see comes
-from ``servers``, every quota question goes to ``ledger`` and ``reserve``.
+from ``servers``, what they wait to see in a list they tell ``pacer``,
+every quota question goes to ``ledger`` and ``reserve``.
 ``OpenStackProvider`` is the one implementation; a test may pass its own.
 Grouped by what they are for.
 """
@@ -13,15 +14,15 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from nodepool.driver.openstack import errors
-    from nodepool.driver.delete_timing import DeleteDurations
     from nodepool.driver.gate import ApiCall, ApiGate
     from nodepool.driver.openstack.addressing import NetworkLayout
     from nodepool.driver.openstack.catalog import CloudCatalog
+    from nodepool.driver.openstack.list_pacing import ListPacer
     from nodepool.driver.openstack.cloud import OpenStackCloud
     from nodepool.driver.openstack.machines import (CreateMachine, LabelPlan,
                                                     ServerDeletion)
     from nodepool.driver.outcomes import LaunchOutcome
-    from nodepool.driver.server_list import ServerListCache
+    from nodepool.driver.list_cache import ListCache
     from nodepool.quota import QuotaDecision, QuotaLedger, Resources
     from nodepool.requests.builder import BuildSpec
 
@@ -44,12 +45,11 @@ class MachineContext(Protocol):
 
     # The cloud, and what is known of it without a call.
     gate: "ApiGate"
-    servers: "ServerListCache"
-    ports: "ServerListCache"
+    servers: "ListCache"
+    ports: "ListCache"
+    pacer: "ListPacer"
     catalog: "CloudCatalog"
     ledger: "QuotaLedger"
-    delete_durations: "DeleteDurations"
-    boot_durations: "DeleteDurations"
 
     @property
     def cloud(self) -> "OpenStackCloud": ...
@@ -60,8 +60,6 @@ class MachineContext(Protocol):
     def plan_label(self, label: Any, pool: Any) -> tuple["LabelPlan | None", str | None,
                                                          bool]: ...
     def reserve(self, key: str, spec: "BuildSpec", cost: "Resources") -> "QuotaDecision": ...
-    def ready_looks_cover(self, since_create: float) -> bool: ...
-    def deletes_awaited(self) -> bool: ...
     def create_body(self, machine: "CreateMachine", name: str) -> dict: ...
     def log_console(self, server_id: str, node_id: str) -> None: ...
     def note_floating_ip(self, server_id: str | None, address: str | None,

@@ -2,11 +2,13 @@
 
 The provider loop calls ``advance()`` on every machine each pass.  A machine
 never waits: it submits calls to the gate and looks at them, and at the
-shared server list, on later passes.  All cloud I/O goes through
-``MachineContext`` (``context.py``; the provider implements it), so these
-classes start no threads; the one thing a machine runs itself is its
-node's readiness check (``keyscan.py``: an ``ssh-keyscan`` process or a
-TCP connection), which it polls and cancels like a call.
+shared server list, on later passes.  It never asks for a list itself: it
+tells the provider's ``ListPacer`` (``list_pacing.py``) what it waits for.
+All cloud I/O goes through ``MachineContext`` (``context.py``; the
+provider implements it), so these classes start no threads; the one thing a
+machine runs itself is its node's readiness check (``keyscan.py``: an
+``ssh-keyscan`` process or a TCP connection), which it polls and cancels
+like a call.
 
 Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
 create call of the attempt (waiting for quota is not launch time), and a
@@ -223,7 +225,7 @@ class CreateMachine:
                 # The server may exist even though we got no usable answer
                 # (a timeout, or a 202 whose body we could not read).
                 self.ctx.ledger.create_unknown(self.key)
-                self.ctx.servers.want_fresh(now)
+                self.ctx.pacer.awaited(now)
                 self.reason = f"create call failed ({err.message}); looking for the server"
                 self.step = Step.LOOKUP
             else:
@@ -236,8 +238,7 @@ class CreateMachine:
         self.server_id = answer.get("id")
         self.ctx.ledger.create_accepted(self.key, self.server_id)
         self.ctx.remember_server(self.server_id, self.key)
-        if not self.ctx.ready_looks_cover(0.0):
-            self.ctx.servers.want_fresh(now)
+        self.ctx.pacer.expect_active(0.0, after=now)
         self.step = Step.BOOTING
 
     def _step_lookup(self, now: float) -> None:
@@ -307,18 +308,18 @@ class CreateMachine:
         if now - self.create_started_at > self.ctx.launch_timeout:
             self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed in {status}",
                          outcomes.ERROR_CREATE_TIMEOUT)
-        elif not self.ctx.ready_looks_cover(now - (self.call_done_at or now)):
-            self.ctx.servers.want_fresh()
+        else:
+            self.ctx.pacer.expect_active(now - (self.call_done_at or now))
 
     def _note_boot_time(self, listed_at: float) -> None:
-        """Teach the provider how long its boots take (see provider
-        ``_look_for_ready_servers``): the server went ACTIVE between the
-        last list that showed it building and this one."""
+        """Teach the pacer how long boots take (its ready looks): the
+        server went ACTIVE between the last list that showed it building
+        and this one."""
         start = self.call_done_at
         if start is None or listed_at <= start:
             return
         before = (self.building_seen_at or start) - start
-        self.ctx.boot_durations.record(before, listed_at - start)
+        self.ctx.pacer.boot_observed(before, listed_at - start)
 
     def _needs_floating_ip(self, server: dict) -> bool:
         return bool(self.pool.auto_floating_ip
@@ -358,9 +359,9 @@ class CreateMachine:
             ports = self.ctx.ports.snapshot
             asked_at = max(self.active_at or now, self.not_before)
             if ports.requested_at <= asked_at:
-                self.ctx.ports.want_fresh(asked_at)
+                self.ctx.pacer.ports_awaited(asked_at)
                 return
-            port = addressing.floating_ip_port(ports.servers.values(), self.server, layout)
+            port = addressing.floating_ip_port(ports.items.values(), self.server, layout)
             if port is None:
                 self.reason = "server has no port for a floating IP yet"
                 self.not_before = now + RETRY_DELAY
@@ -565,7 +566,7 @@ class ServerDeletion:
                     self.step = DeleteStep.SEND
                     return
             if snap.requested_at <= self.since:
-                self.ctx.servers.want_fresh(self.since)
+                self.ctx.pacer.awaited(self.since)
                 return
             wanted = {srv.META_PROVIDER: self.ctx.name, srv.META_NODE: self.node_id}
             if self.attempt is not None:
@@ -614,16 +615,16 @@ class ServerDeletion:
                     # Nova accepted the DELETE, so it still had the server
                     # when the call started: as good as a list from then.
                     self.ctx.ledger.note_listed(self.key, call.started_at)
-            self._want_list(self.sent_at)
+            self.ctx.pacer.expect_gone(self.sent_at)
             self.step = DeleteStep.WAIT_GONE
             return
         if self.step is DeleteStep.WAIT_GONE:
             if snap.requested_at <= self.sent_at:
-                self._want_list(self.sent_at)
+                self.ctx.pacer.expect_gone(self.sent_at)
                 return
             server = snap.get(self.server_id)
             if server is None:
-                self.ctx.delete_durations.record(
+                self.ctx.pacer.delete_observed(
                     (self.still_listed_at or self.sent_at) - self.sent_at,
                     snap.requested_at - self.sent_at)
                 self._gone()
@@ -635,17 +636,7 @@ class ServerDeletion:
                 self.reason = "still listed long after the delete; sending it again"
                 self.step = DeleteStep.SEND
             else:
-                self._want_list(now)
-
-    def _want_list(self, after: float) -> None:
-        """While requests wait for capacity (or an operator for this very
-        deletion), a server gone is news: ask for lists at the usual pace,
-        and the provider looks sooner when the server has likely gone.
-        Otherwise nobody waits for it: the lists made anyway (ready looks,
-        the slow idle refresh) bring it, and the list budget goes to what
-        someone waits for."""
-        if self.ctx.deletes_awaited():
-            self.ctx.servers.want_fresh(after)
+                self.ctx.pacer.expect_gone(now)
 
     def _gone(self) -> None:
         if self.key is None:

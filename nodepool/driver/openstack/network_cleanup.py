@@ -22,7 +22,7 @@ from typing import Callable
 from nodepool.driver.openstack import errors
 from nodepool.driver.budget import Priority
 from nodepool.driver.gate import ApiCall, ApiGate
-from nodepool.driver.server_list import ServerListCache
+from nodepool.driver.list_cache import ListCache
 
 log = logging.getLogger("nodepool.openstack.cleanup")
 
@@ -120,13 +120,15 @@ def unattached_floating_ips(items: list[dict], listed_at: float) -> set[str]:
     return {f["id"] for f in items if f.get("id") and not f.get("port_id")}
 
 
-def orphan_port_judge(servers: ServerListCache) -> Judge:
+def orphan_port_judge(servers: ListCache,
+                      awaited: Callable[[float], None]) -> Judge:
     """DOWN ports owned by nova (or nobody) whose server nova no longer
-    lists; undecided until the server list was requested after the ports."""
+    lists; undecided until the server list was requested after the ports
+    (``awaited``: ask the list's pacer for one requested after a moment)."""
     def judge(items: list[dict], listed_at: float) -> set[str] | None:
         snap = servers.snapshot
         if snap.requested_at < listed_at:
-            servers.want_fresh(listed_at)
+            awaited(listed_at)
             return None
         out = set()
         for port in items:
@@ -137,7 +139,7 @@ def orphan_port_judge(servers: ServerListCache) -> Judge:
             # owner (made on purpose, attached later) is never ours to delete.
             if not owner.startswith("compute:"):
                 continue
-            if port.get("device_id") and port["device_id"] in snap.servers:
+            if port.get("device_id") and port["device_id"] in snap.items:
                 continue
             out.add(port["id"])
         return out

@@ -19,7 +19,6 @@ from typing import Any, Callable, Hashable, Sequence
 from nodepool.driver.openstack import errors
 from nodepool.config.model import AddressPolicy
 from nodepool.driver.base import ProviderMetrics
-from nodepool.driver.delete_timing import BootDurations, DeleteDurations
 from nodepool.driver.gate import ApiCall, ApiGate
 from nodepool.driver.loop import LoopedProvider, ProviderLoop
 from nodepool.driver.openstack import addressing
@@ -28,12 +27,14 @@ from nodepool.driver.openstack.catalog import (CloudCatalog, describe_flavor_cho
                                                pick_flavor)
 from nodepool.driver.openstack.cloud import OpenStackCloud, connect_to_project
 from nodepool.driver.openstack.floating_ips import FloatingIpTracker
+from nodepool.driver.openstack.list_pacing import (PORT_LIST_INTERVAL, SERVER_LIST_INTERVAL,
+                                                   ListPacer)
 from nodepool.driver.openstack.reconcile import ServerReconciler
 from nodepool.driver.openstack.machines import (CreateMachine, DeleteStep, LabelPlan,
                                                 ServerDeletion, Step)
 from nodepool.driver.openstack.network_cleanup import LeakSweep, orphan_port_judge
 from nodepool.driver.outcomes import LaunchOutcome
-from nodepool.driver.server_list import ServerListCache
+from nodepool.driver.list_cache import ListCache
 from nodepool.driver.shared_claims import reserve_shared, shared_reasons
 from nodepool.quota import (ZERO, CloudLimits, PoolQuota, QuotaDecision, QuotaLedger,
                             Resources, label_cost)
@@ -46,29 +47,8 @@ from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
 
 log = logging.getLogger("nodepool.openstack.provider")
 
-# The shared server list's pace while something waits for a fresher one
-# (a boot the learned boot times no longer cover, a delete while requests
-# wait for quota or an operator for it, ...): each list serves them all;
-# idle, every 4 intervals.
-SERVER_LIST_INTERVAL = 2.5
 LOOP_INTERVAL = 0.25
 LEAK_INTERVAL = 60.0
-# Ports are listed only while a server waits for its floating IP: one list
-# for all of them, at most this often.
-PORT_LIST_INTERVAL = 1.0
-# While requests wait for quota, the server list is read as soon as the
-# deleted servers still listed have, together, at least this chance of
-# having gone since the last list (learned delete durations, see
-# delete_timing), and never more often than GONE_CHECK_INTERVAL.  Lower
-# finds freed quota sooner at the cost of more lists; see doc/quota.rst.
-GONE_LOOK_CHANCE = 0.3
-GONE_CHECK_INTERVAL = 0.5
-# A list is asked for "now" (within the list's budget) once the servers
-# booting have, together, at least this chance of being ACTIVE since the
-# last list (learned boot times, see _look_for_ready_servers).
-READY_LOOK_CHANCE = 0.5
-# A capacity check that found no headroom counts as "requests wait" this long.
-QUOTA_WAIT_MEMORY = 2.0
 
 
 class NodeDeletion:
@@ -91,9 +71,8 @@ class NodeDeletion:
         if not self.searched:
             if snap.requested_at <= self.started_at:
                 # As for the servers' own deletions: hurried only while
-                # somebody waits (see ServerDeletion._want_list).
-                if self.provider.deletes_awaited():
-                    self.provider.servers.want_fresh(self.started_at)
+                # somebody waits.
+                self.provider.pacer.expect_gone(self.started_at)
                 return
             for server in snap.by_metadata(**{srv.META_PROVIDER: self.provider.name,
                                               srv.META_NODE: self.spec.node_id}):
@@ -179,14 +158,26 @@ class OpenStackProvider(LoopedProvider):
         # could still use one has ended or been written off by the gate.
         self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
         self.retired_close_after = self.gate.deadline
-        self.servers = ServerListCache(self.gate, self._list_servers, server_list_interval,
-                                       clock, confirm_gone=self._needs_second_look,
-                                       is_partial=srv.is_partial)
+        self.servers = ListCache(self.gate, self._list_servers, server_list_interval,
+                                 clock, confirm_gone=self._needs_second_look,
+                                 is_partial=srv.is_partial)
         # One project-wide port list for the servers that wait for a
         # floating IP, instead of a ``ports?device_id=`` lookup per server.
-        self.ports = ServerListCache(self.gate, lambda: self.cloud.list_ports(),
-                                     PORT_LIST_INTERVAL, clock, kind="network.list_ports",
-                                     idle_refresh=False)
+        self.ports = ListCache(self.gate, lambda: self.cloud.list_ports(),
+                               PORT_LIST_INTERVAL, clock, kind="network.list_ports",
+                               idle_refresh=False)
+        # When either list is asked for (list_pacing.py).
+        self.pacer = ListPacer(
+            self.servers, self.ports, clock,
+            builds_wait_quota=lambda: any(m.step is Step.WAIT_QUOTA
+                                          for m in self._builds.values()),
+            operator_awaits=lambda: any(d.spec.awaited for d in list(self._deletes.values())),
+            booting=lambda: [(m.call_done_at, m.building_seen_at)
+                             for m in self._builds.values()
+                             if m.step is Step.BOOTING and m.call_done_at is not None],
+            deletions=lambda: [(d.server_id,
+                                d.sent_at if d.step is DeleteStep.WAIT_GONE else None)
+                               for d in self._server_deletions])
         self._layout: tuple[Any, AddressPolicy, addressing.NetworkLayout] | None = None
         self.catalog = CloudCatalog(self.gate, {
             "flavors": lambda: self.cloud.list_flavors(),
@@ -195,26 +186,12 @@ class OpenStackProvider(LoopedProvider):
             "availability_zones": lambda: self.cloud.list_availability_zones(),
         }, clock=clock)
         self.leak_interval = leak_interval
-        self.delete_durations = DeleteDurations()
-        self.boot_durations = BootDurations()
-        self.gone_check_interval = GONE_CHECK_INTERVAL
-        self._quota_wait_seen_at = float("-inf")
         self._wait_reasons: tuple[str, ...] = ()
-        # (a request waits for capacity, an operator awaits a deletion), fixed
-        # for one pass over the machines, which all ask (see _waits).
-        self._pass_waits: tuple[bool, bool] | None = None
         self._lock = threading.RLock()
         self._builds: dict[Hashable, CreateMachine] = {}   # handle: the node id
         self._deletes: dict[Hashable, NodeDeletion] = {}
         self._unattended_deletes: set[str] = set()   # node ids nobody polls
         self._server_deletions: list[ServerDeletion] = []
-        # Servers of the project someone else is deleting (another launcher,
-        # an operator): server id -> when the list before the one that first
-        # showed it deleting was requested (its DELETE came after that; the
-        # earliest time it can have been sent errs towards looking early).
-        # Their quota comes free too, so the looks for gone servers count them.
-        self._deleting_elsewhere: dict[str, float] = {}
-        self._previous_list_at: float | None = None
         self._limits_call: tuple[Any, ApiCall] | None = None
         self.floating_ips = FloatingIpTracker(self.name, self.gate, lambda: self.cloud, clock)
         self.reconciler = ServerReconciler(self)
@@ -307,7 +284,7 @@ class OpenStackProvider(LoopedProvider):
                     self.name, "port", self.gate, interval,
                     lambda: self.cloud.list_ports(status="DOWN"),
                     lambda port_id: self.cloud.delete_port(port_id),
-                    orphan_port_judge(self.servers), self.clock)
+                    orphan_port_judge(self.servers, self.pacer.awaited), self.clock)
             self.port_sweep.interval = interval
         else:
             self.port_sweep = None
@@ -335,19 +312,18 @@ class OpenStackProvider(LoopedProvider):
                 self.gate.set_share(self.api_share())
             if self.shared_quota is not None:
                 if self.shared_quota.look_again():
-                    self.servers.want_fresh()
+                    self.pacer.awaited()
                 if self.shared_quota.reading_doubtful():
                     self.ledger.reading_doubtful(self.name)
-            self._look_for_gone_servers()
+            self.pacer.look_for_gone()
             if self.servers.tick():
                 self.reconciler.reconcile()
-                self._note_deleting_elsewhere()
+                self.pacer.list_arrived()
             self.ports.tick()
             self.catalog.tick()
             self._refresh_limits()
             self.floating_ips.tick()
-            self._pass_waits = None
-            self._pass_waits = self._waits()
+            self.pacer.begin_pass()
             ended = 0
             for machine in list(self._builds.values()):
                 was_done = machine.done
@@ -359,9 +335,7 @@ class OpenStackProvider(LoopedProvider):
                 ended += machine.done and not was_done
             if ended and self.build_progress is not None:
                 self.build_progress()
-            # After the builds took in the latest list: asked before, a list
-            # just arrived would be asked for again.
-            self._look_for_ready_servers()
+            self.pacer.look_for_ready()
             for deletion in list(self._deletes.values()):
                 try:
                     deletion.advance()
@@ -378,7 +352,7 @@ class OpenStackProvider(LoopedProvider):
                     d.advance()
                 except Exception:
                     log.exception("%s: deleting server %s failed", self.name, d.server_id)
-            self._pass_waits = None
+            self.pacer.end_pass()
             finished = [d.key for d in self._server_deletions if d.done and d.key]
             self._server_deletions = [d for d in self._server_deletions if not d.done]
             self._tell_shared_quota(finished)
@@ -486,10 +460,11 @@ class OpenStackProvider(LoopedProvider):
             if applied:
                 if self.shared_quota is not None:
                     self.shared_quota.reading_applied(self._shared_reading)
-                self._anchor_reading()
+                self.pacer.reading_applied(
+                    lambda: self.shared_quota is not None and self.shared_quota.others_covered())
             return
         due = self.ledger.limits_refresh_due(self.name)
-        if due == STALE_AFTER_DELETE and not self.quota_waiting():
+        if due == STALE_AFTER_DELETE and not self.pacer.quota_waiting():
             # The reading over-counts a gone server: harmless until a
             # request needs the headroom (then it is read right away).
             return
@@ -500,19 +475,6 @@ class OpenStackProvider(LoopedProvider):
                 self._shared_reading = self.shared_quota.reading_started()
             self._limits_call = (token, self.gate.submit("compute.get_limits",
                                                          self._read_limits))
-
-    def _anchor_reading(self) -> None:
-        """A deleted server that goes before any list requested after this
-        reading showed it cannot be freed by the ledger (did nova count it?):
-        the reading must be read again, at the limits pace.  While requests
-        wait and deletes are pending, one list right away settles that for
-        all of them."""
-        if not self.quota_waiting():
-            return
-        if self._deleting_elsewhere or any(d.step is DeleteStep.WAIT_GONE
-                                           for d in self._server_deletions) \
-                or (self.shared_quota is not None and self.shared_quota.others_covered()):
-            self.servers.want_fresh(within=self.gone_check_interval)
 
     def _read_limits(self) -> tuple[dict, dict | None]:
         compute = self.cloud.get_compute_limits()
@@ -624,90 +586,6 @@ class OpenStackProvider(LoopedProvider):
         pool = self.config.pools.get(spec.pool_name)
         return reserve_shared(self.shared_quota, self.ledger, self.name, key, cost, decision,
                               bool(getattr(pool, "ignore_provider_quota", False)))
-
-    def _note_deleting_elsewhere(self) -> None:
-        snap = self.servers.snapshot
-        ours = {d.server_id for d in self._server_deletions if d.server_id}
-        seen = self._deleting_elsewhere
-        deleting = {sid for sid, server in snap.servers.items()
-                    if sid not in ours and srv.is_deleting(server)}
-        for sid in list(seen):
-            if sid not in deleting:
-                del seen[sid]
-        since = self._previous_list_at if self._previous_list_at is not None \
-            else snap.requested_at
-        for sid in deleting:
-            seen.setdefault(sid, since)
-        self._previous_list_at = snap.requested_at
-
-    def _look_for_gone_servers(self) -> None:
-        """While requests wait for quota: ask for a list once the deleted
-        servers we wait for have likely gone (one list serves them all)."""
-        if self.servers.snapshot.unconfirmed and any(self._waits()):
-            # The last list missed servers; only the next one can say they
-            # are gone, and somebody waits for that.
-            self.servers.want_now()
-        sent = [d.sent_at for d in self._server_deletions
-                if d.step is DeleteStep.WAIT_GONE and d.sent_at is not None]
-        sent += self._deleting_elsewhere.values()
-        if not sent or not self.quota_waiting():
-            return
-        now = self.clock()
-        last = self.servers.snapshot.requested_at
-        chance = sum(self.delete_durations.chance_gone(max(last, at) - at, now - at)
-                     for at in sent)
-        if chance >= GONE_LOOK_CHANCE:
-            self.servers.want_fresh(within=self.gone_check_interval)
-
-    def _look_for_ready_servers(self) -> None:
-        """Ask for a list once the servers booting have likely become
-        ACTIVE (learned boot times), rather than at the list's pace; the
-        list's budget keeps this at one list per interval on average, so a
-        busy provider lists as before and a quiet one notices each server
-        soon after it is up."""
-        now = self.clock()
-        last = self.servers.snapshot.requested_at
-        chance = 0.0
-        for m in self._builds.values():
-            start = m.call_done_at
-            if m.step is not Step.BOOTING or start is None:
-                continue
-            seen = max(last, m.building_seen_at or start)
-            chance += self.boot_durations.chance_gone(seen - start, now - start)
-        if chance >= READY_LOOK_CHANCE:
-            self.servers.want_now()
-
-    def ready_looks_cover(self, since_create: float) -> bool:
-        """Will the ready looks list for a boot this far along, so that it
-        need not ask for lists at the pace?  Yes once boot times are learned
-        and until the boot outlives them, unless requests wait for quota (the
-        ledger then wants each new server listed soon).  A list at the pace
-        while a server boots would show it building and spend the budget
-        that the look at its likely end needs."""
-        if not self.boot_durations.learned() or self._waits()[0]:
-            return False
-        return since_create <= self.boot_durations.window()[1]
-
-    def deletes_awaited(self) -> bool:
-        """Does anybody wait for a deletion to end: a request for capacity,
-        or an operator for one node (``DeleteSpec.awaited``)?"""
-        return any(self._waits())
-
-    def _waits(self) -> tuple[bool, bool]:
-        """(a request waits for capacity, an operator awaits a deletion).
-        Every build and deletion asks on every pass; during a pass (which
-        holds the lock, so no capacity check or new delete comes between)
-        the answer is worked out once instead of scanning them all for each."""
-        if self._pass_waits is not None:
-            return self._pass_waits
-        return (self.quota_waiting(),
-                any(d.spec.awaited for d in list(self._deletes.values())))
-
-    def quota_waiting(self) -> bool:
-        """Does a request (or a build) wait for headroom right now?"""
-        if self.clock() - self._quota_wait_seen_at < QUOTA_WAIT_MEMORY:
-            return True
-        return any(m.step is Step.WAIT_QUOTA for m in self._builds.values())
 
     def launch_concurrency(self) -> LaunchConcurrency:
         """``max-concurrency`` and the builds in progress in every pool: the
@@ -830,7 +708,7 @@ class OpenStackProvider(LoopedProvider):
                     self.ledger.release(key)
 
     def _waiting(self, reasons: Sequence[str]) -> Capacity:
-        self._quota_wait_seen_at = self.clock()
+        self.pacer.note_quota_wait()
         if tuple(reasons) != self._wait_reasons and log.isEnabledFor(logging.DEBUG):
             # Once per change: why requests wait (and, with the ledger's
             # figures, what it counts) is what a slow fill comes down to.
@@ -1020,8 +898,8 @@ class OpenStackProvider(LoopedProvider):
                 "api_budget": self.gate.budget(),
                 # Several launchers on the project: is this one its cleaner?
                 "leak_cleaner": self.leak_cleaner(),
-                "delete_durations": self.delete_durations.describe(),
-                "boot_durations": self.boot_durations.describe(),
+                "delete_durations": self.pacer.delete_durations.describe(),
+                "boot_durations": self.pacer.boot_durations.describe(),
                 "builds": [m.describe() for m in self._builds.values()],
                 "deletes": [d.describe() for d in self._server_deletions],
                 "counters": dict(self.counters),

@@ -72,10 +72,10 @@ class ServerReconciler:
         if shared is not None:
             # Every nodepool server of the project, whichever launcher's:
             # evidence for the shared book that nova still counted it.
-            shared.listed((srv.ledger_key(m) for s in snap.servers.values()
+            shared.listed((srv.ledger_key(m) for s in snap.items.values()
                            if (m := s.get("metadata") or {}).get(srv.META_NODE)),
                           snap.requested_at)
-        for server in snap.servers.values():
+        for server in snap.items.values():
             meta = server.get("metadata") or {}
             if meta.get(srv.META_PROVIDER) != p.name:
                 continue
@@ -155,7 +155,7 @@ class ServerReconciler:
         tracked |= {d.server_id for d in p._server_deletions if d.server_id}
         building_nodes = set(p._builds) | set(p._deletes)
         suspects = set()
-        for server in snap.servers.values():
+        for server in snap.items.values():
             meta = server.get("metadata") or {}
             node_id = meta.get(srv.META_NODE)
             if server["id"] in tracked or not p.cleans_leaks_of(meta.get(srv.META_PROVIDER)):

@@ -1,24 +1,26 @@
-"""How long this provider's servers take to disappear after a DELETE.
+"""How long something this provider waits for takes to show in a list.
 
-A deleted server counts against nova's quota until nova stops listing it,
-so a request waiting for quota waits for that moment.  Listing servers often
-all the time would waste the API budget; listing at the usual pace finds the
-server gone seconds late.  So each provider learns, from what it observes,
-how long its deleted servers take to go, and while requests wait for quota
-it looks when the servers it waits for have likely gone: ``chance_gone``
-says how likely one still listed at one moment is gone by a later one, and
-the provider sums that over every pending delete (one list serves them
-all) and lists once the sum is high enough.  Past every duration seen so
-far, looks back off (the wait grows with how far past it the delete is).
+Two waits have the same shape: a deleted server counts against nova's quota
+until nova stops listing it, and a new server is of no use until a list
+shows it ACTIVE.  Listing servers often all the time would waste the API
+budget; listing at the usual pace finds the news seconds late.  So each
+provider learns, from what it observes, how long its deletes and its boots
+take (one ``LearnedDurations`` each), and looks when what it waits for has
+likely happened: ``chance_done`` says how likely something not yet done at
+one moment is done by a later one; the list pacer
+(``driver/openstack/list_pacing.py``) sums that over everything pending
+(one list serves them all) and lists once the sum is high enough.  Past
+every duration seen so far, looks back off (the wait grows with how far
+past it the wait is).
 
 A duration is never seen exactly, only between two lists (the last that
-showed the server, the first that did not), and lists are seconds apart.
-Taking each interval's midpoint would blur a steady 3 s into anything from
-2 to 4 s and half the looks would come early; the estimate instead finds
-the distribution that best explains all the intervals together, which for
-a steady duration is the tightest bound seen.
+showed it not done, the first that showed it done), and lists are seconds
+apart.  Taking each interval's midpoint would blur a steady 3 s into
+anything from 2 to 4 s and half the looks would come early; the estimate
+instead finds the distribution that best explains all the intervals
+together, which for a steady duration is the tightest bound seen.
 
-Pure logic: the provider passes in times it observed.
+Pure logic: the caller passes in times it observed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
-# Before enough deletes were observed: look early, and for a long time.
+# Before enough durations were observed: look early, and for a long time.
 DEFAULT_WINDOW = (1.0, 30.0)
 MIN_SAMPLES = 3
 # Past the latest observed duration, keep looking often for this long.
@@ -39,10 +41,10 @@ MASS_FLOOR = 1e-4
 SELF_CONSISTENCY_ROUNDS = 200
 
 
-def _tail(listed_at: float, now: float, longest: float) -> float:
+def _tail(not_done_at: float, now: float, longest: float) -> float:
     # Past the longest duration seen, the wait between looks grows with how
-    # far past it the delete is (a doubling back-off).
-    return min(1.0, (now - listed_at) / max(listed_at - longest, 1.0))
+    # far past it the wait is (a doubling back-off).
+    return min(1.0, (now - not_done_at) / max(not_done_at - longest, 1.0))
 
 
 def _self_consistent(intervals: list[tuple[float, float]]
@@ -85,21 +87,23 @@ def _self_consistent(intervals: list[tuple[float, float]]
 
 
 @dataclass
-class DeleteDurations:
-    """The last ``keep`` observed delete durations, each known only to lie
-    between two lists: the last that still showed the server and the first
-    that did not (seconds after the DELETE call returned)."""
+class LearnedDurations:
+    """The last ``keep`` observed durations (of deletes, or of boots), each
+    known only to lie between two lists: the last that showed it not done
+    and the first that showed it done (seconds after its start: the DELETE
+    call, or the create call, returned)."""
 
     keep: int = 50
     samples: deque = field(default_factory=deque)   # (lower, upper] intervals
     _estimate: tuple[list[float], list[float]] | None = field(default=None, repr=False)
 
-    def record(self, still_listed_after: float, gone_after: float) -> None:
-        """The server was still listed in a list requested ``still_listed_after``
-        seconds after the DELETE, and absent from one requested
-        ``gone_after`` seconds after it: it went in between."""
-        lower = max(0.0, min(still_listed_after, gone_after))
-        upper = max(lower, gone_after)
+    def record(self, not_done_at: float, done_at: float) -> None:
+        """A list requested ``not_done_at`` seconds after the start showed it
+        not done yet (the server still listed, still building), and one
+        requested ``done_at`` seconds after it showed it done: it ended in
+        between."""
+        lower = max(0.0, min(not_done_at, done_at))
+        upper = max(lower, done_at)
         # An exact observation is a very short interval ending at it.
         self.samples.append((min(lower, upper - EXACT), upper))
         while len(self.samples) > self.keep:
@@ -135,34 +139,34 @@ class DeleteDurations:
         return max(p for p, m in zip(points, mass, strict=True) if m > MASS_FLOOR)
 
     def window(self) -> tuple[float, float]:
-        """(start, end) seconds after the DELETE in which a server usually goes."""
+        """(start, end) seconds after the start in which it is usually done."""
         if not self.learned():
             return DEFAULT_WINDOW
         return self._quantile(0.1), self.longest() + LATE_MARGIN
 
-    def chance_gone(self, listed_at: float, now: float) -> float:
-        """How likely a server still listed ``listed_at`` seconds after its
-        DELETE is gone ``now`` seconds after it (0..1).
+    def chance_done(self, not_done_at: float, now: float) -> float:
+        """How likely something still not done ``not_done_at`` seconds after
+        its start is done ``now`` seconds after it (0..1).
 
-        From the estimated distribution, given that it was not gone at
-        ``listed_at``; before MIN_SAMPLES, 1 inside DEFAULT_WINDOW (nothing
-        learned yet: look as often as allowed).  A server older than every
+        From the estimated distribution, given that it was not done at
+        ``not_done_at``; before MIN_SAMPLES, 1 inside DEFAULT_WINDOW (nothing
+        learned yet: look as often as allowed).  A wait longer than every
         duration the estimate gives weight to gets
-        ``(now - listed_at) / (listed_at - longest)`` (at least 1 s below):
-        the wait between looks grows as the delete outlives what was seen.
+        ``(now - not_done_at) / (not_done_at - longest)`` (at least 1 s
+        below): the wait between looks grows as it outlives what was seen.
         """
-        listed_at = max(0.0, listed_at)
-        if now <= listed_at:
+        not_done_at = max(0.0, not_done_at)
+        if now <= not_done_at:
             return 0.0
         if not self.learned():
             start, end = DEFAULT_WINDOW
             if now < start:
                 return 0.0
-            return 1.0 if listed_at < end else _tail(listed_at, now, end)
-        before = self._done_by(listed_at)
+            return 1.0 if not_done_at < end else _tail(not_done_at, now, end)
+        before = self._done_by(not_done_at)
         left = 1.0 - before
         if left <= MASS_FLOOR:
-            return _tail(listed_at, now, self.longest())
+            return _tail(not_done_at, now, self.longest())
         return min(1.0, max(0.0, (self._done_by(now) - before) / left))
 
     def describe(self) -> dict:
@@ -171,7 +175,3 @@ class DeleteDurations:
                 "median": round(self._quantile(0.5), 2) if self.samples else None,
                 "look_often_from": round(start, 2), "look_often_until": round(end, 2)}
 
-
-# The same estimate serves boots: the time from the create's answer to the
-# first list that shows the server ACTIVE (or ERROR).
-BootDurations = DeleteDurations

@@ -1,17 +1,22 @@
-"""One server list per provider, refreshed at most once per interval.
+"""One cloud list (nova's servers, neutron's ports), refreshed at most
+once per interval.
 
-Every state machine, the quota ledger and the leak cleaner read this one list
-instead of asking the cloud about single servers.  The cache never pretends:
-it says how old its list is and what the last refresh failed with, and a
-refresh that passed the gate's deadline is given up so a new one can start.
+Every reader of a provider's servers (state machines, the quota ledger, the
+leak cleaner) reads one list instead of asking the cloud about single
+servers; the same holds for ports.  The cache never pretends: it says how
+old its list is and what the last refresh failed with, and a refresh that
+passed the gate's deadline is given up so a new one can start.  *When* a
+list is wanted is not decided here but by whoever owns the pace (for
+OpenStack, ``driver/openstack/list_pacing.py``).
 
-One list is not proof that a server is gone (``confirm_gone``): nova leaves
+One list is not proof that an item is gone (``confirm_gone``): nova leaves
 out the servers of a cell that does not answer, and one such list would
-free their quota, fail their builds and drop their claims.  A server missing
+free their quota, fail their builds and drop their claims.  An item missing
 from a list stays in the snapshot, as last seen, until the next list misses
 it too (unless ``confirm_gone`` says its last record needs no second look:
-a server last seen being deleted is expected to go); and a partial record of a server
-(``is_partial``: all a down cell lets nova say) keeps the fields last seen.
+a server last seen being deleted is expected to go); and a partial record
+(``is_partial``: all a down cell lets nova say of a server) keeps the
+fields last seen.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Callable
 
 from nodepool.driver.gate import ApiCall, ApiGate
 
-log = logging.getLogger("nodepool.serverlist")
+log = logging.getLogger("nodepool.listcache")
 
 # want_now: lists in a burst after a quiet spell, and never closer than this.
 URGENT_BURST = 2.0
@@ -31,34 +36,35 @@ URGENT_MIN_GAP = 0.25
 
 
 @dataclass(frozen=True)
-class ServerSnapshot:
-    """A list as nova gave it, and when the request for it was started.
+class ListSnapshot:
+    """A list as the cloud gave it (items by id), and when the request for
+    it was started.
 
     ``requested_at`` matters more than ``received_at``: a server missing from
     a list requested *after* our delete call returned is really gone.
     """
 
-    servers: dict[str, dict] = field(default_factory=dict)
+    items: dict[str, dict] = field(default_factory=dict)
     requested_at: float = float("-inf")
     received_at: float = float("-inf")
     # Servers kept although this list missed them (a second list decides).
     unconfirmed: frozenset[str] = frozenset()
 
-    def get(self, server_id: str) -> dict | None:
-        return self.servers.get(server_id)
+    def get(self, item_id: str) -> dict | None:
+        return self.items.get(item_id)
 
     def by_metadata(self, **wanted: str) -> list[dict]:
         out = []
-        for server in self.servers.values():
-            meta = server.get("metadata") or {}
+        for item in self.items.values():
+            meta = item.get("metadata") or {}
             if all(meta.get(k) == v for k, v in wanted.items()):
-                out.append(server)
+                out.append(item)
         return out
 
 
-class ServerListCache:
-    """The shared list; also used for neutron's ports (``kind`` names the
-    gate's call; ``idle_refresh=False`` lists only when someone asked)."""
+class ListCache:
+    """One shared list: ``kind`` names the gate's call (nova's servers by
+    default); ``idle_refresh=False`` lists only when someone asked."""
 
     def __init__(self, gate: ApiGate, fetch: Callable[[], list[dict]], interval: float,
                  clock: Callable[[], float] = time.monotonic, *,
@@ -73,7 +79,7 @@ class ServerListCache:
         self.fetch = fetch
         self.interval = interval
         self.clock = clock
-        self.snapshot = ServerSnapshot()
+        self.snapshot = ListSnapshot()
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.refreshes = 0
@@ -91,21 +97,22 @@ class ServerListCache:
 
     def _judge(self, listed: dict[str, dict]) -> tuple[dict[str, dict], frozenset[str]]:
         """The new list with what one list cannot prove (see the module doc)."""
-        previous = self.snapshot.servers
+        previous = self.snapshot.items
         if self.is_partial is not None:
-            for server_id, record in listed.items():
-                known = previous.get(server_id)
+            for item_id, record in listed.items():
+                known = previous.get(item_id)
                 if known is not None and self.is_partial(record):
-                    listed[server_id] = {**known, **record}
+                    listed[item_id] = {**known, **record}
         if self.confirm_gone is None:
             return listed, frozenset()
         # Missed by the list before too: gone.
-        kept = {server_id for server_id, record in previous.items()
-                if server_id not in listed and server_id not in self._unconfirmed
+        kept = {item_id for item_id, record in previous.items()
+                if item_id not in listed and item_id not in self._unconfirmed
                 and self.confirm_gone(record)}
-        for server_id in kept:
-            listed[server_id] = previous[server_id]
+        for item_id in kept:
+            listed[item_id] = previous[item_id]
         return listed, frozenset(kept)
+
     def want_fresh(self, after: float | None = None, *, within: float | None = None) -> None:
         """Ask for a list requested after ``after`` (default: now), e.g.
         once a delete call has returned; still at most one per interval, or
@@ -137,20 +144,20 @@ class ServerListCache:
         if self._call is not None and self._call.done():
             call, self._call = self._call, None
             try:
-                servers = call.result()
+                items = call.result()
             except Exception as e:  # noqa: BLE001 - recorded, retried next interval
                 self.failures += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.last_error_at = now
                 log.warning("%s: %s failed: %s", self.gate.name, self.kind, self.last_error)
             else:
-                listed, unconfirmed = self._judge({s["id"]: s for s in servers if "id" in s})
-                self.snapshot = ServerSnapshot(listed, call.started_at or call.submitted_at,
+                listed, unconfirmed = self._judge({s["id"]: s for s in items if "id" in s})
+                self.snapshot = ListSnapshot(listed, call.started_at or call.submitted_at,
                                                now, unconfirmed)
                 if unconfirmed:
-                    # No list is asked for here: whoever waits for a server
+                    # No list is asked for here: whoever waits for an item
                     # to go still sees it and asks at its own pace.
-                    log.debug("%s: %d server(s) missing from one list; kept until the "
+                    log.debug("%s: %d item(s) missing from one list; kept until the "
                               "next list", self.gate.name, len(unconfirmed))
                 self._unconfirmed = unconfirmed
                 self.refreshes += 1
@@ -192,7 +199,7 @@ class ServerListCache:
 
     def status(self) -> dict:
         return {
-            "servers": len(self.snapshot.servers),
+            "servers": len(self.snapshot.items),
             "unconfirmed_gone": len(self.snapshot.unconfirmed),
             "age": None if self.age() is None else round(self.age(), 1),
             "refreshing_for": None if self._call is None else round(self._call.age(), 1),
