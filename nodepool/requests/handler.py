@@ -568,9 +568,7 @@ class NodeRequestHandler:
             log.exception("pool %s: forgetting build %s failed", self.pool.pool_id, handle)
 
     def _cancel_build(self, node: Node, handle: Hashable) -> None:
-        spec = DeleteSpec(node_id=node.id, provider_name=node.provider, pool_name=node.pool,
-                          labels=tuple(node.type), external_id=node.external_id,
-                          state=node.state)
+        spec = DeleteSpec.for_node(node)
         self.admission.room_changed()
         try:
             self.builder.cancel_build(handle, spec)
