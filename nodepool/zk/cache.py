@@ -49,32 +49,18 @@ def tree_queue_sizes(tree: TreeCache | None) -> dict[str, int]:
     return {"event_queue": queue.qsize() if hasattr(queue, "qsize") else 0,
             "playback_queue": int(getattr(tree, "_outstanding_ops", 0) or 0)}
 
-class RecordCache(Generic[T]):
-    """Parsed records for the children of ``root``; for nodes also the lock
-    contenders under ``<root>/<id>/lock``."""
+class TreeBackedCache:
+    """What every cache kept by one kazoo ``TreeCache`` over ``root`` shares:
+    start and stop, whether it reflects the server yet (``synced``) and its
+    queue gauges.  Subclasses set ``client`` and ``root``, call
+    ``_init_tree()`` and handle ``_on_event`` and ``_on_fault``."""
 
-    def __init__(self, client: KazooClient, root: str, parse: Parser,
-                 track_locks: bool = False,
-                 on_change: Callable[[], None] | None = None):
-        self.client = client
-        # Told of each record the cache had not held before (a new request).
-        self.on_added: Callable[[T], None] | None = None
-        self.root = root.rstrip("/")
-        self._parse = parse
-        self._track_locks = track_locks
-        self._on_change = on_change
-        self._lock = threading.Lock()
-        self._records: dict[str, T] = {}
-        self._contenders: dict[str, set[str]] = {}
-        self._malformed: dict[str, str] = {}
-        # (name, mzxid) pairs already reported, so a bad znode logs once.
-        self._reported: set[tuple[str, int]] = set()
+    client: KazooClient
+    root: str
+
+    def _init_tree(self) -> None:
         self._synced = threading.Event()
         self._tree: TreeCache | None = None
-        # Kept in step with _records under _lock (see NodeCache).
-        self._index: NodeIndex | None = None
-
-    # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         if self._tree is not None:
@@ -97,6 +83,44 @@ class RecordCache(Generic[T]):
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
+
+    def queue_sizes(self) -> dict[str, int]:
+        """Work the cache has not applied yet, for the statsd queue gauges:
+        ``event_queue``, the ZooKeeper events waiting for the cache's thread;
+        ``playback_queue``, the reads it sent and awaits (kazoo's TreeCache
+        fetches a znode's data after each event before applying it)."""
+        return tree_queue_sizes(self._tree)
+
+    def _on_event(self, event: TreeEvent) -> None:
+        raise NotImplementedError
+
+    def _on_fault(self, exc: Exception) -> None:
+        raise NotImplementedError
+
+
+class RecordCache(TreeBackedCache, Generic[T]):
+    """Parsed records for the children of ``root``; for nodes also the lock
+    contenders under ``<root>/<id>/lock``."""
+
+    def __init__(self, client: KazooClient, root: str, parse: Parser,
+                 track_locks: bool = False,
+                 on_change: Callable[[], None] | None = None):
+        self.client = client
+        # Told of each record the cache had not held before (a new request).
+        self.on_added: Callable[[T], None] | None = None
+        self.root = root.rstrip("/")
+        self._parse = parse
+        self._track_locks = track_locks
+        self._on_change = on_change
+        self._lock = threading.Lock()
+        self._records: dict[str, T] = {}
+        self._contenders: dict[str, set[str]] = {}
+        self._malformed: dict[str, str] = {}
+        # (name, mzxid) pairs already reported, so a bad znode logs once.
+        self._reported: set[tuple[str, int]] = set()
+        self._init_tree()
+        # Kept in step with _records under _lock (see NodeCache).
+        self._index: NodeIndex | None = None
 
     # -- queries ---------------------------------------------------------------
 
@@ -129,13 +153,6 @@ class RecordCache(Generic[T]):
         """A child with content, readable or malformed, as last seen."""
         with self._lock:
             return name in self._records or name in self._malformed
-
-    def queue_sizes(self) -> dict[str, int]:
-        """Work the cache has not applied yet, for the statsd queue gauges:
-        ``event_queue``, the ZooKeeper events waiting for the cache's thread;
-        ``playback_queue``, the reads it sent and awaits (kazoo's TreeCache
-        fetches a znode's data after each event before applying it)."""
-        return tree_queue_sizes(self._tree)
 
     def malformed(self) -> dict[str, str]:
         """Children whose content could not be parsed: name -> reason."""

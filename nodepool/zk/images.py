@@ -33,10 +33,10 @@ import threading
 from typing import Callable
 
 from kazoo.client import KazooClient
-from kazoo.recipe.cache import TreeCache, TreeEvent
+from kazoo.recipe.cache import TreeEvent
 
 from nodepool.zk import paths
-from nodepool.zk.cache import confirm_added, tree_queue_sizes, znode_event
+from nodepool.zk.cache import TreeBackedCache, confirm_added, znode_event
 from nodepool.zk.image_records import (ImageBuild, ImageUpload, build_from_json,
                                        newest_ready_upload, upload_from_json)
 from nodepool.zk.records import MalformedRecord
@@ -47,7 +47,7 @@ BuildKey = tuple[str, str]                # image, build
 UploadKey = tuple[str, str, str, str]     # image, build, provider, upload
 
 
-class ImageCache:
+class ImageCache(TreeBackedCache):
     """What upstream's builder wrote, as last seen (see the module docstring)."""
 
     def __init__(self, client: KazooClient, on_change: Callable[[], None] | None = None):
@@ -61,33 +61,13 @@ class ImageCache:
         self._malformed: dict[str, str] = {}
         # (path, mzxid) already reported, so a bad znode logs once.
         self._reported: set[tuple[str, int]] = set()
-        self._synced = threading.Event()
-        self._tree: TreeCache | None = None
-
-    # -- lifecycle -----------------------------------------------------------
-
-    def start(self) -> None:
-        if self._tree is not None:
-            return
         # TreeCache creates the root when no builder ran yet: an empty
         # /nodepool/images, which upstream's builder fills as it would have.
-        self._tree = TreeCache(self.client, paths.IMAGE_ROOT)
-        self._tree.listen(self._on_event)
-        self._tree.listen_fault(lambda e: log.error("image cache: %s", e, exc_info=e))
-        self._tree.start()
+        self.root = paths.IMAGE_ROOT
+        self._init_tree()
 
-    def stop(self) -> None:
-        tree, self._tree = self._tree, None
-        if tree is not None:
-            tree.close()
-        self._synced.clear()
-
-    @property
-    def synced(self) -> bool:
-        return self._synced.is_set()
-
-    def wait_synced(self, timeout: float) -> bool:
-        return self._synced.wait(timeout)
+    def _on_fault(self, exc: Exception) -> None:
+        log.error("image cache: %s", exc, exc_info=exc)
 
     # -- queries ---------------------------------------------------------------
 
@@ -125,10 +105,6 @@ class ImageCache:
         with self._lock:
             return dict(self._malformed)
 
-    def queue_sizes(self) -> dict[str, int]:
-        """Upstream's ``zk.image_cache`` queue gauges (``event_queue``,
-        ``playback_queue``), as the node and request caches report theirs."""
-        return tree_queue_sizes(self._tree)
 
     # -- TreeCache events (on the TreeCache's thread) --------------------------
 
