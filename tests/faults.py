@@ -189,6 +189,9 @@ class ZuulLikeWorkload:
         self.store.ensure_roots()
         self.errors: list[str] = []
         self._rng = random.Random(7)
+        # Cleared by hold(): no new requests until release().
+        self._submitting = threading.Event()
+        self._submitting.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -199,6 +202,14 @@ class ZuulLikeWorkload:
         for job in self._jobs:
             job.join(30)
         disconnect(self.client)
+
+    def hold(self) -> None:
+        """Submit no new requests until release(); the open ones go on.
+        While held and short of ``total``, the workload cannot be done."""
+        self._submitting.clear()
+
+    def release(self) -> None:
+        self._submitting.set()
 
     @property
     def done(self) -> bool:
@@ -231,7 +242,8 @@ class ZuulLikeWorkload:
             self._stop.wait(0.2)
 
     def _step(self) -> None:
-        while len(self.open_requests()) < self.concurrency and len(self.records) < self.total:
+        while (self._submitting.is_set() and len(self.open_requests()) < self.concurrency
+               and len(self.records) < self.total):
             req = self.store.create_request(NodeRequest(
                 state="requested", node_types=["small"], requestor="zuul-faults",
                 requestor_data={"job_name": "tox"}, tenant_name="tenant-one",

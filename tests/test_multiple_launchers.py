@@ -206,6 +206,10 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
         wait_for(lambda: any(c.launcher == victim_id for c in book(client)), 60,
                  what="the victim holds claims")
         facts["claims_before"] = sum(c.launcher == victim_id for c in book(client))
+        # No new requests until the survivor is alone: the workload cannot
+        # end while the victim's session times out, however slow that is.
+        workload.hold()
+        facts["left_at_kill"] = workload.total - len(workload.records)
         victim.kill9()
         # Its session ends (zookeeper-timeout 4 s): its claims and its
         # place among the project's launchers go with it.
@@ -214,6 +218,7 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
         wait_for(lambda: all(len(m) == 1 for m in launchers_of_projects(client).values()),
                  30, what="one launcher left on the project")
         facts["survivor_members"] = launchers_of_projects(client)
+        workload.release()
         # The survivor takes the whole quota for itself.
         survivor_id = launcher_id(survivor.log_path)
         most = 0
@@ -230,6 +235,8 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
     run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=3, total=20,
         concurrency=5, job_seconds=(1.0, 2.0), during=during)
     assert facts["claims_before"] >= 1
+    # Enough requests to come for five open at once against a quota of 3.
+    assert facts["left_at_kill"] >= 5, facts
     (members,) = facts["survivor_members"].values()
     assert members[0].startswith(launcher_id(str(tmp_path / "launcher-1.log")))
     assert facts["survivor_most_claims"] == 3
