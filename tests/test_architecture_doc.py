@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import collections
 import importlib
+import importlib.util
 import pathlib
 import re
 
@@ -28,7 +29,7 @@ from docutils import nodes
 from docutils.core import publish_doctree
 
 from tests.test_layers import (APART, CONFIG_NEVER_USES, DRIVER_MAY_USE_OF_ZK, INSIDE_PACKAGES,
-                               LAYERS, _is_module)
+                               LAYERS)
 
 TOP = pathlib.Path(__file__).resolve().parent.parent
 PAGE = TOP / "doc" / "architecture.rst"
@@ -167,12 +168,19 @@ def classes() -> dict[str, set[str]]:
     return found
 
 
+def is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def resolves(dotted: str) -> bool:
     """A module, or an object reached from the longest module of the name."""
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         module = ".".join(parts[:cut])
-        if _is_module(module):
+        if is_module(module):
             obj = importlib.import_module(module)
             for attribute in parts[cut:]:
                 if not hasattr(obj, attribute):
