@@ -26,6 +26,6 @@ def test_docs_build_without_warnings(tmp_path):
                           "-d", str(tmp_path / "doctrees"), DOC, str(tmp_path / "html")],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
-    for page in ("index", "installation", "configuration", "clouds-policy", "quota",
+    for page in ("index", "installation", "architecture", "configuration", "clouds-policy", "quota",
                  "operations", "multiple-launchers", "fakecloud", "migration", "benchmark"):
         assert (tmp_path / "html" / f"{page}.html").is_file(), page
