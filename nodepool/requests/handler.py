@@ -23,10 +23,11 @@ a booting one retrying with a new server for a node that is gone.
 
 Whether a request may be taken and a node created now is asked of one
 ``Admission`` (``admission.py``), which owns every question about room put
-to the builder.  Each slot of an accepted request is in one ``SlotState``.
-Locks held for one step are released by their ``with`` block; the locks of
-accepted requests and their nodes live in ``_Active`` and ``_Slot``, which
-let go of them.
+to the builder.  What the pool holds for an accepted request (its lock, one
+``Slot`` per node, each in one ``SlotState``) is an ``ActiveRequest``
+(``slots.py``).  Locks held for one step are released by their ``with``
+block; the locks of accepted requests and their nodes live in those records,
+which let go of them.
 
 Other threads read what the pool holds (the status API, statsd, the
 lost-request reset) while the pool's thread changes it: the public
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import enum
 import logging
 import random
 import threading
@@ -55,6 +55,7 @@ from nodepool.requests.admission import NEVER_FITS_QUOTA, Admission
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
                                        Capacity, DeleteSpec, NodeBuilder)
 from nodepool.requests.protocol import PoolInfo, PoolSettings
+from nodepool.requests.slots import ActiveRequest, Slot, SlotState
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
 from nodepool.zk.records import (ABORTED, BUILDING, DELETING, FAILED,
@@ -69,56 +70,6 @@ log = logging.getLogger("nodepool.requests.handler")
 # A request without room looks for an unused node to delete at most this
 # often (each look reads the pool's nodes).
 UNUSED_DELETE_INTERVAL = 1.0
-
-
-class SlotState(enum.Enum):
-    EMPTY = "empty"          # no node: one is reused or created
-    CREATED = "created"      # a node is recorded; its build is not started yet
-    BUILDING = "building"    # a build was started and is being polled
-    READY = "ready"          # reused, or built to ready
-    FAILED = "failed"        # the node failed (unlocked): the request is declined
-
-
-@dataclass
-class _Slot:
-    """One entry of ``node_types`` and the node that serves it."""
-
-    label: str
-    state: SlotState = SlotState.EMPTY
-    node: Node | None = None
-    lock: ZooKeeperLock | None = None
-    handle: Hashable | None = None
-
-    def let_go(self) -> None:
-        """Release the node's lock (if any); the node stays the slot's."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    def empty(self) -> None:
-        """The node is given up (left to the reaper): start over."""
-        self.let_go()
-        self.state, self.node, self.handle = SlotState.EMPTY, None, None
-
-
-@dataclass
-class _Active:
-    request: NodeRequest
-    lock: ZooKeeperLock
-    slots: list[_Slot]
-    waiting: bool = False          # no headroom now: the pool is paused
-    nodes_released: bool = False   # fulfilling: node locks already let go
-    # Every node of the request in one availability zone, as upstream: the
-    # zone of the first ready node reused, else one chosen at the first build
-    # (None when there is nothing to choose from: the cloud places them).
-    az: str | None = None
-    az_chosen: bool = False
-
-    def let_go(self) -> None:
-        """Release the locks of the request and of its nodes."""
-        for slot in self.slots:
-            slot.let_go()
-        self.lock.release()
 
 
 @dataclass
@@ -168,7 +119,7 @@ class NodeRequestHandler:
         self.registration = registration
         self.clock = clock
         self.admission = Admission(builder, pool, clock)
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, ActiveRequest] = {}
         self._orphans: dict[str, _Orphan] = {}
         self._abandoned: dict[str, _Abandoned] = {}
         # Held for every change of _active and _orphans and by every reader
@@ -338,7 +289,7 @@ class NodeRequestHandler:
             self.store.store_request(request, lock)
             unless_accepted.pop_all()    # accepted: the lock is kept while pending
         log.info("request %s: accepted (%s)", request_id, ", ".join(request.node_types))
-        active = _Active(request, lock, [_Slot(label) for label in request.node_types])
+        active = ActiveRequest(request, lock, [Slot(label) for label in request.node_types])
         with self._state_lock:
             self._active[request_id] = active
         report.accepted.append(request_id)
@@ -346,7 +297,7 @@ class NodeRequestHandler:
 
     # -- accepted requests ----------------------------------------------------------------
 
-    def _advance(self, active: _Active, report: PassReport) -> None:
+    def _advance(self, active: ActiveRequest, report: PassReport) -> None:
         request_id = active.request.id
         if not active.lock.held:
             self._drop(active)
@@ -371,7 +322,7 @@ class NodeRequestHandler:
         elif all(s.state is SlotState.READY for s in active.slots):
             self._fulfil(active, report)
 
-    def _fill(self, active: _Active, slot: _Slot, report: PassReport) -> bool:
+    def _fill(self, active: ActiveRequest, slot: Slot, report: PassReport) -> bool:
         """Bring one slot as far as it goes without waiting.  False stops the
         filling of later slots (no headroom, or the request was declined)."""
         request = active.request
@@ -474,7 +425,7 @@ class NodeRequestHandler:
                          "ready node %s", request_id, self.pool.pool_id, candidate.id)
                 return
 
-    def _reuse(self, active: _Active, slot: _Slot) -> str | None:
+    def _reuse(self, active: ActiveRequest, slot: Slot) -> str | None:
         """The id of a ready node now allocated to the request, or None."""
         # Only the pool's ready, unallocated nodes (the cache's index).
         nodes = self.store.ready_unallocated_nodes(self.pool.provider_name,
@@ -521,7 +472,7 @@ class NodeRequestHandler:
         log.info("request %s: created node %s (%s)", request.id, node.id, label)
         return node
 
-    def _poll(self, slot: _Slot, report: PassReport) -> None:
+    def _poll(self, slot: Slot, report: PassReport) -> None:
         if not self.store.node_exists(slot.node.id, cached=True) \
                 and not self.store.node_exists(slot.node.id):
             # Removed by hand or by another tool: nothing records the server
@@ -593,7 +544,7 @@ class NodeRequestHandler:
             self.store.store_locked_node(draft, lock)
         return draft
 
-    def _fail_node(self, slot: _Slot, reason: str, report: PassReport) -> None:
+    def _fail_node(self, slot: Slot, reason: str, report: PassReport) -> None:
         slot.node = self._apply_status(slot.node, slot.lock,
                                        BuildStatus(BuildState.FAILED, reason=reason))
         slot.state = SlotState.FAILED
@@ -602,7 +553,7 @@ class NodeRequestHandler:
 
     # -- finishing ----------------------------------------------------------------------
 
-    def _fulfil(self, active: _Active, report: PassReport) -> None:
+    def _fulfil(self, active: ActiveRequest, report: PassReport) -> None:
         request_id = active.request.id
         request = self.store.get_request(request_id)
         if request is None:
@@ -637,7 +588,7 @@ class NodeRequestHandler:
             return  # re-read and try again next pass
         self._finish_fulfilled(active, report)
 
-    def _finish_fulfilled(self, active: _Active, report: PassReport) -> None:
+    def _finish_fulfilled(self, active: ActiveRequest, report: PassReport) -> None:
         request_id = active.request.id
         active.lock.release()
         with self._state_lock:
@@ -646,7 +597,7 @@ class NodeRequestHandler:
         log.info("request %s: fulfilled with %s", request_id,
                  ", ".join(s.node.id for s in active.slots))
 
-    def _decline_active(self, active: _Active, reason: str, report: PassReport) -> None:
+    def _decline_active(self, active: ActiveRequest, reason: str, report: PassReport) -> None:
         request_id = active.request.id
         request = self.store.get_request(request_id)
         if request is None:
@@ -679,7 +630,7 @@ class NodeRequestHandler:
                 report.failed.append(request.id)
                 log.info("request %s: failed: every registered pool declined", request.id)
 
-    def _vanished(self, active: _Active, report: PassReport) -> None:
+    def _vanished(self, active: ActiveRequest, report: PassReport) -> None:
         """The request was deleted (Zuul cancelled it): keep nothing for it."""
         request_id = active.request.id
         log.info("request %s: deleted by its requestor; releasing its nodes", request_id)
@@ -689,7 +640,7 @@ class NodeRequestHandler:
             self._active.pop(request_id, None)
         report.vanished.append(request_id)
 
-    def _release_nodes(self, active: _Active, report: PassReport) -> None:
+    def _release_nodes(self, active: ActiveRequest, report: PassReport) -> None:
         """Ready nodes: unallocate and unlock (they become reusable).  Builds in
         flight go on as orphans.  Nodes whose build never started are marked
         deleting.  Failed nodes are already unlocked for the reaper."""
@@ -763,7 +714,7 @@ class NodeRequestHandler:
             with self._state_lock:
                 del self._orphans[node_id]
 
-    def _drop(self, active: _Active) -> None:
+    def _drop(self, active: ActiveRequest) -> None:
         """The request's lock went with a lost session."""
         self._abandon_builds(active)
         active.let_go()
@@ -772,7 +723,7 @@ class NodeRequestHandler:
 
     # -- builds a lost session left ------------------------------------------------------
 
-    def _abandon_builds(self, active: _Active) -> None:
+    def _abandon_builds(self, active: ActiveRequest) -> None:
         for slot in active.slots:
             # A ready slot's build was forgotten once recorded; a failed
             # one's too (or it never started).
