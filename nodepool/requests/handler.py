@@ -14,12 +14,9 @@ its passes and carries on with the same locks when the connection is back.
 Only when the session is LOST are those locks gone: then everything in
 flight is dropped; the nodes left ``building`` and unlocked are reaped, and
 another launcher (or this one) resets the ``pending`` request.  The builds
-of those nodes are settled on the next pass that can read ZooKeeper: a
-build nobody may finish any more is cancelled (its servers deleted, its
-quota released), one whose ready node is recorded is forgotten (the record
-owns the server).  Without that the builder would keep them for ever: a
-finished build's quota counted after another launcher deleted its server,
-a booting one retrying with a new server for a node that is gone.
+of those nodes are abandoned, and settled on the next pass that can read
+ZooKeeper, by the ``OrphanBuilds`` (``orphans.py``) that also finish the
+builds whose request went away.
 
 Whether a request may be taken and a node created now is asked of one
 ``Admission`` (``admission.py``), which owns every question about room put
@@ -27,11 +24,14 @@ to the builder.  What the pool holds for an accepted request (its lock, one
 ``Slot`` per node, each in one ``SlotState``) is an ``ActiveRequest``
 (``slots.py``).  Locks held for one step are released by their ``with``
 block; the locks of accepted requests and their nodes live in those records,
-which let go of them.
+which let go of them.  What becomes of a started build (its status
+recorded on the node, the build forgotten or cancelled) is ``NodeBuilds``
+(``node_builds.py``).
 
 Other threads read what the pool holds (the status API, statsd, the
 lost-request reset) while the pool's thread changes it: the public
-properties take a snapshot under a lock, which every change also takes.
+properties take a snapshot under a lock, which every change also takes
+(the handler's for the accepted requests, ``OrphanBuilds``' for its own).
 
 A write that fails (connection loss, or a lost reply that turns the retry
 into a version conflict) is made again on the next pass: node changes are
@@ -48,47 +48,26 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 from nodepool.requests import protocol
 from nodepool.requests.admission import NEVER_FITS_QUOTA, Admission
-from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
-                                       Capacity, DeleteSpec, NodeBuilder)
+from nodepool.requests.builder import BuildSpec, BuildState, BuildStatus, Capacity, NodeBuilder
+from nodepool.requests.node_builds import NodeBuilds
+from nodepool.requests.orphans import OrphanBuilds
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.requests.slots import ActiveRequest, Slot, SlotState
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.records import (ABORTED, BUILDING, DELETING, FAILED,
-                                 FULFILLED, INIT, NODE_FAILED, PENDING, READY,
-                                 REQUESTED,
-                                 MalformedRecord, Node, NodeRequest)
-from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
-                               ZooKeeperStore)
+from nodepool.zk.records import (BUILDING, DELETING, FAILED, FULFILLED, INIT, PENDING,
+                                 REQUESTED, MalformedRecord, Node, NodeRequest)
+from nodepool.zk.store import NotLocked, RecordChanged, RecordGone, ZooKeeperStore
 
 log = logging.getLogger("nodepool.requests.handler")
 
 # A request without room looks for an unused node to delete at most this
 # often (each look reads the pool's nodes).
 UNUSED_DELETE_INTERVAL = 1.0
-
-
-@dataclass
-class _Orphan:
-    """A build that goes on after its request went away; when it is ready the
-    node becomes an unallocated ready node (reusable) instead of a deleted one."""
-
-    node: Node
-    lock: ZooKeeperLock
-    handle: Hashable
-
-
-@dataclass
-class _Abandoned:
-    """A build whose node lock went with a lost session: settled (cancelled
-    or forgotten) on the next pass that can read ZooKeeper."""
-
-    node: Node
-    handle: Hashable
 
 
 @dataclass
@@ -119,11 +98,11 @@ class NodeRequestHandler:
         self.registration = registration
         self.clock = clock
         self.admission = Admission(builder, pool, clock)
+        self.builds = NodeBuilds(store, builder, self.admission, pool.pool_id, clock)
+        self.orphans = OrphanBuilds(store, builder, self.builds)
         self._active: dict[str, ActiveRequest] = {}
-        self._orphans: dict[str, _Orphan] = {}
-        self._abandoned: dict[str, _Abandoned] = {}
-        # Held for every change of _active and _orphans and by every reader
-        # from another thread (a dict changed while iterated raises).
+        # Held for every change of _active and by every reader from another
+        # thread (a dict changed while iterated raises).
         self._state_lock = threading.Lock()
         self._generation: int = store.session_generation
         self._unused_delete_at = float("-inf")
@@ -145,14 +124,12 @@ class NodeRequestHandler:
 
     @property
     def orphan_node_ids(self) -> list[str]:
-        with self._state_lock:
-            return sorted(self._orphans)
+        return sorted(self.orphans.orphan_ids())
 
     @property
     def abandoned_node_ids(self) -> list[str]:
         """Nodes whose builds a lost session left, not settled yet."""
-        with self._state_lock:
-            return sorted(self._abandoned)
+        return sorted(self.orphans.abandoned_ids())
 
     def run_once(self) -> PassReport:
         report = PassReport()
@@ -165,16 +142,16 @@ class NodeRequestHandler:
             return report
         self.store.session.retry_deferred()
         self.admission.begin_pass()
-        for node_id in list(self._abandoned):
-            self._guard(report, f"node {node_id}", self._settle_abandoned, node_id)
+        for node_id in self.orphans.abandoned_ids():
+            self._guard(report, f"node {node_id}", self.orphans.settle, node_id)
         if self.registration is not None:
             self._guard(report, "registration", self.registration.ensure_registered)
         for request_id in list(self._active):
             active = self._active.get(request_id)
             if active is not None:
                 self._guard(report, request_id, self._advance, active, report)
-        for node_id in list(self._orphans):
-            self._guard(report, f"node {node_id}", self._poll_orphan, node_id)
+        for node_id in self.orphans.orphan_ids():
+            self._guard(report, f"node {node_id}", self.orphans.poll, node_id)
         if not self.draining:
             self._guard(report, "assignment", self._assign_new, report)
         report.paused = self.paused
@@ -190,11 +167,9 @@ class NodeRequestHandler:
     def _forget_everything(self) -> None:
         for active in self._active.values():
             active.let_go()
-        for orphan in self._orphans.values():
-            orphan.lock.release()
+        self.orphans.let_go()
         with self._state_lock:
             self._active.clear()
-            self._orphans.clear()
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -215,14 +190,14 @@ class NodeRequestHandler:
         generation = self.store.session_generation
         if generation == self._generation:
             return
-        if self._active or self._orphans:
+        orphans = self.orphans.orphan_ids()
+        if self._active or orphans:
             log.warning("pool %s: ZooKeeper session expired; dropping %d request(s) and "
                         "%d orphan build(s) whose locks are gone", self.pool.pool_id,
-                        len(self._active), len(self._orphans))
+                        len(self._active), len(orphans))
         for active in self._active.values():
-            self._abandon_builds(active)
-        for orphan in self._orphans.values():
-            self._abandon(orphan.node, orphan.handle)
+            self.orphans.abandon_builds(active.slots)
+        self.orphans.abandon_orphans()
         self._forget_everything()
         self._generation = generation
 
@@ -399,7 +374,7 @@ class NodeRequestHandler:
 
     def _node_admission(self, label: str) -> Capacity:
         ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
-        ours |= set(self._orphans)
+        ours |= set(self.orphans.orphan_ids())
         # The cache's per-pool index: O(pool's nodes), not a scan of every node.
         pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
@@ -480,7 +455,7 @@ class NodeRequestHandler:
             # request gets a new node.
             log.warning("node %s: its znode was removed while building; cancelling "
                         "the build", slot.node.id)
-            self._cancel_build(slot.node, slot.handle)
+            self.builds.cancel(slot.node, slot.handle)
             report.nodes_failed.append(slot.node.id)
             slot.empty()
             return
@@ -490,14 +465,14 @@ class NodeRequestHandler:
             log.exception("node %s: polling the build failed", slot.node.id)
             status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
         try:
-            slot.node = self._apply_status(slot.node, slot.lock, status)
+            slot.node = self.builds.record(slot.node, slot.lock, status)
         except RecordGone:
             # Removed under our lock (forcibly, by an operator): the next
             # pass cancels the build.
             log.warning("node %s: vanished while building", slot.node.id)
             return
         if status.state is not BuildState.BUILDING:
-            self._forget_build(slot.handle)
+            self.builds.forget(slot.handle)
         if status.state is BuildState.READY:
             slot.state = SlotState.READY
             report.nodes_ready.append(slot.node.id)
@@ -511,41 +486,8 @@ class NodeRequestHandler:
             report.nodes_failed.append(slot.node.id)
             slot.empty()
 
-    def _forget_build(self, handle: Hashable) -> None:
-        self.admission.room_changed()   # the build ended
-        try:
-            self.builder.forget_build(handle)
-        except Exception:  # bookkeeping only
-            log.exception("pool %s: forgetting build %s failed", self.pool.pool_id, handle)
-
-    def _cancel_build(self, node: Node, handle: Hashable) -> None:
-        spec = DeleteSpec.for_node(node)
-        self.admission.room_changed()
-        try:
-            self.builder.cancel_build(handle, spec)
-        except Exception:  # the leak cleaner is the backstop
-            log.exception("node %s: cancelling the build failed", node.id)
-
-    def _apply_status(self, node: Node, lock: ZooKeeperLock, status: BuildStatus) -> Node:
-        """Record what the builder said; only writes when something changed.
-
-        The change is made on a copy, returned once stored: when the write
-        fails the caller keeps the old record and the next pass writes it."""
-        draft = copy.deepcopy(node)
-        for key, value in status.info.known().items():
-            setattr(draft, key, value)
-        new_state = {BuildState.READY: READY, BuildState.FAILED: NODE_FAILED,
-                     BuildState.ABORTED: ABORTED}.get(status.state, draft.state)
-        if new_state != draft.state:
-            draft.set_state(new_state, self._now())
-            if status.reason:
-                log.info("node %s: %s (%s)", draft.id, new_state, status.reason)
-        if draft.to_dict() != node.to_dict():
-            self.store.store_locked_node(draft, lock)
-        return draft
-
     def _fail_node(self, slot: Slot, reason: str, report: PassReport) -> None:
-        slot.node = self._apply_status(slot.node, slot.lock,
+        slot.node = self.builds.record(slot.node, slot.lock,
                                        BuildStatus(BuildState.FAILED, reason=reason))
         slot.state = SlotState.FAILED
         report.nodes_failed.append(slot.node.id)
@@ -649,8 +591,7 @@ class NodeRequestHandler:
             if node is None or slot.state is SlotState.FAILED:
                 continue
             if slot.state is SlotState.BUILDING:
-                with self._state_lock:
-                    self._orphans[node.id] = _Orphan(node, slot.lock, slot.handle)
+                self.orphans.adopt(node, slot.lock, slot.handle)
                 slot.lock = None
                 continue
             lock = slot.lock if slot.lock is not None and slot.lock.held else None
@@ -676,99 +617,9 @@ class NodeRequestHandler:
                 except (RecordGone, RecordChanged, NotLocked) as e:
                     log.warning("node %s: could not release it: %s", node.id, e)
 
-    def _poll_orphan(self, node_id: str) -> None:
-        orphan = self._orphans[node_id]
-        if not orphan.lock.held:
-            # Lost with the session: the reaper owns the node now, and the
-            # build is settled once ZooKeeper can tell how it ended.
-            log.warning("node %s: lock of the orphan build no longer held; "
-                        "leaving the node to the reaper", node_id)
-            self._abandon(orphan.node, orphan.handle)
-            with self._state_lock:
-                del self._orphans[node_id]
-            return
-        if not self.store.node_exists(node_id, cached=True) \
-                and not self.store.node_exists(node_id):
-            log.warning("node %s: its znode was removed while building; cancelling "
-                        "the build", node_id)
-            self._cancel_build(orphan.node, orphan.handle)
-            orphan.lock.release()
-            with self._state_lock:
-                del self._orphans[node_id]
-            return
-        try:
-            status = self.builder.poll_build(orphan.handle)
-        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed build
-            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
-        draft = orphan.node
-        if status.state is BuildState.READY:
-            draft = copy.deepcopy(orphan.node)
-            draft.allocated_to = None
-        try:
-            orphan.node = self._apply_status(draft, orphan.lock, status)
-        except RecordGone:
-            return  # the next pass cancels the build
-        if status.state is not BuildState.BUILDING:
-            self._forget_build(orphan.handle)
-            orphan.lock.release()
-            with self._state_lock:
-                del self._orphans[node_id]
-
     def _drop(self, active: ActiveRequest) -> None:
         """The request's lock went with a lost session."""
-        self._abandon_builds(active)
+        self.orphans.abandon_builds(active.slots)
         active.let_go()
         with self._state_lock:
             self._active.pop(active.request.id, None)
-
-    # -- builds a lost session left ------------------------------------------------------
-
-    def _abandon_builds(self, active: ActiveRequest) -> None:
-        for slot in active.slots:
-            # A ready slot's build was forgotten once recorded; a failed
-            # one's too (or it never started).
-            if slot.state is SlotState.BUILDING and slot.node is not None:
-                self._abandon(slot.node, slot.handle)
-
-    def _abandon(self, node: Node, handle: Hashable) -> None:
-        with self._state_lock:
-            self._abandoned[node.id] = _Abandoned(node, handle)
-
-    def _settle_abandoned(self, node_id: str) -> None:
-        """Nobody holds the node's lock any more, so nobody may finish its
-        build: another launcher (or our reaper) deletes the node and its
-        servers.  A build still going would go on (and, once its server is
-        deleted, boot another for a node that is gone); a finished one would
-        keep its server's quota counted after that server is deleted
-        elsewhere.  So the build is cancelled (its servers deleted, its
-        quota released when they are gone), unless it finished and the
-        node's record shows the ready server (its write landed, the reply
-        was lost): then the record owns the server, as for any ready node,
-        and the build is only forgotten."""
-        item = self._abandoned[node_id]
-        try:
-            status = self.builder.poll_build(item.handle)
-        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed build
-            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
-        if status.state is BuildState.READY:
-            try:
-                record = self.store.get_node(node_id)
-            except MalformedRecord:
-                record = item.node   # never delete a server an unreadable record may own
-            owned = (record is not None and record.state not in (INIT, BUILDING, DELETING)
-                     and record.external_id is not None
-                     and record.external_id == status.info.external_id)
-        else:
-            # Failed or aborted: the builder already handed its servers to
-            # deletions; only a build still going must be stopped.
-            owned = status.state is not BuildState.BUILDING
-        if owned:
-            self._forget_build(item.handle)
-        else:
-            node = copy.deepcopy(item.node)
-            node.external_id = status.info.external_id or node.external_id
-            log.warning("node %s: its lock went with the lost ZooKeeper session; "
-                        "cancelling its build", node_id)
-            self._cancel_build(node, item.handle)
-        with self._state_lock:
-            del self._abandoned[node_id]
