@@ -18,15 +18,22 @@ of those nodes are abandoned, and settled on the next pass that can read
 ZooKeeper, by the ``OrphanBuilds`` (``orphans.py``) that also finish the
 builds whose request went away.
 
-Whether a request may be taken and a node created now is asked of one
-``Admission`` (``admission.py``), which owns every question about room put
-to the builder.  What the pool holds for an accepted request (its lock, one
-``Slot`` per node, each in one ``SlotState``) is an ``ActiveRequest``
-(``slots.py``).  Locks held for one step are released by their ``with``
-block; the locks of accepted requests and their nodes live in those records,
-which let go of them.  What becomes of a started build (its status
-recorded on the node, the build forgotten or cancelled) is ``NodeBuilds``
-(``node_builds.py``).
+The handler walks each request along its path (assign, decide, fill its
+slots, poll their builds, then fulfil, decline or release) and leaves the
+rest to its parts:
+
+* ``Admission`` (``admission.py``): whether a request may be taken and a
+  node created now; it owns every question about room put to the builder.
+* ``ActiveRequest`` and ``Slot`` (``slots.py``): what the pool holds for an
+  accepted request, each slot in one ``SlotState``.  Locks held for one
+  step are released by their ``with`` block; the locks of accepted
+  requests and their nodes live in those records, which let go of them.
+* ``NodeSupply`` (``node_supply.py``): where a slot's node comes from
+  (reused, or created) and where it goes back to.
+* ``NodeBuilds`` (``node_builds.py``): what becomes of a started build (its
+  status recorded on the node, the build forgotten or cancelled).
+* ``OrphanBuilds`` (``orphans.py``): the builds no accepted request waits
+  for any more.
 
 Other threads read what the pool holds (the status API, statsd, the
 lost-request reset) while the pool's thread changes it: the public
@@ -44,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,20 +60,17 @@ from nodepool.requests import protocol
 from nodepool.requests.admission import NEVER_FITS_QUOTA, Admission
 from nodepool.requests.builder import BuildSpec, BuildState, BuildStatus, Capacity, NodeBuilder
 from nodepool.requests.node_builds import NodeBuilds
+from nodepool.requests.node_supply import NodeSupply
 from nodepool.requests.orphans import OrphanBuilds
 from nodepool.requests.protocol import PoolInfo, PoolSettings
 from nodepool.requests.slots import ActiveRequest, Slot, SlotState
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.records import (BUILDING, DELETING, FAILED, FULFILLED, INIT, PENDING,
-                                 REQUESTED, MalformedRecord, Node, NodeRequest)
-from nodepool.zk.store import NotLocked, RecordChanged, RecordGone, ZooKeeperStore
+from nodepool.zk.records import (BUILDING, FAILED, FULFILLED, INIT, PENDING, REQUESTED,
+                                 MalformedRecord, NodeRequest)
+from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
 log = logging.getLogger("nodepool.requests.handler")
-
-# A request without room looks for an unused node to delete at most this
-# often (each look reads the pool's nodes).
-UNUSED_DELETE_INTERVAL = 1.0
 
 
 @dataclass
@@ -100,12 +103,12 @@ class NodeRequestHandler:
         self.admission = Admission(builder, pool, clock)
         self.builds = NodeBuilds(store, builder, self.admission, pool.pool_id, clock)
         self.orphans = OrphanBuilds(store, builder, self.builds)
+        self.supply = NodeSupply(store, builder, clock)
         self._active: dict[str, ActiveRequest] = {}
         # Held for every change of _active and by every reader from another
         # thread (a dict changed while iterated raises).
         self._state_lock = threading.Lock()
         self._generation: int = store.session_generation
-        self._unused_delete_at = float("-inf")
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
         self.draining = False
@@ -320,10 +323,10 @@ class NodeRequestHandler:
                     log.info("request %s: no headroom for %s now; pausing pool %s",
                              request.id, slot.label, self.pool.pool_id)
                 active.waiting = True
-                self._delete_oldest_unused(request.id)
+                self.supply.delete_oldest_unused(self.pool, request.id)
                 return False
             active.waiting = False
-            slot.node = self._create_node(request, slot.label)
+            slot.node = self.supply.create(self.pool, request, slot.label)
             slot.state = SlotState.CREATED
             report.nodes_created.append(slot.node.id)
         if slot.state is not SlotState.CREATED:
@@ -340,7 +343,7 @@ class NodeRequestHandler:
             self.store.store_locked_node(building, slot.lock)
             slot.node = building
         if active.az is None and not active.az_chosen:
-            active.az = self._choose_az()
+            active.az = self.supply.choose_az(self.pool)
         active.az_chosen = True
         spec = BuildSpec(node_id=slot.node.id, label=slot.label,
                          provider_name=self.pool.provider_name,
@@ -358,94 +361,19 @@ class NodeRequestHandler:
         self.admission.room_changed()
         return True
 
-    def _choose_az(self) -> str | None:
-        """Upstream's choice: a random one of the pool's availability-zones,
-        else of the zones the cloud lists (None: the cloud places the server)."""
-        zones = list(self.pool.availability_zones)
-        if not zones:
-            listed = getattr(self.builder, "availability_zones", None)
-            try:
-                zones = list(listed() or []) if callable(listed) else []
-            except Exception:  # without a list the cloud chooses
-                log.debug("pool %s: reading availability zones failed", self.pool.pool_id,
-                          exc_info=True)
-                zones = []
-        return random.choice(zones) if zones else None
+    def _reuse(self, active: ActiveRequest, slot: Slot) -> str | None:
+        """The id of a ready node now allocated to the request, or None."""
+        return self.supply.reuse(self.pool, active, slot, self._slot_node_ids())
+
+    def _slot_node_ids(self) -> set[str]:
+        return {s.node.id for a in self._active.values() for s in a.slots if s.node}
 
     def _node_admission(self, label: str) -> Capacity:
-        ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
-        ours |= set(self.orphans.orphan_ids())
+        ours = self._slot_node_ids() | set(self.orphans.orphan_ids())
         # The cache's per-pool index: O(pool's nodes), not a scan of every node.
         pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
         return self.admission.of_node(label, pool_nodes, launching)
-
-    def _delete_oldest_unused(self, request_id: str) -> None:
-        """Upstream's way out of a pool filled by ready nodes nobody uses
-        (min-ready of other labels): delete the oldest of them."""
-        if not getattr(self.builder, "deleting_frees_capacity", True):
-            return  # e.g. static hosts: the slot is registered again at once
-        now = self._now()
-        if now - self._unused_delete_at < UNUSED_DELETE_INTERVAL:
-            return
-        self._unused_delete_at = now
-        nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
-        cache = self.store.nodes_cache
-        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
-        for candidate in protocol.oldest_unused_nodes(nodes, self.pool, locked, now):
-            if self.store.update_unlocked_node(
-                    candidate.id, lambda fresh: protocol.retire_ready(fresh, now),
-                    "delete the unused"):
-                log.info("request %s: pool %s is at capacity; deleting its oldest unused "
-                         "ready node %s", request_id, self.pool.pool_id, candidate.id)
-                return
-
-    def _reuse(self, active: ActiveRequest, slot: Slot) -> str | None:
-        """The id of a ready node now allocated to the request, or None."""
-        # Only the pool's ready, unallocated nodes (the cache's index).
-        nodes = self.store.ready_unallocated_nodes(self.pool.provider_name,
-                                                   self.pool.pool_name)
-        cache = self.store.nodes_cache
-        # Without a cache, the lock attempt itself tells.
-        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
-        taken = {s.node.id for a in self._active.values() for s in a.slots if s.node}
-        for candidate in protocol.reusable_nodes(nodes, slot.label, self.pool, locked, taken,
-                                                 az=active.az):
-            try:
-                got = self.store.lock_and_read_node(candidate.id)
-            except MalformedRecord:
-                continue
-            if got is None:
-                continue
-            node, lock = got
-            with contextlib.ExitStack() as unless_allocated:
-                unless_allocated.enter_context(lock)
-                if not protocol.can_reuse(node, slot.label, self.pool, az=active.az):
-                    continue
-                node.allocated_to = active.request.id
-                node.tenant_name = active.request.tenant_name
-                node.requestor = active.request.requestor
-                try:
-                    self.store.store_node(node, lock)
-                except (RecordChanged, RecordGone):
-                    continue
-                unless_allocated.pop_all()    # the slot holds it now
-            slot.state, slot.node, slot.lock = SlotState.READY, node, lock
-            active.az = active.az or node.az
-            log.info("request %s: reusing ready node %s", active.request.id, node.id)
-            return node.id
-        return None
-
-    def _create_node(self, request: NodeRequest, label: str) -> Node:
-        node = Node(state=INIT, type=[label], provider=self.pool.provider_name,
-                    pool=self.pool.pool_name, launcher=self.pool.pool_id,
-                    allocated_to=request.id, tenant_name=request.tenant_name,
-                    requestor=request.requestor,
-                    attributes=dict(self.pool.node_attributes)
-                    if self.pool.node_attributes is not None else None)
-        node = self.store.create_node(node, self._now())
-        log.info("request %s: created node %s (%s)", request.id, node.id, label)
-        return node
 
     def _poll(self, slot: Slot, report: PassReport) -> None:
         if not self.store.node_exists(slot.node.id, cached=True) \
@@ -593,29 +521,8 @@ class NodeRequestHandler:
             if slot.state is SlotState.BUILDING:
                 self.orphans.adopt(node, slot.lock, slot.handle)
                 slot.lock = None
-                continue
-            lock = slot.lock if slot.lock is not None and slot.lock.held else None
-            slot.lock = None
-            relocked = lock is None
-            if relocked:
-                # Let go already (fulfilling) or never locked: lock it again.
-                got = self.store.lock_and_read_node(node.id)
-                if got is None:
-                    log.warning("node %s: could not lock it to release it; "
-                                "housekeeping will", node.id)
-                    continue
-                node, lock = got
-            with lock:
-                if relocked and node.allocated_to != active.request.id:
-                    continue
-                node.allocated_to = None
-                if slot.state is SlotState.CREATED:
-                    # Nothing was started in the cloud for it.
-                    node.set_state(DELETING, self._now())
-                try:
-                    self.store.store_node(node, lock)
-                except (RecordGone, RecordChanged, NotLocked) as e:
-                    log.warning("node %s: could not release it: %s", node.id, e)
+            else:
+                self.supply.release(active.request.id, slot)
 
     def _drop(self, active: ActiveRequest) -> None:
         """The request's lock went with a lost session."""
