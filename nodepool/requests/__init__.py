@@ -1,7 +1,8 @@
 """Serving node requests: the protocol's rules (``protocol``), the handler
-that applies them through the ZooKeeper store (``handler``), the reaper
-(``reaper``), min-ready requests (``minready``) and the interface to the
-cloud (``builder``).
+that applies them through the ZooKeeper store (``handler``, with its parts
+``admission``, ``slots``, ``node_supply``, ``node_builds`` and ``orphans``),
+the reaper (``reaper``), min-ready requests (``minready``) and the interface
+to the cloud (``builder``).
 
 How a launcher's pool worker uses them, one level-triggered loop::
 

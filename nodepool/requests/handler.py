@@ -14,23 +14,31 @@ its passes and carries on with the same locks when the connection is back.
 Only when the session is LOST are those locks gone: then everything in
 flight is dropped; the nodes left ``building`` and unlocked are reaped, and
 another launcher (or this one) resets the ``pending`` request.  The builds
-of those nodes are settled on the next pass that can read ZooKeeper: a
-build nobody may finish any more is cancelled (its servers deleted, its
-quota released), one whose ready node is recorded is forgotten (the record
-owns the server).  Without that the builder would keep them for ever: a
-finished build's quota counted after another launcher deleted its server,
-a booting one retrying with a new server for a node that is gone.
+of those nodes are abandoned, and settled on the next pass that can read
+ZooKeeper, by the ``OrphanBuilds`` (``orphans.py``) that also finish the
+builds whose request went away.
 
-Whether a request may be taken and a node created now is asked of one
-``Admission`` (``admission.py``), which owns every question about room put
-to the builder.  Each slot of an accepted request is in one ``SlotState``.
-Locks held for one step are released by their ``with`` block; the locks of
-accepted requests and their nodes live in ``_Active`` and ``_Slot``, which
-let go of them.
+The handler walks each request along its path (assign, decide, fill its
+slots, poll their builds, then fulfil, decline or release) and leaves the
+rest to its parts:
+
+* ``Admission`` (``admission.py``): whether a request may be taken and a
+  node created now; it owns every question about room put to the builder.
+* ``ActiveRequest`` and ``Slot`` (``slots.py``): what the pool holds for an
+  accepted request, each slot in one ``SlotState``.  Locks held for one
+  step are released by their ``with`` block; the locks of accepted
+  requests and their nodes live in those records, which let go of them.
+* ``NodeSupply`` (``node_supply.py``): where a slot's node comes from
+  (reused, or created) and where it goes back to.
+* ``NodeBuilds`` (``node_builds.py``): what becomes of a started build (its
+  status recorded on the node, the build forgotten or cancelled).
+* ``OrphanBuilds`` (``orphans.py``): the builds no accepted request waits
+  for any more.
 
 Other threads read what the pool holds (the status API, statsd, the
 lost-request reset) while the pool's thread changes it: the public
-properties take a snapshot under a lock, which every change also takes.
+properties take a snapshot under a lock, which every change also takes
+(the handler's for the accepted requests, ``OrphanBuilds``' for its own).
 
 A write that fails (connection loss, or a lost reply that turns the retry
 into a version conflict) is made again on the next pass: node changes are
@@ -42,102 +50,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import enum
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable
 
 from nodepool.requests import protocol
 from nodepool.requests.admission import NEVER_FITS_QUOTA, Admission
-from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus,
-                                       Capacity, DeleteSpec, NodeBuilder)
+from nodepool.requests.builder import BuildSpec, BuildState, BuildStatus, Capacity, NodeBuilder
+from nodepool.requests.node_builds import NodeBuilds
+from nodepool.requests.node_supply import NodeSupply
+from nodepool.requests.orphans import OrphanBuilds
 from nodepool.requests.protocol import PoolInfo, PoolSettings
+from nodepool.requests.slots import ActiveRequest, Slot, SlotState
 from nodepool.zk.locks import ZooKeeperLock
 from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.records import (ABORTED, BUILDING, DELETING, FAILED,
-                                 FULFILLED, INIT, NODE_FAILED, PENDING, READY,
-                                 REQUESTED,
-                                 MalformedRecord, Node, NodeRequest)
-from nodepool.zk.store import (NotLocked, RecordChanged, RecordGone,
-                               ZooKeeperStore)
+from nodepool.zk.records import (BUILDING, FAILED, FULFILLED, INIT, PENDING, REQUESTED,
+                                 MalformedRecord, NodeRequest)
+from nodepool.zk.store import RecordChanged, RecordGone, ZooKeeperStore
 
 log = logging.getLogger("nodepool.requests.handler")
-
-# A request without room looks for an unused node to delete at most this
-# often (each look reads the pool's nodes).
-UNUSED_DELETE_INTERVAL = 1.0
-
-
-class SlotState(enum.Enum):
-    EMPTY = "empty"          # no node: one is reused or created
-    CREATED = "created"      # a node is recorded; its build is not started yet
-    BUILDING = "building"    # a build was started and is being polled
-    READY = "ready"          # reused, or built to ready
-    FAILED = "failed"        # the node failed (unlocked): the request is declined
-
-
-@dataclass
-class _Slot:
-    """One entry of ``node_types`` and the node that serves it."""
-
-    label: str
-    state: SlotState = SlotState.EMPTY
-    node: Node | None = None
-    lock: ZooKeeperLock | None = None
-    handle: Hashable | None = None
-
-    def let_go(self) -> None:
-        """Release the node's lock (if any); the node stays the slot's."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    def empty(self) -> None:
-        """The node is given up (left to the reaper): start over."""
-        self.let_go()
-        self.state, self.node, self.handle = SlotState.EMPTY, None, None
-
-
-@dataclass
-class _Active:
-    request: NodeRequest
-    lock: ZooKeeperLock
-    slots: list[_Slot]
-    waiting: bool = False          # no headroom now: the pool is paused
-    nodes_released: bool = False   # fulfilling: node locks already let go
-    # Every node of the request in one availability zone, as upstream: the
-    # zone of the first ready node reused, else one chosen at the first build
-    # (None when there is nothing to choose from: the cloud places them).
-    az: str | None = None
-    az_chosen: bool = False
-
-    def let_go(self) -> None:
-        """Release the locks of the request and of its nodes."""
-        for slot in self.slots:
-            slot.let_go()
-        self.lock.release()
-
-
-@dataclass
-class _Orphan:
-    """A build that goes on after its request went away; when it is ready the
-    node becomes an unallocated ready node (reusable) instead of a deleted one."""
-
-    node: Node
-    lock: ZooKeeperLock
-    handle: Hashable
-
-
-@dataclass
-class _Abandoned:
-    """A build whose node lock went with a lost session: settled (cancelled
-    or forgotten) on the next pass that can read ZooKeeper."""
-
-    node: Node
-    handle: Hashable
 
 
 @dataclass
@@ -168,14 +101,14 @@ class NodeRequestHandler:
         self.registration = registration
         self.clock = clock
         self.admission = Admission(builder, pool, clock)
-        self._active: dict[str, _Active] = {}
-        self._orphans: dict[str, _Orphan] = {}
-        self._abandoned: dict[str, _Abandoned] = {}
-        # Held for every change of _active and _orphans and by every reader
-        # from another thread (a dict changed while iterated raises).
+        self.builds = NodeBuilds(store, builder, self.admission, pool.pool_id, clock)
+        self.orphans = OrphanBuilds(store, builder, self.builds)
+        self.supply = NodeSupply(store, builder, clock)
+        self._active: dict[str, ActiveRequest] = {}
+        # Held for every change of _active and by every reader from another
+        # thread (a dict changed while iterated raises).
         self._state_lock = threading.Lock()
         self._generation: int = store.session_generation
-        self._unused_delete_at = float("-inf")
         # A pool removed by a config reload finishes what it accepted but
         # takes nothing new.
         self.draining = False
@@ -194,14 +127,12 @@ class NodeRequestHandler:
 
     @property
     def orphan_node_ids(self) -> list[str]:
-        with self._state_lock:
-            return sorted(self._orphans)
+        return sorted(self.orphans.orphan_ids())
 
     @property
     def abandoned_node_ids(self) -> list[str]:
         """Nodes whose builds a lost session left, not settled yet."""
-        with self._state_lock:
-            return sorted(self._abandoned)
+        return sorted(self.orphans.abandoned_ids())
 
     def run_once(self) -> PassReport:
         report = PassReport()
@@ -214,16 +145,16 @@ class NodeRequestHandler:
             return report
         self.store.session.retry_deferred()
         self.admission.begin_pass()
-        for node_id in list(self._abandoned):
-            self._guard(report, f"node {node_id}", self._settle_abandoned, node_id)
+        for node_id in self.orphans.abandoned_ids():
+            self._guard(report, f"node {node_id}", self.orphans.settle, node_id)
         if self.registration is not None:
             self._guard(report, "registration", self.registration.ensure_registered)
         for request_id in list(self._active):
             active = self._active.get(request_id)
             if active is not None:
                 self._guard(report, request_id, self._advance, active, report)
-        for node_id in list(self._orphans):
-            self._guard(report, f"node {node_id}", self._poll_orphan, node_id)
+        for node_id in self.orphans.orphan_ids():
+            self._guard(report, f"node {node_id}", self.orphans.poll, node_id)
         if not self.draining:
             self._guard(report, "assignment", self._assign_new, report)
         report.paused = self.paused
@@ -239,11 +170,9 @@ class NodeRequestHandler:
     def _forget_everything(self) -> None:
         for active in self._active.values():
             active.let_go()
-        for orphan in self._orphans.values():
-            orphan.lock.release()
+        self.orphans.let_go()
         with self._state_lock:
             self._active.clear()
-            self._orphans.clear()
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -264,14 +193,14 @@ class NodeRequestHandler:
         generation = self.store.session_generation
         if generation == self._generation:
             return
-        if self._active or self._orphans:
+        orphans = self.orphans.orphan_ids()
+        if self._active or orphans:
             log.warning("pool %s: ZooKeeper session expired; dropping %d request(s) and "
                         "%d orphan build(s) whose locks are gone", self.pool.pool_id,
-                        len(self._active), len(self._orphans))
+                        len(self._active), len(orphans))
         for active in self._active.values():
-            self._abandon_builds(active)
-        for orphan in self._orphans.values():
-            self._abandon(orphan.node, orphan.handle)
+            self.orphans.abandon_builds(active.slots)
+        self.orphans.abandon_orphans()
         self._forget_everything()
         self._generation = generation
 
@@ -338,7 +267,7 @@ class NodeRequestHandler:
             self.store.store_request(request, lock)
             unless_accepted.pop_all()    # accepted: the lock is kept while pending
         log.info("request %s: accepted (%s)", request_id, ", ".join(request.node_types))
-        active = _Active(request, lock, [_Slot(label) for label in request.node_types])
+        active = ActiveRequest(request, lock, [Slot(label) for label in request.node_types])
         with self._state_lock:
             self._active[request_id] = active
         report.accepted.append(request_id)
@@ -346,7 +275,7 @@ class NodeRequestHandler:
 
     # -- accepted requests ----------------------------------------------------------------
 
-    def _advance(self, active: _Active, report: PassReport) -> None:
+    def _advance(self, active: ActiveRequest, report: PassReport) -> None:
         request_id = active.request.id
         if not active.lock.held:
             self._drop(active)
@@ -371,7 +300,7 @@ class NodeRequestHandler:
         elif all(s.state is SlotState.READY for s in active.slots):
             self._fulfil(active, report)
 
-    def _fill(self, active: _Active, slot: _Slot, report: PassReport) -> bool:
+    def _fill(self, active: ActiveRequest, slot: Slot, report: PassReport) -> bool:
         """Bring one slot as far as it goes without waiting.  False stops the
         filling of later slots (no headroom, or the request was declined)."""
         request = active.request
@@ -394,10 +323,10 @@ class NodeRequestHandler:
                     log.info("request %s: no headroom for %s now; pausing pool %s",
                              request.id, slot.label, self.pool.pool_id)
                 active.waiting = True
-                self._delete_oldest_unused(request.id)
+                self.supply.delete_oldest_unused(self.pool, request.id)
                 return False
             active.waiting = False
-            slot.node = self._create_node(request, slot.label)
+            slot.node = self.supply.create(self.pool, request, slot.label)
             slot.state = SlotState.CREATED
             report.nodes_created.append(slot.node.id)
         if slot.state is not SlotState.CREATED:
@@ -414,7 +343,7 @@ class NodeRequestHandler:
             self.store.store_locked_node(building, slot.lock)
             slot.node = building
         if active.az is None and not active.az_chosen:
-            active.az = self._choose_az()
+            active.az = self.supply.choose_az(self.pool)
         active.az_chosen = True
         spec = BuildSpec(node_id=slot.node.id, label=slot.label,
                          provider_name=self.pool.provider_name,
@@ -432,96 +361,21 @@ class NodeRequestHandler:
         self.admission.room_changed()
         return True
 
-    def _choose_az(self) -> str | None:
-        """Upstream's choice: a random one of the pool's availability-zones,
-        else of the zones the cloud lists (None: the cloud places the server)."""
-        zones = list(self.pool.availability_zones)
-        if not zones:
-            listed = getattr(self.builder, "availability_zones", None)
-            try:
-                zones = list(listed() or []) if callable(listed) else []
-            except Exception:  # without a list the cloud chooses
-                log.debug("pool %s: reading availability zones failed", self.pool.pool_id,
-                          exc_info=True)
-                zones = []
-        return random.choice(zones) if zones else None
+    def _reuse(self, active: ActiveRequest, slot: Slot) -> str | None:
+        """The id of a ready node now allocated to the request, or None."""
+        return self.supply.reuse(self.pool, active, slot, self._slot_node_ids())
+
+    def _slot_node_ids(self) -> set[str]:
+        return {s.node.id for a in self._active.values() for s in a.slots if s.node}
 
     def _node_admission(self, label: str) -> Capacity:
-        ours = {s.node.id for a in self._active.values() for s in a.slots if s.node}
-        ours |= set(self._orphans)
+        ours = self._slot_node_ids() | set(self.orphans.orphan_ids())
         # The cache's per-pool index: O(pool's nodes), not a scan of every node.
         pool_nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
         launching = len(ours - {n.id for n in pool_nodes})
         return self.admission.of_node(label, pool_nodes, launching)
 
-    def _delete_oldest_unused(self, request_id: str) -> None:
-        """Upstream's way out of a pool filled by ready nodes nobody uses
-        (min-ready of other labels): delete the oldest of them."""
-        if not getattr(self.builder, "deleting_frees_capacity", True):
-            return  # e.g. static hosts: the slot is registered again at once
-        now = self._now()
-        if now - self._unused_delete_at < UNUSED_DELETE_INTERVAL:
-            return
-        self._unused_delete_at = now
-        nodes = self.store.pool_nodes(self.pool.provider_name, self.pool.pool_name)
-        cache = self.store.nodes_cache
-        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
-        for candidate in protocol.oldest_unused_nodes(nodes, self.pool, locked, now):
-            if self.store.update_unlocked_node(
-                    candidate.id, lambda fresh: protocol.retire_ready(fresh, now),
-                    "delete the unused"):
-                log.info("request %s: pool %s is at capacity; deleting its oldest unused "
-                         "ready node %s", request_id, self.pool.pool_id, candidate.id)
-                return
-
-    def _reuse(self, active: _Active, slot: _Slot) -> str | None:
-        """The id of a ready node now allocated to the request, or None."""
-        # Only the pool's ready, unallocated nodes (the cache's index).
-        nodes = self.store.ready_unallocated_nodes(self.pool.provider_name,
-                                                   self.pool.pool_name)
-        cache = self.store.nodes_cache
-        # Without a cache, the lock attempt itself tells.
-        locked = {n.id for n in nodes if cache is not None and cache.is_locked(n.id)}
-        taken = {s.node.id for a in self._active.values() for s in a.slots if s.node}
-        for candidate in protocol.reusable_nodes(nodes, slot.label, self.pool, locked, taken,
-                                                 az=active.az):
-            try:
-                got = self.store.lock_and_read_node(candidate.id)
-            except MalformedRecord:
-                continue
-            if got is None:
-                continue
-            node, lock = got
-            with contextlib.ExitStack() as unless_allocated:
-                unless_allocated.enter_context(lock)
-                if not protocol.can_reuse(node, slot.label, self.pool, az=active.az):
-                    continue
-                node.allocated_to = active.request.id
-                node.tenant_name = active.request.tenant_name
-                node.requestor = active.request.requestor
-                try:
-                    self.store.store_node(node, lock)
-                except (RecordChanged, RecordGone):
-                    continue
-                unless_allocated.pop_all()    # the slot holds it now
-            slot.state, slot.node, slot.lock = SlotState.READY, node, lock
-            active.az = active.az or node.az
-            log.info("request %s: reusing ready node %s", active.request.id, node.id)
-            return node.id
-        return None
-
-    def _create_node(self, request: NodeRequest, label: str) -> Node:
-        node = Node(state=INIT, type=[label], provider=self.pool.provider_name,
-                    pool=self.pool.pool_name, launcher=self.pool.pool_id,
-                    allocated_to=request.id, tenant_name=request.tenant_name,
-                    requestor=request.requestor,
-                    attributes=dict(self.pool.node_attributes)
-                    if self.pool.node_attributes is not None else None)
-        node = self.store.create_node(node, self._now())
-        log.info("request %s: created node %s (%s)", request.id, node.id, label)
-        return node
-
-    def _poll(self, slot: _Slot, report: PassReport) -> None:
+    def _poll(self, slot: Slot, report: PassReport) -> None:
         if not self.store.node_exists(slot.node.id, cached=True) \
                 and not self.store.node_exists(slot.node.id):
             # Removed by hand or by another tool: nothing records the server
@@ -529,7 +383,7 @@ class NodeRequestHandler:
             # request gets a new node.
             log.warning("node %s: its znode was removed while building; cancelling "
                         "the build", slot.node.id)
-            self._cancel_build(slot.node, slot.handle)
+            self.builds.cancel(slot.node, slot.handle)
             report.nodes_failed.append(slot.node.id)
             slot.empty()
             return
@@ -539,14 +393,14 @@ class NodeRequestHandler:
             log.exception("node %s: polling the build failed", slot.node.id)
             status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
         try:
-            slot.node = self._apply_status(slot.node, slot.lock, status)
+            slot.node = self.builds.record(slot.node, slot.lock, status)
         except RecordGone:
             # Removed under our lock (forcibly, by an operator): the next
             # pass cancels the build.
             log.warning("node %s: vanished while building", slot.node.id)
             return
         if status.state is not BuildState.BUILDING:
-            self._forget_build(slot.handle)
+            self.builds.forget(slot.handle)
         if status.state is BuildState.READY:
             slot.state = SlotState.READY
             report.nodes_ready.append(slot.node.id)
@@ -560,41 +414,8 @@ class NodeRequestHandler:
             report.nodes_failed.append(slot.node.id)
             slot.empty()
 
-    def _forget_build(self, handle: Hashable) -> None:
-        self.admission.room_changed()   # the build ended
-        try:
-            self.builder.forget_build(handle)
-        except Exception:  # bookkeeping only
-            log.exception("pool %s: forgetting build %s failed", self.pool.pool_id, handle)
-
-    def _cancel_build(self, node: Node, handle: Hashable) -> None:
-        spec = DeleteSpec.for_node(node)
-        self.admission.room_changed()
-        try:
-            self.builder.cancel_build(handle, spec)
-        except Exception:  # the leak cleaner is the backstop
-            log.exception("node %s: cancelling the build failed", node.id)
-
-    def _apply_status(self, node: Node, lock: ZooKeeperLock, status: BuildStatus) -> Node:
-        """Record what the builder said; only writes when something changed.
-
-        The change is made on a copy, returned once stored: when the write
-        fails the caller keeps the old record and the next pass writes it."""
-        draft = copy.deepcopy(node)
-        for key, value in status.info.known().items():
-            setattr(draft, key, value)
-        new_state = {BuildState.READY: READY, BuildState.FAILED: NODE_FAILED,
-                     BuildState.ABORTED: ABORTED}.get(status.state, draft.state)
-        if new_state != draft.state:
-            draft.set_state(new_state, self._now())
-            if status.reason:
-                log.info("node %s: %s (%s)", draft.id, new_state, status.reason)
-        if draft.to_dict() != node.to_dict():
-            self.store.store_locked_node(draft, lock)
-        return draft
-
-    def _fail_node(self, slot: _Slot, reason: str, report: PassReport) -> None:
-        slot.node = self._apply_status(slot.node, slot.lock,
+    def _fail_node(self, slot: Slot, reason: str, report: PassReport) -> None:
+        slot.node = self.builds.record(slot.node, slot.lock,
                                        BuildStatus(BuildState.FAILED, reason=reason))
         slot.state = SlotState.FAILED
         report.nodes_failed.append(slot.node.id)
@@ -602,7 +423,7 @@ class NodeRequestHandler:
 
     # -- finishing ----------------------------------------------------------------------
 
-    def _fulfil(self, active: _Active, report: PassReport) -> None:
+    def _fulfil(self, active: ActiveRequest, report: PassReport) -> None:
         request_id = active.request.id
         request = self.store.get_request(request_id)
         if request is None:
@@ -637,7 +458,7 @@ class NodeRequestHandler:
             return  # re-read and try again next pass
         self._finish_fulfilled(active, report)
 
-    def _finish_fulfilled(self, active: _Active, report: PassReport) -> None:
+    def _finish_fulfilled(self, active: ActiveRequest, report: PassReport) -> None:
         request_id = active.request.id
         active.lock.release()
         with self._state_lock:
@@ -646,7 +467,7 @@ class NodeRequestHandler:
         log.info("request %s: fulfilled with %s", request_id,
                  ", ".join(s.node.id for s in active.slots))
 
-    def _decline_active(self, active: _Active, reason: str, report: PassReport) -> None:
+    def _decline_active(self, active: ActiveRequest, reason: str, report: PassReport) -> None:
         request_id = active.request.id
         request = self.store.get_request(request_id)
         if request is None:
@@ -679,7 +500,7 @@ class NodeRequestHandler:
                 report.failed.append(request.id)
                 log.info("request %s: failed: every registered pool declined", request.id)
 
-    def _vanished(self, active: _Active, report: PassReport) -> None:
+    def _vanished(self, active: ActiveRequest, report: PassReport) -> None:
         """The request was deleted (Zuul cancelled it): keep nothing for it."""
         request_id = active.request.id
         log.info("request %s: deleted by its requestor; releasing its nodes", request_id)
@@ -689,7 +510,7 @@ class NodeRequestHandler:
             self._active.pop(request_id, None)
         report.vanished.append(request_id)
 
-    def _release_nodes(self, active: _Active, report: PassReport) -> None:
+    def _release_nodes(self, active: ActiveRequest, report: PassReport) -> None:
         """Ready nodes: unallocate and unlock (they become reusable).  Builds in
         flight go on as orphans.  Nodes whose build never started are marked
         deleting.  Failed nodes are already unlocked for the reaper."""
@@ -698,126 +519,14 @@ class NodeRequestHandler:
             if node is None or slot.state is SlotState.FAILED:
                 continue
             if slot.state is SlotState.BUILDING:
-                with self._state_lock:
-                    self._orphans[node.id] = _Orphan(node, slot.lock, slot.handle)
+                self.orphans.adopt(node, slot.lock, slot.handle)
                 slot.lock = None
-                continue
-            lock = slot.lock if slot.lock is not None and slot.lock.held else None
-            slot.lock = None
-            relocked = lock is None
-            if relocked:
-                # Let go already (fulfilling) or never locked: lock it again.
-                got = self.store.lock_and_read_node(node.id)
-                if got is None:
-                    log.warning("node %s: could not lock it to release it; "
-                                "housekeeping will", node.id)
-                    continue
-                node, lock = got
-            with lock:
-                if relocked and node.allocated_to != active.request.id:
-                    continue
-                node.allocated_to = None
-                if slot.state is SlotState.CREATED:
-                    # Nothing was started in the cloud for it.
-                    node.set_state(DELETING, self._now())
-                try:
-                    self.store.store_node(node, lock)
-                except (RecordGone, RecordChanged, NotLocked) as e:
-                    log.warning("node %s: could not release it: %s", node.id, e)
+            else:
+                self.supply.release(active.request.id, slot)
 
-    def _poll_orphan(self, node_id: str) -> None:
-        orphan = self._orphans[node_id]
-        if not orphan.lock.held:
-            # Lost with the session: the reaper owns the node now, and the
-            # build is settled once ZooKeeper can tell how it ended.
-            log.warning("node %s: lock of the orphan build no longer held; "
-                        "leaving the node to the reaper", node_id)
-            self._abandon(orphan.node, orphan.handle)
-            with self._state_lock:
-                del self._orphans[node_id]
-            return
-        if not self.store.node_exists(node_id, cached=True) \
-                and not self.store.node_exists(node_id):
-            log.warning("node %s: its znode was removed while building; cancelling "
-                        "the build", node_id)
-            self._cancel_build(orphan.node, orphan.handle)
-            orphan.lock.release()
-            with self._state_lock:
-                del self._orphans[node_id]
-            return
-        try:
-            status = self.builder.poll_build(orphan.handle)
-        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed build
-            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
-        draft = orphan.node
-        if status.state is BuildState.READY:
-            draft = copy.deepcopy(orphan.node)
-            draft.allocated_to = None
-        try:
-            orphan.node = self._apply_status(draft, orphan.lock, status)
-        except RecordGone:
-            return  # the next pass cancels the build
-        if status.state is not BuildState.BUILDING:
-            self._forget_build(orphan.handle)
-            orphan.lock.release()
-            with self._state_lock:
-                del self._orphans[node_id]
-
-    def _drop(self, active: _Active) -> None:
+    def _drop(self, active: ActiveRequest) -> None:
         """The request's lock went with a lost session."""
-        self._abandon_builds(active)
+        self.orphans.abandon_builds(active.slots)
         active.let_go()
         with self._state_lock:
             self._active.pop(active.request.id, None)
-
-    # -- builds a lost session left ------------------------------------------------------
-
-    def _abandon_builds(self, active: _Active) -> None:
-        for slot in active.slots:
-            # A ready slot's build was forgotten once recorded; a failed
-            # one's too (or it never started).
-            if slot.state is SlotState.BUILDING and slot.node is not None:
-                self._abandon(slot.node, slot.handle)
-
-    def _abandon(self, node: Node, handle: Hashable) -> None:
-        with self._state_lock:
-            self._abandoned[node.id] = _Abandoned(node, handle)
-
-    def _settle_abandoned(self, node_id: str) -> None:
-        """Nobody holds the node's lock any more, so nobody may finish its
-        build: another launcher (or our reaper) deletes the node and its
-        servers.  A build still going would go on (and, once its server is
-        deleted, boot another for a node that is gone); a finished one would
-        keep its server's quota counted after that server is deleted
-        elsewhere.  So the build is cancelled (its servers deleted, its
-        quota released when they are gone), unless it finished and the
-        node's record shows the ready server (its write landed, the reply
-        was lost): then the record owns the server, as for any ready node,
-        and the build is only forgotten."""
-        item = self._abandoned[node_id]
-        try:
-            status = self.builder.poll_build(item.handle)
-        except Exception as e:  # noqa: BLE001 - the NodeBuilder contract: a failed build
-            status = BuildStatus(BuildState.FAILED, reason=f"poll failed: {e}")
-        if status.state is BuildState.READY:
-            try:
-                record = self.store.get_node(node_id)
-            except MalformedRecord:
-                record = item.node   # never delete a server an unreadable record may own
-            owned = (record is not None and record.state not in (INIT, BUILDING, DELETING)
-                     and record.external_id is not None
-                     and record.external_id == status.info.external_id)
-        else:
-            # Failed or aborted: the builder already handed its servers to
-            # deletions; only a build still going must be stopped.
-            owned = status.state is not BuildState.BUILDING
-        if owned:
-            self._forget_build(item.handle)
-        else:
-            node = copy.deepcopy(item.node)
-            node.external_id = status.info.external_id or node.external_id
-            log.warning("node %s: its lock went with the lost ZooKeeper session; "
-                        "cancelling its build", node_id)
-            self._cancel_build(node, item.handle)
-        with self._state_lock:
-            del self._abandoned[node_id]
