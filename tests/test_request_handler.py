@@ -3,6 +3,7 @@ test-double builder, and requests written the way Zuul writes them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -449,3 +450,17 @@ def test_pool_state_is_read_safely_from_other_threads(zk_store, zk):
             t.join(10)
         sys.setswitchinterval(old)
     assert errors == []
+
+
+def test_a_reload_that_raises_max_servers_lets_the_waiting_request_in(zk_store, zk):
+    # The launcher hands a reloaded pool's settings to its handler; the
+    # admission step must decide by them too, not by the settings it began with.
+    handler = start_pool(zk_store, max_servers=1)
+    first = zuul_request(zk, ["small"])
+    drive(zk_store, handler, until=lambda: state_of(zk_store, first) == "fulfilled")
+    second = zuul_request(zk, ["small"])
+    drive(zk_store, handler, until=lambda: handler.paused, message="the pool to pause")
+    assert state_of(zk_store, second) == "pending"
+    handler.pool = dataclasses.replace(handler.pool, max_servers=2)
+    drive(zk_store, handler, until=lambda: state_of(zk_store, second) == "fulfilled",
+          message="the second request served after max-servers was raised")

@@ -96,7 +96,7 @@ class NodeRequestHandler:
         """``registration``: the pool's ComponentRegistration, kept registered
         and told when the pool pauses (optional in tests)."""
         self.store = store
-        self.pool = pool
+        self._pool = pool
         self.builder = builder
         self.registration = registration
         self.clock = clock
@@ -133,6 +133,17 @@ class NodeRequestHandler:
     def abandoned_node_ids(self) -> list[str]:
         """Nodes whose builds a lost session left, not settled yet."""
         return sorted(self.orphans.abandoned_ids())
+
+    @property
+    def pool(self) -> PoolSettings:
+        return self._pool
+
+    @pool.setter
+    def pool(self, settings: PoolSettings) -> None:
+        # A reload hands new settings (max-servers, labels): admission
+        # decides by them from the next pass on, as the handler does.
+        self._pool = settings
+        self.admission.pool = settings
 
     def run_once(self) -> PassReport:
         report = PassReport()
