@@ -20,29 +20,26 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from nodepool.config.model import NodepoolConfig, PoolConfig, ProviderConfig
 from nodepool.driver import registry
 from nodepool.driver.base import LaunchProvider, LauncherViews
+from nodepool.launcher.loop_health import LOOP_DEADLINE, LoopHealth
+from nodepool.launcher.pool_worker import PoolWorker
 from nodepool.launcher.stats import Stats
 from nodepool.launcher.webapp import StatusServer
 from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
 from nodepool.requests import minready, protocol
-from nodepool.requests.handler import NodeRequestHandler, PassReport
-from nodepool.requests.protocol import PoolSettings
 from nodepool.requests.reaper import NodeReaper
 from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
 from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.components import (ComponentRegistration, make_pool_id,
-                                    register_launcher, register_pool)
+from nodepool.zk.components import ComponentRegistration, register_launcher
 from nodepool.zk import paths
-from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
-                                 PoolComponent)
+from nodepool.zk.records import READY, MalformedRecord, Node, NodeRequest
 from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
 from nodepool.zk.store import ZooKeeperStore
 from nodepool.zk.image_records import ImageUpload
@@ -51,11 +48,6 @@ from nodepool.launcher.shared import ProjectShare
 
 log = logging.getLogger("nodepool.launcher")
 
-POOL_INTERVAL = 0.5          # a pool worker's pass when nothing changes
-# A woken pool worker (a new request for one of its labels) passes at once,
-# but never more often than this: bursts of requests share a pass.
-POOL_MIN_GAP = 0.05
-PAUSED_MIN_PASS = 0.05       # a paused pool's shortest pause between passes
 MAINTENANCE_INTERVAL = 1.0
 MIN_READY_INTERVAL = 5.0
 HOUSEKEEPING_INTERVAL = 60.0
@@ -64,177 +56,8 @@ MAX_READY_AGE_INTERVAL = 30.0
 STATS_INTERVAL = 10.0
 
 
-# A loop that has not finished a pass (or whose passes all failed) for this
-# long is stuck; /health says so.
-LOOP_DEADLINE = 120.0
-
-
-@dataclass
-class LoopHealth:
-    """When each loop started, last finished a pass, and since when its
-    passes fail, for the health check and dumps."""
-
-    last_pass: dict[str, float] = field(default_factory=dict)
-    started: dict[str, float] = field(default_factory=dict)
-    failing_since: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def start(self, name: str) -> None:
-        self.started.setdefault(name, time.monotonic())
-
-    def beat(self, name: str, ok: bool = True) -> None:
-        now = time.monotonic()
-        self.last_pass[name] = now
-        if ok:
-            self.failing_since.pop(name, None)
-        else:
-            self.failing_since.setdefault(name, now)
-
-    def forget(self, name: str) -> None:
-        for d in (self.last_pass, self.started, self.failing_since, self.errors):
-            d.pop(name, None)
-
-    def ages(self) -> dict[str, float]:
-        now = time.monotonic()
-        return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
-
-    def problems(self, deadline: float = LOOP_DEADLINE) -> list[str]:
-        now = time.monotonic()
-        found = []
-        for name, since in sorted(self.started.items()):
-            last = self.last_pass.get(name)
-            if last is None and now - since > deadline:
-                found.append(f"{name} loop has not finished a pass since it started "
-                             f"{now - since:.0f}s ago")
-            elif last is not None and now - last > deadline:
-                found.append(f"{name} loop has not finished a pass for {now - last:.0f}s")
-        for name, since in sorted(self.failing_since.items()):
-            if now - since > deadline:
-                found.append(f"every pass of the {name} loop has failed for "
-                             f"{now - since:.0f}s")
-        return found
-
-
 class LauncherStartError(Exception):
     """The launcher cannot start; the message says why and what to change."""
-
-
-class PoolWorker:
-    """One pool: its registration and its request handler's passes."""
-
-    def __init__(self, launcher: "Launcher", provider: ProviderConfig, pool: PoolConfig,
-                 builder=None):
-        """``builder``: the provider, when it is not (yet) the launcher's."""
-        self.launcher = launcher
-        self.provider_name = provider.name
-        self.pool_name = pool.name
-        self.name = f"{provider.name}-{pool.name}"
-        pool_id = make_pool_id(provider.name, pool.name, launcher.hostname)
-        self.settings = PoolSettings(
-            pool_id=pool_id, provider_name=provider.name, pool_name=pool.name,
-            labels=frozenset(pool.labels), priority=provider.pool_priority(pool),
-            max_servers=pool.max_servers, node_attributes=pool.node_attributes,
-            availability_zones=pool.availability_zones)
-        component = PoolComponent(
-            hostname=launcher.hostname, state="running", version=__version__,
-            id=pool_id, name=pool.name, provider_name=provider.name,
-            supported_labels=sorted(pool.labels), priority=provider.pool_priority(pool))
-        self.registration = register_pool(launcher.store.client, component)
-        self.handler = NodeRequestHandler(launcher.store, self.settings,
-                                          builder or launcher.providers[provider.name],
-                                          registration=self.registration)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
-                                        daemon=True)
-        self.last_report: PassReport | None = None
-
-    def wake(self) -> None:
-        """Pass now rather than at the end of the wait (a new request)."""
-        self._wake.set()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def update(self, provider: ProviderConfig, pool: PoolConfig) -> None:
-        """Config reload: same pool id, new labels and limits; requests in
-        flight go on."""
-        settings = PoolSettings(
-            pool_id=self.settings.pool_id, provider_name=provider.name,
-            pool_name=pool.name, labels=frozenset(pool.labels),
-            priority=provider.pool_priority(pool), max_servers=pool.max_servers,
-            node_attributes=pool.node_attributes,
-            availability_zones=pool.availability_zones)
-        if settings == self.settings:
-            return
-        self.settings = settings
-        self.handler.pool = settings
-        try:
-            self.registration.update(supported_labels=sorted(pool.labels),
-                                     priority=provider.pool_priority(pool))
-        except Exception as e:  # noqa: BLE001 - written again by ensure_registered
-            log.warning("pool %s: registration not updated yet (%s); retrying", self.name, e)
-        log.info("pool %s: configuration updated", self.name)
-
-    def drain(self) -> None:
-        """Config reload removed this pool: unregister, finish what was
-        accepted, take nothing new."""
-        self.handler.draining = True
-        try:
-            self.registration.unregister()
-        except Exception:
-            log.debug("pool %s: unregister failed", self.name, exc_info=True)
-
-    @property
-    def idle(self) -> bool:
-        return not (self.handler.active_request_ids or self.handler.orphan_node_ids
-                    or self.handler.abandoned_node_ids)
-
-    def _run(self) -> None:
-        self.launcher.health.start(f"pool {self.name}")
-        while not self._stop.is_set():
-            ok = True
-            ledger = self.launcher.ledger
-            # Taken before the pass, so a change during it is not missed.
-            seen = ledger.generation if ledger is not None else None
-            try:
-                self.last_report = self.handler.run_once()
-                # A pass whose every step failed made no progress.
-                ok = not self.last_report.errors or bool(
-                    self.last_report.fulfilled or self.last_report.accepted
-                    or self.last_report.nodes_ready)
-            except Exception:  # a pass must never kill the worker
-                ok = False
-                log.exception("pool %s: pass failed", self.name)
-            self.launcher.health.beat(f"pool {self.name}", ok)
-            if seen is not None and self.last_report is not None and self.last_report.paused:
-                # Waiting for quota: wake as soon as the ledger changes (a
-                # server gone, limits read), instead of polling.
-                ledger.wait_for_change(seen, POOL_INTERVAL)
-                self._stop.wait(PAUSED_MIN_PASS)  # never a tight loop
-            else:
-                self._wake.wait(POOL_INTERVAL)
-                self._wake.clear()
-                self._stop.wait(POOL_MIN_GAP)
-
-    def stop(self, wait: float) -> None:
-        """Stop taking requests, then let go of every lock (once the pass in
-        progress is over: the handler is not safe to use from two threads)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(wait)
-        if self._thread.is_alive():
-            log.warning("pool %s: a pass is still running; its locks go with the "
-                        "session", self.name)
-            return
-        try:
-            self.handler.shutdown()
-        finally:
-            try:
-                self.registration.unregister()
-            except Exception:  # the session may be gone already
-                log.debug("pool %s: unregister failed", self.name, exc_info=True)
 
 
 class Launcher:
@@ -314,7 +137,7 @@ class Launcher:
         self._housekeeping()
         for provider_cfg in cfg.providers.values():
             for pool in provider_cfg.pools.values():
-                worker = PoolWorker(self, provider_cfg, pool)
+                worker = self._new_pool_worker(provider_cfg, pool)
                 self.pool_workers[worker.name] = worker
                 worker.start()
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance",
@@ -403,7 +226,7 @@ class Launcher:
             return True
 
     def _prepare_reload(self, config: NodepoolConfig
-                        ) -> tuple[dict[str, LaunchProvider], dict[str, "PoolWorker"]]:
+                        ) -> tuple[dict[str, LaunchProvider], dict[str, PoolWorker]]:
         """New providers (not started) and new pool workers (registered, not
         started); undone if any of them fails."""
         new_providers: dict[str, LaunchProvider] = {}
@@ -416,9 +239,8 @@ class Launcher:
                 for pool in provider_cfg.pools.values():
                     name = f"{provider_cfg.name}-{pool.name}"
                     if name not in self.pool_workers:
-                        new_workers[name] = PoolWorker(
-                            self, provider_cfg, pool,
-                            builder=new_providers.get(provider_cfg.name))
+                        new_workers[name] = self._new_pool_worker(
+                            provider_cfg, pool, new_providers.get(provider_cfg.name))
         except Exception:
             for worker in new_workers.values():
                 worker.stop(0)
@@ -453,6 +275,14 @@ class Launcher:
             self.pool_workers[name] = worker
             worker.start()
             log.info("pool %s added", name)
+
+    def _new_pool_worker(self, provider_cfg: ProviderConfig, pool: PoolConfig,
+                         builder: LaunchProvider | None = None) -> PoolWorker:
+        """A pool worker, registered but not started; ``builder``: the
+        provider, when it is not (yet) the launcher's."""
+        return PoolWorker(provider_cfg, pool, hostname=self.hostname, store=self.store,
+                          builder=builder or self.providers[provider_cfg.name],
+                          health=self.health, ledger=self.ledger)
 
     def _make_provider(self, provider_cfg: ProviderConfig) -> LaunchProvider:
         factory = self.provider_factory or registry.provider_class(provider_cfg)
