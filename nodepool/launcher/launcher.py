@@ -5,12 +5,14 @@ step (so a restart or a lost session resumes instead of breaking):
 
 * one per provider (its driver's ``LaunchProvider``, found through
   ``nodepool.driver.registry``): e.g. server list, limits, machines;
-* one per pool (``PoolWorker``): the request handler's passes;
-* one maintenance loop: the reaper, min-ready, max-ready-age and housekeeping.
+* one per pool (``pool_worker.PoolWorker``): the request handler's passes;
+* one maintenance loop (``maintenance.Maintenance``): the reaper, min-ready,
+  max-ready-age, housekeeping and statistics.
 
 No thread waits on the cloud: pool workers and the reaper only talk to the
 provider's in-memory interface, and the provider talks to the cloud through
-its gate.
+its gate.  Here: start and stop, configuration reload, and the views of
+ZooKeeper the providers are given.
 """
 
 from __future__ import annotations
@@ -26,34 +28,24 @@ from nodepool.config.model import NodepoolConfig, PoolConfig, ProviderConfig
 from nodepool.driver import registry
 from nodepool.driver.base import LaunchProvider, LauncherViews
 from nodepool.launcher.loop_health import LOOP_DEADLINE, LoopHealth
+from nodepool.launcher.maintenance import Maintenance
 from nodepool.launcher.pool_worker import PoolWorker
+from nodepool.launcher.shared import ProjectShare
 from nodepool.launcher.stats import Stats
 from nodepool.launcher.webapp import StatusServer
 from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
-from nodepool.requests import minready, protocol
 from nodepool.requests.reaper import NodeReaper
-from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
-from nodepool.requests import housekeeping
-from nodepool.zk.client import connect, disconnect
-from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.components import ComponentRegistration, register_launcher
 from nodepool.zk import paths
-from nodepool.zk.records import READY, MalformedRecord, Node, NodeRequest
-from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
-from nodepool.zk.store import ZooKeeperStore
+from nodepool.zk.client import connect, disconnect
+from nodepool.zk.components import ComponentRegistration, register_launcher
 from nodepool.zk.image_records import ImageUpload
 from nodepool.zk.images import ImageCache
-from nodepool.launcher.shared import ProjectShare
+from nodepool.zk.records import MalformedRecord, Node, NodeRequest
+from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
+from nodepool.zk.store import ZooKeeperStore
 
 log = logging.getLogger("nodepool.launcher")
-
-MAINTENANCE_INTERVAL = 1.0
-MIN_READY_INTERVAL = 5.0
-HOUSEKEEPING_INTERVAL = 60.0
-LOST_REQUEST_INTERVAL = 10.0
-MAX_READY_AGE_INTERVAL = 30.0
-STATS_INTERVAL = 10.0
 
 
 class LauncherStartError(Exception):
@@ -83,17 +75,15 @@ class Launcher:
         self.reaper: NodeReaper | None = None
         self._launcher_registration: ComponentRegistration | None = None
         self._stop = threading.Event()
-        self._maintenance: threading.Thread | None = None
-        self._last: dict[str, float] = {}
         self.started = threading.Event()
         self._reload_lock = threading.RLock()
         self._pending_reload: NodepoolConfig | None = None
-        self._seen_pools: set[str | None] = set()
-        self._standing: dict[str, StandingNodes] = {}
         # What upstream's nodepool-builder wrote; kept only while a
         # provider boots diskimages (_sync_image_cache).
         self.images: ImageCache | None = None
         self.webapp: StatusServer | None = None
+        # Reads the attributes above afresh on every pass.
+        self.maintenance = Maintenance(self, self._stop, self._session_upkeep)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -134,15 +124,13 @@ class Launcher:
         self._launcher_registration = register_launcher(self.client, self.hostname,
                                                         __version__)
         # Clean up after a previous run before serving anything.
-        self._housekeeping()
+        self.maintenance.housekeeping()
         for provider_cfg in cfg.providers.values():
             for pool in provider_cfg.pools.values():
                 worker = self._new_pool_worker(provider_cfg, pool)
                 self.pool_workers[worker.name] = worker
                 worker.start()
-        self._maintenance = threading.Thread(target=self._maintain, name="maintenance",
-                                             daemon=True)
-        self._maintenance.start()
+        self.maintenance.start()
         if self.webapp is not None:
             self.webapp.start()
         self.started.set()
@@ -160,8 +148,7 @@ class Launcher:
             self.webapp.stop()
         for worker in self.pool_workers.values():
             worker.stop(max(0.5, deadline - time.monotonic()) / 2)
-        if self._maintenance is not None:
-            self._maintenance.join(max(0.5, deadline - time.monotonic()))
+        self.maintenance.join(max(0.5, deadline - time.monotonic()))
         if self.reaper is not None:
             self.reaper.release_all()
         if self._launcher_registration is not None:
@@ -354,61 +341,7 @@ class Launcher:
         images = self.images
         return images.newest_ready_upload(image, provider) if images is not None else None
 
-    def _retire_drained_pools(self) -> None:
-        for name, worker in list(self.pool_workers.items()):
-            if worker.handler.draining and worker.idle:
-                worker.stop(5.0)
-                del self.pool_workers[name]
-                self.health.forget(f"pool {name}")
-                log.info("pool %s drained and stopped", name)
-
-    # -- maintenance loop ---------------------------------------------------------
-
-    def _due(self, name: str, interval: float) -> bool:
-        now = time.monotonic()
-        if now - self._last.get(name, float("-inf")) >= interval:
-            self._last[name] = now
-            return True
-        return False
-
-    def _maintain(self) -> None:
-        self.health.start("maintenance")
-        while not self._stop.is_set():
-            if not self.store.connected:
-                # Every task talks to ZooKeeper; while the connection is
-                # down, calls would queue until it is back.  The session, and
-                # every lock of ours, may survive: wait and carry on.
-                self.health.beat("maintenance")
-                self._stop.wait(MAINTENANCE_INTERVAL)
-                continue
-            for name, interval, task in (
-                    ("session", 0, self._session_upkeep),
-                    ("lost requests", 0, self._reset_lost_requests),
-                    ("reaper", 0, self._reap),
-                    ("standing nodes", 0, self._standing_nodes),
-                    ("drained pools", 0, self._retire_drained_pools),
-                    ("min-ready", MIN_READY_INTERVAL, self._min_ready),
-                    ("max-ready-age", MAX_READY_AGE_INTERVAL, self._max_ready_age),
-                    ("housekeeping", HOUSEKEEPING_INTERVAL, self._housekeeping),
-                    ("stats", STATS_INTERVAL, self._emit_stats)):
-                if self._stop.is_set():
-                    break
-                if interval and not self._due(name, interval):
-                    continue
-                try:
-                    task()
-                    self.health.errors.pop(name, None)
-                except DISCONNECT_ERRORS as e:
-                    # ZooKeeper went away mid-task: expected, and the next pass
-                    # after the reconnect does the work; no traceback.
-                    self.health.errors[name] = f"ZooKeeper disconnected: {e!r}"
-                    log.warning("maintenance task %s interrupted: ZooKeeper "
-                                "disconnected (%r)", name, e)
-                except Exception as e:  # a task must never kill the loop
-                    self.health.errors[name] = str(e)
-                    log.exception("maintenance task %s failed", name)
-            self.health.beat("maintenance")
-            self._stop.wait(MAINTENANCE_INTERVAL)
+    # -- waking pool workers; the maintenance loop's first task -----------------
 
     def _waker_of(self, provider_name: str) -> Callable[[], None]:
         """A build of the provider ended: its pools pass now."""
@@ -434,118 +367,6 @@ class Launcher:
             self._launcher_registration.ensure_registered()
         if self._pending_reload is not None:
             self.reload(self._pending_reload)
-
-    def _reset_lost_requests(self) -> None:
-        """Requests held by a launcher that is gone go back to ``requested``
-        as soon as that launcher's registration disappears (its session
-        ended), with a periodic pass as a backstop; housekeeping also does
-        it, but only every HOUSEKEEPING_INTERVAL."""
-        pools = {p.path for p in self.store.registered_pools(cached=True)}
-        vanished = self._seen_pools - pools
-        self._seen_pools = pools
-        if not vanished and not self._due("lost requests", LOST_REQUEST_INTERVAL):
-            return
-        ours = {rid for w in list(self.pool_workers.values())
-                for rid in w.handler.active_request_ids}
-        reset = housekeeping.reset_lost_requests(self.store, skip=ours)
-        if reset:
-            log.info("reset %d request(s) of launchers that are gone: %s", len(reset),
-                     ", ".join(reset))
-
-    def _reap(self) -> None:
-        report = self.reaper.run_once()
-        for node_id in report.deleted:
-            log.info("node %s deleted", node_id)
-
-    def _standing_nodes(self) -> None:
-        """Providers whose nodes are always there (static hosts): one ready
-        node per slot, registered for the pool worker serving it."""
-        for name, provider in list(self.providers.items()):
-            offered = getattr(provider, "standing_nodes", None)
-            slots = offered() if callable(offered) else None
-            if slots is None:
-                continue
-            workers = [w for w in list(self.pool_workers.values())
-                       if w.provider_name == name and not w.handler.draining]
-            sync = self._standing.setdefault(name, StandingNodes(name))
-            plan = sync.sync(self.store, slots,
-                             launcher_ids={w.pool_name: w.settings.pool_id for w in workers},
-                             attributes={w.pool_name: w.settings.node_attributes
-                                         for w in workers})
-            in_use = getattr(provider, "slots_in_use", None)
-            if callable(in_use):
-                in_use(plan.in_use)
-
-    def _min_ready(self) -> None:
-        minready.finish_min_ready(self.store)
-        wanted = {name: label.min_ready for name, label in self.config.labels.items()
-                  if label.min_ready > 0 and self._served(name)}
-        if wanted:
-            minready.submit_min_ready(self.store, wanted)
-
-    def _served(self, label: str) -> bool:
-        """Some pool offers the label and, for a diskimage label, has a
-        READY upload to boot (upstream's min-ready waits for one)."""
-        for worker in list(self.pool_workers.values()):
-            if label not in worker.settings.labels:
-                continue
-            provider = self.providers.get(worker.provider_name)
-            unavailable = getattr(provider, "unavailable_images", None)
-            if unavailable is None or not unavailable([label], pool=worker.pool_name):
-                return True
-        return False
-
-    def _max_ready_age(self) -> None:
-        now = time.time()
-        cache = self.store.nodes_cache
-        for node in self.store.list_nodes(cached=True):
-            if node.provider not in self.providers or node.state != READY \
-                    or node.allocated_to:
-                continue
-            ages = [self.config.labels[t].max_ready_age for t in node.type
-                    if t in self.config.labels]
-            max_age = min([a for a in ages if a > 0], default=0)
-            if not max_age or now - (node.state_time or now) <= max_age:
-                continue
-            if cache is not None and cache.is_locked(node.id):
-                continue
-            if self.store.update_unlocked_node(node.id,
-                                               lambda fresh: protocol.retire_ready(fresh, now),
-                                               "retire"):
-                log.info("node %s was ready for longer than max-ready-age", node.id)
-
-    def _housekeeping(self) -> None:
-        report = housekeeping.run_housekeeping(
-            self.store, self.providers,
-            max_hold_age=self.config.max_hold_age or float("inf"))
-        for key in ("corrected_caches", "reset_requests", "removed_locks", "deallocated",
-                    "removed_empty", "expired_holds"):
-            items = getattr(report, key)
-            if items:
-                log.info("housekeeping %s: %s", key, ", ".join(items))
-
-    def _emit_stats(self) -> None:
-        paused = {(w.provider_name, w.pool_name): w.handler.paused
-                  for w in list(self.pool_workers.values())}
-        if self.stats.client is None:
-            return
-        store = self.store
-        # Upstream names these after socket.gethostname(), unchanged.
-        root = f"nodepool.launcher.{socket.gethostname()}"
-        self.stats.gauges(
-            store.list_nodes(cached=True), self.providers, self.ledger, paused,
-            registered_pools=store.registered_pools(cached=True),
-            requests=store.list_requests(cached=True),
-            provider_configs=self.config.providers,
-            tenant_limits=self.config.tenant_limits,
-            zk_queues={f"{root}.{k}": v for k, v in self._zk_queue_sizes().items()})
-
-    def _zk_queue_sizes(self) -> dict[str, int]:
-        queues = self.store.queue_sizes()
-        images = self.images
-        if images is not None:  # kept while a provider boots diskimages
-            queues.update({f"zk.image_cache.{k}": v for k, v in images.queue_sizes().items()})
-        return queues
 
     # -- for the providers and operators --------------------------------------------
 
