@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 import time
+from functools import partial
 from typing import Callable
 
 from nodepool.config.model import NodepoolConfig, PoolConfig, ProviderConfig
@@ -32,16 +33,16 @@ from nodepool.launcher.maintenance import Maintenance
 from nodepool.launcher.pool_worker import PoolWorker
 from nodepool.launcher.shared import ProjectShare
 from nodepool.launcher.stats import Stats
+from nodepool.launcher import zk_views
 from nodepool.launcher.webapp import StatusServer
-from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
+from nodepool.quota import QuotaLedger, tenant_limits_from_config
 from nodepool.requests.reaper import NodeReaper
 from nodepool.version import __version__
-from nodepool.zk import paths
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.components import ComponentRegistration, register_launcher
 from nodepool.zk.image_records import ImageUpload
 from nodepool.zk.images import ImageCache
-from nodepool.zk.records import MalformedRecord, Node, NodeRequest
+from nodepool.zk.records import NodeRequest
 from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
 from nodepool.zk.store import ZooKeeperStore
 
@@ -288,9 +289,11 @@ class Launcher:
         # Providers that can boot diskimages (OpenStack's) get the lookup
         # even without any now: a reload may add some.
         images = self._image_upload if hasattr(provider_cfg, "diskimages") else None
-        views = LauncherViews(known_nodes=self._known_nodes,
-                              node_claims_server=self._node_claims_server,
-                              tenant_usage=self._tenant_usage_elsewhere,
+        store = self.store  # made once, before any provider
+        views = LauncherViews(known_nodes=partial(zk_views.known_nodes, store),
+                              node_claims_server=partial(zk_views.node_claims_server, store),
+                              tenant_usage=partial(zk_views.tenant_usage_elsewhere, store,
+                                                   own_providers=self.providers),
                               launch_observer=self.stats.launch,
                               build_progress=self._waker_of(provider_cfg.name),
                               image_upload=images, **shared)
@@ -368,57 +371,7 @@ class Launcher:
         if self._pending_reload is not None:
             self.reload(self._pending_reload)
 
-    # -- for the providers and operators --------------------------------------------
-
-    def _known_nodes(self) -> dict[str, str | None] | None:
-        """node id -> external id, from ZooKeeper; None if that view is not
-        trustworthy (not synced), so the leak cleaner never guesses."""
-        store = self.store
-        if store is None or not store.synced or not store.connected:
-            return None
-        known = {n.id: n.external_id for n in store.list_nodes(cached=True)}
-        cache = store.nodes_cache
-        if cache is not None:
-            # A record we cannot read still exists: its server is not a leak.
-            for node_id in cache.malformed():
-                known.setdefault(node_id, None)
-        return known
-
-    def _node_claims_server(self, node_id: str | None, server_id: str) -> bool | None:
-        """A fresh read of one node before the leak cleaner deletes its
-        server: True when the node exists and may own the server (its
-        external id is that server, unknown, or unreadable), False when it
-        is gone or owns another server, None when ZooKeeper cannot tell now."""
-        store = self.store
-        if store is None or not store.connected:
-            return None
-        if not node_id:
-            return False
-        try:
-            raw = store.raw_node(node_id)
-        except Exception:  # e.g. a connection loss, or a junk id
-            log.debug("could not read node %s", node_id, exc_info=True)
-            return None
-        if not raw:
-            return False
-        try:
-            node = Node.from_json(raw, node_id, paths.node_path(node_id))
-        except MalformedRecord as e:
-            log.warning("node %s is malformed (%s); keeping its server %s", node_id,
-                        e.reason, server_id)
-            return True
-        return node.external_id in (None, server_id)
-
-    def _tenant_usage_elsewhere(self, tenant: str) -> Resources:
-        """What the tenant's nodes of other launchers' providers use, from
-        ZooKeeper (``resources`` as upstream writes it).  Nodes of this
-        process's providers are left out: the quota ledger counts those.
-        The node cache keeps these sums per tenant and provider as nodes
-        change, so a request's tenant check does not scan every node."""
-        store = self.store
-        if store is None:
-            return ZERO
-        return store.tenant_usage(tenant, exclude_providers=set(self.providers))
+    # -- for operators ----------------------------------------------------------------
 
     def health_problems(self) -> list[str]:
         """What /health reports; empty when healthy."""
