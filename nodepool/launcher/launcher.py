@@ -54,6 +54,9 @@ class LauncherStartError(Exception):
 
 
 class Launcher:
+    """One launcher process: its ZooKeeper session, providers, pool workers,
+    maintenance loop and status API, started, reloaded and stopped together."""
+
     def __init__(self, config: NodepoolConfig, hostname: str | None = None,
                  provider_factory: Callable[..., LaunchProvider] | None = None,
                  provider_options: dict | None = None, webapp: bool = True):
