@@ -10,7 +10,7 @@ import yaml
 
 from nodepool.config import load_config
 from nodepool.driver import registry
-from nodepool.launcher import launcher as launcher_mod
+from nodepool.launcher import maintenance
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.client import connect, disconnect
 from nodepool.zk.node_admin import mark_node_deleting
@@ -178,7 +178,7 @@ def test_min_ready_and_reuse(tmp_path, make_fakecloud, zk_settings, store, run_l
 
 def test_max_ready_age_replaces_old_ready_nodes(tmp_path, make_fakecloud, zk_settings,
                                                 store, run_launcher, monkeypatch):
-    monkeypatch.setattr(launcher_mod, "MAX_READY_AGE_INTERVAL", 0.5)
+    monkeypatch.setattr(maintenance, "MAX_READY_AGE_INTERVAL", 0.5)
     cloud = make_fakecloud()
     run_launcher(write_config(tmp_path, cloud, zk_settings,
                               labels=[{"name": "small", "min-ready": 1, "max-ready-age": 3}]))

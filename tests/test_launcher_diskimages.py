@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from nodepool.cmd import nodepoolcmd
-from nodepool.launcher import launcher as launcher_mod
+from nodepool.launcher import maintenance
 from tests.fixtures.fakecloud import wait_for
 from tests.fixtures.images import set_upload, write_build, write_upload
 from tests.test_launcher import (SMALL, finished, run_launcher, store,  # noqa: F401 - fixtures
@@ -88,7 +88,7 @@ def test_a_diskimage_label_boots_the_newest_ready_upload_and_nothing_touches_ima
     provider = launcher.providers["fake"]
     passes = provider.reconciler.last_leak_pass
     wait_for(lambda: provider.reconciler.last_leak_pass != passes, 15, what="a leak pass")
-    launcher._housekeeping()
+    launcher.maintenance.housekeeping()
     config_path = str(tmp_path / "nodepool.yaml")
     assert nodepoolcmd.main(["-c", config_path, "erase", "fake", "--force"]) == 0
     assert image_tree(zk) == before
@@ -98,7 +98,7 @@ def test_a_diskimage_label_boots_the_newest_ready_upload_and_nothing_touches_ima
 def test_without_a_ready_upload_the_pool_declines_and_min_ready_waits(
         tmp_path, make_fakecloud, zk_settings, store, run_launcher, monkeypatch,  # noqa: F811
         caplog):
-    monkeypatch.setattr(launcher_mod, "MIN_READY_INTERVAL", 0.1)
+    monkeypatch.setattr(maintenance, "MIN_READY_INTERVAL", 0.1)
     cloud = make_fakecloud(IMAGES)
     zk = store.client
     build = write_build(zk, "ubuntu")
@@ -116,7 +116,8 @@ def test_without_a_ready_upload_the_pool_declines_and_min_ready_waits(
     assert "images are not available: no READY upload of ubuntu" in caplog.text
     # min-ready asks for nothing meanwhile (no request, no node, no server).
     seen = []
-    wait_for(lambda: seen.append(launcher._last.get("min-ready")) or len(set(seen)) > 3, 15,
+    last_runs = launcher.maintenance._last
+    wait_for(lambda: seen.append(last_runs.get("min-ready")) or len(set(seen)) > 3, 15,
              what="min-ready passes")
     assert [r.id for r in store.list_requests()] == [req.id]
     assert store.list_nodes() == [] and cloud.servers() == []
@@ -160,7 +161,7 @@ def merged_images(boot_seconds: float) -> dict:
 @pytest.fixture(autouse=True)
 def _fast_housekeeping(monkeypatch):
     # Housekeeping runs at start and when the test calls it.
-    monkeypatch.setattr(launcher_mod, "HOUSEKEEPING_INTERVAL", 3600.0)
+    monkeypatch.setattr(maintenance, "HOUSEKEEPING_INTERVAL", 3600.0)
 
 
 def test_a_reload_that_adds_diskimages_starts_the_image_cache(

@@ -252,7 +252,7 @@ def test_launcher_registration_removed_is_made_again(tmp_path, make_fakecloud, z
 
 
 def test_loop_health_reports_loops_that_never_pass_or_always_fail():
-    from nodepool.launcher.launcher import LoopHealth
+    from nodepool.launcher.loop_health import LoopHealth
     health = LoopHealth()
     health.start("pool a")
     health.start("pool b")

@@ -17,7 +17,8 @@ them, the node store and the shared quota book know nothing of each
 other, operator actions are built on the store and not the other way
 round; the generic driver modules name no cloud, each cloud's driver
 stands apart from the others, and OpenStack's configuration imports
-nothing of its machinery.
+nothing of its machinery.  Inside ``launcher`` the modules import one
+another one way only: no circle, not even through types-only imports.
 
 Every import counts, at the top of a module or inside a function.
 """
@@ -250,3 +251,49 @@ def test_the_contracts_inside_packages_see_an_arrow_they_forbid():
     assert broken_contract("nodepool.driver.openstack.provider",
                            "nodepool.driver.server_list") is None
     assert broken_contract("nodepool.driver.openstack.model", "nodepool.driver.gate")
+
+
+# Packages whose modules import one another one way only (types-only
+# imports count too): a module there can be read knowing only those below.
+NO_CIRCLES_INSIDE = ("nodepool.launcher",)
+
+
+def import_circles(package: str) -> list[list[str]]:
+    """Circles of imports among the modules of ``package`` (not its
+    sub-packages), each as the modules along it."""
+    directory = ROOT.parent / package.replace(".", "/")
+    graph = {_module_name(p): {t for t in imports_of(p) if t.rpartition(".")[0] == package}
+             for p in sorted(directory.glob("*.py"))}
+    circles: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in path:
+                circles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                walk(target, path + [target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            walk(module, [module])
+    return circles
+
+
+def test_no_import_circle_inside_these_packages():
+    for package in NO_CIRCLES_INSIDE:
+        assert import_circles(package) == [], package
+
+
+def test_the_circle_check_sees_a_circle(monkeypatch):
+    fake = {"nodepool.launcher.a": {"nodepool.launcher.b"},
+            "nodepool.launcher.b": {"nodepool.launcher.a"}}
+    monkeypatch.setattr("tests.test_layers.imports_of",
+                        lambda path: fake.get(_module_name(path), set()))
+    monkeypatch.setattr("tests.test_layers._module_name",
+                        lambda path: f"nodepool.launcher.{path.stem}")
+    monkeypatch.setattr(pathlib.Path, "glob", lambda self, pattern: [
+        pathlib.Path("a.py"), pathlib.Path("b.py")])
+    assert import_circles("nodepool.launcher") == [
+        ["nodepool.launcher.a", "nodepool.launcher.b", "nodepool.launcher.a"]]

@@ -242,7 +242,7 @@ def test_sighup_reload_and_bad_config_keeps_running(tmp_path, setup):
 def test_health_reports_lost_zookeeper_and_stuck_loops():
     from types import SimpleNamespace
 
-    from nodepool.launcher.launcher import LoopHealth
+    from nodepool.launcher.loop_health import LoopHealth
 
     now = time.monotonic()
     loops = LoopHealth(last_pass={"maintenance": now - 500, "pool x": now - 1},

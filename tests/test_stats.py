@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from nodepool.launcher import launcher as launcher_mod
+from nodepool.launcher import maintenance
 from tests.fixtures.fakecloud import wait_for
 from tests.test_launcher import (finished, run_launcher, store,  # noqa: F401 - fixtures
                                  use_and_return, write_config, zuul_request)
@@ -67,7 +67,7 @@ def statsd(monkeypatch):
     monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
     monkeypatch.setenv("STATSD_PORT", str(receiver.port))
     monkeypatch.delenv("STATSD_PREFIX", raising=False)
-    monkeypatch.setattr(launcher_mod, "STATS_INTERVAL", 0.5)
+    monkeypatch.setattr(maintenance, "STATS_INTERVAL", 0.5)
     yield receiver
     receiver.close()
 

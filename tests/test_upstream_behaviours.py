@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from nodepool.launcher import launcher as launcher_mod
+from nodepool.launcher import maintenance
 from nodepool.zk.records import Node
 from tests.fixtures.fakecloud import wait_for
 from tests.test_launcher import (SMALL, finished, run_launcher, store,  # noqa: F401 - fixtures
@@ -171,7 +171,7 @@ def test_max_concurrency_leaves_new_requests_while_launches_are_in_progress(
 
 def test_at_capacity_the_oldest_unused_ready_node_is_deleted(
         tmp_path, make_fakecloud, zk_settings, store, run_launcher, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(launcher_mod, "MIN_READY_INTERVAL", 0.5)
+    monkeypatch.setattr(maintenance, "MIN_READY_INTERVAL", 0.5)
     cloud = make_fakecloud()
     big = {"name": "big", "cloud-image": "img", "flavor-name": "m1.small"}
     run_launcher(write_config(

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from nodepool.launcher import launcher as launcher_mod
+from nodepool.launcher import maintenance
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.store import RecordChanged, RecordGone
 from tests.fixtures.fakecloud import wait_for
@@ -61,7 +61,7 @@ def _use_and_return(zuul, request) -> None:
 @pytest.mark.slow
 def test_requests_withdrawn_at_any_moment_leave_no_server(tmp_path, make_fakecloud,
                                                           zk_settings, store, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(launcher_mod, "HOUSEKEEPING_INTERVAL", 1.0)
+    monkeypatch.setattr(maintenance, "HOUSEKEEPING_INTERVAL", 1.0)
     cloud = make_fakecloud({"servers": {"boot_seconds": [0.2, 1.5],
                                         "delete_seconds": [0.1, 0.5],
                                         "network_layout": "provider"}})

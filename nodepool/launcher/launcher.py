@@ -5,12 +5,14 @@ step (so a restart or a lost session resumes instead of breaking):
 
 * one per provider (its driver's ``LaunchProvider``, found through
   ``nodepool.driver.registry``): e.g. server list, limits, machines;
-* one per pool (``PoolWorker``): the request handler's passes;
-* one maintenance loop: the reaper, min-ready, max-ready-age and housekeeping.
+* one per pool (``pool_worker.PoolWorker``): the request handler's passes;
+* one maintenance loop (``maintenance.Maintenance``): the reaper, min-ready,
+  max-ready-age, housekeeping and statistics.
 
 No thread waits on the cloud: pool workers and the reaper only talk to the
 provider's in-memory interface, and the provider talks to the cloud through
-its gate.
+its gate.  Here: start and stop, configuration reload, and the views of
+ZooKeeper the providers are given.
 """
 
 from __future__ import annotations
@@ -20,224 +22,41 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from nodepool.config.model import NodepoolConfig, PoolConfig, ProviderConfig
 from nodepool.driver import registry
 from nodepool.driver.base import LaunchProvider, LauncherViews
+from nodepool.launcher.loop_health import LOOP_DEADLINE, LoopHealth
+from nodepool.launcher.maintenance import Maintenance
+from nodepool.launcher.pool_worker import PoolWorker
+from nodepool.launcher.shared import ProjectShare
 from nodepool.launcher.stats import Stats
+from nodepool.launcher import zk_views
 from nodepool.launcher.webapp import StatusServer
-from nodepool.quota import ZERO, QuotaLedger, Resources, tenant_limits_from_config
-from nodepool.requests import minready, protocol
-from nodepool.requests.handler import NodeRequestHandler, PassReport
-from nodepool.requests.protocol import PoolSettings
+from nodepool.quota import QuotaLedger, tenant_limits_from_config
 from nodepool.requests.reaper import NodeReaper
-from nodepool.requests.standing import StandingNodes
 from nodepool.version import __version__
-from nodepool.requests import housekeeping
 from nodepool.zk.client import connect, disconnect
-from nodepool.zk.session import DISCONNECT_ERRORS
-from nodepool.zk.components import (ComponentRegistration, make_pool_id,
-                                    register_launcher, register_pool)
-from nodepool.zk import paths
-from nodepool.zk.records import (READY, MalformedRecord, Node, NodeRequest,
-                                 PoolComponent)
-from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
-from nodepool.zk.store import ZooKeeperStore
+from nodepool.zk.components import ComponentRegistration, register_launcher
 from nodepool.zk.image_records import ImageUpload
 from nodepool.zk.images import ImageCache
-from nodepool.launcher.shared import ProjectShare
+from nodepool.zk.records import NodeRequest
+from nodepool.zk.shared_quota import SharedQuotaBooks, new_launcher_id
+from nodepool.zk.store import ZooKeeperStore
 
 log = logging.getLogger("nodepool.launcher")
-
-POOL_INTERVAL = 0.5          # a pool worker's pass when nothing changes
-# A woken pool worker (a new request for one of its labels) passes at once,
-# but never more often than this: bursts of requests share a pass.
-POOL_MIN_GAP = 0.05
-PAUSED_MIN_PASS = 0.05       # a paused pool's shortest pause between passes
-MAINTENANCE_INTERVAL = 1.0
-MIN_READY_INTERVAL = 5.0
-HOUSEKEEPING_INTERVAL = 60.0
-LOST_REQUEST_INTERVAL = 10.0
-MAX_READY_AGE_INTERVAL = 30.0
-STATS_INTERVAL = 10.0
-
-
-# A loop that has not finished a pass (or whose passes all failed) for this
-# long is stuck; /health says so.
-LOOP_DEADLINE = 120.0
-
-
-@dataclass
-class LoopHealth:
-    """When each loop started, last finished a pass, and since when its
-    passes fail, for the health check and dumps."""
-
-    last_pass: dict[str, float] = field(default_factory=dict)
-    started: dict[str, float] = field(default_factory=dict)
-    failing_since: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def start(self, name: str) -> None:
-        self.started.setdefault(name, time.monotonic())
-
-    def beat(self, name: str, ok: bool = True) -> None:
-        now = time.monotonic()
-        self.last_pass[name] = now
-        if ok:
-            self.failing_since.pop(name, None)
-        else:
-            self.failing_since.setdefault(name, now)
-
-    def forget(self, name: str) -> None:
-        for d in (self.last_pass, self.started, self.failing_since, self.errors):
-            d.pop(name, None)
-
-    def ages(self) -> dict[str, float]:
-        now = time.monotonic()
-        return {k: round(now - v, 1) for k, v in sorted(self.last_pass.items())}
-
-    def problems(self, deadline: float = LOOP_DEADLINE) -> list[str]:
-        now = time.monotonic()
-        found = []
-        for name, since in sorted(self.started.items()):
-            last = self.last_pass.get(name)
-            if last is None and now - since > deadline:
-                found.append(f"{name} loop has not finished a pass since it started "
-                             f"{now - since:.0f}s ago")
-            elif last is not None and now - last > deadline:
-                found.append(f"{name} loop has not finished a pass for {now - last:.0f}s")
-        for name, since in sorted(self.failing_since.items()):
-            if now - since > deadline:
-                found.append(f"every pass of the {name} loop has failed for "
-                             f"{now - since:.0f}s")
-        return found
 
 
 class LauncherStartError(Exception):
     """The launcher cannot start; the message says why and what to change."""
 
 
-class PoolWorker:
-    """One pool: its registration and its request handler's passes."""
-
-    def __init__(self, launcher: "Launcher", provider: ProviderConfig, pool: PoolConfig,
-                 builder=None):
-        """``builder``: the provider, when it is not (yet) the launcher's."""
-        self.launcher = launcher
-        self.provider_name = provider.name
-        self.pool_name = pool.name
-        self.name = f"{provider.name}-{pool.name}"
-        pool_id = make_pool_id(provider.name, pool.name, launcher.hostname)
-        self.settings = PoolSettings(
-            pool_id=pool_id, provider_name=provider.name, pool_name=pool.name,
-            labels=frozenset(pool.labels), priority=provider.pool_priority(pool),
-            max_servers=pool.max_servers, node_attributes=pool.node_attributes,
-            availability_zones=pool.availability_zones)
-        component = PoolComponent(
-            hostname=launcher.hostname, state="running", version=__version__,
-            id=pool_id, name=pool.name, provider_name=provider.name,
-            supported_labels=sorted(pool.labels), priority=provider.pool_priority(pool))
-        self.registration = register_pool(launcher.store.client, component)
-        self.handler = NodeRequestHandler(launcher.store, self.settings,
-                                          builder or launcher.providers[provider.name],
-                                          registration=self.registration)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"pool-{self.name}",
-                                        daemon=True)
-        self.last_report: PassReport | None = None
-
-    def wake(self) -> None:
-        """Pass now rather than at the end of the wait (a new request)."""
-        self._wake.set()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def update(self, provider: ProviderConfig, pool: PoolConfig) -> None:
-        """Config reload: same pool id, new labels and limits; requests in
-        flight go on."""
-        settings = PoolSettings(
-            pool_id=self.settings.pool_id, provider_name=provider.name,
-            pool_name=pool.name, labels=frozenset(pool.labels),
-            priority=provider.pool_priority(pool), max_servers=pool.max_servers,
-            node_attributes=pool.node_attributes,
-            availability_zones=pool.availability_zones)
-        if settings == self.settings:
-            return
-        self.settings = settings
-        self.handler.pool = settings
-        try:
-            self.registration.update(supported_labels=sorted(pool.labels),
-                                     priority=provider.pool_priority(pool))
-        except Exception as e:  # noqa: BLE001 - written again by ensure_registered
-            log.warning("pool %s: registration not updated yet (%s); retrying", self.name, e)
-        log.info("pool %s: configuration updated", self.name)
-
-    def drain(self) -> None:
-        """Config reload removed this pool: unregister, finish what was
-        accepted, take nothing new."""
-        self.handler.draining = True
-        try:
-            self.registration.unregister()
-        except Exception:
-            log.debug("pool %s: unregister failed", self.name, exc_info=True)
-
-    @property
-    def idle(self) -> bool:
-        return not (self.handler.active_request_ids or self.handler.orphan_node_ids
-                    or self.handler.abandoned_node_ids)
-
-    def _run(self) -> None:
-        self.launcher.health.start(f"pool {self.name}")
-        while not self._stop.is_set():
-            ok = True
-            ledger = self.launcher.ledger
-            # Taken before the pass, so a change during it is not missed.
-            seen = ledger.generation if ledger is not None else None
-            try:
-                self.last_report = self.handler.run_once()
-                # A pass whose every step failed made no progress.
-                ok = not self.last_report.errors or bool(
-                    self.last_report.fulfilled or self.last_report.accepted
-                    or self.last_report.nodes_ready)
-            except Exception:  # a pass must never kill the worker
-                ok = False
-                log.exception("pool %s: pass failed", self.name)
-            self.launcher.health.beat(f"pool {self.name}", ok)
-            if seen is not None and self.last_report is not None and self.last_report.paused:
-                # Waiting for quota: wake as soon as the ledger changes (a
-                # server gone, limits read), instead of polling.
-                ledger.wait_for_change(seen, POOL_INTERVAL)
-                self._stop.wait(PAUSED_MIN_PASS)  # never a tight loop
-            else:
-                self._wake.wait(POOL_INTERVAL)
-                self._wake.clear()
-                self._stop.wait(POOL_MIN_GAP)
-
-    def stop(self, wait: float) -> None:
-        """Stop taking requests, then let go of every lock (once the pass in
-        progress is over: the handler is not safe to use from two threads)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(wait)
-        if self._thread.is_alive():
-            log.warning("pool %s: a pass is still running; its locks go with the "
-                        "session", self.name)
-            return
-        try:
-            self.handler.shutdown()
-        finally:
-            try:
-                self.registration.unregister()
-            except Exception:  # the session may be gone already
-                log.debug("pool %s: unregister failed", self.name, exc_info=True)
-
-
 class Launcher:
+    """One launcher process: its ZooKeeper session, providers, pool workers,
+    maintenance loop and status API, started, reloaded and stopped together."""
+
     def __init__(self, config: NodepoolConfig, hostname: str | None = None,
                  provider_factory: Callable[..., LaunchProvider] | None = None,
                  provider_options: dict | None = None, webapp: bool = True):
@@ -260,17 +79,15 @@ class Launcher:
         self.reaper: NodeReaper | None = None
         self._launcher_registration: ComponentRegistration | None = None
         self._stop = threading.Event()
-        self._maintenance: threading.Thread | None = None
-        self._last: dict[str, float] = {}
         self.started = threading.Event()
         self._reload_lock = threading.RLock()
         self._pending_reload: NodepoolConfig | None = None
-        self._seen_pools: set[str | None] = set()
-        self._standing: dict[str, StandingNodes] = {}
         # What upstream's nodepool-builder wrote; kept only while a
         # provider boots diskimages (_sync_image_cache).
         self.images: ImageCache | None = None
         self.webapp: StatusServer | None = None
+        # Reads the attributes above afresh on every pass.
+        self.maintenance = Maintenance(self, self._stop, self._session_upkeep)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -311,15 +128,13 @@ class Launcher:
         self._launcher_registration = register_launcher(self.client, self.hostname,
                                                         __version__)
         # Clean up after a previous run before serving anything.
-        self._housekeeping()
+        self.maintenance.housekeeping()
         for provider_cfg in cfg.providers.values():
             for pool in provider_cfg.pools.values():
-                worker = PoolWorker(self, provider_cfg, pool)
+                worker = self._new_pool_worker(provider_cfg, pool)
                 self.pool_workers[worker.name] = worker
                 worker.start()
-        self._maintenance = threading.Thread(target=self._maintain, name="maintenance",
-                                             daemon=True)
-        self._maintenance.start()
+        self.maintenance.start()
         if self.webapp is not None:
             self.webapp.start()
         self.started.set()
@@ -337,8 +152,7 @@ class Launcher:
             self.webapp.stop()
         for worker in self.pool_workers.values():
             worker.stop(max(0.5, deadline - time.monotonic()) / 2)
-        if self._maintenance is not None:
-            self._maintenance.join(max(0.5, deadline - time.monotonic()))
+        self.maintenance.join(max(0.5, deadline - time.monotonic()))
         if self.reaper is not None:
             self.reaper.release_all()
         if self._launcher_registration is not None:
@@ -403,7 +217,7 @@ class Launcher:
             return True
 
     def _prepare_reload(self, config: NodepoolConfig
-                        ) -> tuple[dict[str, LaunchProvider], dict[str, "PoolWorker"]]:
+                        ) -> tuple[dict[str, LaunchProvider], dict[str, PoolWorker]]:
         """New providers (not started) and new pool workers (registered, not
         started); undone if any of them fails."""
         new_providers: dict[str, LaunchProvider] = {}
@@ -416,9 +230,8 @@ class Launcher:
                 for pool in provider_cfg.pools.values():
                     name = f"{provider_cfg.name}-{pool.name}"
                     if name not in self.pool_workers:
-                        new_workers[name] = PoolWorker(
-                            self, provider_cfg, pool,
-                            builder=new_providers.get(provider_cfg.name))
+                        new_workers[name] = self._new_pool_worker(
+                            provider_cfg, pool, new_providers.get(provider_cfg.name))
         except Exception:
             for worker in new_workers.values():
                 worker.stop(0)
@@ -454,6 +267,14 @@ class Launcher:
             worker.start()
             log.info("pool %s added", name)
 
+    def _new_pool_worker(self, provider_cfg: ProviderConfig, pool: PoolConfig,
+                         builder: LaunchProvider | None = None) -> PoolWorker:
+        """A pool worker, registered but not started; ``builder``: the
+        provider, when it is not (yet) the launcher's."""
+        return PoolWorker(provider_cfg, pool, hostname=self.hostname, store=self.store,
+                          builder=builder or self.providers[provider_cfg.name],
+                          health=self.health, ledger=self.ledger)
+
     def _make_provider(self, provider_cfg: ProviderConfig) -> LaunchProvider:
         factory = self.provider_factory or registry.provider_class(provider_cfg)
         shared: dict = {}
@@ -471,9 +292,11 @@ class Launcher:
         # Providers that can boot diskimages (OpenStack's) get the lookup
         # even without any now: a reload may add some.
         images = self._image_upload if hasattr(provider_cfg, "diskimages") else None
-        views = LauncherViews(known_nodes=self._known_nodes,
-                              node_claims_server=self._node_claims_server,
-                              tenant_usage=self._tenant_usage_elsewhere,
+        store = self.store  # made once, before any provider
+        views = LauncherViews(known_nodes=partial(zk_views.known_nodes, store),
+                              node_claims_server=partial(zk_views.node_claims_server, store),
+                              tenant_usage=partial(zk_views.tenant_usage_elsewhere, store,
+                                                   own_providers=self.providers),
                               launch_observer=self.stats.launch,
                               build_progress=self._waker_of(provider_cfg.name),
                               image_upload=images, **shared)
@@ -524,61 +347,7 @@ class Launcher:
         images = self.images
         return images.newest_ready_upload(image, provider) if images is not None else None
 
-    def _retire_drained_pools(self) -> None:
-        for name, worker in list(self.pool_workers.items()):
-            if worker.handler.draining and worker.idle:
-                worker.stop(5.0)
-                del self.pool_workers[name]
-                self.health.forget(f"pool {name}")
-                log.info("pool %s drained and stopped", name)
-
-    # -- maintenance loop ---------------------------------------------------------
-
-    def _due(self, name: str, interval: float) -> bool:
-        now = time.monotonic()
-        if now - self._last.get(name, float("-inf")) >= interval:
-            self._last[name] = now
-            return True
-        return False
-
-    def _maintain(self) -> None:
-        self.health.start("maintenance")
-        while not self._stop.is_set():
-            if not self.store.connected:
-                # Every task talks to ZooKeeper; while the connection is
-                # down, calls would queue until it is back.  The session, and
-                # every lock of ours, may survive: wait and carry on.
-                self.health.beat("maintenance")
-                self._stop.wait(MAINTENANCE_INTERVAL)
-                continue
-            for name, interval, task in (
-                    ("session", 0, self._session_upkeep),
-                    ("lost requests", 0, self._reset_lost_requests),
-                    ("reaper", 0, self._reap),
-                    ("standing nodes", 0, self._standing_nodes),
-                    ("drained pools", 0, self._retire_drained_pools),
-                    ("min-ready", MIN_READY_INTERVAL, self._min_ready),
-                    ("max-ready-age", MAX_READY_AGE_INTERVAL, self._max_ready_age),
-                    ("housekeeping", HOUSEKEEPING_INTERVAL, self._housekeeping),
-                    ("stats", STATS_INTERVAL, self._emit_stats)):
-                if self._stop.is_set():
-                    break
-                if interval and not self._due(name, interval):
-                    continue
-                try:
-                    task()
-                    self.health.errors.pop(name, None)
-                except DISCONNECT_ERRORS as e:
-                    # ZooKeeper went away mid-task: expected, and the next pass
-                    # after the reconnect does the work; no traceback.
-                    self.health.errors[name] = f"ZooKeeper disconnected: {e!r}"
-                    log.warning("maintenance task %s interrupted: ZooKeeper "
-                                "disconnected (%r)", name, e)
-                except Exception as e:  # a task must never kill the loop
-                    self.health.errors[name] = str(e)
-                    log.exception("maintenance task %s failed", name)
-            self.health.beat("maintenance")
-            self._stop.wait(MAINTENANCE_INTERVAL)
+    # -- waking pool workers; the maintenance loop's first task -----------------
 
     def _waker_of(self, provider_name: str) -> Callable[[], None]:
         """A build of the provider ended: its pools pass now."""
@@ -605,169 +374,7 @@ class Launcher:
         if self._pending_reload is not None:
             self.reload(self._pending_reload)
 
-    def _reset_lost_requests(self) -> None:
-        """Requests held by a launcher that is gone go back to ``requested``
-        as soon as that launcher's registration disappears (its session
-        ended), with a periodic pass as a backstop; housekeeping also does
-        it, but only every HOUSEKEEPING_INTERVAL."""
-        pools = {p.path for p in self.store.registered_pools(cached=True)}
-        vanished = self._seen_pools - pools
-        self._seen_pools = pools
-        if not vanished and not self._due("lost requests", LOST_REQUEST_INTERVAL):
-            return
-        ours = {rid for w in list(self.pool_workers.values())
-                for rid in w.handler.active_request_ids}
-        reset = housekeeping.reset_lost_requests(self.store, skip=ours)
-        if reset:
-            log.info("reset %d request(s) of launchers that are gone: %s", len(reset),
-                     ", ".join(reset))
-
-    def _reap(self) -> None:
-        report = self.reaper.run_once()
-        for node_id in report.deleted:
-            log.info("node %s deleted", node_id)
-
-    def _standing_nodes(self) -> None:
-        """Providers whose nodes are always there (static hosts): one ready
-        node per slot, registered for the pool worker serving it."""
-        for name, provider in list(self.providers.items()):
-            offered = getattr(provider, "standing_nodes", None)
-            slots = offered() if callable(offered) else None
-            if slots is None:
-                continue
-            workers = [w for w in list(self.pool_workers.values())
-                       if w.provider_name == name and not w.handler.draining]
-            sync = self._standing.setdefault(name, StandingNodes(name))
-            plan = sync.sync(self.store, slots,
-                             launcher_ids={w.pool_name: w.settings.pool_id for w in workers},
-                             attributes={w.pool_name: w.settings.node_attributes
-                                         for w in workers})
-            in_use = getattr(provider, "slots_in_use", None)
-            if callable(in_use):
-                in_use(plan.in_use)
-
-    def _min_ready(self) -> None:
-        minready.finish_min_ready(self.store)
-        wanted = {name: label.min_ready for name, label in self.config.labels.items()
-                  if label.min_ready > 0 and self._served(name)}
-        if wanted:
-            minready.submit_min_ready(self.store, wanted)
-
-    def _served(self, label: str) -> bool:
-        """Some pool offers the label and, for a diskimage label, has a
-        READY upload to boot (upstream's min-ready waits for one)."""
-        for worker in list(self.pool_workers.values()):
-            if label not in worker.settings.labels:
-                continue
-            provider = self.providers.get(worker.provider_name)
-            unavailable = getattr(provider, "unavailable_images", None)
-            if unavailable is None or not unavailable([label], pool=worker.pool_name):
-                return True
-        return False
-
-    def _max_ready_age(self) -> None:
-        now = time.time()
-        cache = self.store.nodes_cache
-        for node in self.store.list_nodes(cached=True):
-            if node.provider not in self.providers or node.state != READY \
-                    or node.allocated_to:
-                continue
-            ages = [self.config.labels[t].max_ready_age for t in node.type
-                    if t in self.config.labels]
-            max_age = min([a for a in ages if a > 0], default=0)
-            if not max_age or now - (node.state_time or now) <= max_age:
-                continue
-            if cache is not None and cache.is_locked(node.id):
-                continue
-            if self.store.update_unlocked_node(node.id,
-                                               lambda fresh: protocol.retire_ready(fresh, now),
-                                               "retire"):
-                log.info("node %s was ready for longer than max-ready-age", node.id)
-
-    def _housekeeping(self) -> None:
-        report = housekeeping.run_housekeeping(
-            self.store, self.providers,
-            max_hold_age=self.config.max_hold_age or float("inf"))
-        for key in ("corrected_caches", "reset_requests", "removed_locks", "deallocated",
-                    "removed_empty", "expired_holds"):
-            items = getattr(report, key)
-            if items:
-                log.info("housekeeping %s: %s", key, ", ".join(items))
-
-    def _emit_stats(self) -> None:
-        paused = {(w.provider_name, w.pool_name): w.handler.paused
-                  for w in list(self.pool_workers.values())}
-        if self.stats.client is None:
-            return
-        store = self.store
-        # Upstream names these after socket.gethostname(), unchanged.
-        root = f"nodepool.launcher.{socket.gethostname()}"
-        self.stats.gauges(
-            store.list_nodes(cached=True), self.providers, self.ledger, paused,
-            registered_pools=store.registered_pools(cached=True),
-            requests=store.list_requests(cached=True),
-            provider_configs=self.config.providers,
-            tenant_limits=self.config.tenant_limits,
-            zk_queues={f"{root}.{k}": v for k, v in self._zk_queue_sizes().items()})
-
-    def _zk_queue_sizes(self) -> dict[str, int]:
-        queues = self.store.queue_sizes()
-        images = self.images
-        if images is not None:  # kept while a provider boots diskimages
-            queues.update({f"zk.image_cache.{k}": v for k, v in images.queue_sizes().items()})
-        return queues
-
-    # -- for the providers and operators --------------------------------------------
-
-    def _known_nodes(self) -> dict[str, str | None] | None:
-        """node id -> external id, from ZooKeeper; None if that view is not
-        trustworthy (not synced), so the leak cleaner never guesses."""
-        store = self.store
-        if store is None or not store.synced or not store.connected:
-            return None
-        known = {n.id: n.external_id for n in store.list_nodes(cached=True)}
-        cache = store.nodes_cache
-        if cache is not None:
-            # A record we cannot read still exists: its server is not a leak.
-            for node_id in cache.malformed():
-                known.setdefault(node_id, None)
-        return known
-
-    def _node_claims_server(self, node_id: str | None, server_id: str) -> bool | None:
-        """A fresh read of one node before the leak cleaner deletes its
-        server: True when the node exists and may own the server (its
-        external id is that server, unknown, or unreadable), False when it
-        is gone or owns another server, None when ZooKeeper cannot tell now."""
-        store = self.store
-        if store is None or not store.connected:
-            return None
-        if not node_id:
-            return False
-        try:
-            raw = store.raw_node(node_id)
-        except Exception:  # e.g. a connection loss, or a junk id
-            log.debug("could not read node %s", node_id, exc_info=True)
-            return None
-        if not raw:
-            return False
-        try:
-            node = Node.from_json(raw, node_id, paths.node_path(node_id))
-        except MalformedRecord as e:
-            log.warning("node %s is malformed (%s); keeping its server %s", node_id,
-                        e.reason, server_id)
-            return True
-        return node.external_id in (None, server_id)
-
-    def _tenant_usage_elsewhere(self, tenant: str) -> Resources:
-        """What the tenant's nodes of other launchers' providers use, from
-        ZooKeeper (``resources`` as upstream writes it).  Nodes of this
-        process's providers are left out: the quota ledger counts those.
-        The node cache keeps these sums per tenant and provider as nodes
-        change, so a request's tenant check does not scan every node."""
-        store = self.store
-        if store is None:
-            return ZERO
-        return store.tenant_usage(tenant, exclude_providers=set(self.providers))
+    # -- for operators ----------------------------------------------------------------
 
     def health_problems(self) -> list[str]:
         """What /health reports; empty when healthy."""

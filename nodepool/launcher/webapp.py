@@ -33,14 +33,20 @@ import logging
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from nodepool import tables
 from nodepool.launcher.bounded_http import BoundedHTTPServer, PrefetchedRequestHandler
 
 if TYPE_CHECKING:
-    from nodepool.launcher.launcher import Launcher
+    # Types only: ``nodepool list`` imports this module for zookeeper_tag.
+    from nodepool.config.model import NodepoolConfig
+    from nodepool.driver.base import LaunchProvider
+    from nodepool.launcher.loop_health import LoopHealth
+    from nodepool.launcher.pool_worker import PoolWorker
+    from nodepool.quota import QuotaLedger
+    from nodepool.zk.store import ZooKeeperStore
 
 log = logging.getLogger("nodepool.webapp")
 
@@ -48,12 +54,40 @@ log = logging.getLogger("nodepool.webapp")
 CACHE_EXPIRY = 1
 
 
-def health(launcher: "Launcher") -> tuple[bool, list[str]]:
+class StatusSource(Protocol):
+    """What the status API reads of a launcher: the launcher passes itself
+    in, and this module knows nothing more of it."""
+
+    @property
+    def config(self) -> NodepoolConfig: ...
+    @property
+    def store(self) -> ZooKeeperStore: ...
+    # The ZooKeeper client (kazoo's), for the builder's image records.
+    @property
+    def client(self) -> Any: ...
+    # Set once the launcher serves (``/ready``).
+    @property
+    def started(self) -> threading.Event: ...
+    @property
+    def health(self) -> LoopHealth: ...
+    @property
+    def providers(self) -> dict[str, LaunchProvider]: ...
+    @property
+    def pool_workers(self) -> dict[str, PoolWorker]: ...
+    @property
+    def ledger(self) -> QuotaLedger: ...
+
+    def health_problems(self) -> list[str]:
+        """What /health reports; empty when healthy."""
+        ...
+
+
+def health(launcher: StatusSource) -> tuple[bool, list[str]]:
     problems = launcher.health_problems()
     return not problems, problems
 
 
-def quota_view(launcher: "Launcher", provider: str | None = None) -> dict:
+def quota_view(launcher: StatusSource, provider: str | None = None) -> dict:
     out = {}
     for name, prov in sorted(launcher.providers.items()):
         if provider is not None and name != provider:
@@ -190,7 +224,7 @@ def zookeeper_tag(hosts: str) -> str:
 
 
 class _Handler(PrefetchedRequestHandler):
-    launcher: "Launcher"
+    launcher: StatusSource
     cache: AnswerCache
     server_version = "nodepool-launcher"
 
@@ -401,7 +435,7 @@ QUERY_PARAMS: dict[str, tuple[str, ...]] = {
 
 
 class StatusServer:
-    def __init__(self, launcher: "Launcher", host: str, port: int):
+    def __init__(self, launcher: StatusSource, host: str, port: int):
         handler = type("Handler", (_Handler,), {"launcher": launcher,
                                                 "cache": AnswerCache()})
         self.httpd = BoundedHTTPServer((host, port), handler)
