@@ -116,7 +116,13 @@ def book(client) -> list:
 
 def launchers_of_projects(client) -> dict[str, list[str]]:
     root = paths.SHARED_QUOTA_ROOT
-    return {p: client.get_children(f"{root}/{p}/launchers") for p in client.get_children(root)}
+    found = {}
+    for project in client.get_children(root):
+        try:
+            found[project] = client.get_children(f"{root}/{project}/launchers")
+        except NoNodeError:  # a project whose first launcher is still joining
+            pass
+    return found
 
 
 def launcher_id(log_path) -> str | None:
