@@ -176,16 +176,25 @@ def is_module(name: str) -> bool:
 
 
 def resolves(dotted: str) -> bool:
-    """A module, or an object reached from the longest module of the name."""
+    """A module, or an object reached from the longest module of the name.
+    A class or function named in a module (not a package, which may export
+    what its modules define) must be defined there, not merely imported: a
+    class moved to another module leaves its name importable from the old
+    one, and the page would send the reader to the wrong file."""
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         module = ".".join(parts[:cut])
         if is_module(module):
             obj = importlib.import_module(module)
+            is_package = hasattr(obj, "__path__")
             for attribute in parts[cut:]:
                 if not hasattr(obj, attribute):
                     return False
                 obj = getattr(obj, attribute)
+            if cut < len(parts) and not is_package:
+                first = getattr(importlib.import_module(module), parts[cut])
+                if getattr(first, "__module__", module) != module:
+                    return False
             return True
     return False
 
@@ -202,7 +211,7 @@ def unknown_names(doc: nodes.document) -> list[str]:
             unknown.append(f"{name}: name a file by its path from the top")
         elif DOTTED.match(name) and name.rpartition(".")[2] not in FILE_SUFFIXES:
             if not resolves(name):
-                unknown.append(f"{name}: no such module or object")
+                unknown.append(f"{name}: no such module, or no such object defined there")
         elif m := CLASS.match(name):
             members = known_classes.get(m["cls"])
             if members is None:
