@@ -1,9 +1,15 @@
 """``nodepool``: look at and fix what the launchers keep in ZooKeeper.
 
-Every command but ``config-validate`` connects to ZooKeeper with the
-settings of nodepool.yaml (TLS included) and fails within the configured
-timeout, with a clear message, when it cannot.  Tables are upstream's
-(nodepool/tables.py); ``--json`` prints the same rows for scripts.
+Every command but ``config-validate`` and ``migrate`` connects to
+ZooKeeper with the settings of nodepool.yaml (TLS included) and fails
+within the configured timeout, with a clear message, when it cannot.
+Tables are upstream's (nodepool/tables.py); ``--json`` prints the same rows
+for scripts.
+
+Here are the parser and the commands for nodes, requests, labels,
+providers and the configuration; the builder's image commands are in
+image_commands.py, ``migrate`` in migrate_command.py, and what every
+command stands on in subcommand.py.
 """
 
 from __future__ import annotations
