@@ -1,8 +1,9 @@
 """``nodepool``: look at and fix what the launchers keep in ZooKeeper.
 
-Every command but ``config-validate`` and ``migrate`` connects to
-ZooKeeper with the settings of nodepool.yaml (TLS included) and fails
-within the configured timeout, with a clear message, when it cannot.
+A command that reads or writes ZooKeeper connects with the settings of
+nodepool.yaml (TLS included) and fails within the configured timeout, with
+a clear message, when it cannot (``config-validate``, ``quota`` and
+``migrate`` need no ZooKeeper).
 Tables are upstream's (nodepool/tables.py); ``--json`` prints the same rows
 for scripts.
 
