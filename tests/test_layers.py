@@ -74,7 +74,7 @@ class Contract:
 
 NODE_STORE = ("nodepool.zk.store", "nodepool.zk.cache", "nodepool.zk.node_index",
               "nodepool.zk.node_admin")
-SHARED_BOOK = ("nodepool.zk.shared_quota", "nodepool.zk.membership",
+SHARED_BOOK = ("nodepool.zk.shared_quota", "nodepool.zk.project_book", "nodepool.zk.membership",
                "nodepool.zk.provider_share")
 CLOUDS = ("nodepool.driver.openstack", "nodepool.driver.static")
 INSIDE_PACKAGES: list[Contract] = [
@@ -243,6 +243,7 @@ def test_the_contracts_inside_packages_see_an_arrow_they_forbid():
     assert broken_contract("nodepool.zk.locks", "nodepool.zk.cache")
     assert broken_contract("nodepool.zk.locks", "nodepool.zk.session") is None
     assert broken_contract("nodepool.zk.store", "nodepool.zk.shared_quota")
+    assert broken_contract("nodepool.zk.project_book", "nodepool.zk.store")
     assert broken_contract("nodepool.zk.provider_share", "nodepool.zk.cache")
     assert broken_contract("nodepool.zk.store", "nodepool.zk.node_admin")
     assert broken_contract("nodepool.zk.node_admin", "nodepool.zk.store") is None

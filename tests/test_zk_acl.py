@@ -29,7 +29,7 @@ from nodepool.requests.reaper import NodeReaper
 from nodepool.zk import acls, paths
 from nodepool.zk.client import ZooKeeperSettings, connect, disconnect, make_client
 from nodepool.zk.records import Node
-from nodepool.zk.shared_quota import ProjectBook
+from nodepool.zk.project_book import ProjectBook
 from nodepool.zk.store import ZooKeeperStore
 from tests.conftest import TEST_ROOT
 from tests.fixtures.fakecloud import wait_for

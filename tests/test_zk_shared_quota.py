@@ -1,4 +1,4 @@
-"""The shared quota book's ZooKeeper transport (nodepool/zk/shared_quota.py),
+"""The shared quota book's ZooKeeper transport (nodepool/zk/project_book.py),
 against the real ZooKeeper of the test session."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 from nodepool.quota import Resources, ZERO
 from nodepool.quota.shared import Claim, ClaimState, parse_book
 from nodepool.zk.provider_share import ProviderShare
-from nodepool.zk.shared_quota import ProjectBook
+from nodepool.zk.project_book import ProjectBook
 from tests.fixtures.zk import wait_for
 
 ONE = Resources(1, 1, 512)

@@ -1,15 +1,23 @@
 """``nodepool``: look at and fix what the launchers keep in ZooKeeper.
 
-Every command but ``config-validate`` connects to ZooKeeper with the
-settings of nodepool.yaml (TLS included) and fails within the configured
-timeout, with a clear message, when it cannot.  Tables are upstream's
-(nodepool/tables.py); ``--json`` prints the same rows for scripts.
+A command that reads or writes ZooKeeper connects with the settings of
+nodepool.yaml (TLS included) and fails within the configured timeout, with
+a clear message, when it cannot (``config-validate``, ``quota`` and
+``migrate`` need no ZooKeeper).
+Tables are upstream's (nodepool/tables.py); ``--json`` prints the same rows
+for scripts.
+
+Here are the parser and the commands for nodes, requests, labels,
+providers and the configuration; the builder's image commands are in
+image_commands.py, ``migrate`` in migrate_command.py, and what every
+command stands on in subcommand.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -18,56 +26,16 @@ from typing import Any, Iterator
 from nodepool import tables
 from nodepool.cmd.common import (add_config_options, add_version_option,
                                  apply_logging_file, print_problems)
+from nodepool.cmd.image_commands import add_image_commands
+from nodepool.cmd.migrate_command import add_migrate_command
+from nodepool.cmd.subcommand import (CommandError, add_command, close_store, emit, load,
+                                     open_store)
 from nodepool.config import validate
 from nodepool.driver import registry
 
 # ``delete --now`` gives up waiting for the cloud after this long; the node
 # stays ``deleting`` and a launcher finishes the job.
 DELETE_NOW_TIMEOUT = 300.0
-
-
-class CommandError(Exception):
-    """A clean, expected failure: printed without a traceback, exit 1."""
-
-
-# -- output ---------------------------------------------------------------------------
-
-def emit(args: argparse.Namespace, view: tables.View) -> None:
-    """The table, or with --json every key of every row (the status API's JSON)."""
-    if args.json:
-        print(tables.dumps(tables.view_json(view)))
-    else:
-        print(tables.view_table(view))
-
-
-# -- connecting -----------------------------------------------------------------------
-
-def load(args: argparse.Namespace, check_clouds: bool = False):
-    config, problems = validate(args.config, args.clouds, args.secure,
-                                check_clouds=check_clouds, drivers=registry.drivers())
-    if config is None:
-        print_problems(problems)
-        raise CommandError(f"cannot use {args.config}: it has errors")
-    return config
-
-
-def open_store(args: argparse.Namespace, check_clouds: bool = False):
-    from nodepool.zk.client import ZooKeeperUnavailable, connect
-    from nodepool.zk.store import ZooKeeperStore
-
-    config = load(args, check_clouds)
-    if config.zookeeper is None:
-        raise CommandError(f"{args.config}: zookeeper-servers is required")
-    try:
-        client = connect(config.zookeeper, ensure_chroot=False)
-    except ZooKeeperUnavailable as e:
-        raise CommandError(str(e)) from None
-    return config, ZooKeeperStore(client)
-
-
-def close_store(store) -> None:
-    from nodepool.zk.client import disconnect
-    disconnect(store.client)
 
 
 # -- commands -------------------------------------------------------------------------
@@ -153,99 +121,6 @@ def cmd_label_list(args: argparse.Namespace) -> int:
     finally:
         close_store(store)
     emit(args, view)
-    return 0
-
-
-def image_snapshot(args: argparse.Namespace):
-    from nodepool.zk.image_reader import read_images
-
-    _, store = open_store(args)
-    try:
-        return read_images(store.client)
-    finally:
-        close_store(store)
-
-
-def cmd_image_list(args: argparse.Namespace) -> int:
-    emit(args, tables.image_list_view(image_snapshot(args).uploads))
-    return 0
-
-
-def cmd_dib_image_list(args: argparse.Namespace) -> int:
-    snap = image_snapshot(args)
-    emit(args, tables.dib_image_list_view(snap.builds, snap.paused))
-    return 0
-
-
-def cmd_image_status(args: argparse.Namespace) -> int:
-    snap = image_snapshot(args)
-    emit(args, tables.image_status_view(snap.images, snap.paused, snap.requests))
-    return 0
-
-
-@contextlib.contextmanager
-def image_action(args: argparse.Namespace, check=None) -> Iterator[Any]:
-    """The ZooKeeper client for one of the builder's image actions; refusals
-    (upstream's) and impossible names are clean errors.  ``check(config)``
-    runs before anything is written."""
-    from nodepool.zk.image_admin import ImageActionRefused
-
-    config, store = open_store(args)
-    try:
-        if check is not None:
-            check(config)
-        yield store.client
-    except ImageActionRefused as e:
-        raise CommandError(str(e)) from None
-    except ValueError as e:  # a name that cannot be a znode (paths._child)
-        raise CommandError(str(e)) from None
-    finally:
-        close_store(store)
-
-
-def cmd_image_build(args: argparse.Namespace) -> int:
-    from nodepool.zk.image_admin import request_build
-
-    def buildable(config) -> None:
-        # As upstream: only a diskimage the builder builds, and not a paused one.
-        diskimage = config.diskimages.get(args.image)
-        if diskimage is None:
-            raise CommandError(f"Trying to build a non disk-image-builder image: {args.image} "
-                               f"(not in {args.config}'s diskimages)")
-        if diskimage.pause:
-            raise CommandError(f"Skipping build request for image {args.image}; paused "
-                               f"(pause: true in {args.config})")
-
-    with image_action(args, buildable) as client:
-        request_build(client, args.image)
-    return 0
-
-
-def cmd_image_pause(args: argparse.Namespace) -> int:
-    from nodepool.zk.image_admin import set_paused
-
-    with image_action(args) as client:
-        set_paused(client, args.image, args.command == "image-pause")
-    return 0
-
-
-def cmd_image_delete(args: argparse.Namespace) -> int:
-    from nodepool.zk.image_admin import mark_upload_deleting
-
-    with image_action(args) as client:
-        mark_upload_deleting(client, args.image, args.build_id, args.provider, args.upload_id)
-    return 0
-
-
-def cmd_dib_image_delete(args: argparse.Namespace) -> int:
-    from nodepool.zk.image_admin import mark_build_deleting
-
-    image, sep, build_id = args.id.rpartition("-")
-    if not sep or not image or not build_id:
-        raise CommandError(f"{args.id!r} is not a dib image id such as ubuntu-jammy-"
-                           "0123456789abcdef (see 'nodepool dib-image-list')")
-    with image_action(args) as client:
-        mark_build_deleting(client, image, build_id)
     return 0
 
 
@@ -475,46 +350,6 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_migrate_zuul_launcher(args: argparse.Namespace) -> int:
-    import os
-
-    from nodepool.config.errors import Problems
-    from nodepool.config.loader import read_yaml
-    from nodepool.migrate import output
-    from nodepool.migrate.zuul_launcher import MigrationError, translate
-
-    # The same checks and messages as config-validate: nothing is written
-    # from a file that does not load.
-    config, problems = validate(args.config, args.clouds, args.secure,
-                                drivers=registry.drivers())
-    if config is None:
-        print_problems(problems)
-        raise CommandError(f"{args.config} has errors; nothing written")
-    raw = read_yaml(args.config, Problems(args.config), os.environ) or {}
-    labels = [n.strip() for n in args.labels.split(",") if n.strip()] if args.labels \
-        else None
-    try:
-        mig = translate(config, raw, labels, args.tenant)
-    except MigrationError as e:
-        raise CommandError(f"{e}; nothing written") from None
-    if args.output:
-        try:
-            written = output.write(mig, args.config, args.output)
-        except OSError as e:
-            raise CommandError(f"-o {args.output}: {e.strerror or e}") from None
-        for path in written:
-            print(f"wrote {path}")
-    else:
-        print(output.objects_yaml(mig, args.config))
-        print(output.zuul_conf(mig, args.config))
-        print(output.report(mig, args.config), end="")
-    print(f"{len(mig.migrated_labels)} label(s) for zuul-launcher, {len(mig.kept_labels)} "
-          f"staying here; {len({o.decide for o in mig.choices})} point(s) to decide (see the "
-          "report)",
-          file=sys.stderr)
-    return 0
-
-
 def setup_logging(args: argparse.Namespace) -> None:
     """As upstream's CLI: --debug logs DEBUG to stderr, -l reads a logging
     file, otherwise INFO with the ZooKeeper client's chatter at WARNING."""
@@ -542,14 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log at DEBUG level to stderr (instead of -l)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, func, help_text: str, description: str | None = None,
-                json_option: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=description or help_text)
-        add_config_options(p, suppress=True)
-        if json_option:
-            p.add_argument("--json", action="store_true", help="print JSON for scripts")
-        p.set_defaults(func=func)
-        return p
+    command = functools.partial(add_command, sub)
 
     p = command("list", cmd_list, "list nodes")
     p.add_argument("--detail", action="store_true",
@@ -588,60 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "state, and how old the figures are.  Read from the launcher's status API "
                 "(webapp in nodepool.yaml).")
     p.add_argument("provider", nargs="?", help="only this provider")
-    command("image-list", cmd_image_list, "list image uploads (written by nodepool-builder)")
-    command("dib-image-list", cmd_dib_image_list,
-            "list image builds (written by nodepool-builder)")
-    command("image-status", cmd_image_status, "show each image's pause flag and build request")
-    p = command("image-build", cmd_image_build, "ask nodepool-builder to build an image",
-                "Ask upstream's nodepool-builder for a new build of a diskimage of "
-                "nodepool.yaml (a request-build znode); the builder builds and uploads it.",
-                json_option=False)
-    p.add_argument("image", help="diskimage name")
-    p = command("image-pause", cmd_image_pause, "pause an image's builds",
-                "Set the pause flag nodepool-builder reads: no builds or uploads of the "
-                "image until 'image-unpause'.", json_option=False)
-    p.add_argument("image", help="image name")
-    p = command("image-unpause", cmd_image_pause, "unpause an image's builds",
-                json_option=False)
-    p.add_argument("image", help="image name")
-    p = command("image-delete", cmd_image_delete, "delete an image upload",
-                "Mark one upload 'deleting'; nodepool-builder deletes it from the cloud "
-                "and then its record (see 'nodepool image-list').", json_option=False)
-    p.add_argument("--provider", required=True, help="provider name")
-    p.add_argument("--image", required=True, help="image name")
-    p.add_argument("--build-id", required=True, help="image build id")
-    p.add_argument("--upload-id", required=True, help="image upload id")
-    p = command("dib-image-delete", cmd_dib_image_delete,
-                "delete an image build and all its uploads",
-                "Mark a build 'deleting'; nodepool-builder deletes its uploads from the "
-                "clouds, its files, then its records.", json_option=False)
-    p.add_argument("id", help="dib image id, <image>-<build id> (see 'nodepool "
-                              "dib-image-list')")
+    add_image_commands(sub)
     command("config-validate", cmd_config_validate, "check nodepool.yaml and clouds.yaml",
             "Check nodepool.yaml and the clouds.yaml entries its providers use "
             "(api_timeout, caching) and print every problem found. Exits 1 if any is "
             "an error, 0 otherwise.", json_option=False)
-    migrate = sub.add_parser("migrate", help="translate nodepool.yaml for another launcher",
-                             description="Translate nodepool.yaml for another launcher.")
-    targets = migrate.add_subparsers(dest="target", metavar="TARGET", required=True)
-    p = targets.add_parser(
-        "zuul-launcher", help="write Zuul's launcher objects, zuul.conf connections and a "
-                              "report",
-        description="Translate nodepool.yaml (and clouds.yaml) into Zuul's image, flavor, "
-                    "label, section and provider objects, the zuul.conf [connection] "
-                    "stanzas of the clouds, and a report of what every key became and "
-                    "what is left for you to decide.  Nothing is written when the file "
-                    "has errors (as config-validate reports them).")
-    add_config_options(p, suppress=True)
-    p.add_argument("--tenant", help="the Zuul tenant that will use these objects (the "
-                                    "report then covers its tenant-resource-limits)")
-    p.add_argument("--labels", metavar="L,...",
-                   help="migrate only these labels (comma separated); the others stay "
-                        "on this launcher")
-    p.add_argument("-o", "--output", metavar="DIR",
-                   help="write zuul-launcher.yaml, zuul.conf and migration-report.txt into DIR "
-                        "(created if missing) instead of printing them")
-    p.set_defaults(func=cmd_migrate_zuul_launcher)
+    add_migrate_command(sub)
     return parser
 
 

@@ -8,6 +8,11 @@ said and ask it before every create.  Time and randomness are passed in.
 - :mod:`.ledger`: :class:`QuotaLedger`, the process-wide book with the
   atomic :meth:`~QuotaLedger.try_reserve` and the lifecycle calls; its module
   docstring states the counting rule.
+- :mod:`.ledger_records`: what the ledger hands out and keeps
+  (:class:`QuotaDecision`, :class:`PoolQuota`, :class:`EntryState` ...).
+- :mod:`.headroom`: the ledger's arithmetic (:func:`cloud_headroom`, the
+  shortfalls that block a create); :mod:`.ledger_report`: its figures for
+  the status API.
 - :mod:`.backoff`: :class:`QuotaBackoff` after a quota refusal.
 - :mod:`.refresh`: :func:`limits_refresh_due`.
 - :mod:`.errors`: :func:`is_quota_error` and friends.
@@ -41,9 +46,11 @@ One create and one delete, as the callers see it::
 
 from nodepool.quota.backoff import BackoffPolicy, BackoffState, QuotaBackoff
 from nodepool.quota.errors import is_quota_error, is_quota_exception, is_quota_fault
-from nodepool.quota.ledger import (BACKOFF, CLOUD, LIMITS_UNKNOWN, POOL, TENANT, EntryState,
-                                   LimitsToken, PoolQuota, ProviderEstimate, QuotaDecision,
-                                   QuotaLedger, cloud_headroom, tenant_limits_from_config)
+from nodepool.quota.headroom import cloud_headroom
+from nodepool.quota.ledger import QuotaLedger
+from nodepool.quota.ledger_records import (BACKOFF, CLOUD, LIMITS_UNKNOWN, POOL, TENANT,
+                                           EntryState, LimitsToken, PoolQuota, ProviderEstimate,
+                                           QuotaDecision, tenant_limits_from_config)
 from nodepool.quota.refresh import RefreshPolicy, limits_refresh_due
 from nodepool.quota.resources import (RESOURCE_NAMES, UNLIMITED, ZERO, CloudLimits, Resources,
                                       label_cost)

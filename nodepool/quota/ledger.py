@@ -51,152 +51,24 @@ whatever the caller says other launchers use.
 
 from __future__ import annotations
 
-import enum
-import math
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-from nodepool.quota.backoff import BackoffPolicy, BackoffState, QuotaBackoff
+from nodepool.quota.backoff import BackoffPolicy, QuotaBackoff
+from nodepool.quota.headroom import check_cost, cloud_headroom, has_room, shortfalls, total
+from nodepool.quota.ledger_records import (BACKOFF, CLOUD, LIMITS_UNKNOWN, POOL, TENANT,
+                                           EntryState, LedgerEntry, LimitsToken, PoolQuota,
+                                           ProviderAccount, ProviderEstimate, QuotaDecision)
+from nodepool.quota.ledger_report import describe_provider, figures_by_resource
 from nodepool.quota.refresh import RefreshPolicy, limits_refresh_due
-from nodepool.quota.resources import (RESOURCE_NAMES, UNLIMITED, ZERO, CloudLimits,
-                                      Resources)
-
-# Layers a decision can be blocked by.
-POOL = "pool"
-CLOUD = "cloud"
-TENANT = "tenant"
-BACKOFF = "backoff"
-LIMITS_UNKNOWN = "limits-unknown"
+from nodepool.quota.resources import ZERO, CloudLimits, Resources
 
 # Why a limits reading is stale (``limits_refresh_due``): one of our servers
 # went and the reading may still count it.  Over-counting is the safe side,
 # so a provider may wait with this read until requests need the headroom.
 STALE_AFTER_DELETE = "delete completed"
-
-
-class EntryState(str, enum.Enum):
-    RESERVED = "reserved"    # headroom taken, POST not sent yet
-    CREATING = "creating"    # POST sent, no answer yet
-    CREATED = "created"      # nova accepted it or listed it
-    UNKNOWN = "unknown"      # POST failed in a way that may have created it (timeout)
-    DELETING = "deleting"    # delete issued, nova still lists it
-
-
-@dataclass(frozen=True)
-class PoolQuota:
-    """A pool's own limits (``max-servers`` and friends)."""
-
-    max: Resources = UNLIMITED
-    ignore_provider_quota: bool = False
-
-    @classmethod
-    def from_pool(cls, pool: Any) -> PoolQuota:
-        """From a config pool record (attributes ``max_servers``, ``max_cores``,
-        ``max_ram``, ``max_volumes``, ``max_volume_gb``, ``ignore_provider_quota``;
-        missing ones are unlimited)."""
-        inf = math.inf
-        return cls(Resources(getattr(pool, "max_servers", inf), getattr(pool, "max_cores", inf),
-                             getattr(pool, "max_ram", inf), getattr(pool, "max_volumes", inf),
-                             getattr(pool, "max_volume_gb", inf)),
-                   bool(getattr(pool, "ignore_provider_quota", False)))
-
-
-def tenant_limits_from_config(tenant_limits: Mapping[str, Any]) -> dict[str, Resources]:
-    """From the config's ``{name: TenantLimits(limits={'instances': ..})}``."""
-    return {name: Resources.from_mapping(getattr(t, "limits", t), default=math.inf)
-            for name, t in tenant_limits.items()}
-
-
-def cloud_headroom(limits: CloudLimits, covered: Resources, in_flight: Resources) -> Resources:
-    """The rule in the module docstring, before subtracting what a create needs."""
-    return limits.max - limits.used.maximum(covered) - in_flight
-
-
-def _has_room(headroom: Resources) -> bool:
-    # "Room" for ending a backoff early: at least one more instance and some
-    # cores and RAM.  Volumes are left out because most labels use none; the
-    # exact check still happens in try_reserve.
-    return headroom.instances >= 1 and headroom.cores > 0 and headroom.ram > 0
-
-
-@dataclass(frozen=True)
-class LimitsToken:
-    """Handed out when a limits read starts; give it back with the result."""
-
-    provider: str
-    mark: int
-    started_at: float
-
-
-@dataclass(frozen=True)
-class QuotaDecision:
-    granted: bool
-    reasons: tuple[str, ...] = ()
-    blocked_by: frozenset[str] = frozenset()
-    retry_at: float | None = None   # when a backoff ends, if that blocks it
-
-    def __bool__(self) -> bool:
-        return self.granted
-
-
-@dataclass(frozen=True)
-class ProviderEstimate:
-    provider: str
-    limits: CloudLimits | None
-    ledger_covered: Resources
-    in_flight: Resources
-    headroom: Resources | None      # None until limits were read
-    limits_age: float | None
-    limits_error: str | None
-    backoff: BackoffState
-
-    @property
-    def ledger_used(self) -> Resources:
-        return self.ledger_covered + self.in_flight
-
-    @property
-    def effective_headroom(self) -> Resources | None:
-        """What creates may use now: nothing while backing off."""
-        if self.headroom is None:
-            return None
-        return self.headroom.minimum(ZERO) if self.backoff.in_backoff else self.headroom
-
-
-@dataclass
-class _Entry:
-    key: Hashable
-    provider: str
-    pool: str
-    tenant: str | None
-    cost: Resources
-    state: EntryState
-    reserved_mark: int
-    exists_mark: int | None = None   # when we first knew nova has the server
-    server_id: str | None = None
-    # When the latest server list that still showed the server was requested.
-    listed_at: float | None = None
-
-
-@dataclass
-class _Provider:
-    name: str
-    pools: dict[str, PoolQuota]
-    backoff: QuotaBackoff
-    limits: CloudLimits | None = None
-    limits_mark: int | None = None
-    last_attempt_at: float | None = None
-    last_success_at: float | None = None
-    read_in_progress: LimitsToken | None = None
-    limits_error: str | None = None
-    stale_because: str | None = None
-    # When the current reading was applied: nova answered the read before.
-    limits_applied_at: float = float("-inf")
-    keys: set = field(default_factory=set)
-    # Our servers that nova counted in the current reading and that are gone
-    # since: subtracted from its usage until the next reading.
-    freed: Resources = ZERO
 
 
 class QuotaLedger:
@@ -217,8 +89,8 @@ class QuotaLedger:
         self._backoff_policy = backoff_policy or BackoffPolicy()
         self.refresh_policy = refresh_policy or RefreshPolicy()
         self._tenant_limits: dict[str, Resources] = dict(tenant_limits or {})
-        self._providers: dict[str, _Provider] = {}
-        self._entries: dict[Hashable, _Entry] = {}
+        self._providers: dict[str, ProviderAccount] = {}
+        self._entries: dict[Hashable, LedgerEntry] = {}
         self._mark = 0
         self._generation = 0
         self._cond = threading.Condition(threading.Lock())
@@ -231,7 +103,7 @@ class QuotaLedger:
         with self._cond:
             prov = self._providers.get(name)
             if prov is None:
-                self._providers[name] = _Provider(
+                self._providers[name] = ProviderAccount(
                     name, dict(pools), QuotaBackoff(self._backoff_policy, self._rng))
             else:
                 prov.pools = dict(pools)
@@ -252,12 +124,7 @@ class QuotaLedger:
     def limits_refresh_due(self, provider: str) -> str | None:
         """Why the provider loop should read limits now, or None."""
         with self._cond:
-            prov = self._provider(provider)
-            started = prov.read_in_progress.started_at if prov.read_in_progress else None
-            return limits_refresh_due(self.refresh_policy, self._clock(),
-                                      last_attempt_at=prov.last_attempt_at,
-                                      last_success_at=prov.last_success_at,
-                                      forced=prov.stale_because, in_progress_since=started)
+            return self._refresh_due(self._provider(provider), self._clock())
 
     def begin_limits_read(self, provider: str) -> LimitsToken:
         """Call right before sending GET /limits."""
@@ -286,7 +153,7 @@ class QuotaLedger:
             prov.limits_error = None
             covered, in_flight = self._split(prov)
             prov.backoff.note_limits(self._clock(), token.mark,
-                                     _has_room(cloud_headroom(limits, covered, in_flight)))
+                                     has_room(cloud_headroom(limits, covered, in_flight)))
             self._changed()
             return True
 
@@ -313,7 +180,7 @@ class QuotaLedger:
         counting ``tenant_usage_elsewhere`` (the tenant's nodes this ledger
         does not track, e.g. other launchers' from ZooKeeper).  Reserving an
         existing key again is a no-op that grants (loops may repeat a step)."""
-        _check_cost(cost)
+        check_cost(cost)
         with self._cond:
             prov = self._provider(provider)
             pool_quota = self._pool(prov, pool)
@@ -329,7 +196,7 @@ class QuotaLedger:
             retry_at = None
 
             pool_used = self._sum(e for e in self._iter(prov) if e.pool == pool)
-            if _shortfalls(f"pool {provider}/{pool}", pool_quota.max, pool_used, cost, reasons):
+            if shortfalls(f"pool {provider}/{pool}", pool_quota.max, pool_used, cost, reasons):
                 blocked.add(POOL)
 
             if prov.backoff.active(now):
@@ -344,19 +211,19 @@ class QuotaLedger:
                 else:
                     covered, in_flight = self._split(prov)
                     used = self._limits(prov).used.maximum(covered) + in_flight
-                    if _shortfalls(f"cloud {provider}", prov.limits.max, used, cost, reasons):
+                    if shortfalls(f"cloud {provider}", prov.limits.max, used, cost, reasons):
                         blocked.add(CLOUD)
 
             tenant_max = self._tenant_limits.get(tenant) if tenant is not None else None
             if tenant_max is not None:
                 tenant_used = self._sum(e for e in self._entries.values()
                                         if e.tenant == tenant) + tenant_usage_elsewhere
-                if _shortfalls(f"tenant {tenant}", tenant_max, tenant_used, cost, reasons):
+                if shortfalls(f"tenant {tenant}", tenant_max, tenant_used, cost, reasons):
                     blocked.add(TENANT)
 
             if blocked:
                 return QuotaDecision(False, tuple(reasons), frozenset(blocked), retry_at)
-            self._entries[key] = _Entry(key, provider, pool, tenant, cost,
+            self._entries[key] = LedgerEntry(key, provider, pool, tenant, cost,
                                         EntryState.RESERVED, self._next_mark())
             prov.keys.add(key)
             self._changed()
@@ -369,17 +236,17 @@ class QuotaLedger:
         Against the cloud only the maxima count: usage we do not own may go
         away, so it is a reason to wait, not to decline.  Unread limits are
         not a reason either."""
-        _check_cost(cost)
+        check_cost(cost)
         with self._cond:
             prov = self._provider(provider)
             pool_quota = self._pool(prov, pool)
             reasons: list[str] = []
-            _shortfalls(f"pool {provider}/{pool}", pool_quota.max, ZERO, cost, reasons)
+            shortfalls(f"pool {provider}/{pool}", pool_quota.max, ZERO, cost, reasons)
             if not pool_quota.ignore_provider_quota and prov.limits is not None:
-                _shortfalls(f"cloud {provider}", prov.limits.max, ZERO, cost, reasons)
+                shortfalls(f"cloud {provider}", prov.limits.max, ZERO, cost, reasons)
             tenant_max = self._tenant_limits.get(tenant) if tenant is not None else None
             if tenant_max is not None:
-                _shortfalls(f"tenant {tenant}", tenant_max, ZERO, cost, reasons)
+                shortfalls(f"tenant {tenant}", tenant_max, ZERO, cost, reasons)
             return tuple(reasons)
 
     def tenant_fits(self, tenant: str, cost: Resources,
@@ -388,15 +255,15 @@ class QuotaLedger:
         here plus ``usage_elsewhere``; with ``alone``, with no usage at all)?
         True for a tenant without limits.  Only a check: ``try_reserve``
         still decides each create."""
-        _check_cost(cost)
+        check_cost(cost)
         with self._cond:
             tenant_max = self._tenant_limits.get(tenant)
             if tenant_max is None:
                 return True
             if alone:
-                return not _shortfalls(f"tenant {tenant}", tenant_max, ZERO, cost, [])
+                return not shortfalls(f"tenant {tenant}", tenant_max, ZERO, cost, [])
             used = self._sum(e for e in self._entries.values() if e.tenant == tenant)
-            return not _shortfalls(f"tenant {tenant}", tenant_max, used + usage_elsewhere,
+            return not shortfalls(f"tenant {tenant}", tenant_max, used + usage_elsewhere,
                                    cost, [])
 
     # -- lifecycle of one create attempt ------------------------------------
@@ -531,13 +398,13 @@ class QuotaLedger:
               deleting: bool = False) -> None:
         """Record a server of ours that exists without checking limits: on
         restart, for nodes found in ZooKeeper with a server."""
-        _check_cost(cost)
+        check_cost(cost)
         with self._cond:
             prov = self._provider(provider)
             self._pool(prov, pool)
             if key in self._entries:
                 return
-            entry = _Entry(key, provider, pool, tenant, cost, EntryState.CREATED,
+            entry = LedgerEntry(key, provider, pool, tenant, cost, EntryState.CREATED,
                            self._next_mark())
             self._mark_exists(entry, server_id)
             if deleting:
@@ -586,7 +453,7 @@ class QuotaLedger:
             out: dict[str, Any] = {"providers": {n: self._describe_provider(n) for n in names}}
             if provider is None:
                 out["tenants"] = {
-                    name: _figures_by_resource(
+                    name: figures_by_resource(
                         limit=lim,
                         used=self._sum(e for e in self._entries.values() if e.tenant == name))
                     for name, lim in sorted(self._tenant_limits.items())}
@@ -614,54 +481,18 @@ class QuotaLedger:
         prov = self._provider(name)
         now = self._clock()
         covered, in_flight = self._split(prov)
-        limits = self._limits(prov)
-        headroom = None if limits is None else cloud_headroom(limits, covered, in_flight)
-        backoff = prov.backoff.state(now)
-        resources = {}
-        for res in RESOURCE_NAMES:
-            h = None if headroom is None else getattr(headroom, res)
-            resources[res] = {
-                "limit": None if limits is None else _safe(getattr(limits.max, res)),
-                "nova_used": None if limits is None else getattr(limits.used, res),
-                "freed_since_reading": getattr(prov.freed, res),
-                "ledger_used": getattr(covered, res) + getattr(in_flight, res),
-                "ledger_covered": getattr(covered, res),
-                "in_flight": getattr(in_flight, res),
-                "headroom": _safe(h),
-                "effective_headroom": _safe(min(h, 0) if backoff.in_backoff and h is not None
-                                            else h),
-            }
-        states: dict[str, int] = {s.value: 0 for s in EntryState}
-        for entry in self._iter(prov):
-            states[entry.state.value] += 1
-        pools = {}
-        for pool_name, pq in sorted(prov.pools.items()):
-            used = self._sum(e for e in self._iter(prov) if e.pool == pool_name)
-            pools[pool_name] = {"ignore_provider_quota": pq.ignore_provider_quota,
-                                "resources": _figures_by_resource(pq.max, used)}
-        started = prov.read_in_progress.started_at if prov.read_in_progress else None
-        return {
-            "limits": {
-                "age": None if prov.last_success_at is None else now - prov.last_success_at,
-                "read_at": None if limits is None else limits.read_at,
-                "last_attempt_age": (None if prov.last_attempt_at is None
-                                     else now - prov.last_attempt_at),
-                "error": prov.limits_error,
-                "refresh_due": limits_refresh_due(
-                    self.refresh_policy, now, last_attempt_at=prov.last_attempt_at,
-                    last_success_at=prov.last_success_at, forced=prov.stale_because,
-                    in_progress_since=started),
-            },
-            "backoff": {"in_backoff": backoff.in_backoff, "remaining": backoff.remaining,
-                        "consecutive_quota_errors": backoff.consecutive,
-                        "total_quota_errors": backoff.total, "last_delay": backoff.last_delay,
-                        "ended_by": backoff.ended_by},
-            "resources": resources,
-            "servers": states,
-            "pools": pools,
-        }
+        return describe_provider(prov, self._iter(prov), now=now, limits=self._limits(prov),
+                                 covered=covered, in_flight=in_flight,
+                                 refresh_due=self._refresh_due(prov, now))
 
-    def _provider(self, name: str) -> _Provider:
+    def _refresh_due(self, prov: ProviderAccount, now: float) -> str | None:
+        started = prov.read_in_progress.started_at if prov.read_in_progress else None
+        return limits_refresh_due(self.refresh_policy, now,
+                                  last_attempt_at=prov.last_attempt_at,
+                                  last_success_at=prov.last_success_at,
+                                  forced=prov.stale_because, in_progress_since=started)
+
+    def _provider(self, name: str) -> ProviderAccount:
         try:
             return self._providers[name]
         except KeyError:
@@ -669,28 +500,28 @@ class QuotaLedger:
                            "call configure_provider first") from None
 
     @staticmethod
-    def _pool(prov: _Provider, pool: str) -> PoolQuota:
+    def _pool(prov: ProviderAccount, pool: str) -> PoolQuota:
         try:
             return prov.pools[pool]
         except KeyError:
             raise KeyError(f"quota ledger has no pool {pool!r} in provider "
                            f"{prov.name!r}") from None
 
-    def _iter(self, prov: _Provider) -> Iterable[_Entry]:
+    def _iter(self, prov: ProviderAccount) -> Iterable[LedgerEntry]:
         return (self._entries[k] for k in prov.keys)
 
     @staticmethod
-    def _sum(entries: Iterable[_Entry]) -> Resources:
-        return _total(e.cost for e in entries)
+    def _sum(entries: Iterable[LedgerEntry]) -> Resources:
+        return total(e.cost for e in entries)
 
     @staticmethod
-    def _limits(prov: _Provider) -> CloudLimits | None:
+    def _limits(prov: ProviderAccount) -> CloudLimits | None:
         """The reading, with nova's usage less what we saw go since."""
         if prov.limits is None or prov.freed == ZERO:
             return prov.limits
         return replace(prov.limits, used=(prov.limits.used - prov.freed).maximum(ZERO))
 
-    def _split(self, prov: _Provider) -> tuple[Resources, Resources]:
+    def _split(self, prov: ProviderAccount) -> tuple[Resources, Resources]:
         """(covered by the current limits reading, in flight relative to it)."""
         covered: list[Resources] = []
         in_flight: list[Resources] = []
@@ -700,9 +531,9 @@ class QuotaLedger:
                 covered.append(entry.cost)
             else:
                 in_flight.append(entry.cost)
-        return _total(covered), _total(in_flight)
+        return total(covered), total(in_flight)
 
-    def _mark_exists(self, entry: _Entry, server_id: str | None) -> None:
+    def _mark_exists(self, entry: LedgerEntry, server_id: str | None) -> None:
         if entry.exists_mark is None:
             entry.exists_mark = self._next_mark()
         if entry.state is not EntryState.DELETING:
@@ -710,12 +541,12 @@ class QuotaLedger:
         if server_id is not None:
             entry.server_id = server_id
 
-    def _quota_error(self, prov: _Provider, attempt_mark: int | None) -> None:
+    def _quota_error(self, prov: ProviderAccount, attempt_mark: int | None) -> None:
         prov.backoff.record_quota_error(self._clock(), self._next_mark(), attempt_mark)
         prov.stale_because = "quota error"
         self._changed()
 
-    def _remove(self, entry: _Entry) -> None:
+    def _remove(self, entry: LedgerEntry) -> None:
         del self._entries[entry.key]
         self._providers[entry.provider].keys.discard(entry.key)
         self._changed()
@@ -728,56 +559,3 @@ class QuotaLedger:
         self._generation += 1
         self._cond.notify_all()
 
-
-def _total(costs: Iterable[Resources]) -> Resources:
-    # Plain float sums: this runs under the lock for every decision, and
-    # building an intermediate Resources per entry would dominate it.
-    instances = cores = ram = volumes = volume_gb = 0.0
-    for c in costs:
-        instances += c.instances
-        cores += c.cores
-        ram += c.ram
-        volumes += c.volumes
-        volume_gb += c.volume_gb
-    return Resources(instances, cores, ram, volumes, volume_gb)
-
-
-def _check_cost(cost: Resources) -> None:
-    if not isinstance(cost, Resources):
-        raise TypeError(f"cost must be Resources, not {cost!r}")
-    if not cost.non_negative or any(getattr(cost, n) == math.inf for n in RESOURCE_NAMES):
-        raise ValueError(f"cost must be finite and non-negative, not {cost}")
-
-
-def _shortfalls(layer: str, limit: Resources, used: Resources, cost: Resources,
-                reasons: list[str]) -> bool:
-    """Append a reason per resource that would go below zero; True if any.
-
-    A resource the create does not consume (``need == 0``) cannot be pushed
-    below zero by it and is not checked: a project whose volumes are full
-    (someone else's) can still boot servers without volumes, as nova allows.
-    """
-    found = False
-    for res in RESOURCE_NAMES:
-        lim, use, need = getattr(limit, res), getattr(used, res), getattr(cost, res)
-        if need and lim - use - need < 0:
-            found = True
-            reasons.append(f"{layer}: {res} needs {_num(need)}, "
-                           f"{_num(use)} of {_num(lim)} in use")
-    return found
-
-
-def _figures_by_resource(limit: Resources, used: Resources) -> dict[str, dict[str, Any]]:
-    head = limit - used
-    return {res: {"limit": _safe(getattr(limit, res)), "used": getattr(used, res),
-                  "headroom": _safe(getattr(head, res))} for res in RESOURCE_NAMES}
-
-
-def _safe(value: float | None) -> float | None:
-    return None if value is None or value == math.inf else value
-
-
-def _num(value: float) -> str:
-    if value == math.inf:
-        return "unlimited"
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -2,7 +2,7 @@
 
 Each launcher keeps its own ``QuotaLedger`` (ledger.py).  Launchers that
 serve the same cloud project also write every create they make into a book
-in ZooKeeper (nodepool/zk/shared_quota.py): one *claim* per create attempt,
+in ZooKeeper (nodepool/zk/project_book.py): one *claim* per create attempt,
 named so that one listing of the book gives everything needed here.  This
 module is the pure part: claim names, which claims count how, and whether
 a create fits.  No I/O; the transport makes the check and the write one

@@ -12,7 +12,7 @@ ephemeral, or not named so) is looked at once and then ignored: it
 neither counts as a member nor wins the election.  A child not looked at
 yet blocks the election until it is, since it may be a member.
 
-The shared quota book (shared_quota.py) uses one per cloud project: the
+The shared quota book (project_book.py) uses one per cloud project: the
 members are the project's launchers, their number splits the API budget
 and the leader is the project's leak cleaner.
 """

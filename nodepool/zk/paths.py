@@ -15,7 +15,7 @@ COMPONENT_ROOT = f"{ROOT}/components"
 POOL_COMPONENT_ROOT = f"{COMPONENT_ROOT}/pool"
 LAUNCHER_COMPONENT_ROOT = f"{COMPONENT_ROOT}/launcher"
 # Ours only (Zuul never reads it): launchers sharing one cloud project
-# (nodepool/zk/shared_quota.py, doc/multiple-launchers.rst).
+# (nodepool/zk/project_book.py, doc/multiple-launchers.rst).
 SHARED_QUOTA_ROOT = f"{ROOT}/shared-quota"
 
 # The child of a node znode that holds the kazoo Lock contenders.

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from nodepool.quota import Resources
 from nodepool.quota.shared import ReadingCover, judge_create, parse_book
-from nodepool.zk.shared_quota import LAYER, ProjectBook
+from nodepool.zk.project_book import LAYER, ProjectBook
 
 
 class ProviderShare:
