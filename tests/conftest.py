@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 
+import kazoo.client
 import pytest
 
 from nodepool.zk.client import (ZooKeeperSettings, ZooKeeperTLS, connect,
@@ -22,6 +23,17 @@ from nodepool.zk.client import (ZooKeeperSettings, ZooKeeperTLS, connect,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZK_TOOL = os.path.join(ROOT, "tools", "zookeeper.py")
 TEST_ROOT = "/nodepool-tests"
+
+# Importing Zuul's model or ZooKeeper modules (the wire and migration tests
+# do) swaps kazoo's connection handler for Zuul's, process wide; our clients
+# made after that in the same process would get it and break on Zuul's
+# persistent watches.  Zuul's side sets its handler only while it connects.
+KAZOO_CONNECTION_HANDLER = kazoo.client.ConnectionHandler
+
+
+@pytest.fixture(autouse=True)
+def _kazoo_connection_handler():
+    kazoo.client.ConnectionHandler = KAZOO_CONNECTION_HANDLER
 
 
 @pytest.fixture(scope="session")
