@@ -19,28 +19,29 @@ from typing import Any, Callable, Hashable, Sequence
 
 from nodepool.config.model import AddressPolicy
 from nodepool.driver.base import ProviderMetrics
-from nodepool.driver.gate import ApiCall, ApiGate
+from nodepool.driver.gate import ApiGate
 from nodepool.driver.list_cache import ListCache
 from nodepool.driver.loop import LoopedProvider, ProviderLoop
-from nodepool.driver.openstack import addressing, errors
+from nodepool.driver.openstack import addressing
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack.catalog import CloudCatalog
-from nodepool.driver.openstack.cloud import OpenStackCloud, connect_to_project
+from nodepool.driver.openstack.cloud import OpenStackCloud
 from nodepool.driver.openstack.cloud_calls import CloudCalls
+from nodepool.driver.openstack.connection import CloudConnection
 from nodepool.driver.openstack.context import LaunchSettings, MachineContext
 from nodepool.driver.openstack.create_machine import CreateMachine, Step
 from nodepool.driver.openstack.deletion import NodeDeletion, ServerDeletions
 from nodepool.driver.openstack.floating_ips import FloatingIpTracker
 from nodepool.driver.openstack.label_plan import LabelPlanner
 from nodepool.driver.openstack.launch_reporter import LaunchReporter
+from nodepool.driver.openstack.limits_reading import LimitsReading
 from nodepool.driver.openstack.list_pacing import (PORT_LIST_INTERVAL, SERVER_LIST_INTERVAL,
                                                    ListPacer)
 from nodepool.driver.openstack.network_cleanup import LeakSweep, orphan_port_judge
 from nodepool.driver.openstack.quota_broker import QuotaBroker
 from nodepool.driver.openstack.reconcile import ServerReconciler
 from nodepool.driver.outcomes import LaunchOutcome
-from nodepool.quota import CloudLimits, PoolQuota, QuotaLedger, Resources
-from nodepool.quota.ledger import STALE_AFTER_DELETE
+from nodepool.quota import PoolQuota, QuotaLedger, Resources
 from nodepool.quota.shared import SharedQuota
 from nodepool.requests.builder import (BuildSpec, BuildState, BuildStatus, Capacity,
                                        DeleteSpec, DeleteState, DeleteStatus,
@@ -84,7 +85,6 @@ class OpenStackProvider(LoopedProvider):
         # Told when a build ends (ready or failed), so the pool waiting on it
         # passes now instead of at its next pass.
         self.build_progress = build_progress
-        self._shared_reading: object = None
         self.name = config.name
         self.ledger = ledger
         self.clock = clock
@@ -97,13 +97,10 @@ class OpenStackProvider(LoopedProvider):
         # drip could exceed it, so the gate's deadline has a margin.
         self.gate = ApiGate(self.name, deadline=api_timeout * 2 + 1, rate=config.rate,
                             read_rate=config.read_rate, clock=clock)
-        self._cloud = cloud
-        self._connect_call: ApiCall | None = None
-        self._reconnect = False
-        # Replaced connections (when retired), closed once every call that
-        # could still use one has ended or been written off by the gate.
-        self._retired_clouds: list[tuple[float, OpenStackCloud]] = []
-        self.retired_close_after = self.gate.deadline
+        self.connection = CloudConnection(
+            self.name, self.gate, clock, cloud=cloud,
+            target=lambda: (self.cloud_name, self.config.cloud_settings.clouds_file,
+                            self.region_name))
         self.servers = ListCache(self.gate, self._list_servers, server_list_interval,
                                  clock, confirm_gone=self._needs_second_look,
                                  is_partial=srv.is_partial)
@@ -151,7 +148,9 @@ class OpenStackProvider(LoopedProvider):
         self._deletes: dict[Hashable, NodeDeletion] = {}
         self._unattended_deletes: set[str] = set()   # node ids nobody polls
         self.deletions = ServerDeletions(self.machine_context, self._lock)
-        self._limits_call: tuple[Any, ApiCall] | None = None
+        self.limits = LimitsReading(self.name, ledger, self.gate, lambda: self.cloud, self.pacer,
+                                    pools=lambda: self.config.pools,
+                                    shared_quota=shared_quota)
         self.reconciler = ServerReconciler(
             self.machine_context, self.deletions, self.catalog, self,
             pools=lambda: self.config.pools, leak_interval=leak_interval,
@@ -182,9 +181,7 @@ class OpenStackProvider(LoopedProvider):
 
     @property
     def cloud(self) -> OpenStackCloud:
-        if self._cloud is None:
-            raise errors.CloudError(errors.UNAVAILABLE, "not connected yet")
-        return self._cloud
+        return self.connection.cloud
 
     def update_config(self, config: Any) -> None:
         """Config reload: new limits and label settings apply to new builds;
@@ -196,7 +193,7 @@ class OpenStackProvider(LoopedProvider):
                 # A rotated password or a moved endpoint: new calls use a
                 # new connection; calls in flight finish on the old one.
                 log.info("%s: cloud settings changed; reconnecting", self.name)
-                self._reconnect = True
+                self.connection.reconnect_wanted = True
             self.config = config
             self._settings = LaunchSettings.from_config(config)
             self.cloud_name = self._settings.cloud_name
@@ -237,20 +234,13 @@ class OpenStackProvider(LoopedProvider):
     def stop(self, wait: float = 10.0) -> None:
         self._loop.stop(wait)
         self.gate.shutdown(wait=1.0)
-        for cloud in [self._cloud, *(c for _, c in self._retired_clouds)]:
-            if cloud is not None:
-                cloud.close()
-        self._retired_clouds = []
+        self.connection.close()
 
     def _tick(self) -> None:
         """One pass: never blocks, safe to repeat."""
         with self._lock:
-            if self._cloud is None or self._reconnect:
-                self._connect()
-                if self._cloud is None:
-                    return
-            if self._retired_clouds:
-                self._close_retired()
+            if not self.connection.tick():
+                return
             if self.api_share is not None:
                 self.gate.set_share(self.api_share())
             if self.shared_quota is not None:
@@ -264,7 +254,7 @@ class OpenStackProvider(LoopedProvider):
                 self.pacer.list_arrived()
             self.ports.tick()
             self.catalog.tick()
-            self._refresh_limits()
+            self.limits.tick()
             self.floating_ips.tick()
             self.pacer.begin_pass()
             ended = 0
@@ -303,28 +293,6 @@ class OpenStackProvider(LoopedProvider):
                 if sweep is not None and self.leak_cleaner():
                     sweep.tick()
 
-    def _connect(self) -> None:
-        settings = self.config.cloud_settings
-        if self._connect_call is None:
-            self._connect_call = self.gate.submit(
-                "connect", connect_to_project, self.cloud_name, settings.clouds_file,
-                self.region_name)
-            return
-        if not self._connect_call.done():
-            return
-        call, self._connect_call = self._connect_call, None
-        try:
-            cloud = OpenStackCloud(*call.result())
-        except Exception as e:  # noqa: BLE001 - retried next pass
-            log.error("%s: cannot set up the connection to cloud %s: %s", self.name,
-                      self.cloud_name, errors.classify(e))
-            return
-        if self._cloud is not None and self._cloud is not cloud:
-            # Calls in flight may still use it; closed after the gate's deadline.
-            self._retired_clouds.append((self.clock(), self._cloud))
-        self._cloud = cloud
-        self._reconnect = False
-
     def _needs_second_look(self, last_seen: dict) -> bool:
         """Whether a server missing from one list may still exist (a down
         cell hides it).  One last seen being deleted, or whose delete nova
@@ -335,24 +303,11 @@ class OpenStackProvider(LoopedProvider):
             return False
         return not self.deletions.delete_sent(last_seen.get("id"))
 
-    def _close_retired(self) -> None:
-        now = self.clock()
-        keep = []
-        for retired_at, cloud in self._retired_clouds:
-            if now - retired_at > self.retired_close_after:
-                cloud.close()
-            else:
-                keep.append((retired_at, cloud))
-        self._retired_clouds = keep
-
     def cloud_project(self) -> dict | None:
         """The cloud project this provider's calls go to (auth URL, project
         id, region; ``{}`` if its token names none); None until connected.
         Changes only when a new connection replaces the old one."""
-        cloud = self._cloud
-        if cloud is None:
-            return None
-        return cloud.project if cloud.project is not None else {}
+        return self.connection.project()
 
     def cleans_leaks_of(self, provider_name: Any) -> bool:
         """Does this provider's leak cleaning cover servers tagged with this
@@ -377,49 +332,6 @@ class OpenStackProvider(LoopedProvider):
 
     def _list_servers(self) -> list[dict]:
         return self.cloud.list_servers()
-
-    # -- quota ------------------------------------------------------------------------
-
-    def _refresh_limits(self) -> None:
-        if self._limits_call is not None:
-            token, call = self._limits_call
-            if not call.done():
-                return
-            self._limits_call = None
-            try:
-                compute, volume = call.result()
-                applied = self.ledger.apply_limits(token, CloudLimits.from_api(
-                    compute, volume, read_at=token.started_at))
-            except Exception as e:  # noqa: BLE001 - the previous reading stays
-                self.ledger.limits_read_failed(token, str(errors.classify(e)))
-                return
-            if applied:
-                if self.shared_quota is not None:
-                    self.shared_quota.reading_applied(self._shared_reading)
-                self.pacer.reading_applied(
-                    lambda: self.shared_quota is not None and self.shared_quota.others_covered())
-            return
-        due = self.ledger.limits_refresh_due(self.name)
-        if due == STALE_AFTER_DELETE and not self.pacer.quota_waiting():
-            # The reading over-counts a gone server: harmless until a
-            # request needs the headroom (then it is read right away).
-            return
-        if due:
-            token = self.ledger.begin_limits_read(self.name)
-            if self.shared_quota is not None:
-                # The claims owned now are servers nova will count.
-                self._shared_reading = self.shared_quota.reading_started()
-            self._limits_call = (token, self.gate.submit("compute.get_limits",
-                                                         self._read_limits))
-
-    def _read_limits(self) -> tuple[dict, dict | None]:
-        compute = self.cloud.get_compute_limits()
-        volume = self.cloud.get_volume_limits() if self._uses_volumes() else None
-        return compute, volume
-
-    def _uses_volumes(self) -> bool:
-        return any(label.boot_from_volume for pool in self.config.pools.values()
-                   for label in pool.labels.values())
 
     def unavailable_images(self, labels: Sequence[str], pool: str | None = None) -> list[str]:
         """The diskimages of these labels (in ``pool``) that have no READY
@@ -586,7 +498,7 @@ class OpenStackProvider(LoopedProvider):
             return {
                 "name": self.name,
                 "cloud": self.cloud_name,
-                "connected": self._cloud is not None,
+                "connected": self.connection.connected,
                 "server_list": self.servers.status(),
                 "catalog": self.catalog.status(),
                 "api_calls": self.gate.stats(),
