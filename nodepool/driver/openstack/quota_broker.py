@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
+from nodepool.driver.openstack.label_plan import LabelPlan
 from nodepool.driver.shared_claims import reserve_shared, shared_reasons
 from nodepool.quota import ZERO, QuotaDecision, QuotaLedger, Resources
 from nodepool.quota.shared import SharedQuota
@@ -106,7 +107,7 @@ class QuotaBroker:
 
     # -- a request's checks ----------------------------------------------------
 
-    def capacity(self, plans: Sequence[tuple[Any, Any]]) -> Capacity:
+    def capacity(self, plans: Sequence[tuple[Any, LabelPlan]]) -> Capacity:
         """Would one server per (pool, plan) be granted now?  The pool of the
         first plan is the one serving the request."""
         if not plans:
