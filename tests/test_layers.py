@@ -16,9 +16,11 @@ in ``INSIDE_PACKAGES``): the ZooKeeper recipes stand on nothing above
 them, the node store and the shared quota book know nothing of each
 other, operator actions are built on the store and not the other way
 round; the generic driver modules name no cloud, each cloud's driver
-stands apart from the others, and OpenStack's configuration imports
-nothing of its machinery.  Inside ``launcher`` the modules import one
-another one way only: no circle, not even through types-only imports.
+stands apart from the others, OpenStack's configuration imports nothing
+of its machinery, its provider only wires its parts (none imports it) and
+what its machines are handed knows no machine.  No module of ``driver``
+or ``launcher`` imports, through any number of others, a module that
+imports it (not even in a ``TYPE_CHECKING`` block).
 
 Every import counts, at the top of a module or inside a function.
 """
@@ -77,6 +79,13 @@ NODE_STORE = ("nodepool.zk.store", "nodepool.zk.cache", "nodepool.zk.node_index"
 SHARED_BOOK = ("nodepool.zk.shared_quota", "nodepool.zk.project_book", "nodepool.zk.membership",
                "nodepool.zk.provider_share")
 CLOUDS = ("nodepool.driver.openstack", "nodepool.driver.static")
+OPENSTACK_MACHINES = ("nodepool.driver.openstack.create_machine",
+                      "nodepool.driver.openstack.deletion")
+OPENSTACK_MACHINE_PARTS = tuple(f"nodepool.driver.openstack.{m}" for m in (
+    "context", "cloud_calls", "quota_broker", "launch_reporter", "label_plan",
+    "floating_ips", "list_pacing"))
+# Packages whose modules import each other in one direction only.
+NO_CIRCLES = ("nodepool.driver", "nodepool.launcher")
 INSIDE_PACKAGES: list[Contract] = [
     Contract("a ZooKeeper recipe stands on plain records and the session only",
              ("nodepool.zk.session", "nodepool.zk.locks", "nodepool.zk.membership"),
@@ -99,6 +108,11 @@ INSIDE_PACKAGES: list[Contract] = [
     Contract("OpenStack's configuration model and schema import nothing of its machinery",
              ("nodepool.driver.openstack.model", "nodepool.driver.openstack.schema"),
              ("nodepool.driver",)),
+    Contract("OpenStack's provider wires its parts together; no part imports it",
+             ("nodepool.driver.openstack",), ("nodepool.driver.openstack.provider",),
+             except_sources=("nodepool.driver.openstack.provider",)),
+    Contract("what OpenStack's machines are handed knows no machine",
+             OPENSTACK_MACHINE_PARTS, OPENSTACK_MACHINES),
 ]
 
 
@@ -232,6 +246,56 @@ def test_loading_a_configuration_imports_no_driver_or_zookeeper_module():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, in a circle (the
+    strongly connected components of more than one module)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in graph:
+                continue
+            if target not in order:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], order[target])
+        if low[module] == order[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return circles
+
+
+def test_no_import_circle_inside_the_drivers_and_the_launcher():
+    """A circle (even through an import only a type checker follows) makes
+    two modules one: neither can be read, changed or tested alone."""
+    for package in NO_CIRCLES:
+        graph = {_module_name(path): imports_of(path) for path in sorted(ROOT.rglob("*.py"))
+                 if _in(_module_name(path), (package,))}
+        assert import_circles(graph) == [], package
+
+
+def test_the_circle_check_sees_a_circle():
+    graph = {"a": {"b"}, "b": {"c", "x"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert import_circles(graph) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
 def test_the_contracts_inside_packages_name_modules_that_exist():
     """A module renamed or moved would otherwise empty a contract silently."""
     missing = sorted({n for c in INSIDE_PACKAGES for n in c.names() if not _is_module(n)})
@@ -252,49 +316,11 @@ def test_the_contracts_inside_packages_see_an_arrow_they_forbid():
     assert broken_contract("nodepool.driver.openstack.provider",
                            "nodepool.driver.server_list") is None
     assert broken_contract("nodepool.driver.openstack.model", "nodepool.driver.gate")
-
-
-# Packages whose modules import one another one way only (types-only
-# imports count too): a module there can be read knowing only those below.
-NO_CIRCLES_INSIDE = ("nodepool.launcher",)
-
-
-def import_circles(package: str) -> list[list[str]]:
-    """Circles of imports among the modules of ``package`` (not its
-    sub-packages), each as the modules along it."""
-    directory = ROOT.parent / package.replace(".", "/")
-    graph = {_module_name(p): {t for t in imports_of(p) if t.rpartition(".")[0] == package}
-             for p in sorted(directory.glob("*.py"))}
-    circles: list[list[str]] = []
-    done: set[str] = set()
-
-    def walk(module: str, path: list[str]) -> None:
-        for target in sorted(graph.get(module, ())):
-            if target in path:
-                circles.append(path[path.index(target):] + [target])
-            elif target not in done:
-                walk(target, path + [target])
-        done.add(module)
-
-    for module in sorted(graph):
-        if module not in done:
-            walk(module, [module])
-    return circles
-
-
-def test_no_import_circle_inside_these_packages():
-    for package in NO_CIRCLES_INSIDE:
-        assert import_circles(package) == [], package
-
-
-def test_the_circle_check_sees_a_circle(monkeypatch):
-    fake = {"nodepool.launcher.a": {"nodepool.launcher.b"},
-            "nodepool.launcher.b": {"nodepool.launcher.a"}}
-    monkeypatch.setattr("tests.test_layers.imports_of",
-                        lambda path: fake.get(_module_name(path), set()))
-    monkeypatch.setattr("tests.test_layers._module_name",
-                        lambda path: f"nodepool.launcher.{path.stem}")
-    monkeypatch.setattr(pathlib.Path, "glob", lambda self, pattern: [
-        pathlib.Path("a.py"), pathlib.Path("b.py")])
-    assert import_circles("nodepool.launcher") == [
-        ["nodepool.launcher.a", "nodepool.launcher.b", "nodepool.launcher.a"]]
+    assert broken_contract("nodepool.driver.openstack.reconcile",
+                           "nodepool.driver.openstack.provider")
+    assert broken_contract("nodepool.driver.openstack.provider",
+                           "nodepool.driver.openstack.reconcile") is None
+    assert broken_contract("nodepool.driver.openstack.context",
+                           "nodepool.driver.openstack.deletion")
+    assert broken_contract("nodepool.driver.openstack.deletion",
+                           "nodepool.driver.openstack.context") is None

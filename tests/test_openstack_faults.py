@@ -113,7 +113,7 @@ def test_rotated_credentials_leave_no_old_connections_behind(harness, tmp_path):
     from nodepool.driver import registry
     h = harness()
     h.wait_available()
-    h.provider.retired_close_after = 0.5   # the gate's deadline, shortened
+    h.provider.connection.retired_close_after = 0.5   # the gate's deadline, shortened
     for n in range(3):   # three rotations, each a new connection
         before = h.provider.cloud
         clouds = h.cloud.write_clouds_yaml(tmp_path / f"clouds{n}.yaml", api_timeout=7 + n)
@@ -122,7 +122,7 @@ def test_rotated_credentials_leave_no_old_connections_behind(harness, tmp_path):
         h.provider.update_config(config.providers["p1"])
         wait_for(lambda before=before: h.provider.cloud is not before, timeout=20,
                  what="a new connection")
-    wait_for(lambda: not h.provider._retired_clouds, timeout=10,
+    wait_for(lambda: not h.provider.connection.retired, timeout=10,
              what="the replaced connections to be closed")
     (handle,) = h.start(1)
     assert h.finish_builds([handle])[handle].state is BuildState.READY

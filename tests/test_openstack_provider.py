@@ -22,7 +22,7 @@ import yaml
 
 from nodepool.config import load_config
 from nodepool.driver import registry
-from nodepool.driver.openstack import machines
+from nodepool.driver.openstack import create_machine
 from nodepool.driver.openstack import servers as srv
 from nodepool.driver.openstack import provider as provider_mod
 from nodepool.driver.openstack.provider import OpenStackProvider
@@ -174,7 +174,7 @@ def harness(make_fakecloud, tmp_path, monkeypatch):
     # A quicker provider loop and retry pause than production's, so each test
     # runs in seconds; the logic under test is the same.
     monkeypatch.setattr(provider_mod, "LOOP_INTERVAL", 0.1)
-    monkeypatch.setattr(machines, "RETRY_DELAY", 0.2)
+    monkeypatch.setattr(create_machine, "RETRY_DELAY", 0.2)
     made: list[Harness] = []
 
     def make(cloud_config: dict | None = None, config: dict | None = None,
@@ -655,7 +655,7 @@ def test_a_retry_delay_is_not_a_wait_for_quota(harness, monkeypatch):
     # Deletes are slow: the ERROR server keeps the one instance taken.
     h = harness(limited(instances=1, boot_seconds=0.1, delete_seconds=60,
                         error_boot_share=1.0))
-    monkeypatch.setattr(machines, "RETRY_DELAY", 60.0)
+    monkeypatch.setattr(create_machine, "RETRY_DELAY", 60.0)
     h.wait_available()
     [node] = h.start(1)
 

@@ -19,56 +19,71 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Hashable, Mapping, Protocol
 
 from nodepool.driver.openstack import servers as srv
+from nodepool.driver.openstack.catalog import CloudCatalog
+from nodepool.driver.openstack.context import MachineContext
+from nodepool.driver.openstack.deletion import ServerDeletions
 from nodepool.quota import EntryState, Resources
-
-if TYPE_CHECKING:
-    from nodepool.driver.openstack.provider import OpenStackProvider
 
 log = logging.getLogger("nodepool.openstack.provider")
 
 
+class LeakScope(Protocol):
+    """What the reconciler asks its provider (``OpenStackProvider``)."""
+
+    def leak_cleaner(self) -> bool:
+        """Whether this launcher cleans the cloud project's leaks now."""
+        ...
+
+    def cleans_leaks_of(self, provider_name: Any) -> bool:
+        """Whether servers tagged with this provider name are ours to clean."""
+        ...
+
+    def build_server_ids(self) -> set[str]:
+        """The servers the create machines follow."""
+        ...
+
+    def nodes_in_work(self) -> set[Hashable]:
+        """The nodes being built or deleted."""
+        ...
+
+
 class ServerReconciler:
-    def __init__(self, provider: "OpenStackProvider"):
-        self.provider = provider
+    def __init__(self, ctx: MachineContext, deletions: ServerDeletions,
+                 catalog: CloudCatalog, scope: LeakScope, *,
+                 pools: Callable[[], Mapping[str, Any]], leak_interval: float,
+                 known_nodes: Callable[[], dict[str, str | None] | None] | None = None,
+                 node_claims_server: Callable[[str, str], bool | None] | None = None):
+        self.ctx = ctx
+        self.deletions = deletions
+        self.catalog = catalog
+        self.scope = scope
+        self.pools = pools
+        self.leak_interval = leak_interval
+        # node id -> its server id (None: not known yet), from ZooKeeper.
+        self.known_nodes = known_nodes
+        # A fresh look at one node before its server is deleted as leaked:
+        # True (keep it), False (leaked) or None (cannot tell now).
+        self.node_claims_server = node_claims_server
         self.leak_suspects: set[str] = set()
         self.last_leak_pass: float | None = None
         self._adopted: dict[str, str] = {}     # ledger key -> server id
-        # server id -> ledger key, for every server of ours seen or created
-        # while its ledger entry lives: a delete by external id must release
-        # the entry even when nova has already dropped the server.
-        self._keys_by_server: dict[str, str] = {}
-        # server id -> when we first knew it existed (provider clock): a
-        # list requested later that lacks it shows it gone.
-        self._known_since: dict[str, float] = {}
-
-    # -- server id <-> ledger key ------------------------------------------------
-
-    def remember_server(self, server_id: str | None, key: str | None) -> None:
-        if server_id and key:
-            self._keys_by_server[server_id] = key
-            self._known_since.setdefault(server_id, self.provider.clock())
-
-    def key_for_server(self, server_id: str | None) -> str | None:
-        return self._keys_by_server.get(server_id) if server_id else None
-
-    def forget_server(self, server_id: str | None) -> None:
-        if server_id:
-            self._keys_by_server.pop(server_id, None)
-            self._known_since.pop(server_id, None)
+        # Which ledger key each server of ours holds (shared with the quota
+        # broker, which the machines tell of the servers they create).
+        self.server_keys = ctx.quota.server_keys
 
     # -- the ledger from the list -------------------------------------------------
 
     def reconcile(self) -> None:
         """Keep the ledger level-triggered from the list."""
-        p = self.provider
-        snap = p.servers.snapshot
-        known_keys = p.ledger.keys(p.name)
-        flavors = {f.get("id"): f for f in p.catalog.items("flavors") or []}
+        name, ledger = self.ctx.name, self.ctx.quota.ledger
+        snap = self.ctx.servers.snapshot
+        known_keys = ledger.keys(name)
+        flavors = {f.get("id"): f for f in self.catalog.items("flavors") or []}
         listed: set[str] = set()
-        shared = p.shared_quota
+        shared = self.ctx.quota.shared_quota
         if shared is not None:
             # Every nodepool server of the project, whichever launcher's:
             # evidence for the shared book that nova still counted it.
@@ -77,18 +92,17 @@ class ServerReconciler:
                           snap.requested_at)
         for server in snap.items.values():
             meta = server.get("metadata") or {}
-            if meta.get(srv.META_PROVIDER) != p.name:
+            if meta.get(srv.META_PROVIDER) != name:
                 continue
             key = srv.ledger_key(meta)
             listed.add(key)
-            self._keys_by_server[server["id"]] = key
-            self._known_since.setdefault(server["id"], snap.requested_at)
+            self.server_keys.remember(server["id"], key, since=snap.requested_at)
             if key in known_keys:
                 # Still listed after a limits read started: once gone, its
                 # quota is free before the next reading (ledger.server_gone).
-                p.ledger.note_listed(key, snap.requested_at)
+                ledger.note_listed(key, snap.requested_at)
                 continue
-            if meta.get(srv.META_POOL) not in p.config.pools:
+            if meta.get(srv.META_POOL) not in self.pools():
                 continue
             if shared is not None and shared.claimed_elsewhere(key):
                 # Another live launcher's server: the shared book counts it
@@ -100,20 +114,16 @@ class ServerReconciler:
             flavor = listed_flavor if "vcpus" in listed_flavor else \
                 flavors.get(listed_flavor.get("id")) or {}
             cost = Resources(1, int(flavor.get("vcpus") or 0), int(flavor.get("ram") or 0))
-            p.ledger.adopt(key, provider=p.name, pool=meta[srv.META_POOL], cost=cost,
+            ledger.adopt(key, provider=name, pool=meta[srv.META_POOL], cost=cost,
                            tenant=meta.get(srv.META_TENANT),
                            server_id=server["id"], deleting=srv.is_deleting(server))
             self._adopted[key] = server["id"]
         for key in list(self._adopted):
             if key not in listed:
-                p.ledger.server_gone(key)
+                ledger.server_gone(key)
                 del self._adopted[key]
         self._release_servers_deleted_elsewhere(snap, listed)
-        live = p.ledger.keys(p.name)
-        for server_id, key in list(self._keys_by_server.items()):
-            if key not in live:
-                del self._keys_by_server[server_id]
-                self._known_since.pop(server_id, None)
+        self.server_keys.keep_only(ledger.keys(name))
 
     def _release_servers_deleted_elsewhere(self, snap, listed: set[str]) -> None:
         """A server of ours that no machine or deletion of ours follows any
@@ -122,50 +132,48 @@ class ServerReconciler:
         launcher serving the same provider deleted its node, or an operator.
         Its ledger entry would otherwise count for ever (and, with several
         launchers, hold a claim in the shared book)."""
-        p = self.provider
-        followed = {m.server_id for m in p._builds.values() if m.server_id}
-        followed |= {d.server_id for d in p._server_deletions if d.server_id}
-        for server_id, key in list(self._keys_by_server.items()):
+        ledger = self.ctx.quota.ledger
+        followed = self.scope.build_server_ids() | self.deletions.server_ids()
+        for server_id, key in self.server_keys.items():
             if key in listed or server_id in followed or key in self._adopted:
                 continue
-            if snap.requested_at <= self._known_since.get(server_id, float("inf")):
+            if snap.requested_at <= self.server_keys.known_since(server_id):
                 continue
-            if p.ledger.entry_state(key) in (EntryState.CREATED, EntryState.DELETING):
+            if ledger.entry_state(key) in (EntryState.CREATED, EntryState.DELETING):
                 log.info("%s: server %s is gone (deleted elsewhere); its quota is free",
-                         p.name, server_id)
-                p.ledger.server_gone(key)
+                         self.ctx.name, server_id)
+                ledger.server_gone(key)
 
     # -- leaked servers ------------------------------------------------------------
 
     def clean_leaks(self) -> None:
-        p = self.provider
-        if p.known_nodes is None or not p.leak_cleaner():
+        if self.known_nodes is None or not self.scope.leak_cleaner():
             return  # another launcher cleans this cloud project
-        now = p.clock()
-        if self.last_leak_pass is not None and now - self.last_leak_pass < p.leak_interval:
+        name, shared = self.ctx.name, self.ctx.quota.shared_quota
+        now = self.ctx.clock()
+        if self.last_leak_pass is not None and now - self.last_leak_pass < self.leak_interval:
             return
-        snap = p.servers.snapshot
+        snap = self.ctx.servers.snapshot
         if snap.received_at <= (self.last_leak_pass or float("-inf")):
             return
-        nodes = p.known_nodes()
+        nodes = self.known_nodes()
         if nodes is None:
             return  # ZooKeeper's view is not ready: never guess
         self.last_leak_pass = now
-        tracked = {m.server_id for m in p._builds.values() if m.server_id}
-        tracked |= {d.server_id for d in p._server_deletions if d.server_id}
-        building_nodes = set(p._builds) | set(p._deletes)
+        tracked = self.scope.build_server_ids() | self.deletions.server_ids()
+        building_nodes = self.scope.nodes_in_work()
         suspects = set()
         for server in snap.items.values():
             meta = server.get("metadata") or {}
             node_id = meta.get(srv.META_NODE)
-            if server["id"] in tracked or not p.cleans_leaks_of(meta.get(srv.META_PROVIDER)):
+            if server["id"] in tracked or not self.scope.cleans_leaks_of(
+                    meta.get(srv.META_PROVIDER)):
                 continue
-            if meta.get(srv.META_PROVIDER) != p.name and not node_id:
+            if meta.get(srv.META_PROVIDER) != name and not node_id:
                 continue   # another provider's, not a node's: not ours to judge
             if node_id in building_nodes:
                 continue
-            if p.shared_quota is not None and \
-                    p.shared_quota.claimed_elsewhere(srv.ledger_key(meta)):
+            if shared is not None and shared.claimed_elsewhere(srv.ledger_key(meta)):
                 continue   # a live launcher's create: its server, not a leak
             if node_id in nodes and nodes[node_id] in (None, server["id"]):
                 continue
@@ -173,19 +181,19 @@ class ServerReconciler:
         for server_id in suspects & self.leak_suspects:
             server = snap.get(server_id) or {}
             meta = server.get("metadata") or {}
-            if p.node_claims_server is not None:
+            if self.node_claims_server is not None:
                 # The listing may be stale or may have left out a record it
                 # could not read; the server may be in use by a job.
-                claimed = p.node_claims_server(meta.get(srv.META_NODE), server_id)
+                claimed = self.node_claims_server(meta.get(srv.META_NODE), server_id)
                 if claimed is not False:
                     if claimed:
                         log.info("%s: server %s is not leaked: node %s still claims it",
-                                 p.name, server_id, meta.get(srv.META_NODE))
+                                 name, server_id, meta.get(srv.META_NODE))
                     suspects.discard(server_id)
                     continue
-            log.warning("%s: deleting leaked server %s (node %s)", p.name, server_id,
+            log.warning("%s: deleting leaked server %s (node %s)", name, server_id,
                         meta.get(srv.META_NODE))
-            p.counters["leaks_deleted"] += 1
-            p.delete_server(server_id, key=srv.ledger_key(meta),
-                            node_id=meta.get(srv.META_NODE), attempt=None, since=now)
+            self.ctx.reporter.count_leak_deleted()
+            self.deletions.delete(server_id, key=srv.ledger_key(meta),
+                                  node_id=meta.get(srv.META_NODE), attempt=None, since=now)
         self.leak_suspects = suspects

@@ -1,11 +1,11 @@
-"""Non-blocking state machines for creating and deleting servers.
+"""The non-blocking state machine that creates one node's server.
 
 The provider loop calls ``advance()`` on every machine each pass.  A machine
 never waits: it submits calls to the gate and looks at them, and at the
 shared server list, on later passes.  It never asks for a list itself: it
 tells the provider's ``ListPacer`` (``list_pacing.py``) what it waits for.
-All cloud I/O goes through ``MachineContext`` (``context.py``; the
-provider implements it), so these classes start no threads; the one thing a
+All cloud I/O goes through the collaborators of its ``MachineContext``
+(``context.py``), so it starts no thread; the one thing a
 machine runs itself is its node's readiness check (``keyscan.py``: an
 ``ssh-keyscan`` process or a TCP connection), which it polls and cancels
 like a call.
@@ -14,35 +14,31 @@ Timeouts follow the incidents' lessons: ``launch-timeout`` counts from the
 create call of the attempt (waiting for quota is not launch time), and a
 server is never declared failed for being slow before that.  A server that
 exists in nova is never forgotten: it is handed to a ``ServerDeletion``,
-which keeps it counted until nova stops listing it.
+which keeps it counted until nova stops listing it (``deletion.py``).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nodepool.driver.openstack import errors
 from nodepool.driver import outcomes
 from nodepool.driver.gate import ApiCall
 from nodepool.driver.keyscan import (SSH_CONNECTION_TYPES, HostKeyScan, PortCheck,
                                      ReadinessCheck)
-from nodepool.driver.openstack import addressing
+from nodepool.driver.openstack import addressing, errors
 from nodepool.driver.openstack import servers as srv
-from nodepool.quota import Resources, is_quota_fault
-
-if TYPE_CHECKING:
-    from nodepool.driver.openstack.context import MachineContext
+from nodepool.driver.openstack.context import MachineContext
+from nodepool.driver.openstack.deletion import ServerDeletions
+from nodepool.driver.openstack.label_plan import LabelPlan, LabelPlanner, create_body
+from nodepool.quota import is_quota_fault
+from nodepool.requests.builder import BuildSpec
 
 log = logging.getLogger("nodepool.openstack.machines")
 
 # A failed attempt waits this long per failure so far before the next one.
 RETRY_DELAY = 2.0
-# Resend a delete nova seems to have forgotten (still listed, not deleting).
-REDELETE_AFTER = 300.0
-MAX_DELETE_BACKOFF = 60.0
 
 
 class Step(str, enum.Enum):
@@ -59,22 +55,13 @@ class Step(str, enum.Enum):
     FAILED = "failed"
 
 
-@dataclass
-class LabelPlan:
-    """What the create needs, resolved from config and catalog."""
-
-    flavor: dict
-    image: dict
-    network_ids: list[str]
-    cost: Resources
-    # A diskimage label: the upload booted (its znode path), the node's image_id.
-    image_path: str | None = None
-
-
 class CreateMachine:
-    def __init__(self, ctx: "MachineContext", spec: Any, pool: Any, label: Any):
+    def __init__(self, ctx: MachineContext, planner: LabelPlanner,
+                 deletions: ServerDeletions, spec: BuildSpec, pool: Any, label: Any):
         self.ctx = ctx
-        self.spec = spec                  # requests.builder.BuildSpec
+        self.planner = planner
+        self.deletions = deletions
+        self.spec = spec
         self.pool = pool                  # model.Pool
         self.label = label                # model.PoolLabel
         self.step = Step.RESOLVE
@@ -119,7 +106,7 @@ class CreateMachine:
                 out["resources"].update({"volumes": cost.volumes, "volume-gb": cost.volume_gb})
         if self.server:
             s = self.server
-            addrs = addressing.addresses_of(s, self.ctx.network_layout)
+            addrs = addressing.addresses_of(s, self.ctx.network_layout())
             if self.fip_address:
                 addrs["public_ipv4"] = self.fip_address
                 addrs["interface_ip"] = self.fip_address
@@ -129,7 +116,8 @@ class CreateMachine:
             out["az"] = s.get("OS-EXT-AZ:availability_zone") or self.spec.az or None
         image = self.label.cloud_image
         image_id = self.plan.image_path if self.plan and self.plan.image_path else image.name
-        out.update(cloud=self.ctx.cloud_name, region=self.ctx.region_name,
+        settings = self.ctx.settings()
+        out.update(cloud=settings.cloud_name, region=settings.region_name,
                    image_id=image_id, username=image.username,
                    connection_type=image.connection_type,
                    connection_port=image.connection_port, python_path=image.python_path,
@@ -156,7 +144,7 @@ class CreateMachine:
         handler(now)
 
     def _step_resolve(self, now: float) -> None:
-        plan, problem, final = self.ctx.plan_label(self.label, self.pool)
+        plan, problem, final = self.planner.plan(self.label, self.pool)
         if plan is None:
             self.reason = problem
             if final:
@@ -172,7 +160,7 @@ class CreateMachine:
         if now < self.not_before:
             return
         key = srv.attempt_key(self.spec.node_id, self.attempt + 1)
-        decision = self.ctx.reserve(key, self.spec, self.plan.cost)
+        decision = self.ctx.quota.reserve(key, self.spec, self.plan.cost)
         if not decision:
             self.reason = "; ".join(decision.reasons) or "no headroom"
             self.step = Step.WAIT_QUOTA
@@ -181,20 +169,21 @@ class CreateMachine:
         self.key = key
         self.reason = None
         try:
-            name = srv.hostname(self.ctx.hostname_format, label=self.spec.label,
+            name = srv.hostname(self.ctx.settings().hostname_format, label=self.spec.label,
                                 provider=self.ctx.name, pool=self.pool.name,
                                 node_id=self.spec.node_id)
-            body = self.ctx.create_body(self, name)
+            body = create_body(name=name, provider=self.ctx.name, pool=self.pool,
+                               label=self.label, plan=self.plan, spec=self.spec,
+                               attempt=self.attempt)
         except Exception:
             # Nothing was sent: give the reservation back, or it would hold
             # headroom forever (the next attempt reserves under a new key).
-            self.ctx.ledger.release(key)
+            self.ctx.quota.ledger.release(key)
             self.key = None
             raise
-        self.ctx.ledger.create_issued(key)
+        self.ctx.quota.ledger.create_issued(key)
         self.create_started_at = now
-        self.call = self.ctx.gate.submit("compute.create_server",
-                                         self.ctx.cloud.create_server, body)
+        self.call = self.ctx.calls.create_server(body)
         self.step = Step.CREATING
 
     # Waiting for headroom or for a retry's delay: each pass tries again.
@@ -210,41 +199,40 @@ class CreateMachine:
             answer = call.result()
         except Exception as e:  # noqa: BLE001 - sorted by kind below
             err = errors.classify(e)
-            self.ctx.count_create_error(err)
+            self.ctx.reporter.count_create_error(err)
             if err.kind == errors.QUOTA:
-                self.ctx.ledger.create_rejected(self.key, quota_error=True)
+                self.ctx.quota.ledger.create_rejected(self.key, quota_error=True)
                 self._report(outcomes.ERROR_QUOTA)
                 self._wait_for_quota(f"cloud refused: {err.message}")
             elif err.status_code == 429:
                 # Rate limited: nothing was made and nothing is wrong with
                 # the node; the gate holds calls back, the create is resent.
-                self.ctx.ledger.create_rejected(self.key)
+                self.ctx.quota.ledger.create_rejected(self.key)
                 self._wait_to_retry(f"cloud rate limited the create: {err.message}",
                                     now + RETRY_DELAY)
             elif err.kind == errors.UNAVAILABLE or err.status_code is None:
                 # The server may exist even though we got no usable answer
                 # (a timeout, or a 202 whose body we could not read).
-                self.ctx.ledger.create_unknown(self.key)
+                self.ctx.quota.ledger.create_unknown(self.key)
                 self.ctx.pacer.awaited(now)
                 self.reason = f"create call failed ({err.message}); looking for the server"
                 self.step = Step.LOOKUP
             else:
-                self.ctx.ledger.create_rejected(self.key)
+                self.ctx.quota.ledger.create_rejected(self.key)
                 if err.kind == errors.BAD_REQUEST:
-                    self.ctx.catalog.missed("images")
-                    self.ctx.catalog.missed("flavors")
+                    self.planner.create_refused()
                 self._failed(f"create refused: {err}")
             return
         self.server_id = answer.get("id")
-        self.ctx.ledger.create_accepted(self.key, self.server_id)
-        self.ctx.remember_server(self.server_id, self.key)
+        self.ctx.quota.ledger.create_accepted(self.key, self.server_id)
+        self.ctx.quota.remember_server(self.server_id, self.key)
         self.ctx.pacer.expect_active(0.0, after=now)
         self.step = Step.BOOTING
 
     def _step_lookup(self, now: float) -> None:
         snap = self.ctx.servers.snapshot
         if snap.requested_at <= self.call_done_at:
-            if now - self.create_started_at > self.ctx.launch_timeout:
+            if now - self.create_started_at > self.ctx.settings().launch_timeout:
                 # The cloud stays unreachable; the deletion machinery keeps
                 # looking for the server and keeps it counted meanwhile.
                 self._failed("create call failed and the server list stayed unavailable")
@@ -254,15 +242,15 @@ class CreateMachine:
                                     srv.META_ATTEMPT: str(self.attempt)})
         if found:
             self.server_id = found[0]["id"]
-            self.ctx.ledger.server_seen(self.key, self.server_id)
-            self.ctx.remember_server(self.server_id, self.key)
+            self.ctx.quota.ledger.server_seen(self.key, self.server_id)
+            self.ctx.quota.remember_server(self.server_id, self.key)
             self.reason = None
             self.step = Step.BOOTING
             self._step_booting(now)
             return
         # A list requested after the call gave up does not show it.  A create
         # that still lands later is found by the leak cleaner.
-        self.ctx.ledger.server_gone(self.key)
+        self.ctx.quota.ledger.server_gone(self.key)
         self.key = None
         self._failed(self.reason or "create call failed")
 
@@ -272,12 +260,13 @@ class CreateMachine:
         if server is None:
             if snap.requested_at > self.call_done_at and now - self.call_done_at > 1.0:
                 self._failed("the server disappeared while building")
-            elif now - self.create_started_at > self.ctx.launch_timeout:
-                self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed",
+            elif now - self.create_started_at > self.ctx.settings().launch_timeout:
+                timeout = self.ctx.settings().launch_timeout
+                self._failed(f"launch-timeout ({timeout}s) passed",
                              outcomes.ERROR_CREATE_TIMEOUT)
             return
         self.server = server
-        self.ctx.ledger.server_seen(self.key, self.server_id)
+        self.ctx.quota.ledger.server_seen(self.key, self.server_id)
         status = str(server.get("status", "")).upper()
         if status in ("ACTIVE", "ERROR"):
             self._note_boot_time(snap.requested_at)
@@ -298,15 +287,16 @@ class CreateMachine:
         if status == "ERROR":
             fault = srv.fault_message(server)
             if is_quota_fault(server.get("fault") or fault):
-                self.ctx.ledger.report_quota_error(self.ctx.name, self.key)
+                self.ctx.quota.ledger.report_quota_error(self.ctx.name, self.key)
                 self._report(outcomes.ERROR_QUOTA)
                 self._abandon_server()
                 self._wait_for_quota(f"server went ERROR over quota: {fault}")
             else:
                 self._failed(f"server went ERROR: {fault}", outcomes.ERROR_STATUS)
             return
-        if now - self.create_started_at > self.ctx.launch_timeout:
-            self._failed(f"launch-timeout ({self.ctx.launch_timeout}s) passed in {status}",
+        timeout = self.ctx.settings().launch_timeout
+        if now - self.create_started_at > timeout:
+            self._failed(f"launch-timeout ({timeout}s) passed in {status}",
                          outcomes.ERROR_CREATE_TIMEOUT)
         else:
             self.ctx.pacer.expect_active(now - (self.call_done_at or now))
@@ -323,10 +313,10 @@ class CreateMachine:
 
     def _needs_floating_ip(self, server: dict) -> bool:
         return bool(self.pool.auto_floating_ip
-                    and addressing.needs_floating_ip(server, self.ctx.network_layout))
+                    and addressing.needs_floating_ip(server, self.ctx.network_layout()))
 
     def _step_floating_ip(self, now: float) -> None:
-        if now - self.create_started_at > self.ctx.launch_timeout:
+        if now - self.create_started_at > self.ctx.settings().launch_timeout:
             self._failed("launch-timeout passed while attaching a floating IP",
                          outcomes.ERROR_CREATE_TIMEOUT)
             return
@@ -347,12 +337,12 @@ class CreateMachine:
             self.fip_address = answer.get("floating_ip_address")
             # Remembered by the provider: the node may be deleted before
             # any server list shows the address in nova's ``addresses``.
-            self.ctx.note_floating_ip(self.server_id, self.fip_address, answer.get("id"))
+            self.ctx.floating_ips.note(self.server_id, self.fip_address, answer.get("id"))
             self._after_network(now)
             return
         if now < self.not_before:
             return
-        layout = self.ctx.network_layout
+        layout = self.ctx.network_layout()
         if self.fip_port is None:
             # The shared port list, requested after the server went ACTIVE
             # (its ports exist by then), serves every server waiting here.
@@ -371,9 +361,7 @@ class CreateMachine:
         if network is None:
             self._failed("auto-floating-ip is on but the cloud has no external network")
             return
-        self.call = self.ctx.gate.submit("network.create_floating_ip",
-                                         self.ctx.cloud.create_floating_ip,
-                                         network["id"], self.fip_port)
+        self.call = self.ctx.calls.create_floating_ip(network["id"], self.fip_port)
 
     def _after_network(self, now: float) -> None:
         addr = self.info().get("interface_ip")
@@ -385,7 +373,7 @@ class CreateMachine:
             # SSH-based connections have host keys to collect; for the others
             # (winrm, ...) the check is that the port takes connections.
             check = HostKeyScan if image.connection_type in SSH_CONNECTION_TYPES else PortCheck
-            self.scan = check(addr, image.connection_port, now + self.ctx.boot_timeout,
+            self.scan = check(addr, image.connection_port, now + self.ctx.settings().boot_timeout,
                               self.ctx.clock)
             self.step = Step.KEYSCAN
             self._step_keyscan(now)
@@ -397,7 +385,7 @@ class CreateMachine:
             return
         if not self.scan.ok:
             if self.label.console_log and self.server_id:
-                self.ctx.log_console(self.server_id, self.spec.node_id)
+                self.ctx.calls.log_console(self.server_id, self.spec.node_id)
             self._failed(self.scan.error or "no host keys", outcomes.ERROR_KEYSCAN)
             return
         self._ready()
@@ -417,11 +405,11 @@ class CreateMachine:
             self.scan = None
         if self.key is not None and (self.server_id or self.step in (Step.CREATING,
                                                                       Step.LOOKUP)):
-            self.ctx.delete_server(self.server_id, key=self.key,
+            self.deletions.delete(self.server_id, key=self.key,
                                    node_id=self.spec.node_id, attempt=self.attempt,
                                    since=self.call_done_at or self.ctx.clock())
-        elif self.key is not None and self.ctx.ledger.entry_state(self.key) is not None:
-            self.ctx.delete_server(None, key=self.key, node_id=self.spec.node_id,
+        elif self.key is not None and self.ctx.quota.ledger.entry_state(self.key) is not None:
+            self.deletions.delete(None, key=self.key, node_id=self.spec.node_id,
                                    attempt=self.attempt, since=self.ctx.clock())
         self.key = None
         self.server_id = None
@@ -450,7 +438,7 @@ class CreateMachine:
         started = self.create_started_at if self.create_started_at is not None \
             else self.started_at
         az = (self.server or {}).get("OS-EXT-AZ:availability_zone") or self.spec.az
-        self.ctx.report_launch(outcomes.LaunchOutcome(
+        self.ctx.reporter.report_launch(outcomes.LaunchOutcome(
             provider=self.ctx.name, outcome=outcome,
             milliseconds=int(max(0.0, self.ctx.clock() - started) * 1000), az=az or None,
             requestor=(self.spec.request or {}).get("requestor")))
@@ -460,9 +448,10 @@ class CreateMachine:
         self._report(outcome)
         self._abandon_server()
         self.failures += 1
-        self.ctx.count_launch_failure()
-        if self.failures >= self.ctx.launch_retries:
-            self._give_up(f"{reason} (attempt {self.failures} of {self.ctx.launch_retries})")
+        self.ctx.reporter.count_launch_failure()
+        retries = self.ctx.settings().launch_retries
+        if self.failures >= retries:
+            self._give_up(f"{reason} (attempt {self.failures} of {retries})")
             return
         self.reason = f"retrying after: {reason}"
         self.not_before = self.ctx.clock() + RETRY_DELAY * self.failures
@@ -476,7 +465,7 @@ class CreateMachine:
         """The node is being deleted: drop the work, keep the server accounted."""
         if self.call is not None and self.step is Step.CREATING:
             # The POST may still land: look for it once the call is over.
-            self.ctx.delete_server(None, key=self.key, node_id=self.spec.node_id,
+            self.deletions.delete(None, key=self.key, node_id=self.spec.node_id,
                                    attempt=self.attempt, since=self.ctx.clock(),
                                    after_call=self.call)
             self.key = None
@@ -485,175 +474,3 @@ class CreateMachine:
         self.cancelled = True
         self.step = Step.FAILED
         self.reason = "cancelled: the node is being deleted"
-
-
-class DeleteStep(str, enum.Enum):
-    FIND = "find"        # server id unknown: look for it in a fresh list
-    SEND = "send"        # DELETE to be sent (or resent)
-    SENT = "sent"        # DELETE in flight
-    WAIT_GONE = "wait-gone"
-    DONE = "done"
-
-
-@dataclass
-class ServerDeletion:
-    """Delete one server (or the server an attempt may have made) and wait
-    until nova no longer lists it; never gives up, backs off on errors."""
-
-    ctx: "MachineContext"
-    server_id: str | None
-    key: str | None
-    node_id: str | None
-    attempt: int | None
-    since: float
-    after_call: ApiCall | None = None
-    step: DeleteStep = DeleteStep.SEND
-    call: ApiCall | None = None
-    sent_at: float | None = None
-    not_before: float = 0.0
-    errors: int = 0
-    reason: str | None = None
-    floating_ips: list[str] = field(default_factory=list)
-    # The last list (its request time) that still showed the deleted server.
-    still_listed_at: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.server_id is None:
-            self.step = DeleteStep.FIND
-
-    @property
-    def done(self) -> bool:
-        return self.step is DeleteStep.DONE
-
-    def advance(self) -> None:
-        now = self.ctx.clock()
-        snap = self.ctx.servers.snapshot
-        if self.key is None and self.server_id is not None:
-            # Deleting by id (a node's external_id): the server's metadata
-            # names the ledger entry that must be released when it is gone.
-            meta = (snap.get(self.server_id) or {}).get("metadata") or {}
-            if meta.get(srv.META_PROVIDER) == self.ctx.name and meta.get(srv.META_NODE):
-                self.key = srv.ledger_key(meta)
-            else:
-                # Not (or no longer) listed: nova may have dropped it already.
-                self.key = self.ctx.key_for_server(self.server_id)
-        if self.step is DeleteStep.FIND:
-            if self.after_call is not None:
-                if not self.after_call.done():
-                    return
-                try:
-                    answer = self.after_call.result()
-                    self.server_id = answer.get("id")
-                    if self.key:
-                        self.ctx.ledger.create_accepted(self.key, self.server_id)
-                except Exception as e:  # noqa: BLE001 - sorted below
-                    err = errors.classify(e)
-                    self.ctx.count_create_error(err)
-                    if err.status_code is not None and 400 <= err.status_code < 500:
-                        # Refused (over quota, bad request): no server was made.
-                        if self.key:
-                            self.ctx.ledger.create_rejected(
-                                self.key, quota_error=err.kind == errors.QUOTA)
-                        self.after_call = None
-                        self.step = DeleteStep.DONE
-                        return
-                    # No answer: the server may exist; look in the list.
-                    if self.key:
-                        self.ctx.ledger.create_unknown(self.key)
-                self.after_call = None
-                self.since = now
-                if self.server_id:
-                    self.step = DeleteStep.SEND
-                    return
-            if snap.requested_at <= self.since:
-                self.ctx.pacer.awaited(self.since)
-                return
-            wanted = {srv.META_PROVIDER: self.ctx.name, srv.META_NODE: self.node_id}
-            if self.attempt is not None:
-                wanted[srv.META_ATTEMPT] = str(self.attempt)
-            found = snap.by_metadata(**wanted)
-            if not found:
-                self._gone()
-                return
-            self.server_id = found[0]["id"]
-            if self.key:
-                self.ctx.ledger.server_seen(self.key, self.server_id)
-            self.step = DeleteStep.SEND
-        if self.step is DeleteStep.SEND:
-            if now < self.not_before:
-                return
-            server = snap.get(self.server_id)
-            if server is not None:
-                self.floating_ips = sorted(set(self.floating_ips) | {
-                    e["addr"] for entries in (server.get("addresses") or {}).values()
-                    for e in entries or [] if e.get("OS-EXT-IPS:type") == "floating"})
-            self.call = self.ctx.gate.submit("compute.delete_server",
-                                             self.ctx.cloud.delete_server, self.server_id)
-            self.step = DeleteStep.SENT
-            return
-        if self.step is DeleteStep.SENT:
-            if not self.call.done():
-                return
-            call, self.call = self.call, None
-            try:
-                # False (or NOT_FOUND below): nova no longer knew the server.
-                accepted = call.result() is not False
-            except Exception as e:  # noqa: BLE001
-                err = errors.classify(e)
-                if err.kind != errors.NOT_FOUND:
-                    self.errors += 1
-                    self.reason = f"delete failed: {err}"
-                    self.not_before = now + min(MAX_DELETE_BACKOFF, 2.0 ** self.errors)
-                    self.step = DeleteStep.SEND
-                    return
-                accepted = False
-            self.sent_at = now
-            self.reason = None
-            if self.key:
-                self.ctx.ledger.delete_issued(self.key)
-                if accepted and call.started_at is not None:
-                    # Nova accepted the DELETE, so it still had the server
-                    # when the call started: as good as a list from then.
-                    self.ctx.ledger.note_listed(self.key, call.started_at)
-            self.ctx.pacer.expect_gone(self.sent_at)
-            self.step = DeleteStep.WAIT_GONE
-            return
-        if self.step is DeleteStep.WAIT_GONE:
-            if snap.requested_at <= self.sent_at:
-                self.ctx.pacer.expect_gone(self.sent_at)
-                return
-            server = snap.get(self.server_id)
-            if server is None:
-                self.ctx.pacer.delete_observed(
-                    (self.still_listed_at or self.sent_at) - self.sent_at,
-                    snap.requested_at - self.sent_at)
-                self._gone()
-                return
-            self.still_listed_at = snap.requested_at
-            if self.key:
-                self.ctx.ledger.note_listed(self.key, snap.requested_at)
-            if now - self.sent_at > REDELETE_AFTER and not srv.is_deleting(server):
-                self.reason = "still listed long after the delete; sending it again"
-                self.step = DeleteStep.SEND
-            else:
-                self.ctx.pacer.expect_gone(now)
-
-    def _gone(self) -> None:
-        if self.key is None:
-            self.key = self.ctx.key_for_server(self.server_id)
-        if self.key:
-            self.ctx.ledger.server_gone(self.key)
-        self.ctx.forget_server(self.server_id)
-        for addr in self.ctx.floating_ips_created_for(self.server_id):
-            if addr not in self.floating_ips:
-                self.floating_ips.append(addr)
-        for addr in self.floating_ips:
-            self.ctx.delete_floating_ip_by_address(addr)
-        self.ctx.note_delete_completed()
-        self.step = DeleteStep.DONE
-
-    def describe(self) -> dict:
-        now = self.ctx.clock()
-        return {"server": self.server_id, "node": self.node_id, "step": self.step.value,
-                "errors": self.errors, "reason": self.reason,
-                "since": round(now - self.since, 1)}
