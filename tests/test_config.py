@@ -324,6 +324,8 @@ def test_min_ready_label_that_no_pool_serves_is_a_warning(tmp_path):
     ("- a\n- b\n", ["expected a mapping", "a list"]),
     ("just a string", ["expected a mapping"]),
     ("labels: {name: x}\nzookeeper-servers: [{host: a}]\n", ["labels: expected a list"]),
+    ("labels: []\nzookeeper-servers: [{host: a}]\ntenant-resource-limits: true\n",
+     ["tenant-resource-limits: expected a list"]),
 ])
 def test_malformed_documents(tmp_path, text, words):
     config, problems, path = run(tmp_path, None, text=text)

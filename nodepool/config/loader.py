@@ -282,7 +282,9 @@ def validate(path: str, clouds_path: str | None = None, secure_path: str | None 
     tenant_limits = {}
     tracked = {"max-servers": "instances", "max-cores": "cores", "max-ram": "ram",
                "max-volumes": "volumes", "max-volume-gb": "volume-gb"}
-    for i, t in enumerate(data.get("tenant-resource-limits") or []):
+    tenants_raw = data.get("tenant-resource-limits")
+    # Not a list: the schema has reported it; nothing to read here.
+    for i, t in enumerate(tenants_raw if isinstance(tenants_raw, list) else []):
         if t not in tenants_cfg:
             continue
         limits = {res: t.get(key, math.inf) for key, res in tracked.items()}
