@@ -185,7 +185,9 @@ class OpenStackProvider(LoopedProvider):
 
     def update_config(self, config: Any) -> None:
         """Config reload: new limits and label settings apply to new builds;
-        machines in flight keep the settings they started with."""
+        machines in flight read the launch settings afresh too (a longer
+        ``launch-timeout`` helps a slow boot already under way), while the
+        label and pool sections they were started with stay theirs."""
         with self._lock:
             if config.cloud_settings != self.config.cloud_settings \
                     or config.cloud != self.config.cloud \
