@@ -187,19 +187,29 @@ def test_ha_pair_one_launcher_frozen_past_its_session_twice(tmp_path, make_fakec
         return any(s["metadata"].get("nodepool_node_id") in created and s["status"] == "BUILD"
                    for s in cloud.servers())
 
-    def fault(launchers, cloud, **_):
+    def fault(launchers, cloud, workload, **_):
         frozen = launchers[0]
         offset = frozen.log_size()
-        for _ in range(2):
+        for freeze in range(2):
             wait_for(lambda o=offset: booting(frozen, cloud, o), 60,
                      what="a server booting for the launcher")
             frozen.freeze()
+            if freeze == 1:
+                # No new requests until the frozen one is back: the other
+                # launcher alone could otherwise serve the rest meanwhile,
+                # and there would be nothing left to show it serves again.
+                workload.hold()
             time.sleep(10)   # the fault's length: past the 4 s session
             offset = frozen.log_size()
             frozen_at.append(offset)
             frozen.thaw()
             wait_for(lambda o=offset: "session expired" in frozen.log_since(o), 60,
                      what="the resumed launcher to see its session expired")
+        wait_for(lambda: "registered pool component" in frozen.log_since(offset), 60,
+                 what="the resumed launcher to register its pool again")
+        left = workload.total - len(workload.records)
+        assert left >= 8, f"only {left} request(s) left for after the thaw"
+        workload.release()
         # Served again: the workload goes on while it catches up.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and "fulfilled with" not in frozen.log_since(offset):
@@ -214,4 +224,4 @@ def test_ha_pair_one_launcher_frozen_past_its_session_twice(tmp_path, make_fakec
 
     run_case("HA pair: one launcher frozen 10 s, twice", tmp_path,
              make_fakecloud, fault, launchers=2, session_timeout=4, max_servers=5,
-             total=24, concurrency=5)
+             total=30, concurrency=5)
