@@ -629,6 +629,31 @@ def test_error_boot_is_deleted_and_retried(harness):
     wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
 
 
+def test_an_error_raised_inside_a_machine_fails_that_attempt_only(harness, monkeypatch):
+    # A bug in one machine's step must not stop the provider's loop nor the
+    # other builds: that attempt fails, is retried, and nothing leaks.
+    h = harness(limited(boot_seconds=0.2, delete_seconds=0.3))
+    h.wait_available()
+    first, second = h.start(2)
+    real_booting = create_machine.CreateMachine._step_booting
+    raised: list[str] = []
+
+    def booting_once_broken(machine, now):
+        if machine.spec.node_id == first and not raised:
+            raised.append(machine.spec.node_id)
+            raise RuntimeError("a bug")
+        return real_booting(machine, now)
+
+    monkeypatch.setattr(create_machine.CreateMachine, "_step_booting", booting_once_broken)
+    done = h.finish_builds([first, second])
+    assert raised == [first]
+    assert all(st.state is BuildState.READY for st in done.values()), done
+    assert h.cloud.request_count(CREATE_ROUTE, 202) == 3   # the broken attempt's retry
+    h.finish_deletes([h.delete(k, st.info.external_id) for k, st in done.items()])
+    wait_for(lambda: h.cloud.servers() == [], timeout=10, what="every server deleted")
+    wait_for(h.ledger_idle, timeout=5, what="ledger back to zero")
+
+
 def test_error_boots_fail_after_launch_retries_without_leaking(harness):
     h = harness(limited(boot_seconds=0.1, delete_seconds=0.3, error_boot_share=1.0),
                 provider_config(**{"launch-retries": 2}))

@@ -443,6 +443,11 @@ class CreateMachine:
             milliseconds=int(max(0.0, self.ctx.clock() - started) * 1000), az=az or None,
             requestor=(self.spec.request or {}).get("requestor")))
 
+    def fail(self, reason: str) -> None:
+        """This attempt fails for a reason found outside the machine (an
+        error raised while advancing it); a retry follows as for any other."""
+        self._failed(reason)
+
     def _failed(self, reason: str, outcome: str = outcomes.ERROR_UNKNOWN) -> None:
         log.warning("node %s attempt %d: %s", self.spec.node_id, self.attempt, reason)
         self._report(outcome)

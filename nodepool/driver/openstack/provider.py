@@ -266,7 +266,7 @@ class OpenStackProvider(LoopedProvider):
                     machine.advance()
                 except Exception as e:  # one node must not stop the others
                     log.exception("%s: node %s: machine error", self.name, machine.spec.node_id)
-                    machine._failed(f"internal error: {e}")
+                    machine.fail(f"internal error: {e}")
                 ended += machine.done and not was_done
             if ended and self.build_progress is not None:
                 self.build_progress()
