@@ -144,7 +144,10 @@ def settled(cloud, store) -> bool:
 
 
 def run(tmp_path, make_fakecloud, zk_settings, *, launchers, limit, total, concurrency,
-        job_seconds=(0.3, 0.8), cloud_config=FAST_BOOTS, during=None, drain=150.0):
+        job_seconds=(0.3, 0.8), cloud_config=FAST_BOOTS, during=None, drain=150.0,
+        start_held=False):
+    """``start_held``: the workload submits nothing until ``during`` calls
+    its ``release()`` (e.g. once every launcher has joined)."""
     cloud = make_fakecloud(cloud_config)
     cloud.set_limits(instances=limit)
     config, clouds = write_config(tmp_path, cloud, zk_settings)
@@ -158,6 +161,8 @@ def run(tmp_path, make_fakecloud, zk_settings, *, launchers, limit, total, concu
     workload = ZuulLikeWorkload(_ZooKeeper(zk_settings), total, concurrency, job_seconds)
     try:
         with QuotaWatch(cloud, workload, limit) as watch:
+            if start_held:
+                workload.hold()
             workload.start()
             if during is not None:
                 during(procs=procs, cloud=cloud, client=observer, workload=workload)
@@ -189,7 +194,12 @@ def test_two_launchers_share_one_small_quota_without_a_403(tmp_path, make_fakecl
                                                             zk_settings):
     seen_launchers: set[str] = set()
 
-    def during(client, workload, **_):
+    def during(procs, client, workload, **_):
+        # No request until both launchers have joined: one alone could
+        # otherwise serve all six before the other is up.
+        wait_for(lambda: all(launcher_id(p.log_path) for p in procs), 60,
+                 what="both launchers joined the project")
+        workload.release()
         # Both launchers take part: claims of both show up in the book.
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not workload.done:
@@ -199,7 +209,8 @@ def test_two_launchers_share_one_small_quota_without_a_403(tmp_path, make_fakecl
             time.sleep(0.05)
 
     watch, procs, _ = run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=2,
-                          total=6, concurrency=4, job_seconds=(0.2, 0.5), during=during)
+                          total=6, concurrency=4, job_seconds=(0.2, 0.5), during=during,
+                          start_held=True)
     assert len(seen_launchers) == 2, seen_launchers
     print(f"quota full while requests waited: {watch.full_while_waiting}")
 
@@ -209,13 +220,30 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
     facts: dict = {}
 
     def during(procs, client, workload, **_):
-        victim, survivor = procs
-        wait_for(lambda: launcher_id(victim.log_path) and launcher_id(survivor.log_path),
-                 60, what="both launchers joined the project")
-        victim_id = launcher_id(victim.log_path)
-        wait_for(lambda: any(c.launcher == victim_id for c in book(client)), 60,
-                 what="the victim holds claims")
-        facts["claims_before"] = sum(c.launcher == victim_id for c in book(client))
+        # No request until both launchers have joined: one alone could
+        # otherwise serve most of the workload first.
+        wait_for(lambda: all(launcher_id(p.log_path) for p in procs), 60,
+                 what="both launchers joined the project")
+        workload.release()
+        ids = {p.log_path: launcher_id(p.log_path) for p in procs}
+        # The victim is whichever launcher holds claims first: which one
+        # wins the first requests is a race, and a loaded machine can leave
+        # one of them without any until the workload is nearly done.
+        holding: dict[str, int] = {}
+
+        def someone_holds_claims() -> bool:
+            holding.clear()
+            for claim in book(client):
+                if claim.launcher in ids.values():
+                    holding[claim.launcher] = holding.get(claim.launcher, 0) + 1
+            return bool(holding)
+
+        wait_for(someone_holds_claims, 60, what="a launcher holding claims")
+        victim_id = next(iter(holding))
+        victim = next(p for p in procs if ids[p.log_path] == victim_id)
+        survivor = next(p for p in procs if p is not victim)
+        facts["claims_before"] = holding[victim_id]
+        facts["survivor_log"] = survivor.log_path
         # No new requests until the survivor is alone: the workload cannot
         # end while the victim's session times out, however slow that is.
         workload.hold()
@@ -243,12 +271,12 @@ def test_a_launcher_killed_mid_run_loses_its_claims_and_the_other_serves_all(
     # the workload outlasts the victim's session timeout and the reading
     # that frees its claims).
     run(tmp_path, make_fakecloud, zk_settings, launchers=2, limit=3, total=20,
-        concurrency=5, job_seconds=(1.0, 2.0), during=during)
+        concurrency=5, job_seconds=(1.0, 2.0), during=during, start_held=True)
     assert facts["claims_before"] >= 1
     # Enough requests to come for five open at once against a quota of 3.
     assert facts["left_at_kill"] >= 5, facts
     (members,) = facts["survivor_members"].values()
-    assert members[0].startswith(launcher_id(str(tmp_path / "launcher-1.log")))
+    assert members[0].startswith(launcher_id(facts["survivor_log"]))
     assert facts["survivor_most_claims"] == 3
 
 
