@@ -18,11 +18,11 @@ import pytest
 
 from nodepool.requests.reaper import NodeReaper
 from nodepool.requests import housekeeping as hk
+from tests.conftest import KAZOO_CONNECTION_HANDLER
 from tests.fixtures.zk import FakeBuilder, drive, start_pool, wait_for
 
 try:
     import kazoo.client
-    _ORIGINAL_HANDLER = kazoo.client.ConnectionHandler
     import zuul.model
     import zuul.zk
     from zuul.lib import tracing
@@ -30,8 +30,8 @@ try:
     from zuul.zk.nodepool import NodeRequestEvent, ZooKeeperNodepool
     from zuul.zk.vendor.connection import ZuulConnectionHandler
     # Importing zuul.zk swaps kazoo's connection handler for Zuul's, process
-    # wide; our own clients keep kazoo's (Zuul's is set only while Zuul connects).
-    kazoo.client.ConnectionHandler = _ORIGINAL_HANDLER
+    # wide; tests/conftest.py gives every test kazoo's own back, and Zuul's is
+    # set only while Zuul connects.
     HAVE_ZUUL = True
 except ImportError:  # pragma: no cover - depends on the venv
     HAVE_ZUUL = False
@@ -55,7 +55,7 @@ class ZuulSide:
             self.client = zuul.zk.ZooKeeperClient(hosts, timeout=10.0, **tls)
             self.client.connect()
         finally:
-            kazoo.client.ConnectionHandler = _ORIGINAL_HANDLER
+            kazoo.client.ConnectionHandler = KAZOO_CONNECTION_HANDLER
         self.nodepool = ZooKeeperNodepool(self.client, enable_node_request_cache=True,
                                           node_request_event_callback=self._on_event,
                                           enable_node_cache=True)
